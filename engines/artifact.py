@@ -1,0 +1,69 @@
+"""Model artifacts: a folder holding ``model.onnx`` and ``model.json`` (the metadata sidecar)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ONNX_NAME = "model.onnx"
+META_NAME = "model.json"
+META_VERSION = 1
+
+
+class ArtifactError(ValueError):
+    pass
+
+
+@dataclass
+class ModelMeta:
+    arch: str  # "tiny_unet" or "ae_ssim"
+    width: int
+    in_channels: int
+    tile_size: int = 128
+    mean: float = 0.5
+    std: float = 0.25
+    pixel_threshold: float = 0.5
+    image_threshold: float = 0.5
+    training_data_hash: str = ""
+    training_command: str = ""
+    precision: str = "fp32"
+    opset: int = 17
+    extra: dict = field(default_factory=dict)
+    version: int = META_VERSION
+
+    def normalise(self, tiles_u8: np.ndarray) -> np.ndarray:
+        """uint8 tiles ``(N, C, H, W)`` -> float32 network input."""
+        return ((tiles_u8.astype(np.float32) / 255.0) - self.mean) / self.std
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / META_NAME
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ModelMeta":
+        path = Path(folder) / META_NAME
+        if not path.is_file():
+            raise ArtifactError(f"{path}: metadata sidecar missing; a model folder needs {ONNX_NAME} and "
+                                f"{META_NAME} (re-export with `export_model`)")
+        raw = json.loads(path.read_text())
+        if raw.get("version") != META_VERSION:
+            raise ArtifactError(f"{path}: metadata version {raw.get('version')} but this code reads "
+                                f"{META_VERSION}; re-export the model with this version")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(raw) - known
+        if unknown:
+            raise ArtifactError(f"{path}: unknown metadata field(s) {sorted(unknown)}")
+        return cls(**raw)
+
+
+def model_paths(folder: str | Path) -> tuple[Path, ModelMeta]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: --model must be a model folder holding {ONNX_NAME} and {META_NAME}")
+    onnx_path = folder / ONNX_NAME
+    if not onnx_path.is_file():
+        raise ArtifactError(f"{onnx_path}: missing; export the checkpoint with `export_model`")
+    return onnx_path, ModelMeta.load(folder)

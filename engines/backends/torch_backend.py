@@ -1,0 +1,87 @@
+"""PyTorch backend: CPU, or CUDA with fp16, channels-last and optional CUDA-graph capture.
+
+Loads ``model.pt`` (a plain state dict, ``weights_only=True``) beside the ONNX file, so GPU speed
+can be measured where TensorRT is absent.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from engines.artifact import ModelMeta
+from engines.backends.base import Backend, BackendUnavailable
+
+WEIGHTS_NAME = "model.pt"
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, model_dir: Path, meta: ModelMeta, device: str = "auto", fp16: bool | None = None,
+                 cuda_graph_batch: int = 0, threads: int = 0) -> None:
+        super().__init__(model_dir, meta)
+        try:
+            import torch
+        except ImportError as exc:
+            raise BackendUnavailable("torch is not installed; pip install -e .[train]") from exc
+        from engines.inference_model import build_model, inference_module
+
+        self.torch = torch
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailable("torch backend on cuda asked for, but torch sees no CUDA device")
+        if threads:
+            torch.set_num_threads(threads)
+        self._device = torch.device(device)
+        self.fp16 = (self._device.type == "cuda") if fp16 is None else fp16
+        weights = self.model_dir / WEIGHTS_NAME
+        if not weights.is_file():
+            raise BackendUnavailable(f"{weights}: missing; the torch backend needs the state dict written by export_model")
+        net = build_model(meta.arch, meta.in_channels, meta.width)
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        module = inference_module(meta.arch, net).to(self._device)
+        if self._device.type == "cuda":
+            module = module.to(memory_format=torch.channels_last)
+        self.dtype = torch.float16 if self.fp16 else torch.float32
+        self.module = module.to(self.dtype)
+        self.graph_batch = cuda_graph_batch if self._device.type == "cuda" else 0
+        self._graph = None
+
+    @property
+    def device(self) -> str:
+        if self._device.type == "cuda":
+            return f"cuda:{self.torch.cuda.get_device_name(self._device)}"
+        return "cpu"
+
+    def _capture(self, batch: int) -> None:
+        torch = self.torch
+        shape = (batch, self.meta.in_channels, self.meta.tile_size, self.meta.tile_size)
+        self._static_in = torch.zeros(shape, device=self._device, dtype=self.dtype).to(memory_format=torch.channels_last)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for _ in range(3):  # warm up kernels before capture
+                self.module(self._static_in)
+        torch.cuda.current_stream().wait_stream(stream)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph), torch.inference_mode():
+            self._static_out = self.module(self._static_in)
+
+    def infer(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch = self.torch
+        tiles = self.check_input(tiles)
+        if self.graph_batch and len(tiles) == self.graph_batch:
+            if self._graph is None:
+                self._capture(self.graph_batch)
+            self._static_in.copy_(torch.from_numpy(tiles))
+            self._graph.replay()
+            maps, scores = self._static_out
+        else:
+            with torch.inference_mode():
+                x = torch.from_numpy(tiles).to(self._device, self.dtype)
+                if self._device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                maps, scores = self.module(x)
+        return maps.float().cpu().numpy(), scores.float().cpu().numpy()

@@ -1,0 +1,103 @@
+"""Export a training checkpoint to a model folder: ONNX (opset >= 17, dynamic batch), the torch
+state dict, and the metadata sidecar. The export checks itself against PyTorch numerically."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.artifact import META_NAME, ONNX_NAME, ModelMeta
+from engines.backends.torch_backend import WEIGHTS_NAME
+from engines.inference_model import build_model, inference_module
+
+# Operators TensorRT parses natively; a graph outside this set fails `build_engine` later.
+TENSORRT_NATIVE_OPS = {
+    "Conv", "BatchNormalization", "Relu", "LeakyRelu", "MaxPool", "Resize", "Concat", "Sigmoid",
+    "GlobalAveragePool", "GlobalMaxPool", "AveragePool", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div",
+    "Flatten", "Reshape", "Gather", "Squeeze", "Unsqueeze", "Pad", "Clip", "ReduceMax", "ReduceMean",
+    "Constant", "Shape", "Identity", "Slice",
+}
+PARITY_TOLERANCE = 1e-3
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found (train writes OUT/last.pt)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = state["config"]
+    model = build_model(cfg["arch"], cfg["channels"], cfg["width"])
+    model.load_state_dict(state["model"])
+    return model.eval(), state
+
+
+def export_onnx(module: torch.nn.Module, in_channels: int, out_path: Path, opset: int = 17, tile: int = 128) -> Path:
+    dummy = torch.zeros(2, in_channels, tile, tile)
+    torch.onnx.export(
+        module, (dummy,), str(out_path), input_names=["tiles"], output_names=["map", "score"],
+        dynamic_axes={"tiles": {0: "batch"}, "map": {0: "batch"}, "score": {0: "batch"}},
+        opset_version=opset, do_constant_folding=True, dynamo=False,
+    )
+    return out_path
+
+
+def onnx_operators(onnx_path: Path) -> set[str]:
+    import onnx
+
+    return {node.op_type for node in onnx.load(str(onnx_path)).graph.node}
+
+
+def check_forward(module: torch.nn.Module, onnx_path: Path, in_channels: int, tile: int = 128,
+                  batch: int = 3, seed: int = 0) -> float:
+    """Max abs difference of ONNX Runtime vs PyTorch maps on random input; raises above tolerance."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(seed).normal(0, 1, (batch, in_channels, tile, tile)).astype(np.float32)
+    with torch.no_grad():
+        ref_map, ref_score = (t.numpy() for t in module(torch.from_numpy(x)))
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got_map, got_score = sess.run(None, {"tiles": x})
+    diff = float(max(np.abs(got_map - ref_map).max(), np.abs(got_score - ref_score).max()))
+    if diff > PARITY_TOLERANCE:
+        raise ExportError(f"{onnx_path}: ONNX Runtime differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE})")
+    return diff
+
+
+def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
+                 thresholds: tuple[float, float] | None = None) -> Path:
+    """Write ``out/model.onnx``, ``out/model.pt`` and ``out/model.json``; return ``out``."""
+    if opset < 17:
+        raise ValueError(f"opset must be >= 17, got {opset}")
+    model, state = load_checkpoint(checkpoint)
+    cfg = state["config"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    module = inference_module(cfg["arch"], model)
+    onnx_path = export_onnx(module, cfg["channels"], out / ONNX_NAME, opset)
+    unsupported = onnx_operators(onnx_path) - TENSORRT_NATIVE_OPS
+    if unsupported:
+        raise ExportError(f"{onnx_path}: operators {sorted(unsupported)} are outside the TensorRT-native set")
+    diff = check_forward(module, onnx_path, cfg["channels"])
+    torch.save(model.state_dict(), out / WEIGHTS_NAME)
+    previous = ModelMeta.load(out) if (out / META_NAME).is_file() else None
+    pixel_t, image_t = thresholds or ((previous.pixel_threshold, previous.image_threshold) if previous else (0.5, 0.5))
+    meta = ModelMeta(
+        arch=cfg["arch"], width=cfg["width"], in_channels=cfg["channels"], pixel_threshold=pixel_t,
+        image_threshold=image_t, training_data_hash=state.get("training_data_hash", ""),
+        training_command=cfg.get("command", ""), opset=opset,
+        extra={"train_steps": int(state["step"]), "onnx_vs_torch_max_abs_diff": diff},
+    )
+    meta.save(out)
+    return out
+
+
+def copy_model(src: str | Path, dst: str | Path) -> Path:
+    dst = Path(dst)
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    return dst

@@ -1,0 +1,332 @@
+"""Synthetic defects for training on OK images only.
+
+Every generator has the signature ``gen(image, rng, strength, **context) -> (image, mask)``:
+``image`` is float32 ``(H, W)`` or ``(H, W, C)`` in [0, 1] and is not modified in place;
+``mask`` is float32 ``(H, W)`` in {0, 1}, exactly the pixels the generator changed by a visible
+amount. ``strength`` in [0, 1] scales contrast from faint (0) to strong (1), which lets training
+run a curriculum from strong to faint defects. Position, size, shape and polarity are random.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+
+Generator = Callable[..., tuple[np.ndarray, np.ndarray]]
+
+# A pixel counts as changed when it moved by more than this (in [0, 1] units, ~2 gray levels).
+CHANGE_EPS = 2.0 / 255.0
+
+
+def _as_hwc(image: np.ndarray) -> np.ndarray:
+    return image[..., None] if image.ndim == 2 else image
+
+
+def _like(result_hwc: np.ndarray, original: np.ndarray) -> np.ndarray:
+    return result_hwc[..., 0] if original.ndim == 2 else result_hwc
+
+
+def _contrast(rng: np.random.Generator, strength: float) -> float:
+    """Amplitude of an intensity change: faint ~0.04, strong ~0.45 of full scale."""
+    lo = 0.04 + 0.20 * strength
+    hi = 0.12 + 0.33 * strength
+    return float(rng.uniform(lo, hi))
+
+
+def _changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    diff = np.abs(_as_hwc(after) - _as_hwc(before)).max(axis=2)
+    return (diff > CHANGE_EPS).astype(np.float32)
+
+
+def _bezier(points: np.ndarray, samples: int = 64) -> np.ndarray:
+    """Points on the Bezier curve with the given control points (De Casteljau, vectorised)."""
+    t = np.linspace(0.0, 1.0, samples)[:, None, None]
+    pts = np.broadcast_to(points[None], (samples, *points.shape)).copy()
+    while pts.shape[1] > 1:
+        pts = (1 - t) * pts[:, :-1] + t * pts[:, 1:]
+    return pts[:, 0]
+
+
+def _closed_bezier_polygon(rng: np.random.Generator, center: np.ndarray, radius: float) -> np.ndarray:
+    """A smooth closed blob: piecewise cubic Bezier through jittered points on a circle."""
+    n = int(rng.integers(4, 8))
+    angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+    radii = radius * rng.uniform(0.45, 1.0, n)
+    anchors = center + np.stack([np.cos(angles) * radii, np.sin(angles) * radii], axis=1)
+    pieces = []
+    for i in range(n):
+        a, b = anchors[i], anchors[(i + 1) % n]
+        prev, nxt = anchors[i - 1], anchors[(i + 2) % n]
+        c1 = a + (b - prev) / 6.0
+        c2 = b - (nxt - a) / 6.0
+        pieces.append(_bezier(np.stack([a, c1, c2, b]), 16)[:-1])
+    return np.concatenate(pieces).astype(np.float32)
+
+
+def _texture(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Low-frequency multiplicative texture around 1.0 so fills are not flat."""
+    h, w = shape
+    small = rng.normal(0.0, 1.0, (max(2, h // 8), max(2, w // 8))).astype(np.float32)
+    tex = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    return 1.0 + 0.25 * tex
+
+
+def _shade(image: np.ndarray, alpha: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Darken or brighten under a soft alpha matte, with texture."""
+    img = _as_hwc(image)
+    polarity = -1.0 if rng.random() < 0.6 else 1.0  # real defects on tiles are mostly darker
+    delta = polarity * _contrast(rng, strength) * _texture(rng, alpha.shape)
+    out = np.clip(img + (alpha * delta)[..., None], 0.0, 1.0)
+    return _like(out, image)
+
+
+def _soft(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    sigma = float(rng.uniform(0.5, 2.0))
+    return cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigma)
+
+
+def _random_center(rng: np.random.Generator, h: int, w: int, margin: float = 0.1) -> np.ndarray:
+    return np.array([rng.uniform(margin * w, (1 - margin) * w), rng.uniform(margin * h, (1 - margin) * h)])
+
+
+def bezier_blob(image: np.ndarray, rng: np.random.Generator, strength: float = 0.5, **_: object):
+    """Closed Bezier-curve blob (blowholes, stains), darker or brighter than its surroundings."""
+    h, w = image.shape[:2]
+    radius = float(rng.uniform(3, min(h, w) * 0.25))
+    poly = _closed_bezier_polygon(rng, _random_center(rng, h, w), radius)
+    region = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(region, [np.round(poly).astype(np.int32)], 1)
+    out = _shade(image, _soft(region, rng), rng, strength)
+    return out, _changed(image, out)
+
+
+def bezier_scratch(image: np.ndarray, rng: np.random.Generator, strength: float = 0.5, **_: object):
+    """Open Bezier stroke: scratches and cracks, thin, sometimes branching."""
+    h, w = image.shape[:2]
+    region = np.zeros((h, w), np.uint8)
+    for _stroke in range(int(rng.integers(1, 3))):
+        n_ctrl = int(rng.integers(3, 6))
+        start = _random_center(rng, h, w, 0.0)
+        span = rng.uniform(0.2, 0.9) * max(h, w)
+        direction = rng.uniform(0, 2 * np.pi)
+        ctrl = [start]
+        for i in range(1, n_ctrl):
+            direction += rng.normal(0, 0.6)
+            ctrl.append(ctrl[-1] + span / (n_ctrl - 1) * np.array([np.cos(direction), np.sin(direction)]))
+        curve = _bezier(np.stack(ctrl), 96)
+        thickness = int(rng.integers(1, 4))
+        cv2.polylines(region, [np.round(curve).astype(np.int32)], False, 1, thickness, cv2.LINE_8)
+    alpha = cv2.GaussianBlur(region.astype(np.float32), (0, 0), 0.6) if rng.random() < 0.5 else region.astype(np.float32)
+    out = _shade(image, alpha, rng, min(1.0, strength + 0.3))
+    return out, _changed(image, out)
+
+
+def elastic_deformation(image: np.ndarray, rng: np.random.Generator, strength: float = 0.5, **_: object):
+    """Local elastic warp inside a blob (dents, bulges, warped texture)."""
+    h, w = image.shape[:2]
+    radius = float(rng.uniform(8, min(h, w) * 0.3))
+    poly = _closed_bezier_polygon(rng, _random_center(rng, h, w), radius)
+    region = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(region, [np.round(poly).astype(np.int32)], 1)
+    weight = cv2.GaussianBlur(region.astype(np.float32), (0, 0), radius / 4)
+    amplitude = 2.0 + 10.0 * strength
+    sigma = float(rng.uniform(3, 8))
+    dx = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), sigma)
+    dy = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), sigma)
+    scale = amplitude / max(float(np.abs(np.stack([dx, dy])).max()), 1e-6)
+    grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    map_x = grid_x + dx * scale * weight
+    map_y = grid_y + dy * scale * weight
+    out = cv2.remap(_as_hwc(image).astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    out = _like(out.reshape(_as_hwc(image).shape), image)
+    displacement = np.hypot(dx, dy) * scale * weight
+    # Geometry moved by at least a pixel and the intensity visibly changed: closed into one region.
+    moved = ((displacement > 1.0) & (_changed(image, out) > 0)).astype(np.uint8)
+    mask = cv2.morphologyEx(moved, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8)) * (displacement > 0.5)
+    return out, mask.astype(np.float32)
+
+
+def gradient_falloff(image: np.ndarray, rng: np.random.Generator, strength: float = 0.5, **_: object):
+    """Gray-level change with a Gaussian falloff into its surroundings (uneven regions)."""
+    h, w = image.shape[:2]
+    cx, cy = _random_center(rng, h, w, 0.0)
+    sx, sy = rng.uniform(0.05, 0.35, 2) * np.array([w, h])
+    theta = rng.uniform(0, np.pi)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    xr = (xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)
+    yr = -(xx - cx) * np.sin(theta) + (yy - cy) * np.cos(theta)
+    alpha = np.exp(-0.5 * ((xr / sx) ** 2 + (yr / sy) ** 2)).astype(np.float32)
+    amp = _contrast(rng, strength) * 1.3
+    polarity = -1.0 if rng.random() < 0.6 else 1.0
+    img = _as_hwc(image)
+    out = np.clip(img + (polarity * amp * alpha)[..., None], 0.0, 1.0)
+    out = _like(out, image)
+    # The smooth tail is not a defect anyone would outline: label where the change is visible.
+    mask = (alpha * amp > max(0.04, 0.35 * amp)).astype(np.float32) * _changed(image, out)
+    return out, mask
+
+
+def gaussian_point_cloud(image: np.ndarray, rng: np.random.Generator, strength: float = 0.5, **_: object):
+    """Points from a random bivariate Gaussian, convex-hulled and filled (irregular pits)."""
+    h, w = image.shape[:2]
+    center = _random_center(rng, h, w)
+    scale = rng.uniform(2, min(h, w) * 0.15, 2)
+    rot = rng.uniform(0, np.pi)
+    r = np.array([[np.cos(rot), -np.sin(rot)], [np.sin(rot), np.cos(rot)]])
+    cov = r @ np.diag(scale**2) @ r.T
+    pts = rng.multivariate_normal(center, cov, int(rng.integers(8, 40)))
+    hull = cv2.convexHull(np.round(pts).astype(np.int32))
+    region = np.zeros((h, w), np.uint8)
+    cv2.fillConvexPoly(region, hull, 1)
+    out = _shade(image, _soft(region, rng), rng, strength)
+    return out, _changed(image, out)
+
+
+def _perlin(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """2D gradient (Perlin) noise, shape divisible by nothing in particular (resized)."""
+    gh, gw = res
+    angles = rng.uniform(0, 2 * np.pi, (gh + 1, gw + 1))
+    grads = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    size = 8 * max(gh, gw)
+    ys = np.linspace(0, gh, size, endpoint=False)
+    xs = np.linspace(0, gw, size, endpoint=False)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    y0, x0 = yy.astype(int), xx.astype(int)
+    fy, fx = yy - y0, xx - x0
+
+    def dot(oy: int, ox: int) -> np.ndarray:
+        g = grads[y0 + oy, x0 + ox]
+        return g[..., 0] * (fx - ox) + g[..., 1] * (fy - oy)
+
+    def fade(t: np.ndarray) -> np.ndarray:
+        return 6 * t**5 - 15 * t**4 + 10 * t**3
+
+    u, v = fade(fx), fade(fy)
+    n0 = dot(0, 0) * (1 - u) + dot(0, 1) * u
+    n1 = dot(1, 0) * (1 - u) + dot(1, 1) * u
+    noise = (n0 * (1 - v) + n1 * v).astype(np.float32)
+    return cv2.resize(noise, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def perlin_texture(image: np.ndarray, rng: np.random.Generator, strength: float = 0.5, **_: object):
+    """Perlin-noise mask filled with texture taken from elsewhere in the same image."""
+    h, w = image.shape[:2]
+    res = (int(rng.integers(2, 6)), int(rng.integers(2, 6)))
+    noise = _perlin((h, w), res, rng)
+    threshold = float(np.quantile(noise, rng.uniform(0.85, 0.97)))
+    region = (noise > threshold).astype(np.uint8)
+    if region.sum() == 0:
+        return image.copy(), np.zeros((h, w), np.float32)
+    img = _as_hwc(image)
+    k = int(rng.integers(1, 4))
+    donor = np.rot90(img, k) if h == w else img[::-1, ::-1]
+    donor = np.roll(donor, (int(rng.integers(h)), int(rng.integers(w))), axis=(0, 1))
+    # Shift the donor's brightness so faint settings stay faint and strong ones stand out.
+    donor = np.clip(donor + (rng.choice([-1.0, 1.0]) * _contrast(rng, strength) * 0.6), 0.0, 1.0)
+    beta = float(rng.uniform(0.5, 1.0))
+    alpha = (_soft(region, rng) * beta)[..., None]
+    out = _like(img * (1 - alpha) + donor * alpha, image)
+    return out, _changed(image, out) * (alpha[..., 0] > 0.25)
+
+
+def cutpaste_poisson(image: np.ndarray, rng: np.random.Generator, strength: float = 0.5,
+                     donors: Sequence[np.ndarray] = (), **_: object):
+    """A patch from another OK image, Poisson-blended (``cv2.seamlessClone``) into this one."""
+    h, w = image.shape[:2]
+    donor = donors[int(rng.integers(len(donors)))] if len(donors) else image
+    dh, dw = donor.shape[:2]
+    ph = int(rng.integers(max(10, h // 8), max(11, h // 2)))
+    pw = int(rng.integers(max(10, w // 8), max(11, w // 2)))
+    ph, pw = min(ph, dh - 2, h - 4), min(pw, dw - 2, w - 4)
+    if ph < 6 or pw < 6:
+        return image.copy(), np.zeros((h, w), np.float32)
+    sy, sx = int(rng.integers(0, dh - ph)), int(rng.integers(0, dw - pw))
+    patch = _as_hwc(donor)[sy:sy + ph, sx:sx + pw]
+    # Turn the donor's texture across the part's grain and raise its contrast: Poisson blending
+    # keeps gradients, not levels, so only a texture that differs stays visible after cloning.
+    patch = np.rot90(patch, int(rng.choice([1, 3])))[: h - 4, : w - 4]
+    mean = patch.mean()
+    patch = np.clip(mean + (patch - mean) * (1.5 + 2.5 * strength * rng.random()), 0, 1)
+    ph, pw = patch.shape[:2]
+    patch_mask = np.zeros((ph, pw), np.uint8)
+    poly = _closed_bezier_polygon(rng, np.array([pw / 2, ph / 2]), min(ph, pw) / 2 - 1)
+    cv2.fillPoly(patch_mask, [np.round(poly).astype(np.int32)], 255)
+    if patch_mask.sum() == 0:
+        return image.copy(), np.zeros((h, w), np.float32)
+    cy = int(rng.integers(ph // 2 + 2, h - ph // 2 - 2)) if h - ph > 4 else h // 2
+    cx = int(rng.integers(pw // 2 + 2, w - pw // 2 - 2)) if w - pw > 4 else w // 2
+    img = _as_hwc(image)
+    to_u8 = lambda a: np.repeat(np.clip(a * 255, 0, 255).astype(np.uint8), 3 // a.shape[2], axis=2)
+    cloned = cv2.seamlessClone(to_u8(np.ascontiguousarray(patch)), to_u8(img), patch_mask, (cx, cy), cv2.NORMAL_CLONE)
+    out = cloned.astype(np.float32)[..., : img.shape[2]] / 255.0
+    out = _like(out, image)
+    placed = np.zeros((h, w), np.uint8)
+    y0, x0 = cy - ph // 2, cx - pw // 2
+    placed[max(0, y0):y0 + ph, max(0, x0):x0 + pw] = patch_mask[max(0, -y0):h - y0, max(0, -x0):w - x0] > 0
+    # On fine, regular textures the Poisson solution can be nearly invisible; a level shift under
+    # the pasted region (scaled by strength) keeps the defect visible while edges stay seamless.
+    out = _shade(out, _soft(placed, rng) * rng.uniform(0.3, 1.0), rng, strength)
+    return out, _changed(image, out) * placed
+
+
+def edge_chip(image: np.ndarray, rng: np.random.Generator, strength: float = 0.5,
+              edge_sides: Sequence[str] = ("top", "bottom", "left", "right"), background: float | None = None,
+              **_: object):
+    """A chip or break at the part's edge: a ragged region from one side replaced by background."""
+    h, w = image.shape[:2]
+    side = str(rng.choice(list(edge_sides) or ["top", "bottom", "left", "right"]))
+    length = rng.uniform(0.1, 0.5) * (w if side in ("top", "bottom") else h)
+    depth = rng.uniform(0.05, 0.3) * (h if side in ("top", "bottom") else w)
+    start = rng.uniform(0, (w if side in ("top", "bottom") else h) - length)
+    n = int(rng.integers(4, 9))
+    along = np.sort(rng.uniform(start, start + length, n))
+    inward = depth * rng.uniform(0.3, 1.0, n)
+    inward[0] = inward[-1] = 0.0
+    pts = np.stack([along, inward], axis=1)
+    pts = np.concatenate([[[start, -2.0]], pts, [[start + length, -2.0]]])
+    if side == "bottom":
+        pts[:, 1] = h - 1 - pts[:, 1]
+    elif side in ("left", "right"):
+        pts = pts[:, ::-1].copy()
+        if side == "right":
+            pts[:, 0] = w - 1 - pts[:, 0]
+    region = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(region, [np.round(pts).astype(np.int32)], 1)
+    img = _as_hwc(image)
+    bg = float(np.quantile(img, 0.02)) * 0.5 if background is None else background
+    if rng.random() < 0.3:  # a fresh fracture surface reads bright, not dark
+        bg = min(1.0, float(np.quantile(img, 0.98)) + 0.1)
+    fill = np.clip(bg + rng.normal(0, 0.02, (h, w)), 0, 1).astype(np.float32)
+    alpha = _soft(region, rng)[..., None]
+    out = _like(img * (1 - alpha) + fill[..., None] * alpha, image)
+    return out, _changed(image, out) * (alpha[..., 0] > 0.1)
+
+
+GENERATORS: dict[str, Generator] = {
+    "bezier_blob": bezier_blob,
+    "bezier_scratch": bezier_scratch,
+    "elastic": elastic_deformation,
+    "gradient": gradient_falloff,
+    "point_cloud": gaussian_point_cloud,
+    "perlin": perlin_texture,
+    "cutpaste": cutpaste_poisson,
+    "edge_chip": edge_chip,
+}
+
+MIN_DEFECT_PX = 4
+
+
+def synthesize(image: np.ndarray, rng: np.random.Generator, strength: float = 0.5,
+               names: Sequence[str] | None = None, tries: int = 4, **context: object):
+    """Apply one random generator; retry a few times if it changed (almost) nothing."""
+    names = list(names or GENERATORS)
+    unknown = [n for n in names if n not in GENERATORS]
+    if unknown:
+        raise ValueError(f"unknown defect generator(s) {unknown}; valid: {sorted(GENERATORS)}")
+    for _ in range(tries):
+        name = str(rng.choice(names))
+        out, mask = GENERATORS[name](image, rng, strength, **context)
+        if mask.sum() >= MIN_DEFECT_PX:
+            return out.astype(np.float32), mask.astype(np.float32), name
+    return image.copy(), np.zeros(image.shape[:2], np.float32), "none"

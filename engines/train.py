@@ -1,0 +1,188 @@
+"""Training loop for the Tiny-UNet (synthetic defects, Dice + BCE) and the AE-SSIM baseline.
+
+Step-based: an "epoch" is ``steps_per_epoch`` batches of freshly synthesised samples, so training
+length does not depend on how many OK images there are. A checkpoint is written after every epoch
+(``last.pt``), and ``resume`` continues from it with identical optimizer and schedule state.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset
+from tqdm import tqdm
+
+from engines.ae_ssim import ssim_map
+from engines.data import files_hash, training_images
+from engines.inference_model import build_model
+from engines.train_data import SampleConfig, load_images, make_sample
+
+CHECKPOINT = "last.pt"
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    arch: str = "tiny_unet"
+    width: int = 16
+    channels: int = 1
+    epochs: int = 20
+    steps_per_epoch: int = 250
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    curriculum: bool = True  # strong defects first, widening to faint ones over the first half
+    seed: int = 0
+    workers: int = 1
+    threads: int = 2
+    device: str = "auto"
+    command: str = ""
+
+
+class SyntheticDefects(IterableDataset):
+    def __init__(self, images: list[np.ndarray], cfg: SampleConfig, seed: int, total_steps: int,
+                 batch_size: int, start_step: int, curriculum: bool, with_defects: bool) -> None:
+        self.images, self.cfg, self.seed = images, cfg, seed
+        self.total_steps, self.batch_size, self.start_step = total_steps, batch_size, start_step
+        self.curriculum, self.with_defects = curriculum, with_defects
+
+    def strength_range(self, step: int) -> tuple[float, float]:
+        if not self.curriculum:
+            return 0.0, 1.0
+        progress = min(1.0, step / max(1.0, 0.5 * self.total_steps))
+        return 0.7 * (1.0 - progress), 1.0
+
+    def __iter__(self) -> Iterator:
+        info = torch.utils.data.get_worker_info()
+        wid, nworkers = (info.id, info.num_workers) if info else (0, 1)
+        # Each worker takes every n-th batch, seeded by batch index: a resumed run continues the stream.
+        for step in range(self.start_step + wid, self.total_steps, nworkers):
+            rng = np.random.default_rng([self.seed, step])
+            lo_hi = self.strength_range(step)
+            for _ in range(self.batch_size):
+                x, mask, label, _name = make_sample(rng, self.images, self.cfg, lo_hi, self.with_defects)
+                yield torch.from_numpy(x), torch.from_numpy(mask), torch.tensor(label)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    prob = torch.sigmoid(logits)
+    inter = (prob * target).sum()
+    return 1.0 - (2.0 * inter + eps) / (prob.sum() + target.sum() + eps)
+
+
+def segmentation_loss(model: torch.nn.Module, x, mask, label) -> tuple[torch.Tensor, dict]:
+    map_logits, tile_logits = model(x)
+    bce = F.binary_cross_entropy_with_logits(map_logits, mask)
+    dice = dice_loss(map_logits, mask)
+    tile = F.binary_cross_entropy_with_logits(tile_logits, label)
+    return bce + dice + 0.5 * tile, {"bce": bce.item(), "dice": dice.item(), "tile": tile.item()}
+
+
+def reconstruction_loss(model: torch.nn.Module, x, _mask, _label) -> tuple[torch.Tensor, dict]:
+    recon = model(x)
+    ssim = (1.0 - ssim_map(x, recon)).mean()
+    l1 = (recon - x).abs().mean()
+    return ssim + l1, {"ssim": ssim.item(), "l1": l1.item()}
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train and return the output folder holding ``last.pt`` and ``train_config.json``."""
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = training_images(cfg.data)
+    sample_cfg = SampleConfig(channels=cfg.channels)
+    images = load_images(files, cfg.channels, sample_cfg.tile)
+    device = pick_device(cfg.device)
+    model = build_model(cfg.arch, cfg.channels, cfg.width).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * cfg.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, cfg.warmup_steps))
+    step = 0
+    data_hash = files_hash(files)
+    ckpt_path = out / CHECKPOINT
+    if resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"{ckpt_path}: nothing to resume; start without --resume")
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if state["config"]["arch"] != cfg.arch or state["config"]["width"] != cfg.width:
+            raise ValueError(f"{ckpt_path}: checkpoint is {state['config']['arch']} width "
+                             f"{state['config']['width']}, but --arch {cfg.arch} --width {cfg.width} was asked")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+
+    loss_fn = segmentation_loss if cfg.arch == "tiny_unet" else reconstruction_loss
+    dataset = SyntheticDefects(images, sample_cfg, cfg.seed, total, cfg.batch_size, step, cfg.curriculum,
+                               with_defects=cfg.arch == "tiny_unet")
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.workers,
+                        persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
+    model.train()
+    bar = tqdm(total=total, initial=step, disable=not progress, desc=f"train {cfg.arch} w{cfg.width}",
+               unit="step", dynamic_ncols=True)
+    log = (out / "train_log.jsonl").open("a")
+    started = time.monotonic()
+    for x, mask, label in loader:
+        x = x.to(device, memory_format=torch.channels_last)
+        mask, label = mask.to(device), label.to(device)
+        loss, parts = loss_fn(model, x, mask, label)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+        if step % 25 == 0:
+            log.write(json.dumps({"step": step, "loss": loss.item(), **parts,
+                                  "elapsed_s": round(time.monotonic() - started, 1)}) + "\n")
+            log.flush()
+        if step % cfg.steps_per_epoch == 0 or step == total:
+            save_checkpoint(ckpt_path, model, optimizer, scheduler, step, cfg, data_hash, files)
+        if step >= total:
+            break
+    bar.close()
+    log.close()
+    return out
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, cfg: TrainConfig, data_hash: str,
+                    files: list[Path]) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "config": asdict(cfg),
+        "training_data_hash": data_hash,
+        "training_files": len(files),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # a crash mid-write never leaves a truncated checkpoint
