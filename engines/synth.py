@@ -24,7 +24,8 @@ def _as_hwc(image: np.ndarray) -> np.ndarray:
 
 
 def _like(result_hwc: np.ndarray, original: np.ndarray) -> np.ndarray:
-    return result_hwc[..., 0] if original.ndim == 2 else result_hwc
+    out = result_hwc[..., 0] if original.ndim == 2 else result_hwc
+    return out.astype(np.float32, copy=False)
 
 
 def _contrast(rng: np.random.Generator, strength: float) -> float:
@@ -141,10 +142,8 @@ def elastic_deformation(image: np.ndarray, rng: np.random.Generator, strength: f
     out = cv2.remap(_as_hwc(image).astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     out = _like(out.reshape(_as_hwc(image).shape), image)
     displacement = np.hypot(dx, dy) * scale * weight
-    # Geometry moved by at least a pixel and the intensity visibly changed: closed into one region.
-    moved = ((displacement > 1.0) & (_changed(image, out) > 0)).astype(np.uint8)
-    mask = cv2.morphologyEx(moved, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8)) * (displacement > 0.5)
-    return out, mask.astype(np.float32)
+    # Geometry moved by at least a pixel and the intensity visibly changed there.
+    return out, ((displacement > 1.0) & (_changed(image, out) > 0)).astype(np.float32)
 
 
 def gradient_falloff(image: np.ndarray, rng: np.random.Generator, strength: float = 0.5, **_: object):
@@ -254,11 +253,14 @@ def cutpaste_poisson(image: np.ndarray, rng: np.random.Generator, strength: floa
     cv2.fillPoly(patch_mask, [np.round(poly).astype(np.int32)], 255)
     if patch_mask.sum() == 0:
         return image.copy(), np.zeros((h, w), np.float32)
-    cy = int(rng.integers(ph // 2 + 2, h - ph // 2 - 2)) if h - ph > 4 else h // 2
-    cx = int(rng.integers(pw // 2 + 2, w - pw // 2 - 2)) if w - pw > 4 else w // 2
+    cy = int(rng.integers(ph // 2 + 2, h - (ph - ph // 2) - 1)) if h - ph > 4 else h // 2
+    cx = int(rng.integers(pw // 2 + 2, w - (pw - pw // 2) - 1)) if w - pw > 4 else w // 2
     img = _as_hwc(image)
     to_u8 = lambda a: np.repeat(np.clip(a * 255, 0, 255).astype(np.uint8), 3 // a.shape[2], axis=2)
-    cloned = cv2.seamlessClone(to_u8(np.ascontiguousarray(patch)), to_u8(img), patch_mask, (cx, cy), cv2.NORMAL_CLONE)
+    try:
+        cloned = cv2.seamlessClone(to_u8(np.ascontiguousarray(patch)), to_u8(img), patch_mask, (cx, cy), cv2.NORMAL_CLONE)
+    except cv2.error:  # OpenCV rejects some ROIs at the border; the caller retries another defect
+        return image.copy(), np.zeros((h, w), np.float32)
     out = cloned.astype(np.float32)[..., : img.shape[2]] / 255.0
     out = _like(out, image)
     placed = np.zeros((h, w), np.uint8)

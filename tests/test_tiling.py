@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from pipeline.vision.tiling import blend_window, extract_tiles, stitch, tile_grid
+
+
+@pytest.mark.parametrize("h,w", [(300, 270), (128, 128), (100, 260), (129, 500)])
+def test_grid_covers_image(h, w):
+    grid = tile_grid(h, w, 128, 0.25)
+    covered = np.zeros((max(h, 128), max(w, 128)), bool)
+    for y, x in grid.origins:
+        covered[y:y + 128, x:x + 128] = True
+    assert covered[:h, :w].all()
+
+
+def test_tiles_match_image(ok_images):
+    img = ok_images[0]
+    grid = tile_grid(*img.shape, 128, 0.5)
+    tiles = extract_tiles(img, grid)
+    assert tiles.shape == (len(grid), 1, 128, 128)
+    for t, (y, x) in zip(tiles, grid.origins):
+        assert np.array_equal(t[0], img[y:y + 128, x:x + 128])
+
+
+def test_stitch_reproduces_smooth_field_without_seams():
+    h, w = 300, 270
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    field = (yy / h + xx / w) / 2
+    grid = tile_grid(h, w, 128, 0.25)
+    tiles = extract_tiles(field, grid)
+    out = stitch(tiles[:, :1], grid)
+    assert np.abs(out - field).max() < 1e-5
+
+
+def test_window_blends_disagreeing_tiles_smoothly():
+    # Tiles that disagree (each constant, different values) must fade, not jump.
+    grid = tile_grid(128, 256, 128, 0.5)
+    maps = np.stack([np.full((1, 128, 128), v, np.float32) for v in np.linspace(0, 1, len(grid))])
+    out = stitch(maps, grid)
+    assert np.abs(np.diff(out[64])).max() < 0.05
+    assert blend_window(128).min() > 0
+
+
+def test_small_image_padded():
+    img = np.arange(100 * 90, dtype=np.float32).reshape(100, 90)
+    grid = tile_grid(100, 90)
+    tiles = extract_tiles(img, grid)
+    assert tiles.shape == (1, 1, 128, 128)
+    assert stitch(tiles, grid).shape == (100, 90)

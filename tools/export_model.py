@@ -1,0 +1,33 @@
+"""export_model: checkpoint -> model folder (model.onnx, model.pt, model.json), checked against PyTorch."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tools._cli import run_cli
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="export_model", description=__doc__)
+    p.add_argument("--checkpoint", required=True, help="OUT/last.pt written by train")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--opset", type=int, default=17)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+
+    def go() -> None:
+        from engines.artifact import ModelMeta
+        from engines.export import export_model
+
+        out = export_model(args.checkpoint, args.out, args.opset)
+        meta = ModelMeta.load(out)
+        print(f"wrote {out}: onnx vs torch max abs diff {meta.extra['onnx_vs_torch_max_abs_diff']:.2e}")
+
+    return run_cli(go, "export_model")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""train: fit a Tiny-UNet (or the AE-SSIM baseline) on OK images only."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from tools._cli import run_cli
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train", description=__doc__)
+    p.add_argument("--data", required=True, help="folder of OK images, or MVTec-style folder (uses train/good)")
+    p.add_argument("--out", required=True, help="run folder: last.pt, train_log.jsonl, train_config.json")
+    p.add_argument("--arch", default="tiny_unet", choices=["tiny_unet", "ae_ssim"])
+    p.add_argument("--width", type=int, default=16, choices=[8, 16, 32])
+    p.add_argument("--channels", type=int, default=1, choices=[1, 3])
+    p.add_argument("--epochs", type=int, default=28)
+    p.add_argument("--steps-per-epoch", type=int, default=250)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--no-curriculum", action="store_true", help="sample all defect strengths from the start")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="data-synthesis worker processes")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--export", metavar="MODEL_DIR", help="export the final checkpoint to this model folder")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+
+    def go() -> None:
+        from engines.train import TrainConfig, train
+
+        command = "train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        cfg = TrainConfig(data=args.data, out=args.out, arch=args.arch, width=args.width, channels=args.channels,
+                          epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+                          lr=args.lr, curriculum=not args.no_curriculum, seed=args.seed, workers=args.workers,
+                          threads=args.threads, device=args.device, command=command,
+                          warmup_steps=min(100, args.epochs * args.steps_per_epoch // 10))
+        out = train(cfg, resume=args.resume)
+        print(f"checkpoint: {out / 'last.pt'}")
+        if args.export:
+            from engines.export import export_model
+
+            print(f"model: {export_model(out / 'last.pt', args.export)}")
+
+    return run_cli(go, "train")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
