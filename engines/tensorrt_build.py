@@ -1,0 +1,129 @@
+"""ONNX -> TensorRT plan (TensorRT 10 API): dynamic-batch profile, FP16/INT8, timing cache, sidecar.
+
+Unverified on hardware in this repository's CI (no TensorRT there); written to the documented
+TensorRT 10 Python API. Imports are lazy so the package works without TensorRT.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engines.artifact import model_paths
+from engines.backends.base import BackendUnavailable
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class EngineMeta:
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str
+    onnx_sha256: str
+    input_name: str
+    input_shape: list  # (C, T, T) per tile
+    min_batch: int
+    max_batch: int
+    model_dir: str
+    int8_calibration_cache: str = ""
+
+    def save(self, engine_path: Path) -> Path:
+        path = sidecar_path(engine_path)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+
+def sidecar_path(engine_path: Path) -> Path:
+    return Path(str(engine_path) + ".json")
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendUnavailable("TensorRT is not installed (pip install -e .[tensorrt] on a machine with an "
+                                 "NVIDIA GPU and driver)") from exc
+    return trt
+
+
+def gpu_identity() -> tuple[str, str]:
+    try:
+        import pycuda.driver as cuda
+    except ImportError as exc:
+        raise BackendUnavailable("pycuda is not installed (pip install -e .[tensorrt])") from exc
+    try:
+        cuda.init()
+        dev = cuda.Device(0)
+    except cuda.Error as exc:
+        raise BackendUnavailable(f"no CUDA device: {exc}") from exc
+    major, minor = dev.compute_capability()
+    return dev.name(), f"{major}.{minor}"
+
+
+def build_engine(model: str | Path, out: str | Path, precision: str = "fp16", max_batch: int = 256,
+                 opt_batch: int | None = None, calib_dir: str | Path | None = None,
+                 timing_cache: str | Path | None = None, workspace_gib: float = 4.0) -> Path:
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r}; valid: {PRECISIONS}")
+    if max_batch < 1:
+        raise ValueError(f"--max-batch must be >= 1, got {max_batch}")
+    onnx_path, meta = model_paths(model)
+    trt = import_tensorrt()
+    gpu_name, cc = gpu_identity()
+    import pycuda.autoinit  # noqa: F401 - a context for the calibrator's buffers
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"{onnx_path}: TensorRT could not parse the model: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    input_name = network.get_input(0).name
+    chw = (meta.in_channels, meta.tile_size, meta.tile_size)
+    profile = builder.create_optimization_profile()
+    opt = opt_batch or max_batch
+    profile.set_shape(input_name, (1, *chw), (opt, *chw), (max_batch, *chw))
+    config.add_optimization_profile(profile)
+
+    cache_file = Path(timing_cache) if timing_cache else Path(out).with_suffix(".timing.cache")
+    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+
+    int8_cache = ""
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        from calibration.int8 import cache_path, calibration_tiles, make_entropy_calibrator
+
+        if calib_dir is None and not cache_path(Path(model).name).is_file():
+            raise ValueError("--precision int8 needs --calib DIR of OK images (or an existing calibration cache)")
+        config.set_flag(trt.BuilderFlag.INT8)
+        tiles = calibration_tiles(calib_dir, meta) if calib_dir else None
+        calib_batch = min(32, max_batch)
+        cache = cache_path(Path(model).name)
+        config.int8_calibrator = make_entropy_calibrator(tiles if tiles is not None else
+                                                         __import__("numpy").zeros((0, *chw), "float32"),
+                                                         calib_batch, cache)
+        config.set_calibration_profile(profile)
+        int8_cache = str(cache)
+
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError(f"{onnx_path}: TensorRT engine build failed (see the log above)")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(bytes(plan))
+    cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
+    EngineMeta(trt.__version__, gpu_name, cc, precision, sha256_file(onnx_path), input_name, list(chw), 1,
+               max_batch, str(Path(model).resolve()), int8_cache).save(out)
+    return out

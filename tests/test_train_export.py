@@ -1,0 +1,99 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from engines.backends import BACKENDS, Backend, BackendUnavailable, backend_class, load_backend  # noqa: E402
+from engines.export import TENSORRT_NATIVE_OPS, onnx_operators  # noqa: E402
+from engines.train import TrainConfig, train  # noqa: E402
+from tools import evaluate as evaluate_cli  # noqa: E402
+from tools import train as train_cli  # noqa: E402
+
+
+def test_checkpoint_resume_continues(tmp_path, mini_data):
+    cfg = TrainConfig(data=str(mini_data), out=str(tmp_path), width=8, epochs=2, steps_per_epoch=2, batch_size=2,
+                      warmup_steps=1, workers=0, threads=1)
+    train(cfg, progress=False)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["step"] == 4
+    cfg.epochs = 3
+    train(cfg, resume=True, progress=False)
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 6
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert (tmp_path / "train_config.json").is_file() and isinstance(log, list)
+
+
+def test_exported_graph_stays_tensorrt_native(trained_model):
+    ops = onnx_operators(trained_model / "model.onnx")
+    assert ops <= TENSORRT_NATIVE_OPS, ops - TENSORRT_NATIVE_OPS
+    assert "BatchNormalization" not in ops  # folded into the convolutions at export
+
+
+def test_every_backend_implements_the_interface():
+    for name in BACKENDS:
+        assert issubclass(backend_class(name), Backend), name
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_backend_parity_with_torch(name, trained_model):
+    """Every backend that can run here agrees with the torch reference (max abs diff < 1e-3)."""
+    try:
+        engine = load_backend(name, trained_model)
+    except BackendUnavailable as exc:
+        pytest.skip(f"{name}: {exc}")
+    reference = load_backend("torch", trained_model, device="cpu")
+    x = np.random.default_rng(0).normal(0, 1, (5, 1, 128, 128)).astype(np.float32)
+    maps, scores = engine.infer(x)
+    ref_maps, ref_scores = reference.infer(x)
+    assert maps.shape == (5, 1, 128, 128) and scores.shape == (5,)
+    assert np.abs(maps - ref_maps).max() < 1e-3
+    assert np.abs(scores - ref_scores).max() < 1e-3
+
+
+def test_backend_rejects_wrong_shape(trained_model):
+    engine = load_backend("onnxruntime", trained_model)
+    with pytest.raises(ValueError, match=r"expected \(N, 1, 128, 128\)"):
+        engine.infer(np.zeros((2, 3, 128, 128), np.float32))
+
+
+def test_evaluate_cli_writes_metrics_plots_overlays(tmp_path, trained_model, mini_data):
+    out = tmp_path / "eval"
+    assert evaluate_cli.main(["--model", str(trained_model), "--data", str(mini_data), "--out", str(out)]) == 0
+    result = json.loads((out / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_f1", "ms_per_tile"):
+        assert isinstance(result[key], float), key
+    assert set(result["per_type"]) == {"blowhole", "break", "crack"}
+    assert 0.0 <= result["pixel_auroc"] <= 1.0 and result["ms_per_tile"] > 0
+    assert (out / "roc_pr.png").stat().st_size > 1000
+    assert len(list((out / "overlays").glob("*.png"))) == 6 + 3
+
+
+def test_train_cli_empty_folder_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code = train_cli.main(["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no images found" in err and str(tmp_path / "empty") in err
+
+
+def test_corrupt_image_named(tmp_path, mini_data, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(mini_data / "train" / "good", data)
+    (data / "zz_broken.png").write_bytes(b"not a png")
+    code = train_cli.main(["--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "zz_broken.png" in err and "not a readable image" in err
+
+
+def test_mask_size_mismatch_named(tmp_path, trained_model, mini_data, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(mini_data, data)
+    mask = next((data / "ground_truth" / "crack").iterdir())
+    import cv2
+
+    cv2.imwrite(str(mask), np.zeros((10, 10), np.uint8))
+    code = evaluate_cli.main(["--model", str(trained_model), "--data", str(data), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and mask.name in err and "must have the image's size" in err
