@@ -72,10 +72,23 @@ def check_forward(module: torch.nn.Module, onnx_path: Path, in_channels: int, ti
 def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
                  thresholds: tuple[float, float] | None = None) -> Path:
     """Write ``out/model.onnx``, ``out/model.pt`` and ``out/model.json``; return ``out``."""
+    model, state = load_checkpoint(checkpoint)
+    return export_module(model, state["config"], out, opset, thresholds,
+                         data_hash=state.get("training_data_hash", ""), extra={"train_steps": int(state["step"])})
+
+
+def export_untrained(arch: str, width: int, channels: int, out: str | Path, seed: int = 0) -> Path:
+    """A randomly initialised model folder: for speed measurements only (``extra.untrained``)."""
+    torch.manual_seed(seed)
+    model = build_model(arch, channels, width).eval()
+    cfg = {"arch": arch, "width": width, "channels": channels, "command": "export_model --untrained"}
+    return export_module(model, cfg, out, extra={"untrained": True})
+
+
+def export_module(model: torch.nn.Module, cfg: dict, out: str | Path, opset: int = 17,
+                  thresholds: tuple[float, float] | None = None, data_hash: str = "", extra: dict | None = None) -> Path:
     if opset < 17:
         raise ValueError(f"opset must be >= 17, got {opset}")
-    model, state = load_checkpoint(checkpoint)
-    cfg = state["config"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     module = inference_module(cfg["arch"], model)
@@ -89,9 +102,8 @@ def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
     pixel_t, image_t = thresholds or ((previous.pixel_threshold, previous.image_threshold) if previous else (0.5, 0.5))
     meta = ModelMeta(
         arch=cfg["arch"], width=cfg["width"], in_channels=cfg["channels"], pixel_threshold=pixel_t,
-        image_threshold=image_t, training_data_hash=state.get("training_data_hash", ""),
-        training_command=cfg.get("command", ""), opset=opset,
-        extra={"train_steps": int(state["step"]), "onnx_vs_torch_max_abs_diff": diff},
+        image_threshold=image_t, training_data_hash=data_hash, training_command=cfg.get("command", ""), opset=opset,
+        extra={**(extra or {}), "onnx_vs_torch_max_abs_diff": diff},
     )
     meta.save(out)
     return out

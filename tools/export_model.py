@@ -9,7 +9,11 @@ from tools._cli import run_cli
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="export_model", description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="OUT/last.pt written by train")
+    p.add_argument("--checkpoint", help="OUT/last.pt written by train")
+    p.add_argument("--untrained", action="store_true", help="random weights, for speed benchmarks only")
+    p.add_argument("--arch", default="tiny_unet", choices=["tiny_unet", "ae_ssim"], help="with --untrained")
+    p.add_argument("--width", type=int, default=32, choices=[8, 16, 32], help="with --untrained")
+    p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="with --untrained")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--opset", type=int, default=17)
     return p
@@ -20,9 +24,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> None:
         from engines.artifact import ModelMeta
-        from engines.export import export_model
+        from engines.export import export_model, export_untrained
 
-        out = export_model(args.checkpoint, args.out, args.opset)
+        if args.untrained:
+            out = export_untrained(args.arch, args.width, args.channels, args.out)
+        elif args.checkpoint:
+            out = export_model(args.checkpoint, args.out, args.opset)
+        else:
+            raise ValueError("give --checkpoint OUT/last.pt, or --untrained for a speed-only model")
         meta = ModelMeta.load(out)
         print(f"wrote {out}: onnx vs torch max abs diff {meta.extra['onnx_vs_torch_max_abs_diff']:.2e}")
 

@@ -1,0 +1,166 @@
+"""Honest ms-per-tile numbers: warm-up, repeated timed calls, percentiles, and the machine's limit.
+
+Model cost (parameters, multiply-accumulates) is read from the ONNX graph itself, so the numbers
+hold for any model folder, fp32 or int8, without torch.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engines.artifact import ONNX_NAME, model_paths
+from engines.backends import BackendUnavailable, load_backend
+
+
+@dataclass
+class BenchResult:
+    backend: str
+    batch: int
+    ms_per_tile_mean: float
+    ms_per_tile_p50: float
+    ms_per_tile_p99: float
+    tiles_per_s: float
+    calls: int
+    device: str
+    precision: str
+
+
+def onnx_cost(onnx_path: Path) -> tuple[int, int]:
+    """(parameters, MACs per tile) of Conv and Gemm nodes, from shape inference at batch 1."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = onnx.load(str(onnx_path))
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.ClearField("dim_param")
+    dim.dim_value = 1
+    inferred = shape_inference.infer_shapes(model)
+    shapes = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+    inits = {i.name: numpy_helper.to_array(i).shape for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def weight_shape(name: str):
+        if name in inits:
+            return inits[name]
+        node = producers.get(name)  # QDQ graphs: weight -> DequantizeLinear -> Conv
+        return inits.get(node.input[0]) if node is not None and node.op_type == "DequantizeLinear" else None
+
+    params = int(sum(np.prod(s) for n, s in inits.items() if len(s) >= 1 and np.prod(s) > 1
+                     and not n.endswith(("_scale", "_zero_point"))))
+    macs = 0
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            w = weight_shape(node.input[1])
+            out = shapes.get(node.output[0])
+            if w is not None and out:
+                macs += int(np.prod(out[1:])) * int(np.prod(w[1:]))
+        elif node.op_type == "Gemm":
+            w = weight_shape(node.input[1])
+            if w is not None:
+                macs += int(np.prod(w))
+    return params, macs
+
+
+def measure_fp32_peak_gflops(size: int = 1024, seconds: float = 2.0, threads: int = 0) -> float:
+    """Sustained fp32 GFLOP/s of a large matrix product in ONNX Runtime: the machine's practical limit."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "peak",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size]),
+                               helper.make_tensor_value_info("b", TensorProto.FLOAT, [size, size])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    a = np.random.default_rng(0).random((size, size), np.float32)
+    sess.run(None, {"a": a, "b": a})
+    best = float("inf")
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        sess.run(None, {"a": a, "b": a})
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * size**3 / best / 1e9
+
+
+def time_backend(engine, batch: int, min_seconds: float, min_calls: int, warmup: int = 3) -> list[float]:
+    meta = engine.meta
+    x = np.random.default_rng(0).normal(0, 1, (batch, meta.in_channels, meta.tile_size, meta.tile_size)).astype(np.float32)
+    for _ in range(warmup):
+        engine.infer(x)
+    times = []
+    end = time.perf_counter() + min_seconds
+    while len(times) < min_calls or time.perf_counter() < end:
+        t0 = time.perf_counter()
+        engine.infer(x)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_benchmark(model: str | Path, backends: list[str], batches: list[int], min_seconds: float = 3.0,
+                  min_calls: int = 10, backend_options: dict | None = None, progress=print) -> dict:
+    onnx_path, meta = model_paths(model)
+    params, macs = onnx_cost(onnx_path)
+    results, skipped = [], []
+    for name in backends:
+        try:
+            engine = load_backend(name, model, **(backend_options or {}).get(name, {}))
+        except BackendUnavailable as exc:
+            skipped.append({"backend": name, "reason": str(exc)})
+            progress(f"{name}: skipped ({exc})")
+            continue
+        for batch in batches:
+            times = np.array(time_backend(engine, batch, min_seconds, min_calls)) * 1000.0 / batch
+            r = BenchResult(name, batch, float(times.mean()), float(np.percentile(times, 50)),
+                            float(np.percentile(times, 99)), float(1000.0 / times.mean()), int(len(times)),
+                            engine.device, meta.precision)
+            results.append(asdict(r))
+            progress(f"{name:<12} batch {batch:>4}: {r.ms_per_tile_mean:8.3f} ms/tile mean, p50 {r.ms_per_tile_p50:.3f}, "
+                     f"p99 {r.ms_per_tile_p99:.3f}, {r.tiles_per_s:9.1f} tiles/s ({r.calls} calls)")
+        engine.close()
+    return {
+        "model": str(model), "onnx": str(onnx_path), "arch": meta.arch, "width": meta.width,
+        "precision": meta.precision, "parameters": params, "gmac_per_tile": macs / 1e9,
+        "untrained": bool(meta.extra.get("untrained", False)),
+        "results": results, "skipped": skipped, "machine": machine_info(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "host": platform.node()}
+
+
+def format_results(report: dict) -> str:
+    lines = [f"model {report['model']} ({report['arch']} width {report['width']}, {report['precision']}, "
+             f"{report['parameters'] / 1e6:.2f}M params, {report['gmac_per_tile']:.2f} GMac/tile)"]
+    lines.append(f"{'backend':<12} {'batch':>5} {'mean':>9} {'p50':>9} {'p99':>9} {'tiles/s':>10}  device")
+    for r in report["results"]:
+        lines.append(f"{r['backend']:<12} {r['batch']:>5} {r['ms_per_tile_mean']:>9.3f} {r['ms_per_tile_p50']:>9.3f} "
+                     f"{r['ms_per_tile_p99']:>9.3f} {r['tiles_per_s']:>10.1f}  {r['device']}")
+    for s in report["skipped"]:
+        lines.append(f"{s['backend']:<12} skipped: {s['reason']}")
+    if "fp32_peak_gflops" in report:
+        lines.append(f"machine fp32 limit: {report['fp32_peak_gflops']:.1f} GFLOP/s (ORT MatMul) -> "
+                     f"{report['limit_ms_per_tile']:.2f} ms/tile for this model")
+    return "\n".join(lines)

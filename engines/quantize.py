@@ -1,0 +1,59 @@
+"""ONNX Runtime INT8 static quantisation (QDQ), calibrated on OK tiles, for CPU inference.
+
+Activations are quantised with unsigned 8-bit, weights per channel signed 8-bit: the combination
+ONNX Runtime's x86 kernels (VNNI/AVX2 u8s8) run fastest. The output model folder keeps the same
+layout and sidecar, with ``precision: int8``.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from calibration.int8 import calibration_batches, calibration_tiles
+from engines.artifact import ONNX_NAME, ModelMeta, model_paths
+
+
+def quantize_model(model: str | Path, calib: str | Path, out: str | Path, max_tiles: int = 256,
+                   batch: int = 16, method: str = "minmax") -> Path:
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quant_pre_process, quantize_static)
+
+    onnx_path, meta = model_paths(model)
+    if meta.precision != "fp32":
+        raise ValueError(f"{model}: already {meta.precision}; quantise the fp32 model folder")
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise ValueError(f"--method {method!r}; valid: {sorted(methods)}")
+    tiles = calibration_tiles(calib, meta, max_tiles)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(calibration_batches(tiles, batch))
+
+        def get_next(self):
+            nxt = next(self.it, None)
+            return None if nxt is None else {"tiles": nxt}
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prepped = out / "model.prep.onnx"
+    quant_pre_process(str(onnx_path), str(prepped), skip_symbolic_shape=True)
+    quantize_static(str(prepped), str(out / ONNX_NAME), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=methods[method])
+    prepped.unlink()
+    weights = Path(model) / "model.pt"
+    if weights.is_file():  # the torch backend keeps serving the fp32 reference
+        shutil.copy(weights, out / "model.pt")
+    extra = {**meta.extra, "quantized_from": str(Path(model)), "calibration_tiles": int(len(tiles)),
+             "calibration_method": method}
+    replace(meta, precision="int8", extra=extra).save(out)
+    return out
+
+
+def compare_maps(fp32_maps: np.ndarray, int8_maps: np.ndarray) -> float:
+    return float(np.abs(fp32_maps - int8_maps).max())

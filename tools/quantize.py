@@ -1,0 +1,32 @@
+"""quantize: ONNX Runtime INT8 static quantisation (QDQ) of a model folder, calibrated on OK images."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tools._cli import run_cli
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quantize", description=__doc__)
+    p.add_argument("--model", required=True, help="fp32 model folder")
+    p.add_argument("--calib", required=True, help="folder of OK images (or MVTec-style folder: uses train/good)")
+    p.add_argument("--out", required=True, help="int8 model folder to write")
+    p.add_argument("--max-tiles", type=int, default=256)
+    p.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+
+    def go() -> None:
+        from engines.quantize import quantize_model
+
+        print(f"wrote {quantize_model(args.model, args.calib, args.out, args.max_tiles, method=args.method)}")
+
+    return run_cli(go, "quantize")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
