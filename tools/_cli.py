@@ -7,7 +7,7 @@ from typing import Callable
 from engines.artifact import ArtifactError
 from engines.data import DataError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ArtifactError, FileNotFoundError, ValueError)
+USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ArtifactError, FileNotFoundError, ValueError)  # ConfigError is a ValueError
 
 
 def run_cli(fn: Callable[[], int | None], prog: str) -> int:

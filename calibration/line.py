@@ -1,0 +1,155 @@
+"""Line calibration from a handful of frames of OK parts on the running belt.
+
+Fits the belt colour model, measures the canonical part size, chooses the alignment mode (template
+when OK parts look alike, silhouette when their texture differs part to part), and sets the
+operating threshold from the model's own scores on these OK parts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engines.artifact import model_paths
+from engines.backends import load_backend
+from pipeline.config import BeltConfig, DecisionConfig, InferenceConfig, LineConfig, PreprocessConfig
+from pipeline.processing import Preprocessor, decide
+from pipeline.sources import DirSource
+from pipeline.vision.belt import fit_belt
+from pipeline.vision.locate import locate_silhouette
+from pipeline.vision.rectify import homography_to_canonical, rectify
+
+TEMPLATE_MIN_NCC = 0.8   # mean similarity of OK parts to their median above which template mode is used
+THRESHOLD_MARGIN = 0.05  # image threshold sits this far above the highest OK score (or the model's own)
+
+
+@dataclass
+class Calibration:
+    config: LineConfig
+    ok_scores: list[float]
+    template_ncc: float
+    notes: list[str]
+
+
+def _round8(v: float) -> int:
+    return int(max(128, 8 * round(v / 8)))
+
+
+def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Path) -> Calibration:
+    frames = [item.frame for item in DirSource(frames_dir) if item.frame is not None]
+    if len(frames) < 3:
+        raise ValueError(f"{frames_dir}: need at least 3 readable frames of OK parts (5-10 recommended), "
+                         f"found {len(frames)}")
+    _, meta = model_paths(model)
+    belt = fit_belt(frames)
+    probe_wh = (256, 320)
+    sizes, corners_all = [], []
+    for i, f in enumerate(frames):
+        found = locate_silhouette(f, belt, 2000, probe_wh)
+        if found is None:
+            raise ValueError(f"{frames_dir}: frame {i} shows no part distinct from the belt; calibration needs "
+                             "every frame to show one OK part fully inside the view")
+        c = found[0]
+        sizes.append((np.linalg.norm(c[1] - c[0]), np.linalg.norm(c[3] - c[0])))
+        corners_all.append(c)
+    w, h = np.median(np.array(sizes), axis=0)
+    canonical = [_round8(w), _round8(h)]
+    wh = (canonical[0], canonical[1])
+    areas = [a * b for a, b in sizes]
+    grays = []
+    for f, c in zip(frames, corners_all):
+        H = homography_to_canonical(c, wh)
+        grays.append(cv2.cvtColor(rectify(f, H, wh), cv2.COLOR_BGR2GRAY).astype(np.float32))
+    template = np.median(np.stack(grays), axis=0).astype(np.uint8)
+    ncc = float(np.mean([cv2.matchTemplate(g.astype(np.uint8), template, cv2.TM_CCOEFF_NORMED)[0, 0] for g in grays]))
+    mode = "template" if ncc >= TEMPLATE_MIN_NCC else "silhouette"
+    notes = [f"OK parts match their median at NCC {ncc:.2f} -> {mode} mode "
+             f"(template when >= {TEMPLATE_MIN_NCC})"]
+    out_yaml = Path(out_yaml)
+    out_yaml.parent.mkdir(parents=True, exist_ok=True)
+    template_path = ""
+    if mode == "template":
+        template_path = str(out_yaml.with_suffix(".template.png"))
+        cv2.imwrite(template_path, template)
+    pre = PreprocessConfig(mode=mode, template=template_path, canonical_size=canonical,
+                           min_part_area=int(0.3 * min(areas)), belt=BeltConfig(**belt.to_config()))
+    if mode == "template":
+        probe = Preprocessor(pre, meta.tile_size, meta.in_channels)
+        misses = sum(probe(f).verdict is not None for f in frames)
+        if misses:
+            notes.append(f"template mode missed {misses}/{len(frames)} calibration parts -> silhouette mode")
+            pre.mode, pre.template = "silhouette", ""
+            Path(template_path).unlink(missing_ok=True)
+    cfg = LineConfig(name=out_yaml.stem, preprocess=pre, inference=InferenceConfig(model=str(Path(model).resolve())),
+                     decision=DecisionConfig())
+    # Score the calibration parts with the real preprocessing and model.
+    prep = Preprocessor(pre, meta.tile_size, meta.in_channels)
+    engine = load_backend("onnxruntime", model)
+    scores = []
+    for f in frames:
+        p = prep(f)
+        if p.verdict is not None:
+            raise ValueError(f"{frames_dir}: preprocessing found {p.verdict} ({p.reason}) on a calibration frame")
+        maps, tile_scores = engine.infer(meta.normalise(p.tiles))
+        v = decide(maps, tile_scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision, meta.pixel_threshold, 1.0)
+        scores.append(v.score)
+    threshold = min(0.99, max(meta.image_threshold, max(scores) + THRESHOLD_MARGIN))
+    cfg.decision.image_threshold = round(float(threshold), 4)
+    notes.append(f"OK scores {min(scores):.3f}..{max(scores):.3f}; model threshold {meta.image_threshold:.3f} -> "
+                 f"image_threshold {threshold:.3f}")
+    write_commented(cfg, out_yaml, notes, len(frames), str(frames_dir))
+    return Calibration(cfg, scores, ncc, notes)
+
+
+def write_commented(cfg: LineConfig, path: Path, notes: list[str], n_frames: int, frames_dir: str) -> Path:
+    p, d, i = cfg.preprocess, cfg.decision, cfg.inference
+    belt = p.belt
+    text = f"""# Line config written by calibrate_line from {n_frames} OK frames in {frames_dir}
+# {chr(10).join('# ' + n for n in notes)[2:]}
+name: {cfg.name}
+
+preprocess:
+  mode: {p.mode}                 # silhouette: belt mask -> largest blob -> quadrilateral; template: golden-template match + ECC
+  template: "{p.template}"
+  canonical_size: {p.canonical_size}   # [width, height] of the rectified part in px
+  min_part_area: {p.min_part_area}      # camera px; a smaller silhouette means no part in view (NO_PART)
+  tile_overlap: {p.tile_overlap}         # 128x128 tiles overlapping by this fraction
+  min_tile_part_fraction: {p.min_tile_part_fraction}  # tiles with less of the part are not inspected
+  belt:                          # Gaussian colour model of the belt in Lab, fitted on the frame borders
+    mean: {belt.mean}
+    inv_cov: {belt.inv_cov}
+    max_distance: {belt.max_distance}     # Mahalanobis distance under which a pixel counts as belt
+
+inference:
+  model: "{i.model}"
+  backend: {i.backend}           # onnxruntime (CPU), torch, tensorrt
+  workers: {i.workers}                 # inference processes sharing the load
+  max_batch: {i.max_batch}              # tiles per batch, across frames
+  max_wait_ms: {i.max_wait_ms}           # wait at most this long to fill a batch
+
+decision:
+  image_threshold: {d.image_threshold}    # score at or above which a part is NG
+  pixel_threshold: null          # null: the model's own (model.json)
+  min_defect_area: {d.min_defect_area}          # canonical px; smaller regions are not reported
+  part_erode_px: {d.part_erode_px}             # ignore this many px at the part's outline
+
+sinks:
+  modbus:
+    enabled: false
+    host: 127.0.0.1
+    port: 502
+    unit: 1
+    verdict_coil: 0              # 1 = NG
+    defect_count_register: 0
+    sequence_register: 1         # increments per part
+    heartbeat_register: 2        # increments every heartbeat_s while the line runs
+    heartbeat_s: 1.0
+  http:
+    enabled: false
+    url: ""                      # MES endpoint: one JSON POST per part
+    spool_dir: mes_spool         # records wait here while the MES is down
+"""
+    path.write_text(text)
+    return path

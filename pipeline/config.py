@@ -1,0 +1,228 @@
+"""Typed line configuration: YAML parsed once into dataclasses with defaults and validation.
+
+A wrong key or value fails at start-up with the file, the dotted key and what was expected.
+Relative paths in the file are resolved against the file's own folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class CameraConfig:
+    width: int = 640
+    height: int = 480
+    fps: float = 30.0
+    exposure: float | None = None  # camera units (OpenCV CAP_PROP_EXPOSURE); None keeps the camera's own
+    queue: int = 4                 # frames buffered before the oldest is dropped
+
+
+@dataclass
+class SourceConfig:
+    uri: str = ""                  # camera0, video:FILE, dir:DIR, replay:SEQ, rtsp://...
+    realtime: bool = False         # replay at recorded pace instead of as fast as possible
+    camera: CameraConfig = field(default_factory=CameraConfig)
+
+
+@dataclass
+class BeltConfig:
+    mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # Lab colour of the belt
+    inv_cov: list[list[float]] = field(default_factory=lambda: [[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    max_distance: float = 4.0     # Mahalanobis distance under which a pixel is belt
+
+
+@dataclass
+class PreprocessConfig:
+    mode: str = "silhouette"       # silhouette | template
+    template: str = ""             # golden OK template (template mode)
+    template_min_score: float = 0.5
+    template_scales: list[float] = field(default_factory=lambda: [0.9, 0.95, 1.0, 1.05, 1.1])
+    downscale: float = 0.5         # template search runs on a downscaled frame
+    canonical_size: list[int] = field(default_factory=lambda: [256, 320])  # [width, height]
+    min_part_area: int = 5000      # camera px; smaller silhouettes mean no part in view
+    belt: BeltConfig = field(default_factory=BeltConfig)
+    tile_overlap: float = 0.25
+    min_tile_part_fraction: float = 0.3
+
+
+@dataclass
+class InferenceConfig:
+    model: str = ""
+    backend: str = "onnxruntime"
+    workers: int = 1
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    threads: int = 0
+
+
+@dataclass
+class DecisionConfig:
+    pixel_threshold: float | None = None  # None: the model's own
+    image_threshold: float | None = None
+    min_defect_area: int = 20             # canonical px
+    part_erode_px: int = 3                # ignore the part's outermost pixels (silhouette edge)
+
+
+@dataclass
+class EndpointsConfig:
+    frames: str = "ipc://{run}/frames"     # source -> preprocess
+    tiles: str = "ipc://{run}/tiles"       # preprocess -> infer workers
+    verdict: str = "ipc://{run}/verdict"   # infer, preprocess, source -> stitch
+    results: str = "ipc://{run}/results"   # stitch -> sinks
+    status: str = "ipc://{run}/status"     # every stage -> supervisor
+
+
+@dataclass
+class ModbusConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 502
+    unit: int = 1
+    verdict_coil: int = 0          # 1 = NG (reject)
+    defect_count_register: int = 0
+    sequence_register: int = 1
+    heartbeat_register: int = 2
+    heartbeat_s: float = 1.0
+    timeout_s: float = 1.0
+
+
+@dataclass
+class HttpConfig:
+    enabled: bool = False
+    url: str = ""
+    timeout_s: float = 2.0
+    retries: int = 3
+    backoff_s: float = 0.2
+    spool_dir: str = "mes_spool"
+
+
+@dataclass
+class SinksConfig:
+    modbus: ModbusConfig = field(default_factory=ModbusConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    overlays_dir: str = ""
+    save_masks: bool = False
+
+
+@dataclass
+class LineConfig:
+    name: str = "line"
+    source: SourceConfig = field(default_factory=SourceConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+    endpoints: EndpointsConfig = field(default_factory=EndpointsConfig)
+    sinks: SinksConfig = field(default_factory=SinksConfig)
+    frame_timeout_s: float = 30.0  # a frame with no result after this becomes ERROR
+
+
+PATH_FIELDS = {("preprocess", "template"), ("inference", "model")}
+VALID = {("preprocess", "mode"): ("silhouette", "template"),
+         ("inference", "backend"): ("onnxruntime", "torch", "tensorrt")}
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        return isinstance(value, list) and all(inner is Any or _type_ok(v, inner) for v in value)
+    if tp is Any:
+        return True
+    return isinstance(value, tp)
+
+
+def _build(cls: type, raw: Any, where: str, source: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: `{where or 'top level'}` must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {sorted(f'{where}.{k}'.lstrip('.') for k in unknown)}; "
+                          f"valid keys here: {sorted(fields)}")
+    values = {}
+    for name, value in raw.items():
+        key = f"{where}.{name}".lstrip(".")
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, value, key, source)
+            continue
+        if not _type_ok(value, tp):
+            raise ConfigError(f"{source}: `{key}` = {value!r} is not a valid {getattr(tp, '__name__', tp)}")
+        values[name] = float(value) if tp is float else value
+    return cls(**values)
+
+
+def validate(cfg: LineConfig, source: str = "config") -> LineConfig:
+    for (section, name), choices in VALID.items():
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise ConfigError(f"{source}: `{section}.{name}` = {value!r}; expected one of {list(choices)}")
+    checks = [
+        (cfg.inference.workers >= 1, "inference.workers", "an integer >= 1"),
+        (cfg.inference.max_batch >= 1, "inference.max_batch", "an integer >= 1"),
+        (0 <= cfg.preprocess.tile_overlap < 1, "preprocess.tile_overlap", "a fraction in [0, 1)"),
+        (len(cfg.preprocess.canonical_size) == 2 and min(cfg.preprocess.canonical_size) >= 32,
+         "preprocess.canonical_size", "[width, height], each >= 32"),
+        (0 < cfg.preprocess.downscale <= 1, "preprocess.downscale", "a factor in (0, 1]"),
+        (len(cfg.preprocess.belt.mean) == 3, "preprocess.belt.mean", "3 numbers (Lab)"),
+    ]
+    for ok, key, expected in checks:
+        if not ok:
+            raise ConfigError(f"{source}: `{key}` is invalid; expected {expected}")
+    if cfg.preprocess.mode == "template" and not cfg.preprocess.template:
+        raise ConfigError(f"{source}: `preprocess.template` is required when preprocess.mode is template "
+                          "(run calibrate_line to make one)")
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> LineConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    cfg = _build(LineConfig, raw, "", str(path))
+    for section, name in PATH_FIELDS:
+        sec = getattr(cfg, section)
+        value = getattr(sec, name)
+        if value and not Path(value).is_absolute():
+            setattr(sec, name, str((path.parent / value).resolve()))
+    if cfg.sinks.http.spool_dir and not Path(cfg.sinks.http.spool_dir).is_absolute():
+        cfg.sinks.http.spool_dir = str((path.parent / cfg.sinks.http.spool_dir).resolve())
+    for key, value in (overrides or {}).items():
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, value)
+    return validate(cfg, str(path))
+
+
+def to_dict(cfg: LineConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: LineConfig, path: str | Path, header: str = "") -> Path:
+    path = Path(path)
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    path.write_text((header + "\n" if header else "") + text)
+    return path

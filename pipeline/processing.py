@@ -1,0 +1,110 @@
+"""The per-frame work of the preprocess and stitch stages, as pure functions (no sockets)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from engines.detector import image_score
+from pipeline.config import DecisionConfig, PreprocessConfig
+from pipeline.vision.belt import BeltModel
+from pipeline.vision.defects import find_defects
+from pipeline.vision.locate import locate_silhouette, locate_template, refine_ecc
+from pipeline.vision.rectify import homography_to_canonical, rectify
+from pipeline.vision.tiling import TileGrid, extract_tiles, stitch, tile_grid
+
+
+@dataclass
+class Prepared:
+    verdict: str | None                 # None: tiles to infer; else NO_PART / ERROR
+    reason: str = ""
+    tiles: np.ndarray | None = None     # (N, C, T, T) uint8, only tiles with enough part
+    tile_index: np.ndarray | None = None  # (N,) int32 positions in the grid
+    grid: TileGrid | None = None
+    H: np.ndarray | None = None         # camera -> canonical
+    part_mask: np.ndarray | None = None  # (h, w) uint8 canonical
+
+
+class Preprocessor:
+    def __init__(self, cfg: PreprocessConfig, tile: int = 128, channels: int = 1) -> None:
+        self.cfg = cfg
+        self.tile = tile
+        self.channels = channels
+        self.wh = (int(cfg.canonical_size[0]), int(cfg.canonical_size[1]))
+        self.belt = BeltModel.from_config(cfg.belt)
+        self.template = None
+        if cfg.mode == "template":
+            tpl = cv2.imread(cfg.template, cv2.IMREAD_GRAYSCALE)
+            if tpl is None:
+                raise ValueError(f"preprocess.template: cannot read {cfg.template}; re-run calibrate_line")
+            self.template = cv2.resize(tpl, self.wh, interpolation=cv2.INTER_AREA)
+        self.grid = tile_grid(self.wh[1], self.wh[0], tile, cfg.tile_overlap)
+
+    def __call__(self, frame: np.ndarray) -> Prepared:
+        if frame is None or frame.size == 0 or frame.ndim not in (2, 3) or frame.dtype != np.uint8:
+            shape = None if frame is None else (frame.shape, str(frame.dtype))
+            return Prepared("ERROR", f"malformed frame {shape}; expected uint8 (H, W) or (H, W, 3)")
+        if frame.ndim == 3 and frame.shape[2] not in (1, 3):
+            return Prepared("ERROR", f"frame has {frame.shape[2]} channels; expected 1 or 3")
+        if frame.ndim == 3 and frame.shape[2] == 1:
+            frame = frame[..., 0]
+        if min(frame.shape[:2]) < 16:
+            return Prepared("ERROR", f"frame is {frame.shape[1]}x{frame.shape[0]}; too small")
+        if self.cfg.mode == "template":
+            found = locate_template(frame, self.template, self.cfg.template_scales, self.cfg.downscale,
+                                    self.cfg.template_min_score)
+            if found is None:
+                return Prepared("NO_PART", "no template match above preprocess.template_min_score")
+            H = homography_to_canonical(found[0], self.wh)
+            gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+            H = refine_ecc(gray, self.template, H)
+            part_mask = np.full((self.wh[1], self.wh[0]), 255, np.uint8)
+        else:
+            bgr = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+            found = locate_silhouette(bgr, self.belt, self.cfg.min_part_area, self.wh)
+            if found is None:
+                return Prepared("NO_PART", "no part silhouette larger than preprocess.min_part_area")
+            corners, silhouette = found
+            H = homography_to_canonical(corners, self.wh)
+            part_mask = rectify(silhouette * 255, H, self.wh, cv2.INTER_NEAREST)
+        canonical = rectify(frame, H, self.wh)
+        if self.channels == 1 and canonical.ndim == 3:
+            canonical = cv2.cvtColor(canonical, cv2.COLOR_BGR2GRAY)
+        elif self.channels == 3 and canonical.ndim == 2:
+            canonical = cv2.cvtColor(canonical, cv2.COLOR_GRAY2RGB)
+        elif self.channels == 3:
+            canonical = cv2.cvtColor(canonical, cv2.COLOR_BGR2RGB)
+        tiles = extract_tiles(canonical, self.grid)
+        fractions = extract_tiles(part_mask, self.grid).reshape(len(self.grid), -1).mean(axis=1) / 255.0
+        keep = np.nonzero(fractions >= self.cfg.min_tile_part_fraction)[0].astype(np.int32)
+        if keep.size == 0:
+            return Prepared("NO_PART", "part too small for any tile")
+        return Prepared(None, "", tiles[keep], keep, self.grid, H.astype(np.float64), part_mask)
+
+
+@dataclass
+class Verdict:
+    verdict: str
+    score: float
+    defects: list = field(default_factory=list)
+    anomaly_map: np.ndarray | None = None
+
+
+def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarray, grid: TileGrid,
+           part_mask: np.ndarray, H: np.ndarray, cfg: DecisionConfig, pixel_threshold: float,
+           image_threshold: float) -> Verdict:
+    """Stitch kept tiles (skipped tiles count as 0), mask non-part pixels, score, find defects."""
+    t = grid.tile
+    full = np.zeros((len(grid), 1, t, t), np.float32)
+    full[tile_index] = tile_maps.reshape(-1, 1, t, t)
+    anomaly = stitch(full, grid)
+    inspect = part_mask > 0
+    if cfg.part_erode_px > 0:
+        k = 2 * cfg.part_erode_px + 1
+        inspect = cv2.erode(inspect.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
+    anomaly = anomaly * inspect
+    score = image_score(anomaly, tile_scores)
+    if score < image_threshold:
+        return Verdict("OK", score, [], anomaly)
+    return Verdict("NG", score, find_defects(anomaly, inspect, H, pixel_threshold, cfg.min_defect_area), anomaly)

@@ -1,0 +1,117 @@
+"""A simulated conveyor line: real part images composited onto a textured belt at random pose.
+
+Used by the tests and to make the bundled demo sequence. Each frame comes with its truth: the
+expected verdict and the ground-truth defect boxes in camera pixels.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engines.data import mvtec_test_set, read_image, read_mask
+
+BELT_BGR = (60, 110, 40)  # a green PVC belt
+
+
+@dataclass
+class SimFrame:
+    frame: np.ndarray           # BGR uint8
+    truth: dict                 # {"verdict", "defect_type", "boxes": [[x, y, w, h], ...], "source_image"}
+
+
+def belt_image(h: int, w: int, rng: np.random.Generator, shift: int = 0) -> np.ndarray:
+    base = np.empty((h, w, 3), np.float32)
+    base[:] = BELT_BGR
+    weave = 6.0 * np.sin((np.arange(w) + shift) * 0.9)[None, :, None]
+    noise = rng.normal(0, 4.0, (h, w, 1))
+    return np.clip(base + weave + noise, 0, 255).astype(np.uint8)
+
+
+def place_part(belt: np.ndarray, part_gray: np.ndarray, defect_mask: np.ndarray | None, rng: np.random.Generator,
+               long_side: int = 300, max_angle: float = 12.0, perspective: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
+    """Warp the part onto the belt at random position, rotation and slight perspective.
+    Returns (frame BGR, defect mask in camera px)."""
+    h, w = part_gray.shape
+    scale = long_side / max(h, w) * rng.uniform(0.95, 1.05)
+    ph, pw = h * scale, w * scale
+    fh, fw = belt.shape[:2]
+    cx = rng.uniform(pw / 2 + 20, fw - pw / 2 - 20) if fw > pw + 40 else fw / 2
+    cy = rng.uniform(ph / 2 + 20, fh - ph / 2 - 20) if fh > ph + 40 else fh / 2
+    angle = np.deg2rad(rng.uniform(-max_angle, max_angle))
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    local = np.array([[-pw / 2, -ph / 2], [pw / 2, -ph / 2], [pw / 2, ph / 2], [-pw / 2, ph / 2]])
+    local = local * (1 + rng.uniform(-perspective, perspective, (4, 2)))
+    dst = (local @ rot.T + [cx, cy]).astype(np.float32)
+    src = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
+    H = cv2.getPerspectiveTransform(src, dst)
+    part_bgr = cv2.cvtColor(part_gray, cv2.COLOR_GRAY2BGR)
+    warped = cv2.warpPerspective(part_bgr, H, (fw, fh), flags=cv2.INTER_LINEAR)
+    alpha = cv2.warpPerspective(np.full((h, w), 255, np.uint8), H, (fw, fh), flags=cv2.INTER_LINEAR)[..., None] / 255.0
+    frame = (belt * (1 - alpha) + warped * alpha).astype(np.uint8)
+    cam_mask = np.zeros((fh, fw), np.uint8)
+    if defect_mask is not None:
+        cam_mask = cv2.warpPerspective(defect_mask.astype(np.uint8) * 255, H, (fw, fh), flags=cv2.INTER_NEAREST)
+    return frame, cam_mask > 0
+
+
+def mask_boxes(mask: np.ndarray, min_area: int = 4) -> list[list[int]]:
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return [[int(v) for v in stats[i, :4]] for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
+
+
+def _is_portrait(path: Path) -> bool:
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    return img is not None and img.shape[0] >= img.shape[1]
+
+
+def simulate(data: str | Path, n_ok: int, n_ng: int, n_empty: int, seed: int = 0, size: tuple[int, int] = (640, 480),
+             ok_from: str = "test/good") -> list[SimFrame]:
+    """Frames of OK parts, defective parts (with truth), and empty belt, in shuffled order."""
+    rng = np.random.default_rng(seed)
+    # One product per line: portrait parts only, so every part has the canonical orientation.
+    samples = [s for s in mvtec_test_set(data) if _is_portrait(s.image_path)]
+    good = [s for s in samples if s.defect_type == "good"]
+    bad = [s for s in samples if s.defect_type != "good"]
+    w, h = size
+    picks = ([("ok", good[i % len(good)]) for i in rng.permutation(max(n_ok, 1))[:n_ok]]
+             + [("ng", bad[i % len(bad)]) for i in rng.permutation(max(n_ng, len(bad)))[:n_ng]]
+             + [("empty", None)] * n_empty)
+    order = rng.permutation(len(picks))
+    frames = []
+    for k in order:
+        kind, sample = picks[k]
+        belt = belt_image(h, w, rng, shift=int(rng.integers(0, 100)))
+        if kind == "empty":
+            frames.append(SimFrame(belt, {"verdict": "NO_PART", "defect_type": None, "boxes": [], "source_image": None}))
+            continue
+        part = read_image(sample.image_path, 1)
+        gt = read_mask(sample.mask_path, part.shape) if sample.mask_path else None
+        frame, cam_mask = place_part(belt, part, gt, rng)
+        frames.append(SimFrame(frame, {"verdict": "NG" if kind == "ng" else "OK", "defect_type": sample.defect_type,
+                                       "boxes": mask_boxes(cam_mask), "source_image": sample.image_path.name}))
+    return frames
+
+
+def write_sequence(frames: list[SimFrame], out: str | Path, fps: float = 10.0, corrupt_every: int = 0) -> Path:
+    """A recorded sequence (see pipeline.sequence) plus ``truth.jsonl``; every ``corrupt_every``-th
+    frame file is replaced by garbage bytes to exercise ERROR records."""
+    from pipeline.sequence import SequenceWriter
+
+    out = Path(out)
+    writer = SequenceWriter(out)
+    truth = []
+    period_ns = int(1e9 / fps)
+    for i, f in enumerate(frames):
+        name = writer.add(f.frame, capture_ns=i * period_ns)
+        t = dict(f.truth)
+        if corrupt_every and i % corrupt_every == corrupt_every - 1:
+            (out / name).write_bytes(b"\x89PNG corrupted on purpose")
+            t = {**t, "verdict": "ERROR", "boxes": []}
+        truth.append({"file": name, **t})
+    writer.close()
+    (out / "truth.jsonl").write_text("".join(json.dumps(t) + "\n" for t in truth))
+    return out

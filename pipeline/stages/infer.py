@@ -1,0 +1,89 @@
+"""Inference worker: batches tiles across frames (max batch, max wait), runs the configured backend,
+returns per-frame tile maps and scores. Start several for more throughput: PUSH/PULL shares the load."""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import zmq
+
+from engines.backends import load_backend
+from pipeline.stages._common import POLL_MS, Stage, stage_parser
+from pipeline.transport import StatusReporter, make_socket, recv, send
+from pipeline.wire import WireError
+
+
+def run(stage: Stage, worker: int = 0) -> int:
+    cfg = stage.cfg
+    options = {"threads": cfg.inference.threads} if cfg.inference.backend in ("onnxruntime", "torch") else {}
+    engine = load_backend(cfg.inference.backend, cfg.inference.model, **options)
+    meta = engine.meta
+    tiles_in = make_socket(stage.ctx, zmq.PULL, stage.ep("tiles"), bind=False, hwm=4)
+    verdict = make_socket(stage.ctx, zmq.PUSH, stage.ep("verdict"), bind=False, hwm=10000)
+    status = StatusReporter(stage.ctx, stage.ep("status"), f"infer{worker}")
+    max_batch, max_wait_ns = cfg.inference.max_batch, int(cfg.inference.max_wait_ms * 1e6)
+    try:
+        while not stage.stopping:
+            batch: list[tuple[dict, dict]] = []
+            n_tiles = 0
+            deadline = None
+            while n_tiles < max_batch:
+                timeout = POLL_MS if deadline is None else max(0, (deadline - time.monotonic_ns()) // 1_000_000)
+                try:
+                    msg = recv(tiles_in, int(timeout))
+                except WireError as exc:
+                    print(f"infer{worker}: dropped malformed message: {exc}", file=sys.stderr)
+                    continue
+                if msg is None:
+                    break
+                batch.append(msg)
+                n_tiles += len(msg[1]["tiles"])
+                deadline = deadline or time.monotonic_ns() + max_wait_ns
+            if not batch:
+                status.flush()
+                continue
+            t0 = time.monotonic_ns()
+            stacked = np.concatenate([arrays["tiles"] for _, arrays in batch])
+            try:
+                maps, scores = engine.infer(meta.normalise(stacked))
+                error = ""
+            except Exception as exc:  # report per frame, keep serving
+                maps = scores = None
+                error = f"inference failed: {exc!r}"
+            t1 = time.monotonic_ns()
+            start = 0
+            for header, arrays in batch:
+                n = len(arrays["tiles"])
+                base = {k: header[k] for k in ("frame_id", "source_name", "capture_ns")}
+                if maps is None:
+                    send(verdict, {"kind": "result", **base, "verdict": "ERROR", "reason": error})
+                    continue
+                out = {"maps": maps[start:start + n].astype(np.float16), "scores": scores[start:start + n],
+                       "tile_index": arrays["tile_index"], "part_mask": arrays["part_mask"]}
+                if "frame" in arrays:
+                    out["frame"] = arrays["frame"]
+                send(verdict, {**header, "kind": "maps", "t_infer_ns": [t0, t1], "batch_tiles": len(stacked)}, out)
+                start += n
+            status.add(processed=len(batch), busy_ms=(t1 - t0) / 1e6, tiles=len(stacked))
+    finally:
+        status.close()
+        tiles_in.close()
+        verdict.close()
+        engine.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = stage_parser("infer")
+    p.add_argument("--worker", type=int, default=0)
+    args = p.parse_args(argv)
+    stage = Stage(args.config, args.run_dir)
+    try:
+        return run(stage, args.worker)
+    finally:
+        stage.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Preprocess stage: locate, rectify, mask, tile. Parts go to inference; NO_PART and ERROR go
+straight to the stitch stage as results."""
+from __future__ import annotations
+
+import sys
+import time
+
+import zmq
+
+from engines.artifact import ModelMeta
+from pipeline.processing import Preprocessor
+from pipeline.stages._common import POLL_MS, Stage, stage_parser
+from pipeline.transport import StatusReporter, make_socket, recv, send
+from pipeline.wire import WireError
+
+
+def run(stage: Stage) -> int:
+    cfg = stage.cfg
+    meta = ModelMeta.load(cfg.inference.model)
+    prep = Preprocessor(cfg.preprocess, meta.tile_size, meta.in_channels)
+    frames = make_socket(stage.ctx, zmq.PULL, stage.ep("frames"), bind=True)
+    tiles = make_socket(stage.ctx, zmq.PUSH, stage.ep("tiles"), bind=True)
+    verdict = make_socket(stage.ctx, zmq.PUSH, stage.ep("verdict"), bind=False, hwm=10000)
+    status = StatusReporter(stage.ctx, stage.ep("status"), "preprocess")
+    keep_frame = bool(cfg.sinks.overlays_dir)
+    try:
+        while not stage.stopping:
+            try:
+                msg = recv(frames, POLL_MS)
+            except WireError as exc:
+                print(f"preprocess: dropped malformed message: {exc}", file=sys.stderr)
+                continue
+            if msg is None:
+                status.flush()
+                continue
+            header, arrays = msg
+            t0 = time.monotonic_ns()
+            base = {k: header[k] for k in ("frame_id", "source_name", "capture_ns")}
+            try:
+                prepared = prep(arrays.get("image"))
+            except Exception as exc:  # one bad frame must not stop the line
+                prepared = None
+                send(verdict, {"kind": "result", **base, "verdict": "ERROR", "reason": f"preprocess failed: {exc!r}"})
+            if prepared is not None and prepared.verdict is not None:
+                send(verdict, {"kind": "result", **base, "verdict": prepared.verdict, "reason": prepared.reason})
+            elif prepared is not None:
+                out = {"tiles": prepared.tiles, "tile_index": prepared.tile_index, "part_mask": prepared.part_mask}
+                if keep_frame:
+                    out["frame"] = arrays["image"]
+                send(tiles, {"kind": "tiles", **base, "grid": prepared.grid.to_dict(), "H": prepared.H.ravel().tolist(),
+                             "t_pre_ns": [t0, time.monotonic_ns()]}, out)
+            status.add(busy_ms=(time.monotonic_ns() - t0) / 1e6)
+    finally:
+        status.close()
+        for s in (frames, tiles, verdict):
+            s.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = stage_parser("preprocess").parse_args(argv)
+    stage = Stage(args.config, args.run_dir)
+    try:
+        return run(stage)
+    finally:
+        stage.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

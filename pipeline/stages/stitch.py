@@ -1,0 +1,120 @@
+"""Stitch/alert stage: tile maps -> canonical map -> verdict and defects in camera pixels; exactly
+one record per frame, released in frame order to the sinks process."""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import zmq
+
+from engines.artifact import ModelMeta
+from pipeline.collector import Collector
+from pipeline.processing import decide
+from pipeline.stages._common import POLL_MS, Stage, stage_parser
+from pipeline.transport import StatusReporter, make_socket, recv, send
+from pipeline.vision.tiling import TileGrid
+from pipeline.wire import WireError
+
+
+def record_from_maps(header: dict, arrays: dict, cfg, pixel_t: float, image_t: float) -> tuple[dict, dict]:
+    grid = TileGrid.from_dict(header["grid"])
+    H = np.asarray(header["H"], np.float64).reshape(3, 3)
+    v = decide(arrays["maps"].astype(np.float32), arrays["scores"], arrays["tile_index"], grid, arrays["part_mask"],
+               H, cfg.decision, pixel_t, image_t)
+    t_done = time.monotonic_ns()
+    stage_ms = {"preprocess": (header["t_pre_ns"][1] - header["t_pre_ns"][0]) / 1e6,
+                "queue_to_infer": (header["t_infer_ns"][0] - header["t_pre_ns"][1]) / 1e6,
+                "infer": (header["t_infer_ns"][1] - header["t_infer_ns"][0]) / 1e6,
+                "stitch": (t_done - header["t_infer_ns"][1]) / 1e6}
+    record = {"frame_id": header["frame_id"], "source_name": header["source_name"], "capture_ns": header["capture_ns"],
+              "verdict": v.verdict, "reason": "", "score": round(v.score, 4), "defects": v.defects,
+              "stage_ms": {k: round(x, 2) for k, x in stage_ms.items()}}
+    extra = {}
+    if "frame" in arrays and v.verdict == "NG":
+        extra = {"frame": arrays["frame"], "anomaly_map": v.anomaly_map, "H": H}
+    return record, extra
+
+
+def run(stage: Stage) -> int:
+    cfg = stage.cfg
+    meta = ModelMeta.load(cfg.inference.model)
+    pixel_t = cfg.decision.pixel_threshold if cfg.decision.pixel_threshold is not None else meta.pixel_threshold
+    image_t = cfg.decision.image_threshold if cfg.decision.image_threshold is not None else meta.image_threshold
+    inbox = make_socket(stage.ctx, zmq.PULL, stage.ep("verdict"), bind=True, hwm=10000)
+    results = make_socket(stage.ctx, zmq.PUSH, stage.ep("results"), bind=False, hwm=10000)
+    status = StatusReporter(stage.ctx, stage.ep("status"), "stitch")
+    collector = Collector(int(cfg.frame_timeout_s * 1e9))
+    extras: dict[int, dict] = {}
+
+    def emit() -> None:
+        now = time.monotonic_ns()
+        for rec in collector.release():
+            if rec.get("capture_ns") is not None:
+                rec["latency_ms"] = round((now - rec["capture_ns"]) / 1e6, 2)
+            arrays = extras.pop(rec["frame_id"], {})
+            header = {"kind": "record", "record": rec}
+            if arrays:
+                header["H"] = arrays.pop("H").ravel().tolist()
+                arrays["anomaly_map"] = arrays["anomaly_map"].astype(np.float16)
+            send(results, header, arrays)
+
+    try:
+        while not stage.stopping:
+            try:
+                msg = recv(inbox, POLL_MS)
+            except WireError as exc:
+                print(f"stitch: dropped malformed message: {exc}", file=sys.stderr)
+                msg = None
+            if msg is not None:
+                header, arrays = msg
+                kind = header.get("kind")
+                t0 = time.monotonic_ns()
+                if kind == "register":
+                    collector.register(header["frame_id"], header["source_name"], header["capture_ns"])
+                elif kind == "result":
+                    collector.add(header["frame_id"], {
+                        "frame_id": header["frame_id"], "source_name": header["source_name"],
+                        "capture_ns": header["capture_ns"], "verdict": header["verdict"],
+                        "reason": header.get("reason", ""), "score": None, "defects": []})
+                elif kind == "maps":
+                    try:
+                        record, extra = record_from_maps(header, arrays, cfg, pixel_t, image_t)
+                    except Exception as exc:  # one bad frame must not stop the line
+                        record, extra = {"frame_id": header["frame_id"], "source_name": header["source_name"],
+                                         "capture_ns": header["capture_ns"], "verdict": "ERROR",
+                                         "reason": f"stitch failed: {exc!r}", "score": None, "defects": []}, {}
+                    collector.add(header["frame_id"], record)
+                    if extra:
+                        extras[header["frame_id"]] = extra
+                    status.add(busy_ms=(time.monotonic_ns() - t0) / 1e6)
+                elif kind == "crash":
+                    n = collector.fail_pending(f"{header['stage']} stage crashed while the frame was in flight",
+                                               header["at_ns"])
+                    print(f"stitch: {n} in-flight frame(s) marked ERROR after {header['stage']} crash", file=sys.stderr)
+                elif kind == "end":
+                    collector.end(header["count"])
+            collector.expire(time.monotonic_ns())
+            emit()
+            if collector.finished:
+                send(results, {"kind": "end", "count": collector.expected})
+                break
+            status.flush()
+    finally:
+        status.close()
+        inbox.close()
+        results.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = stage_parser("stitch").parse_args(argv)
+    stage = Stage(args.config, args.run_dir)
+    try:
+        return run(stage)
+    finally:
+        stage.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

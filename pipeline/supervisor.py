@@ -1,0 +1,174 @@
+"""run_pipeline's supervisor: starts every stage as its own process, shows a live status line,
+restarts a stage that crashes, and stops cleanly (flushing results) on Ctrl-C or end of source."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+from pipeline.config import LineConfig, dump_config, load_config
+from pipeline.transport import endpoint, make_socket, recv, send
+
+MAX_RESTARTS = 5
+DRAIN_TIMEOUT_S = 60.0
+
+
+@dataclass
+class StageProc:
+    name: str
+    args: list[str]
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    done: bool = False
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", *self.args])
+
+
+@dataclass
+class StatusBoard:
+    stages: dict[str, dict] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    def update(self, msg: dict) -> None:
+        self.stages[msg["stage"]] = msg
+
+    def counts(self) -> dict:
+        sinks = self.stages.get("sinks", {})
+        return {v: int(sinks.get(f"v_{v}", 0)) for v in ("OK", "NG", "NO_PART", "ERROR", "DROPPED")}
+
+    def line(self) -> str:
+        src = self.stages.get("source", {})
+        counts = self.counts()
+        out = sum(counts.values())
+        elapsed = max(1e-6, time.monotonic() - self.started)
+        sinks = self.stages.get("sinks", {})
+        lat = sinks.get("latency_ms_sum", 0.0) / max(1, out)
+
+        def ms(stage: str) -> str:
+            s = [v for k, v in self.stages.items() if k.startswith(stage)]
+            busy = sum(x.get("busy_ms", 0.0) for x in s)
+            n = sum(x.get("processed", 0) for x in s)
+            return f"{busy / n:.1f}" if n else "-"
+
+        return (f"in {src.get('frames_in', 0)} out {out} ({' '.join(f'{k} {v}' for k, v in counts.items())}) "
+                f"{out / elapsed:.1f} fps | pre {ms('preprocess')} infer {ms('infer')} stitch {ms('stitch')} ms "
+                f"| latency {lat:.0f} ms | drops {src.get('dropped', 0)}")
+
+
+def run_pipeline(config: str | Path, source: str, results: str | Path | None = None, overlays: str | None = None,
+                 run_dir: str | Path | None = None, show_status: bool = True, workers: int | None = None,
+                 save_masks: bool = False) -> int:
+    cfg: LineConfig = load_config(config)
+    cfg.source.uri = source
+    if overlays:
+        cfg.sinks.overlays_dir = str(Path(overlays).resolve())
+        cfg.sinks.save_masks = save_masks
+    if workers:
+        cfg.inference.workers = workers
+    tmp = None
+    if run_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="pipeline-")
+        run_dir = tmp.name
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final_cfg = dump_config(cfg, run_dir / "line.yaml", "# final config of this run (written by run_pipeline)")
+    if results:
+        Path(results).parent.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, Path(str(results) + ".config.yaml"), f"# config that produced {Path(results).name}")
+    common = ["--config", str(final_cfg), "--run-dir", str(run_dir)]
+    stages = [StageProc("sinks", ["pipeline.stages.sinks", *common] + (["--results", str(results)] if results else [])),
+              StageProc("stitch", ["pipeline.stages.stitch", *common])]
+    stages += [StageProc(f"infer{i}", ["pipeline.stages.infer", *common, "--worker", str(i)])
+               for i in range(cfg.inference.workers)]
+    stages += [StageProc("preprocess", ["pipeline.stages.preprocess", *common]),
+               StageProc("source", ["pipeline.stages.source", *common, "--source", source])]
+    by_name = {s.name: s for s in stages}
+
+    ctx = zmq.Context()
+    status_sock = make_socket(ctx, zmq.PULL, endpoint(cfg.endpoints.status, run_dir), bind=True, hwm=1000)
+    control = make_socket(ctx, zmq.PUSH, endpoint(cfg.endpoints.verdict, run_dir), bind=False, hwm=100)
+    board = StatusBoard()
+    interrupted = {"at": None}
+
+    def on_sigint(*_: object) -> None:
+        if interrupted["at"] is None:
+            interrupted["at"] = time.monotonic()
+            print("\nrun_pipeline: stopping: source closed, flushing results (Ctrl-C again to abort)", file=sys.stderr)
+            src = by_name["source"]
+            if src.proc and src.proc.poll() is None:
+                src.proc.terminate()
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    exit_code = 0
+    last_print = 0.0
+    try:
+        for s in stages:
+            s.start()
+        while True:
+            try:
+                msg = recv(status_sock, 100)
+            except Exception:
+                msg = None
+            while msg is not None:
+                board.update(msg[0])
+                msg = recv(status_sock, 0)
+            sinks = by_name["sinks"]
+            if sinks.proc.poll() is not None:
+                exit_code = 0 if sinks.proc.returncode == 0 else 1
+                break
+            for s in stages:
+                code = s.proc.poll()
+                if code is None or s.done:
+                    continue
+                if s.name == "source" and (code == 0 or interrupted["at"] is not None):
+                    s.done = True
+                    continue
+                if s.restarts >= MAX_RESTARTS:
+                    print(f"\nrun_pipeline: {s.name} failed {s.restarts + 1} times (exit {code}); giving up",
+                          file=sys.stderr)
+                    return 1
+                s.restarts += 1
+                print(f"\nrun_pipeline: {s.name} exited with {code}; restarting ({s.restarts}/{MAX_RESTARTS})",
+                      file=sys.stderr)
+                if s.name not in ("stitch", "sinks", "source"):
+                    send(control, {"kind": "crash", "stage": s.name, "at_ns": time.monotonic_ns()})
+                s.start()
+            if interrupted["at"] is not None and time.monotonic() - interrupted["at"] > DRAIN_TIMEOUT_S:
+                print("run_pipeline: results did not drain in time; stopping anyway", file=sys.stderr)
+                exit_code = 1
+                break
+            if show_status and time.monotonic() - last_print > 0.5:
+                last_print = time.monotonic()
+                print("\r" + board.line() + "   ", end="", file=sys.stderr, flush=True)
+        if show_status:
+            print("\r" + board.line(), file=sys.stderr)
+    except KeyboardInterrupt:
+        exit_code = 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        for s in reversed(stages):
+            if s.proc and s.proc.poll() is None:
+                s.proc.terminate()
+        for s in stages:
+            if s.proc:
+                try:
+                    s.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    s.proc.kill()
+        status_sock.close()
+        control.close()
+        ctx.destroy(linger=0)
+        if tmp is not None:
+            tmp.cleanup()
+    if interrupted["at"] is not None and exit_code == 0:
+        exit_code = 130
+    return exit_code

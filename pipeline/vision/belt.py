@@ -1,0 +1,53 @@
+"""Conveyor-belt colour model: a Gaussian in Lab space, fitted on belt pixels during calibration."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class BeltModel:
+    mean: np.ndarray      # (3,) Lab
+    inv_cov: np.ndarray   # (3, 3)
+    max_distance: float = 4.0
+
+    def to_config(self) -> dict:
+        return {"mean": [round(float(v), 4) for v in self.mean],
+                "inv_cov": [[round(float(v), 6) for v in row] for row in self.inv_cov],
+                "max_distance": float(self.max_distance)}
+
+    @classmethod
+    def from_config(cls, belt) -> "BeltModel":
+        return cls(np.asarray(belt.mean, np.float32), np.asarray(belt.inv_cov, np.float32), float(belt.max_distance))
+
+
+def _lab(frame_bgr: np.ndarray) -> np.ndarray:
+    if frame_bgr.ndim == 2:
+        frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
+    return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2LAB).astype(np.float32)
+
+
+def fit_belt(frames_bgr: list[np.ndarray], samples: np.ndarray | None = None, max_distance: float = 4.0) -> BeltModel:
+    """Fit on belt pixels. Without explicit ``samples`` the frame border (a 6% band) is taken as belt:
+    during calibration parts sit inside the field of view."""
+    pix = []
+    for f in frames_bgr:
+        lab = _lab(f)
+        h, w = lab.shape[:2]
+        b = max(2, int(0.06 * min(h, w)))
+        band = np.concatenate([lab[:b].reshape(-1, 3), lab[-b:].reshape(-1, 3), lab[:, :b].reshape(-1, 3),
+                               lab[:, -b:].reshape(-1, 3)])
+        pix.append(band)
+    data = np.concatenate(pix) if samples is None else samples.reshape(-1, 3).astype(np.float32)
+    mean = data.mean(axis=0)
+    cov = np.cov(data, rowvar=False) + np.eye(3) * 1.0  # floor: a perfectly flat belt stays invertible
+    return BeltModel(mean.astype(np.float32), np.linalg.inv(cov).astype(np.float32), max_distance)
+
+
+def belt_mask(frame_bgr: np.ndarray, model: BeltModel) -> np.ndarray:
+    """bool ``(H, W)``: True where the pixel looks like belt."""
+    d = _lab(frame_bgr) - model.mean
+    dist2 = np.einsum("hwi,ij,hwj->hw", d, model.inv_cov, d, optimize=True)
+    return dist2 < model.max_distance**2

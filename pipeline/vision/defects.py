@@ -1,0 +1,40 @@
+"""From a stitched anomaly map on the canonical part to defects in camera coordinates."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from pipeline.vision.rectify import to_camera
+
+
+def find_defects(anomaly_map: np.ndarray, part_mask: np.ndarray, H: np.ndarray, pixel_threshold: float,
+                 min_area: int) -> list[dict]:
+    """Connected regions of ``anomaly_map >= pixel_threshold`` inside the part, at least ``min_area``
+    canonical px, each as ``{"bbox": [x, y, w, h], "area_px", "score", "polygon"}`` in camera px."""
+    binary = ((anomaly_map >= pixel_threshold) & (part_mask > 0)).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    defects = []
+    for i in range(1, n):
+        if stats[i, cv2.CC_STAT_AREA] < min_area:
+            continue
+        region = (labels == i).astype(np.uint8)
+        contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        contour = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(np.float32)
+        poly = to_camera(contour, H)
+        x, y, w, h = cv2.boundingRect(np.round(poly).astype(np.int32))
+        area = float(cv2.contourArea(poly)) if len(poly) >= 3 else 0.0
+        defects.append({"bbox": [int(x), int(y), int(w), int(h)], "area_px": round(max(area, 1.0), 1),
+                        "score": round(float(anomaly_map[region > 0].max()), 4),
+                        "polygon": [[round(float(px), 1), round(float(py), 1)] for px, py in poly]})
+    defects.sort(key=lambda d: -d["score"])
+    return defects
+
+
+def box_iou(a: list[float], b: list[float]) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = iw * ih
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0

@@ -1,0 +1,97 @@
+"""Finding the part in a camera frame: silhouette (belt mask -> largest blob -> quadrilateral) or
+multi-scale template matching against a golden template, refined with ECC.
+
+Each locator returns the four part corners in camera pixels, ordered top-left, top-right,
+bottom-right, bottom-left in the canonical orientation, or None when no part is in view.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from pipeline.vision.belt import BeltModel, belt_mask
+
+
+def order_corners(pts: np.ndarray, canonical_wh: tuple[int, int]) -> np.ndarray:
+    """Order 4 corners TL, TR, BR, BL so the long side maps to the canonical long side."""
+    pts = np.asarray(pts, np.float32).reshape(4, 2)
+    center = pts.mean(axis=0)
+    angles = np.arctan2(pts[:, 1] - center[1], pts[:, 0] - center[0])
+    pts = pts[np.argsort(angles)]  # clockwise in image coordinates (y down), starting near -pi
+    start = int(np.argmin(pts.sum(axis=1)))  # top-left-most
+    pts = np.roll(pts, -start, axis=0)
+    side01 = np.linalg.norm(pts[1] - pts[0])
+    side12 = np.linalg.norm(pts[2] - pts[1])
+    cw, ch = canonical_wh
+    if (side01 >= side12) != (cw >= ch):
+        pts = np.roll(pts, -1, axis=0)
+    return pts
+
+
+def part_silhouette(frame_bgr: np.ndarray, belt: BeltModel, min_area: int) -> np.ndarray | None:
+    """uint8 mask of the largest non-belt component, or None if it is smaller than ``min_area``."""
+    part = (~belt_mask(frame_bgr, belt)).astype(np.uint8)
+    part = cv2.morphologyEx(part, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(part, connectivity=8)
+    if n <= 1:
+        return None
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    if stats[best, cv2.CC_STAT_AREA] < min_area:
+        return None
+    blob = (labels == best).astype(np.uint8)
+    # Fill holes: dark defects on the part can look like belt, but they are part of the part.
+    contours, _ = cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = np.zeros_like(blob)
+    cv2.drawContours(filled, contours, -1, 1, cv2.FILLED)
+    return filled
+
+
+def locate_silhouette(frame_bgr: np.ndarray, belt: BeltModel, min_area: int,
+                      canonical_wh: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(corners (4, 2), silhouette mask) or None."""
+    sil = part_silhouette(frame_bgr, belt, min_area)
+    if sil is None:
+        return None
+    contours, _ = cv2.findContours(sil, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contour = max(contours, key=cv2.contourArea)
+    hull = cv2.convexHull(contour)
+    quad = cv2.approxPolyDP(hull, 0.02 * cv2.arcLength(hull, True), True)
+    if len(quad) != 4:
+        quad = cv2.boxPoints(cv2.minAreaRect(contour))  # chipped corners: fall back to the min-area box
+    return order_corners(quad, canonical_wh), sil
+
+
+def locate_template(frame_bgr: np.ndarray, template_gray: np.ndarray, scales: list[float], downscale: float,
+                    min_score: float) -> tuple[np.ndarray, float] | None:
+    """Best multi-scale match on a downscaled frame: (corners (4, 2) in camera px, score) or None."""
+    gray = frame_bgr if frame_bgr.ndim == 2 else cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
+    small = cv2.resize(gray, None, fx=downscale, fy=downscale, interpolation=cv2.INTER_AREA)
+    best = (-1.0, None, None)
+    th, tw = template_gray.shape[:2]
+    for s in scales:
+        tpl = cv2.resize(template_gray, None, fx=s * downscale, fy=s * downscale, interpolation=cv2.INTER_AREA)
+        if tpl.shape[0] >= small.shape[0] or tpl.shape[1] >= small.shape[1]:
+            continue
+        res = cv2.matchTemplate(small, tpl, cv2.TM_CCOEFF_NORMED)
+        _, score, _, loc = cv2.minMaxLoc(res)
+        if score > best[0]:
+            best = (score, loc, s)
+    score, loc, s = best
+    if loc is None or score < min_score:
+        return None
+    x, y = loc[0] / downscale, loc[1] / downscale
+    w, h = tw * s, th * s
+    corners = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float32)
+    return corners, float(score)
+
+
+def refine_ecc(frame_gray: np.ndarray, template_gray: np.ndarray, H: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """Refine a frame->template homography with ECC; returns the input H if ECC does not converge."""
+    warp = H.astype(np.float32)
+    try:
+        _, warp = cv2.findTransformECC(template_gray.astype(np.float32), frame_gray.astype(np.float32),
+                                       np.linalg.inv(warp).astype(np.float32), cv2.MOTION_HOMOGRAPHY,
+                                       (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, 1e-4), None, 5)
+        return np.linalg.inv(warp)
+    except cv2.error:
+        return H

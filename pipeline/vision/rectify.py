@@ -1,0 +1,26 @@
+"""Perspective rectification between the camera frame and the canonical part."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def canonical_corners(canonical_wh: tuple[int, int]) -> np.ndarray:
+    w, h = canonical_wh
+    return np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
+
+
+def homography_to_canonical(corners: np.ndarray, canonical_wh: tuple[int, int]) -> np.ndarray:
+    """3x3 H mapping camera pixels to canonical pixels."""
+    return cv2.getPerspectiveTransform(np.asarray(corners, np.float32), canonical_corners(canonical_wh))
+
+
+def rectify(frame: np.ndarray, H: np.ndarray, canonical_wh: tuple[int, int],
+            interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    return cv2.warpPerspective(frame, H, tuple(canonical_wh), flags=interpolation, borderMode=cv2.BORDER_REPLICATE)
+
+
+def to_camera(points: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """Canonical points ``(N, 2)`` -> camera points through H⁻¹."""
+    pts = np.asarray(points, np.float32).reshape(-1, 1, 2)
+    return cv2.perspectiveTransform(pts, np.linalg.inv(H)).reshape(-1, 2)
