@@ -163,4 +163,11 @@ def format_results(report: dict) -> str:
     if "fp32_peak_gflops" in report:
         lines.append(f"machine fp32 limit: {report['fp32_peak_gflops']:.1f} GFLOP/s (ORT MatMul) -> "
                      f"{report['limit_ms_per_tile']:.2f} ms/tile for this model")
+    if "pipeline" in report:
+        p = report["pipeline"]
+        lines.append(f"pipeline over {p['sequence']}: {p['frames']} frames, {p['frames_per_s']} frames/s, latency "
+                     f"{p['latency_ms']}, stage share {p['stage_share']}, own overhead per frame "
+                     f"{p['overhead_ms_per_frame']} ms, verdicts {p['verdicts']}")
+        if "accuracy" in p:
+            lines.append(f"line accuracy vs truth: {p['accuracy']}")
     return "\n".join(lines)

@@ -32,9 +32,10 @@ def belt_image(h: int, w: int, rng: np.random.Generator, shift: int = 0) -> np.n
 
 
 def place_part(belt: np.ndarray, part_gray: np.ndarray, defect_mask: np.ndarray | None, rng: np.random.Generator,
-               long_side: int = 300, max_angle: float = 12.0, perspective: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
+               long_side: int = 300, max_angle: float = 12.0, perspective: float = 0.03
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Warp the part onto the belt at random position, rotation and slight perspective.
-    Returns (frame BGR, defect mask in camera px)."""
+    Returns (frame BGR, defect mask in camera px, part corners TL, TR, BR, BL in camera px)."""
     h, w = part_gray.shape
     scale = long_side / max(h, w) * rng.uniform(0.95, 1.05)
     ph, pw = h * scale, w * scale
@@ -55,7 +56,7 @@ def place_part(belt: np.ndarray, part_gray: np.ndarray, defect_mask: np.ndarray 
     cam_mask = np.zeros((fh, fw), np.uint8)
     if defect_mask is not None:
         cam_mask = cv2.warpPerspective(defect_mask.astype(np.uint8) * 255, H, (fw, fh), flags=cv2.INTER_NEAREST)
-    return frame, cam_mask > 0
+    return frame, cam_mask > 0, dst
 
 
 def mask_boxes(mask: np.ndarray, min_area: int = 4) -> list[list[int]]:
@@ -90,9 +91,10 @@ def simulate(data: str | Path, n_ok: int, n_ng: int, n_empty: int, seed: int = 0
             continue
         part = read_image(sample.image_path, 1)
         gt = read_mask(sample.mask_path, part.shape) if sample.mask_path else None
-        frame, cam_mask = place_part(belt, part, gt, rng)
+        frame, cam_mask, corners = place_part(belt, part, gt, rng)
         frames.append(SimFrame(frame, {"verdict": "NG" if kind == "ng" else "OK", "defect_type": sample.defect_type,
-                                       "boxes": mask_boxes(cam_mask), "source_image": sample.image_path.name}))
+                                       "boxes": mask_boxes(cam_mask), "source_image": sample.image_path.name,
+                                       "corners": np.round(corners, 1).tolist()}))
     return frames
 
 

@@ -127,3 +127,18 @@ def open_source(uri: str, cfg: SourceConfig | None = None) -> Source:
     if uri.startswith("replay:"):
         return ReplaySource(uri[len("replay:"):], cfg.realtime)
     raise ValueError(f"source {uri!r}: expected cameraN, video:FILE, dir:DIR, replay:SEQ or rtsp://...")
+
+
+def check_uri(uri: str) -> None:
+    """Fail fast, before any process starts, on a malformed URI or a missing file or folder."""
+    if re.fullmatch(r"camera(\d+)", uri) or uri.startswith(("rtsp://", "http://", "https://")):
+        return
+    for prefix, kind in (("video:", "file"), ("dir:", "folder"), ("replay:", "folder")):
+        if uri.startswith(prefix):
+            path = Path(uri[len(prefix):])
+            if not (path.is_file() if kind == "file" else path.is_dir()):
+                raise FileNotFoundError(f"source {uri!r}: no such {kind} {path}")
+            if prefix == "replay:":
+                read_index(path)
+            return
+    raise ValueError(f"source {uri!r}: expected cameraN, video:FILE, dir:DIR, replay:SEQ or rtsp://...")

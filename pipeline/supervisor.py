@@ -65,7 +65,10 @@ class StatusBoard:
 def run_pipeline(config: str | Path, source: str, results: str | Path | None = None, overlays: str | None = None,
                  run_dir: str | Path | None = None, show_status: bool = True, workers: int | None = None,
                  save_masks: bool = False) -> int:
+    from pipeline.sources import check_uri
+
     cfg: LineConfig = load_config(config)
+    check_uri(source)
     cfg.source.uri = source
     if overlays:
         cfg.sinks.overlays_dir = str(Path(overlays).resolve())
@@ -107,7 +110,10 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
         else:
             raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    import threading
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
     exit_code = 0
     last_print = 0.0
     try:
@@ -154,7 +160,8 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
     except KeyboardInterrupt:
         exit_code = 130
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
         for s in reversed(stages):
             if s.proc and s.proc.poll() is None:
                 s.proc.terminate()

@@ -1,0 +1,102 @@
+"""Whole-pipeline benchmark over a recorded sequence: frames/s, frame-to-verdict latency, time per
+stage, the pipeline's own per-frame overhead (everything but the model), and, when the sequence
+carries ``truth.jsonl``, NG recall and false-alarm rate."""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engines.artifact import ModelMeta
+from pipeline import wire
+from pipeline.config import load_config
+from pipeline.processing import Preprocessor, decide
+from pipeline.sequence import iter_sequence
+from pipeline.sources import _decode
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_line.yaml"
+
+
+def overhead_per_frame(seq: str | Path, config: str | Path, max_frames: int = 50) -> list[float]:
+    """ms per frame of preprocessing, wire encode/decode of every message and stitching/decision,
+    in process, with the model replaced by a zero map (model time is what the engine benchmark measures)."""
+    cfg = load_config(config)
+    meta = ModelMeta.load(cfg.inference.model)
+    prep = Preprocessor(cfg.preprocess, meta.tile_size, meta.in_channels)
+    times = []
+    for i, (_name, _ns, path) in enumerate(iter_sequence(seq)):
+        if i >= max_frames:
+            break
+        frame, _ = _decode(path)
+        if frame is None:
+            continue
+        t0 = time.perf_counter()
+        wire.decode(wire.encode({"kind": "frame"}, {"image": frame}))
+        p = prep(frame)
+        if p.verdict is None:  # only frames with a part: empty belt would flatter the median
+            msg = wire.decode(wire.encode({"kind": "tiles"}, {"tiles": p.tiles, "part_mask": p.part_mask}))
+            maps = np.zeros((len(msg[1]["tiles"]), 1, meta.tile_size, meta.tile_size), np.float16)
+            scores = np.zeros(len(maps), np.float32)
+            wire.decode(wire.encode({"kind": "maps"}, {"maps": maps, "scores": scores, "part_mask": p.part_mask}))
+            decide(maps.astype(np.float32), scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision,
+                   meta.pixel_threshold, meta.image_threshold)
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return times
+
+
+def line_accuracy(results: list[dict], truth_path: Path) -> dict | None:
+    if not truth_path.is_file():
+        return None
+    truth = {t["file"]: t for t in map(json.loads, truth_path.read_text().splitlines())}
+    parts = [(truth[r["source_name"]]["verdict"], r["verdict"]) for r in results
+             if r["source_name"] in truth and truth[r["source_name"]]["verdict"] in ("OK", "NG")]
+    ng = [v for t, v in parts if t == "NG"]
+    ok = [v for t, v in parts if t == "OK"]
+    return {"ng_parts": len(ng), "ok_parts": len(ok),
+            "ng_recall": sum(v == "NG" for v in ng) / max(1, len(ng)),
+            "false_alarm_rate": sum(v == "NG" for v in ok) / max(1, len(ok)),
+            "verdict_matches_truth": sum(truth[r["source_name"]]["verdict"] == r["verdict"] for r in results
+                                         if r["source_name"] in truth) / max(1, len(results))}
+
+
+def pipeline_benchmark(seq: str | Path, config: str | Path | None, model: str | Path | None = None) -> dict:
+    from pipeline.supervisor import run_pipeline
+
+    config = Path(config or DEMO_CONFIG)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        results_path = Path(tmp) / "results.jsonl"
+        cfg_path = config
+        if model:
+            cfg = load_config(config)
+            cfg.inference.model = str(Path(model).resolve())
+            from pipeline.config import dump_config
+
+            cfg_path = dump_config(cfg, Path(tmp) / "line.yaml")
+        t0 = time.perf_counter()
+        code = run_pipeline(cfg_path, f"replay:{seq}", results_path, show_status=False)
+        wall = time.perf_counter() - t0
+        results = [json.loads(line) for line in results_path.read_text().splitlines()]
+        overhead = overhead_per_frame(seq, cfg_path)
+    lat = np.array([r["latency_ms"] for r in results if r.get("latency_ms") is not None])
+    stage_totals: dict[str, float] = {}
+    for r in results:
+        for k, v in (r.get("stage_ms") or {}).items():
+            stage_totals[k] = stage_totals.get(k, 0.0) + v
+    total = sum(stage_totals.values()) or 1.0
+    report = {
+        "sequence": str(seq), "exit_code": code, "frames": len(results), "wall_s": round(wall, 2),
+        "frames_per_s": round(len(results) / wall, 2),
+        "latency_ms": {p: round(float(np.percentile(lat, q)), 1) for p, q in (("p50", 50), ("p90", 90), ("p99", 99))}
+        if lat.size else {},
+        "stage_share": {k: round(v / total, 3) for k, v in stage_totals.items()},
+        "overhead_ms_per_frame": {"p50": round(float(np.median(overhead)), 2),
+                                  "p90": round(float(np.percentile(overhead, 90)), 2)} if overhead else {},
+        "verdicts": {v: sum(r["verdict"] == v for r in results) for v in ("OK", "NG", "NO_PART", "ERROR", "DROPPED")},
+    }
+    acc = line_accuracy(results, Path(seq) / "truth.jsonl")
+    if acc:
+        report["accuracy"] = acc
+    return report

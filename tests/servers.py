@@ -1,0 +1,68 @@
+"""Real servers for sink tests: a pymodbus Modbus TCP server and a local HTTP server, on loopback."""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ModbusServer:
+    """pymodbus ModbusTcpServer in its own thread and event loop."""
+
+    def __init__(self, port: int) -> None:
+        from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
+        from pymodbus.server import ModbusTcpServer
+
+        device = ModbusDeviceContext(co=ModbusSequentialDataBlock(1, [0] * 64), hr=ModbusSequentialDataBlock(1, [0] * 64))
+        self.context = ModbusServerContext(devices={1: device}, single=False)
+        self.port = port
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.server = None
+
+        async def serve() -> None:
+            self.server = ModbusTcpServer(self.context, address=("127.0.0.1", port))
+            self.ready.set()
+            await self.server.serve_forever()
+
+        self.thread = threading.Thread(target=lambda: self.loop.run_until_complete(serve()), daemon=True)
+        self.thread.start()
+        self.ready.wait(5)
+
+    def stop(self) -> None:
+        fut = asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop)
+        fut.result(5)
+        self.thread.join(5)
+
+
+class MesServer:
+    """Records every JSON POST body, in arrival order."""
+
+    def __init__(self, port: int) -> None:
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append(json.loads(body))
+                self.send_response(201)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,38 @@
+from pipeline.collector import Collector
+
+
+def _rec(fid, verdict="OK"):
+    return {"frame_id": fid, "verdict": verdict}
+
+
+def test_releases_in_frame_order():
+    c = Collector(timeout_ns=10**12)
+    for i in range(3):
+        c.register(i, f"f{i}", 100 + i)
+    c.add(2, _rec(2))
+    c.add(1, _rec(1))
+    assert c.release() == []
+    c.add(0, _rec(0))
+    assert [r["frame_id"] for r in c.release()] == [0, 1, 2]
+    c.end(3)
+    assert c.finished
+
+
+def test_crash_fails_pending_once_and_ignores_late_results():
+    c = Collector(timeout_ns=10**12)
+    for i in range(3):
+        c.register(i, f"f{i}", 100 + i)
+    c.add(0, _rec(0))
+    assert c.fail_pending("infer0 stage crashed", before_ns=101) == 1  # frame 1; frame 2 came later
+    c.add(1, _rec(1, "NG"))  # late duplicate from a queue: ignored
+    out = c.release()
+    assert [(r["frame_id"], r["verdict"]) for r in out] == [(0, "OK"), (1, "ERROR")]
+    assert c.ignored_late == 1
+
+
+def test_timeout_expires_lost_frames():
+    c = Collector(timeout_ns=1000)
+    c.register(0, "f0", 0)
+    assert c.expire(500) == 0
+    assert c.expire(2000) == 1
+    assert c.release()[0]["reason"].startswith("no result within")

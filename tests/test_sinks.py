@@ -1,0 +1,115 @@
+import json
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.sinks.http import HttpSink
+from pipeline.sinks.modbus import ModbusSink
+from pipeline.sinks.overlays import OverlaySink
+from pipeline.sinks.results_log import ResultsLog
+from tests.servers import MesServer, ModbusServer, free_port
+
+
+def _record(i, verdict="NG", n_defects=2):
+    defects = [{"bbox": [10, 10, 5, 5], "area_px": 25.0, "score": 0.9, "polygon": [[10, 10], [15, 10], [15, 15]]}] * n_defects
+    return {"frame_id": i, "source_name": f"f{i}.png", "verdict": verdict, "reason": "", "score": 0.8,
+            "defects": defects if verdict == "NG" else [], "latency_ms": 12.0}
+
+
+def _wait(pred, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_modbus_sink_against_real_server():
+    from pymodbus.client import ModbusTcpClient
+
+    port = free_port()
+    server = ModbusServer(port)
+    try:
+        sink = ModbusSink("127.0.0.1", port, 1, verdict_coil=3, defect_count_register=10, sequence_register=11,
+                          heartbeat_register=12, heartbeat_s=0.0)
+        reader = ModbusTcpClient("127.0.0.1", port=port)
+        assert reader.connect()
+        sink.handle(_record(0, "NG", 2), {}, None)
+        assert reader.read_coils(3, count=1, device_id=1).bits[0] is True
+        regs = reader.read_holding_registers(10, count=2, device_id=1).registers
+        assert regs == [2, 1]
+        sink.handle(_record(1, "OK"), {}, None)
+        assert reader.read_coils(3, count=1, device_id=1).bits[0] is False
+        assert reader.read_holding_registers(10, count=2, device_id=1).registers == [0, 2]
+        sink.tick()
+        sink.tick()
+        assert reader.read_holding_registers(12, count=1, device_id=1).registers[0] == 2
+        reader.close()
+        sink.close()
+    finally:
+        server.stop()
+
+
+def test_modbus_sink_survives_plc_down():
+    sink = ModbusSink("127.0.0.1", free_port(), 1, 0, 0, 1, 2, timeout_s=0.2)
+    t0 = time.monotonic()
+    sink.handle(_record(0), {}, None)  # nobody listening: counted, not raised
+    assert sink.failures >= 1 and time.monotonic() - t0 < 3.0
+    sink.close()
+
+
+def test_http_sink_delivers_in_order(tmp_path):
+    port = free_port()
+    mes = MesServer(port)
+    try:
+        sink = HttpSink(f"http://127.0.0.1:{port}/parts", tmp_path / "spool", backoff_s=0.05)
+        for i in range(5):
+            sink.handle(_record(i), {}, None)
+        assert _wait(lambda: len(mes.received) == 5)
+        assert [r["frame_id"] for r in mes.received] == list(range(5))
+        sink.close()
+        assert sink.pending() == 0
+    finally:
+        mes.stop()
+
+
+def test_http_sink_spools_while_mes_down_then_sends_in_order(tmp_path):
+    port = free_port()
+    spool = tmp_path / "spool"
+    sink = HttpSink(f"http://127.0.0.1:{port}/parts", spool, timeout_s=0.5, retries=1, backoff_s=0.05, max_backoff_s=0.2)
+    t0 = time.monotonic()
+    for i in range(4):
+        sink.handle(_record(i), {}, None)
+    assert time.monotonic() - t0 < 0.5  # the line never waits for the MES
+    time.sleep(0.3)
+    assert sink.pending() == 4
+    sink.close(drain_s=0)
+    # A restarted line finds the spool and delivers it once the MES is back, oldest first.
+    mes = MesServer(port)
+    try:
+        sink2 = HttpSink(f"http://127.0.0.1:{port}/parts", spool, backoff_s=0.05)
+        sink2.handle(_record(4), {}, None)
+        assert _wait(lambda: len(mes.received) == 5)
+        assert [r["frame_id"] for r in mes.received] == [0, 1, 2, 3, 4]
+        sink2.close()
+    finally:
+        mes.stop()
+
+
+def test_http_sink_rejects_bad_url(tmp_path):
+    with pytest.raises(ValueError, match="sinks.http.url"):
+        HttpSink("ftp://x", tmp_path)
+
+
+def test_results_log_and_overlays(tmp_path):
+    log = ResultsLog(tmp_path / "r.jsonl")
+    log.handle(_record(0), {}, None)
+    log.close()
+    rec = json.loads((tmp_path / "r.jsonl").read_text())
+    assert rec["verdict"] == "NG" and rec["defects"][0]["bbox"] == [10, 10, 5, 5]
+    sink = OverlaySink(tmp_path / "ov", save_masks=True)
+    frame = np.zeros((60, 80, 3), np.uint8)
+    sink.handle(_record(0), {"frame": frame, "anomaly_map": np.ones((32, 32), np.float16)}, np.eye(3))
+    assert (tmp_path / "ov" / "000000_f0_overlay.png").is_file() and (tmp_path / "ov" / "000000_f0_mask.png").is_file()

@@ -1,0 +1,120 @@
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.config import BeltConfig, DecisionConfig, PreprocessConfig
+from pipeline.processing import Preprocessor, decide
+from pipeline.sim import belt_image, place_part, simulate
+from pipeline.vision.belt import belt_mask, fit_belt
+from pipeline.vision.defects import box_iou, find_defects
+from pipeline.vision.locate import locate_silhouette, locate_template, order_corners
+from pipeline.vision.rectify import homography_to_canonical, rectify, to_camera
+
+
+@pytest.fixture(scope="module")
+def frames(mini_data):
+    return simulate(mini_data, n_ok=4, n_ng=4, n_empty=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def belt(frames):
+    return fit_belt([f.frame for f in frames[:3]])
+
+
+def test_belt_mask_separates_part(frames, belt):
+    f = next(f for f in frames if "corners" in f.truth)
+    mask = belt_mask(f.frame, belt)
+    inside = np.zeros(mask.shape, np.uint8)
+    cv2.fillConvexPoly(inside, np.round(np.array(f.truth["corners"])).astype(np.int32), 1)
+    eroded = cv2.erode(inside, np.ones((9, 9), np.uint8)) > 0
+    outside = cv2.dilate(inside, np.ones((9, 9), np.uint8)) == 0
+    assert mask[outside].mean() > 0.97  # belt is belt
+    assert mask[eroded].mean() < 0.05   # part is not belt
+
+
+def test_silhouette_corners_match_truth(frames, belt):
+    for f in frames:
+        if f.truth["verdict"] == "NO_PART":
+            assert locate_silhouette(f.frame, belt, 5000, (256, 320)) is None
+            continue
+        corners, _ = locate_silhouette(f.frame, belt, 5000, (256, 320))
+        err = np.linalg.norm(corners - np.array(f.truth["corners"]), axis=1)
+        assert err.max() < 8.0, err  # px, on a ~300 px part
+
+
+def test_rectify_and_map_back_roundtrip(frames, belt):
+    f = next(f for f in frames if f.truth["verdict"] == "OK")
+    corners, _ = locate_silhouette(f.frame, belt, 5000, (256, 320))
+    H = homography_to_canonical(corners, (256, 320))
+    canonical = rectify(f.frame, H, (256, 320))
+    assert canonical.shape == (320, 256, 3)
+    pts = np.array([[0, 0], [255, 319], [100, 50]], np.float32)
+    back = to_camera(pts, H)
+    again = cv2.perspectiveTransform(back.reshape(-1, 1, 2), H).reshape(-1, 2)
+    assert np.abs(again - pts).max() < 1e-2
+
+
+def test_find_defects_in_camera_coordinates():
+    H = np.array([[1, 0, -50], [0, 1, -30], [0, 0, 1]], np.float64)  # camera -> canonical: shift
+    amap = np.zeros((320, 256), np.float32)
+    amap[100:120, 60:90] = 0.9
+    amap[5, 5] = 0.9  # one pixel: below min area
+    defects = find_defects(amap, np.ones_like(amap, np.uint8), H, 0.5, 20)
+    assert len(defects) == 1
+    assert box_iou(defects[0]["bbox"], [110, 130, 30, 20]) > 0.8
+    assert defects[0]["score"] == pytest.approx(0.9) and 500 < defects[0]["area_px"] < 700
+
+
+def test_order_corners_is_rotation_stable():
+    rect = np.array([[10, 10], [110, 10], [110, 210], [10, 210]], np.float32)
+    for shift in range(4):
+        assert np.allclose(order_corners(np.roll(rect, shift, axis=0), (100, 200)), rect)
+
+
+def test_template_mode_locates_part(mini_data):
+    from engines.data import read_image
+
+    part = read_image(next((mini_data / "test" / "good").iterdir()), 1)
+    part = cv2.resize(part, (200, 240))
+    rng = np.random.default_rng(0)
+    frame = belt_image(480, 640, rng)
+    frame[100:340, 300:500] = part[..., None]
+    found = locate_template(frame, part, [0.9, 1.0, 1.1], 0.5, 0.5)
+    assert found is not None
+    corners, score = found
+    assert np.abs(corners[0] - [300, 100]).max() <= 4 and score > 0.8
+    assert locate_template(belt_image(480, 640, rng), part, [1.0], 0.5, 0.5) is None
+
+
+def test_preprocessor_verdicts(frames, belt):
+    cfg = PreprocessConfig(belt=BeltConfig(**belt.to_config()))
+    prep = Preprocessor(cfg)
+    for f in frames:
+        p = prep(f.frame)
+        if f.truth["verdict"] == "NO_PART":
+            assert p.verdict == "NO_PART"
+        else:
+            assert p.verdict is None and p.tiles.dtype == np.uint8 and p.tiles.shape[1:] == (1, 128, 128)
+    assert prep(np.zeros((5, 5, 3), np.uint8)).verdict == "ERROR"
+    assert prep(np.zeros((100, 100, 4), np.uint8)).verdict == "ERROR"
+    assert prep(np.zeros((100, 100), np.float32)).verdict == "ERROR"
+
+
+def test_decide_outlines_defect_through_homography(frames, belt):
+    cfg = PreprocessConfig(belt=BeltConfig(**belt.to_config()))
+    prep = Preprocessor(cfg)
+    f = next(f for f in frames if f.truth["verdict"] == "OK")
+    p = prep(f.frame)
+    maps = np.zeros((len(p.tiles), 1, 128, 128), np.float32)
+    # a hot spot at canonical (x 120..140, y 150..170), in every tile that covers it
+    for k, idx in enumerate(p.tile_index):
+        y, x = p.grid.origins[idx]
+        sub = np.zeros((320 + 128, 256 + 128), np.float32)
+        sub[150:170, 120:140] = 1.0
+        maps[k, 0] = sub[y:y + 128, x:x + 128]
+    v = decide(maps, np.ones(len(maps), np.float32), p.tile_index, p.grid, p.part_mask, p.H, DecisionConfig(), 0.5, 0.5)
+    assert v.verdict == "NG" and len(v.defects) == 1
+    expected = to_camera(np.array([[120, 150], [140, 170]], np.float32), p.H)
+    cx, cy = expected.mean(axis=0)
+    x, y, w, h = v.defects[0]["bbox"]
+    assert x <= cx <= x + w and y <= cy <= y + h
