@@ -6,6 +6,7 @@ operating threshold from the model's own scores on these OK parts.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,8 +104,14 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
     return Calibration(cfg, scores, ncc, notes)
 
 
+def _relative(target: str, yaml_path: Path) -> str:
+    """Paths relative to the config file's folder (how load_config reads them), so a line folder can move."""
+    return os.path.relpath(Path(target).resolve(), yaml_path.resolve().parent) if target else ""
+
+
 def write_commented(cfg: LineConfig, path: Path, notes: list[str], n_frames: int, frames_dir: str) -> Path:
     p, d, i = cfg.preprocess, cfg.decision, cfg.inference
+    model_rel, template_rel = _relative(i.model, path), _relative(p.template, path)
     belt = p.belt
     text = f"""# Line config written by calibrate_line from {n_frames} OK frames in {frames_dir}
 # {chr(10).join('# ' + n for n in notes)[2:]}
@@ -112,7 +119,7 @@ name: {cfg.name}
 
 preprocess:
   mode: {p.mode}                 # silhouette: belt mask -> largest blob -> quadrilateral; template: golden-template match + ECC
-  template: "{p.template}"
+  template: "{template_rel}"
   canonical_size: {p.canonical_size}   # [width, height] of the rectified part in px
   min_part_area: {p.min_part_area}      # camera px; a smaller silhouette means no part in view (NO_PART)
   tile_overlap: {p.tile_overlap}         # 128x128 tiles overlapping by this fraction
@@ -123,7 +130,7 @@ preprocess:
     max_distance: {belt.max_distance}     # Mahalanobis distance under which a pixel counts as belt
 
 inference:
-  model: "{i.model}"
+  model: "{model_rel}"
   backend: {i.backend}           # onnxruntime (CPU), torch, tensorrt
   workers: {i.workers}                 # inference processes sharing the load
   max_batch: {i.max_batch}              # tiles per batch, across frames

@@ -12,15 +12,18 @@ INDEX = "sequence.jsonl"
 
 
 class SequenceWriter:
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, ext: str = ".png", jpeg_quality: int = 95) -> None:
+        if ext not in (".png", ".jpg"):
+            raise ValueError(f"sequence frame format {ext!r}; expected .png or .jpg")
+        self.ext, self.params = ext, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if ext == ".jpg" else []
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.index = (self.folder / INDEX).open("w")
         self.count = 0
 
     def add(self, frame: np.ndarray, capture_ns: int) -> str:
-        name = f"{self.count:06d}.png"
-        if not cv2.imwrite(str(self.folder / name), frame):
+        name = f"{self.count:06d}{self.ext}"
+        if not cv2.imwrite(str(self.folder / name), frame, self.params):
             raise OSError(f"{self.folder / name}: could not write frame")
         self.index.write(json.dumps({"file": name, "capture_ns": int(capture_ns)}) + "\n")
         self.index.flush()

@@ -98,20 +98,21 @@ def simulate(data: str | Path, n_ok: int, n_ng: int, n_empty: int, seed: int = 0
     return frames
 
 
-def write_sequence(frames: list[SimFrame], out: str | Path, fps: float = 10.0, corrupt_every: int = 0) -> Path:
+def write_sequence(frames: list[SimFrame], out: str | Path, fps: float = 10.0, corrupt_every: int = 0,
+                   ext: str = ".png") -> Path:
     """A recorded sequence (see pipeline.sequence) plus ``truth.jsonl``; every ``corrupt_every``-th
     frame file is replaced by garbage bytes to exercise ERROR records."""
     from pipeline.sequence import SequenceWriter
 
     out = Path(out)
-    writer = SequenceWriter(out)
+    writer = SequenceWriter(out, ext)
     truth = []
     period_ns = int(1e9 / fps)
     for i, f in enumerate(frames):
         name = writer.add(f.frame, capture_ns=i * period_ns)
         t = dict(f.truth)
         if corrupt_every and i % corrupt_every == corrupt_every - 1:
-            (out / name).write_bytes(b"\x89PNG corrupted on purpose")
+            (out / name).write_bytes(b"\x89PNG\r\n corrupted on purpose")
             t = {**t, "verdict": "ERROR", "boxes": []}
         truth.append({"file": name, **t})
     writer.close()

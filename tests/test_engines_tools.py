@@ -1,0 +1,91 @@
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from calibration.int8 import calibration_batches, calibration_tiles  # noqa: E402
+from engines.artifact import ModelMeta  # noqa: E402
+from engines.backends import load_backend  # noqa: E402
+from engines.backends.tensorrt_backend import engine_problems, rebuild_hint  # noqa: E402
+from engines.benchmark import onnx_cost  # noqa: E402
+from tools import benchmark as benchmark_cli  # noqa: E402
+from tools import build_engine as build_engine_cli  # noqa: E402
+from tools import quantize as quantize_cli  # noqa: E402
+from tools import synth_gallery  # noqa: E402
+
+
+def test_engine_sidecar_mismatch_is_explained(tmp_path):
+    meta = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100", "onnx_sha256": "abc", "precision": "fp16",
+            "max_batch": 256}
+    assert engine_problems(meta, "10.3.0", "NVIDIA H100", "abc") == []
+    problems = engine_problems(meta, "10.7.0", "NVIDIA L4", "def")
+    assert len(problems) == 3 and "TensorRT 10.3.0" in problems[0] and "L4" in problems[1]
+    hint = rebuild_hint(tmp_path, tmp_path / "model.engine", meta)
+    assert "build_engine --model" in hint and "--precision fp16" in hint and "--max-batch 256" in hint
+
+
+def test_build_engine_without_tensorrt_says_why(trained_model, tmp_path, capsys):
+    code = build_engine_cli.main(["--model", str(trained_model), "--out", str(tmp_path / "m.engine")])
+    assert code == 3 and "TensorRT is not installed" in capsys.readouterr().err
+
+
+def test_calibration_tiles(trained_model, mini_data):
+    meta = ModelMeta.load(trained_model)
+    tiles = calibration_tiles(mini_data, meta, max_tiles=20)
+    assert tiles.shape == (20, 1, 128, 128) and tiles.dtype == np.float32
+    assert abs(float(tiles.mean())) < 2.0
+    assert [b.shape[0] for b in calibration_batches(tiles, 8)] == [8, 8]
+
+
+def test_onnx_cost_matches_torch_count(trained_model):
+    from engines.tiny_unet import TinyUNet, count_macs, count_parameters
+
+    params, macs = onnx_cost(trained_model / "model.onnx")
+    ref = TinyUNet(1, 8)
+    assert abs(macs - count_macs(ref, 1)) / count_macs(ref, 1) < 0.02
+    assert abs(params - count_parameters(ref)) / count_parameters(ref) < 0.05  # BN folded into conv biases
+
+
+def test_quantize_int8_close_to_fp32(trained_model, mini_data, tmp_path):
+    out = tmp_path / "int8"
+    assert quantize_cli.main(["--model", str(trained_model), "--calib", str(mini_data), "--out", str(out),
+                              "--max-tiles", "32"]) == 0
+    meta = ModelMeta.load(out)
+    assert meta.precision == "int8"
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    x = calibration_tiles(mini_data, meta, max_tiles=8)
+    m32, _ = load_backend("onnxruntime", trained_model).infer(x)
+    m8, _ = load_backend("onnxruntime", out).infer(x)
+    assert np.abs(m32 - m8).mean() < 0.05
+
+
+def test_benchmark_cli_json(trained_model, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    code = benchmark_cli.main(["--model", str(trained_model), "--backend", "onnxruntime,tensorrt", "--batch", "1,4",
+                               "--seconds", "0.1", "--min-calls", "2", "--no-peak", "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert [(r["backend"], r["batch"]) for r in report["results"]] == [("onnxruntime", 1), ("onnxruntime", 4)]
+    for r in report["results"]:
+        assert r["ms_per_tile_p50"] > 0 and r["tiles_per_s"] > 0 and r["ms_per_tile_p99"] >= r["ms_per_tile_p50"]
+    assert report["skipped"][0]["backend"] == "tensorrt" and report["gmac_per_tile"] > 0
+    assert "tensorrt" in capsys.readouterr().out
+
+
+def test_benchmark_rejects_bad_batch(capsys):
+    with pytest.raises(SystemExit):
+        benchmark_cli.main(["--model", "x", "--batch", "0,a"])
+
+
+def test_synth_gallery_writes_png(mini_data, tmp_path):
+    import cv2
+
+    out = tmp_path / "g.png"
+    assert synth_gallery.main(["--data", str(mini_data), "--out", str(out), "--per-row", "2"]) == 0
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape[0] >= 8 * 128
