@@ -1,8 +1,15 @@
 """ONNX Runtime INT8 static quantisation (QDQ), calibrated on OK tiles, for CPU inference.
 
-Activations are quantised with unsigned 8-bit, weights per channel signed 8-bit: the combination
-ONNX Runtime's x86 kernels (VNNI/AVX2 u8s8) run fastest. The output model folder keeps the same
-layout and sidecar, with ``precision: int8``.
+Two targets:
+
+- ``onnxruntime`` (default): activations unsigned 8-bit, weights per channel signed 8-bit, the
+  combination ONNX Runtime's x86 kernels (VNNI/AVX2 u8s8) run fastest.
+- ``tensorrt``: symmetric signed 8-bit activations and weights (zero point 0), the only Q/DQ form
+  TensorRT accepts. ``build_engine --precision int8`` on such a folder builds an explicitly
+  quantised engine without a calibrator, the route TensorRT prefers since 10.1 (its implicit
+  calibrators are deprecated there and removed in 11).
+
+The output model folder keeps the same layout and sidecar, with ``precision: int8``.
 """
 from __future__ import annotations
 
@@ -15,9 +22,11 @@ import numpy as np
 from calibration.int8 import calibration_batches, calibration_tiles
 from engines.artifact import ONNX_NAME, ModelMeta, model_paths
 
+QUANT_TARGETS = ("onnxruntime", "tensorrt")
+
 
 def quantize_model(model: str | Path, calib: str | Path, out: str | Path, max_tiles: int = 256,
-                   batch: int = 16, method: str = "minmax") -> Path:
+                   batch: int = 16, method: str = "minmax", target: str = "onnxruntime") -> Path:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quant_pre_process, quantize_static)
 
@@ -28,6 +37,9 @@ def quantize_model(model: str | Path, calib: str | Path, out: str | Path, max_ti
                "percentile": CalibrationMethod.Percentile}
     if method not in methods:
         raise ValueError(f"--method {method!r}; valid: {sorted(methods)}")
+    if target not in QUANT_TARGETS:
+        raise ValueError(f"--target {target!r}; valid: {QUANT_TARGETS}")
+    symmetric = target == "tensorrt"
     tiles = calibration_tiles(calib, meta, max_tiles)
 
     class Reader(CalibrationDataReader):
@@ -43,14 +55,15 @@ def quantize_model(model: str | Path, calib: str | Path, out: str | Path, max_ti
     prepped = out / "model.prep.onnx"
     quant_pre_process(str(onnx_path), str(prepped), skip_symbolic_shape=True)
     quantize_static(str(prepped), str(out / ONNX_NAME), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=methods[method])
+                    activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=methods[method],
+                    extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
     prepped.unlink()
     weights = Path(model) / "model.pt"
     if weights.is_file():  # the torch backend keeps serving the fp32 reference
         shutil.copy(weights, out / "model.pt")
     extra = {**meta.extra, "quantized_from": str(Path(model)), "calibration_tiles": int(len(tiles)),
-             "calibration_method": method}
+             "calibration_method": method, "quantization_target": target}
     replace(meta, precision="int8", extra=extra).save(out)
     return out
 

@@ -29,6 +29,7 @@ class EngineMeta:
     max_batch: int
     model_dir: str
     int8_calibration_cache: str = ""
+    quantization: str = ""  # "explicit" (Q/DQ in the ONNX), "implicit" (calibrator) or "" (none)
 
     def save(self, engine_path: Path) -> Path:
         path = sidecar_path(engine_path)
@@ -67,6 +68,21 @@ def gpu_identity() -> tuple[str, str]:
     return dev.name(), f"{major}.{minor}"
 
 
+def int8_route(meta_precision: str, quant_target: str | None, has_calibrator_api: bool) -> str:
+    """Which INT8 route to take: "explicit" when the model folder already carries symmetric Q/DQ
+    nodes (``quantize --target tensorrt``), else "implicit" (entropy calibrator) where the installed
+    TensorRT still has it. Raises with the fix where neither works."""
+    if meta_precision == "int8":
+        if quant_target != "tensorrt":
+            raise ValueError("this int8 model folder was quantised for ONNX Runtime (unsigned activations, which "
+                             "TensorRT rejects); run quantize --target tensorrt on the fp32 folder and build from that")
+        return "explicit"
+    if not has_calibrator_api:
+        raise ValueError("the installed TensorRT has no implicit INT8 calibration (removed in TensorRT 11); run "
+                         "quantize --model MODEL --calib DIR --target tensorrt --out MODEL_INT8 and build from MODEL_INT8")
+    return "implicit"
+
+
 def build_engine(model: str | Path, out: str | Path, precision: str = "fp16", max_batch: int = 256,
                  opt_batch: int | None = None, calib_dir: str | Path | None = None,
                  timing_cache: str | Path | None = None, workspace_gib: float = 4.0) -> Path:
@@ -75,6 +91,10 @@ def build_engine(model: str | Path, out: str | Path, precision: str = "fp16", ma
     if max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1, got {max_batch}")
     onnx_path, meta = model_paths(model)
+    if meta.precision == "int8" and precision != "int8":
+        raise ValueError(f"{model}: holds an int8 (Q/DQ) model; build it with --precision int8")
+    if precision == "int8":  # fail on a wrongly quantised folder before touching the GPU
+        int8_route(meta.precision, meta.extra.get("quantization_target"), True)
     trt = import_tensorrt()
     gpu_name, cc = gpu_identity()
     import pycuda.autoinit  # noqa: F401 - a context for the calibrator's buffers
@@ -100,9 +120,14 @@ def build_engine(model: str | Path, out: str | Path, precision: str = "fp16", ma
     config.set_timing_cache(cache, ignore_mismatch=False)
 
     int8_cache = ""
+    route = ""
     if precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8":
+        route = int8_route(meta.precision, meta.extra.get("quantization_target"), hasattr(config, "int8_calibrator"))
+    if route == "explicit":  # scales come from the Q/DQ nodes; layers without them run in fp16
+        config.set_flag(trt.BuilderFlag.INT8)
+    elif route == "implicit":
         from calibration.int8 import cache_path, calibration_tiles, make_entropy_calibrator
 
         if calib_dir is None and not cache_path(Path(model).name).is_file():
@@ -125,5 +150,5 @@ def build_engine(model: str | Path, out: str | Path, precision: str = "fp16", ma
     out.write_bytes(bytes(plan))
     cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
     EngineMeta(trt.__version__, gpu_name, cc, precision, sha256_file(onnx_path), input_name, list(chw), 1,
-               max_batch, str(Path(model).resolve()), int8_cache).save(out)
+               max_batch, str(Path(model).resolve()), int8_cache, route).save(out)
     return out

@@ -34,7 +34,7 @@ class TrainConfig:
     arch: str = "tiny_unet"
     width: int = 16
     channels: int = 1
-    epochs: int = 20
+    epochs: int = 22
     steps_per_epoch: int = 250
     batch_size: int = 16
     lr: float = 2e-3

@@ -89,3 +89,45 @@ def test_synth_gallery_writes_png(mini_data, tmp_path):
     assert synth_gallery.main(["--data", str(mini_data), "--out", str(out), "--per-row", "2"]) == 0
     img = cv2.imread(str(out))
     assert img is not None and img.shape[0] >= 8 * 128
+
+
+def test_simulate_line_writes_sequence_with_truth(mini_data, tmp_path):
+    from pipeline.sequence import read_index
+    from tools import simulate_line
+
+    out = tmp_path / "seq"
+    assert simulate_line.main(["--data", str(mini_data), "--out", str(out), "--ok", "2", "--ng", "2",
+                               "--empty", "1", "--seed", "4"]) == 0
+    truth = [json.loads(line) for line in (out / "truth.jsonl").read_text().splitlines()]
+    assert sorted(t["verdict"] for t in truth) == ["NG", "NG", "NO_PART", "OK", "OK"]
+    assert all(t["boxes"] for t in truth if t["verdict"] == "NG")
+    assert len(read_index(out)) == 5
+    bad = simulate_line.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "s2")])
+    assert bad == 2
+
+
+def test_int8_route_prefers_explicit_qdq_and_explains_the_fix():
+    from engines.tensorrt_build import int8_route
+
+    assert int8_route("int8", "tensorrt", has_calibrator_api=False) == "explicit"
+    assert int8_route("fp32", None, has_calibrator_api=True) == "implicit"
+    with pytest.raises(ValueError, match="--target tensorrt"):
+        int8_route("int8", "onnxruntime", has_calibrator_api=True)
+    with pytest.raises(ValueError, match="removed in TensorRT 11"):
+        int8_route("fp32", None, has_calibrator_api=False)
+
+
+def test_quantize_for_tensorrt_is_symmetric(trained_model, mini_data, tmp_path):
+    import onnx
+
+    out = tmp_path / "int8_trt"
+    assert quantize_cli.main(["--model", str(trained_model), "--calib", str(mini_data), "--out", str(out),
+                              "--max-tiles", "16", "--target", "tensorrt"]) == 0
+    graph = onnx.load(str(out / "model.onnx")).graph
+    inits = {i.name: i for i in graph.initializer}
+    zero_points = [inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(zp.data_type == onnx.TensorProto.INT8 for zp in zero_points)
+    assert all(not onnx.numpy_helper.to_array(zp).any() for zp in zero_points)
+    assert ModelMeta.load(out).extra["quantization_target"] == "tensorrt"
+    code = build_engine_cli.main(["--model", str(out), "--precision", "fp16", "--out", str(tmp_path / "e.plan")])
+    assert code == 2

@@ -14,6 +14,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="int8 model folder to write")
     p.add_argument("--max-tiles", type=int, default=256)
     p.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    p.add_argument("--target", default="onnxruntime", choices=["onnxruntime", "tensorrt"],
+                   help="onnxruntime: u8 activations for CPU kernels; tensorrt: symmetric s8 Q/DQ for "
+                        "build_engine --precision int8 (explicit quantisation)")
     return p
 
 
@@ -23,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> None:
         from engines.quantize import quantize_model
 
-        print(f"wrote {quantize_model(args.model, args.calib, args.out, args.max_tiles, method=args.method)}")
+        out = quantize_model(args.model, args.calib, args.out, args.max_tiles, method=args.method, target=args.target)
+        print(f"wrote {out}")
 
     return run_cli(go, "quantize")
 

@@ -15,7 +15,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="tiny_unet", choices=["tiny_unet", "ae_ssim"])
     p.add_argument("--width", type=int, default=16, choices=[8, 16, 32])
     p.add_argument("--channels", type=int, default=1, choices=[1, 3])
-    p.add_argument("--epochs", type=int, default=28)
+    p.add_argument("--epochs", type=int, default=22)
     p.add_argument("--steps-per-epoch", type=int, default=250)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
