@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.artifact import ONNX_NAME, model_paths
+from engines.artifact import model_paths
 from engines.backends import BackendUnavailable, load_backend
 
 
@@ -71,7 +71,6 @@ def onnx_cost(onnx_path: Path) -> tuple[int, int]:
 
 def measure_fp32_peak_gflops(size: int = 1024, seconds: float = 2.0, threads: int = 0) -> float:
     """Sustained fp32 GFLOP/s of a large matrix product in ONNX Runtime: the machine's practical limit."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 

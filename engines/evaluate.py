@@ -11,7 +11,6 @@ import numpy as np
 from tqdm import tqdm
 
 from engines import metrics
-from engines.artifact import ModelMeta
 from engines.backends import load_backend
 from engines.data import mvtec_test_set, read_image, read_mask
 from engines.detector import Detector

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration.int8 import calibration_batches, calibration_tiles
-from engines.artifact import ONNX_NAME, ModelMeta, model_paths
+from engines.artifact import ONNX_NAME, model_paths
 
 QUANT_TARGETS = ("onnxruntime", "tensorrt")
 

@@ -1,8 +1,9 @@
 """Frame sources, chosen by URI: ``camera0``, ``video:FILE``, ``dir:DIR``, ``replay:SEQ``, ``rtsp://...``.
 
 A source yields :class:`SourceItem`; a frame that cannot be read is yielded with ``frame=None`` and
-a reason, so it still gets a result record. ``live`` sources (cameras, streams) may drop frames
-under overload; file sources never do.
+a reason, so it still gets a result record. ``live`` sources (cameras, streams, and a replay
+at recorded pace, which stands in for a camera) may drop frames under overload; file sources and
+an as-fast-as-possible replay never do.
 """
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ class ReplaySource(Source):
         self.folder = Path(folder)
         self.entries = read_index(self.folder)
         self.realtime = realtime
+        self.live = realtime  # at recorded pace a replay stands in for the camera, drops included
 
     def __iter__(self) -> Iterator[SourceItem]:
         start_wall, start_rec = time.monotonic_ns(), None

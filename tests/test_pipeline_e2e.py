@@ -87,10 +87,35 @@ def test_replay_is_deterministic_against_golden(line, tmp_path):
     assert replay_check.main([str(seq), "--config", str(config), "--golden", str(golden)]) == 1
 
 
-def _realtime_config(config, tmp_path):
+def _realtime_config(config, tmp_path, camera_queue=4):
     cfg = tmp_path / "rt.yaml"
-    cfg.write_text(Path(config).read_text() + "\nsource:\n  realtime: true\n")
+    cfg.write_text(Path(config).read_text() + f"\nsource:\n  realtime: true\n  camera:\n    queue: {camera_queue}\n")
     return cfg
+
+
+def _retimed(seq, out, period_ns):
+    """The same recorded frames with capture times ``period_ns`` apart."""
+    out.mkdir()
+    entries = [json.loads(x) for x in (seq / "sequence.jsonl").read_text().splitlines()]
+    for e in entries:
+        (out / e["file"]).write_bytes((seq / e["file"]).read_bytes())
+    (out / "sequence.jsonl").write_text("".join(json.dumps({**e, "capture_ns": i * period_ns}) + "\n"
+                                                for i, e in enumerate(entries)))
+    return out
+
+
+def test_live_source_drops_oldest_under_overload_and_records_it(line, tmp_path):
+    config, seq = line
+    fast = _retimed(seq, tmp_path / "fast", period_ns=1_000_000)  # a 1000 fps "camera": far beyond the model
+    results = tmp_path / "r.jsonl"
+    proc = _run(["--config", str(_realtime_config(config, tmp_path, camera_queue=1)), "--source", f"replay:{fast}",
+                 "--results", str(results), "--quiet"])
+    assert proc.returncode == 0, proc.stderr
+    records = _records(results)
+    assert [r["frame_id"] for r in records] == list(range(10))  # dropped frames still get their record
+    dropped = [r for r in records if r["verdict"] == "DROPPED"]
+    assert dropped and all("dropped" in r["reason"] for r in dropped)
+    assert any(r["verdict"] in ("OK", "NG") for r in records)
 
 
 def _stage_pids(run_dir, stage):
@@ -119,13 +144,7 @@ def test_crashed_infer_worker_is_restarted_and_no_frame_is_lost(line, tmp_path):
 
 def test_ctrl_c_flushes_results_and_exits(line, tmp_path):
     config, seq = line
-    slow = tmp_path / "slow"  # the same frames at 2 fps, so the run is still going when Ctrl-C comes
-    slow.mkdir()
-    entries = [json.loads(x) for x in (seq / "sequence.jsonl").read_text().splitlines()]
-    for e in entries:
-        (slow / e["file"]).write_bytes((seq / e["file"]).read_bytes())
-    (slow / "sequence.jsonl").write_text("".join(json.dumps({**e, "capture_ns": i * 500_000_000}) + "\n"
-                                                 for i, e in enumerate(entries)))
+    slow = _retimed(seq, tmp_path / "slow", period_ns=500_000_000)  # 2 fps: still running when Ctrl-C comes
     results = tmp_path / "r.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "tools.run_pipeline", "--config", str(_realtime_config(config, tmp_path)),
                              "--source", f"replay:{slow}", "--results", str(results)], cwd=ROOT,

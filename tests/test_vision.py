@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.config import BeltConfig, DecisionConfig, PreprocessConfig
 from pipeline.processing import Preprocessor, decide
-from pipeline.sim import belt_image, place_part, simulate
+from pipeline.sim import belt_image, simulate
 from pipeline.vision.belt import belt_mask, fit_belt
 from pipeline.vision.defects import box_iou, find_defects
 from pipeline.vision.locate import locate_silhouette, locate_template, order_corners

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import zmq
@@ -39,3 +40,14 @@ class Stage:
 
     def close(self) -> None:
         self.ctx.destroy(linger=2000)
+
+
+def run_stage(parser: argparse.ArgumentParser, argv: list[str] | None,
+              loop: Callable[[Stage, argparse.Namespace], int]) -> int:
+    """Parse a stage's arguments, build its Stage, run its loop and always release the sockets."""
+    args = parser.parse_args(argv)
+    stage = Stage(args.config, args.run_dir)
+    try:
+        return loop(stage, args)
+    finally:
+        stage.close()

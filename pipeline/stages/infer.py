@@ -9,7 +9,7 @@ import numpy as np
 import zmq
 
 from engines.backends import load_backend
-from pipeline.stages._common import POLL_MS, Stage, stage_parser
+from pipeline.stages._common import POLL_MS, Stage, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, recv, send
 from pipeline.wire import WireError
 
@@ -77,12 +77,7 @@ def run(stage: Stage, worker: int = 0) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = stage_parser("infer")
     p.add_argument("--worker", type=int, default=0)
-    args = p.parse_args(argv)
-    stage = Stage(args.config, args.run_dir)
-    try:
-        return run(stage, args.worker)
-    finally:
-        stage.close()
+    return run_stage(p, argv, lambda stage, a: run(stage, a.worker))
 
 
 if __name__ == "__main__":

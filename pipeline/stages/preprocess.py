@@ -9,7 +9,7 @@ import zmq
 
 from engines.artifact import ModelMeta
 from pipeline.processing import Preprocessor
-from pipeline.stages._common import POLL_MS, Stage, stage_parser
+from pipeline.stages._common import POLL_MS, Stage, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, recv, send
 from pipeline.wire import WireError
 
@@ -18,7 +18,7 @@ def run(stage: Stage) -> int:
     cfg = stage.cfg
     meta = ModelMeta.load(cfg.inference.model)
     prep = Preprocessor(cfg.preprocess, meta.tile_size, meta.in_channels)
-    frames = make_socket(stage.ctx, zmq.PULL, stage.ep("frames"), bind=True)
+    frames = make_socket(stage.ctx, zmq.PULL, stage.ep("frames"), bind=True, hwm=2)  # backlog stays at the source
     tiles = make_socket(stage.ctx, zmq.PUSH, stage.ep("tiles"), bind=True)
     verdict = make_socket(stage.ctx, zmq.PUSH, stage.ep("verdict"), bind=False, hwm=10000)
     status = StatusReporter(stage.ctx, stage.ep("status"), "preprocess")
@@ -58,12 +58,7 @@ def run(stage: Stage) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = stage_parser("preprocess").parse_args(argv)
-    stage = Stage(args.config, args.run_dir)
-    try:
-        return run(stage)
-    finally:
-        stage.close()
+    return run_stage(stage_parser("preprocess"), argv, lambda stage, a: run(stage))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import numpy as np
 import zmq
 
 from pipeline.sinks.base import build_sinks
-from pipeline.stages._common import POLL_MS, Stage, stage_parser
+from pipeline.stages._common import POLL_MS, Stage, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, recv
 from pipeline.wire import WireError
 
@@ -51,12 +51,7 @@ def run(stage: Stage, results_path: str | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = stage_parser("sinks")
     p.add_argument("--results", help="results.jsonl path")
-    args = p.parse_args(argv)
-    stage = Stage(args.config, args.run_dir)
-    try:
-        return run(stage, args.results)
-    finally:
-        stage.close()
+    return run_stage(p, argv, lambda stage, a: run(stage, a.results))
 
 
 if __name__ == "__main__":

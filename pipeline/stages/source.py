@@ -12,14 +12,16 @@ import time
 import zmq
 
 from pipeline.sources import open_source
-from pipeline.stages._common import Stage, stage_parser
-from pipeline.transport import StatusReporter, make_socket, send
+from pipeline.stages._common import Stage, run_stage, stage_parser
+from pipeline.transport import HWM, StatusReporter, make_socket, send
 
 
 def run(stage: Stage, uri: str) -> int:
     cfg = stage.cfg
     source = open_source(uri, cfg.source)
-    frames = make_socket(stage.ctx, zmq.PUSH, stage.ep("frames"), bind=False)
+    # A live source keeps its backlog in its own queue (where the oldest can be dropped), not in
+    # ZeroMQ buffers where frames would silently age; file sources may buffer freely.
+    frames = make_socket(stage.ctx, zmq.PUSH, stage.ep("frames"), bind=False, hwm=1 if source.live else HWM)
     verdict = make_socket(stage.ctx, zmq.PUSH, stage.ep("verdict"), bind=False, hwm=10000)
     status = StatusReporter(stage.ctx, stage.ep("status"), "source")
     queue: collections.deque = collections.deque()
@@ -78,12 +80,7 @@ def run(stage: Stage, uri: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = stage_parser("source")
     p.add_argument("--source", required=True)
-    args = p.parse_args(argv)
-    stage = Stage(args.config, args.run_dir)
-    try:
-        return run(stage, args.source)
-    finally:
-        stage.close()
+    return run_stage(p, argv, lambda stage, a: run(stage, a.source))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import zmq
 from engines.artifact import ModelMeta
 from pipeline.collector import Collector
 from pipeline.processing import decide
-from pipeline.stages._common import POLL_MS, Stage, stage_parser
+from pipeline.stages._common import POLL_MS, Stage, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, recv, send
 from pipeline.vision.tiling import TileGrid
 from pipeline.wire import WireError
@@ -108,12 +108,7 @@ def run(stage: Stage) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = stage_parser("stitch").parse_args(argv)
-    stage = Stage(args.config, args.run_dir)
-    try:
-        return run(stage)
-    finally:
-        stage.close()
+    return run_stage(stage_parser("stitch"), argv, lambda stage, a: run(stage))
 
 
 if __name__ == "__main__":
