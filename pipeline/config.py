@@ -48,7 +48,7 @@ class PreprocessConfig:
     template: str = ""             # golden OK template (template mode)
     template_min_score: float = 0.5
     template_scales: list[float] = field(default_factory=lambda: [0.9, 0.95, 1.0, 1.05, 1.1])
-    downscale: float = 0.5         # template search runs on a downscaled frame
+    downscale: float = 0.5         # locating the part (template search, silhouette) runs on a downscaled frame
     canonical_size: list[int] = field(default_factory=lambda: [256, 320])  # [width, height]
     min_part_area: int = 5000      # camera px; smaller silhouettes mean no part in view
     belt: BeltConfig = field(default_factory=BeltConfig)

@@ -10,7 +10,7 @@ from engines.detector import image_score
 from pipeline.config import DecisionConfig, PreprocessConfig
 from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects
-from pipeline.vision.locate import locate_silhouette, locate_template, refine_ecc
+from pipeline.vision.locate import locate_silhouette, locate_template, refine_ecc, small_to_full
 from pipeline.vision.rectify import homography_to_canonical, rectify
 from pipeline.vision.tiling import TileGrid, extract_tiles, stitch, tile_grid
 
@@ -62,12 +62,12 @@ class Preprocessor:
             part_mask = np.full((self.wh[1], self.wh[0]), 255, np.uint8)
         else:
             bgr = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-            found = locate_silhouette(bgr, self.belt, self.cfg.min_part_area, self.wh)
+            found = locate_silhouette(bgr, self.belt, self.cfg.min_part_area, self.wh, self.cfg.downscale)
             if found is None:
                 return Prepared("NO_PART", "no part silhouette larger than preprocess.min_part_area")
             corners, silhouette = found
             H = homography_to_canonical(corners, self.wh)
-            part_mask = rectify(silhouette * 255, H, self.wh, cv2.INTER_NEAREST)
+            part_mask = rectify(silhouette * 255, H @ small_to_full(self.cfg.downscale), self.wh, cv2.INTER_NEAREST)
         canonical = rectify(frame, H, self.wh)
         if self.channels == 1 and canonical.ndim == 3:
             canonical = cv2.cvtColor(canonical, cv2.COLOR_BGR2GRAY)

@@ -33,6 +33,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-peak", action="store_true", help="skip measuring the machine's fp32 limit")
     p.add_argument("--pipeline", metavar="SEQ", help="also run the whole pipeline over a recorded sequence")
     p.add_argument("--config", help="line config for --pipeline (default: the bundled demo line)")
+    p.add_argument("--realtime", action="store_true",
+                   help="with --pipeline: replay at the recorded pace (latency as on the line) instead of as fast as possible")
     p.add_argument("--json", help="write the report as JSON here")
     return p
 
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         backends = [b for b in args.backend.split(",") if b]
         options = {"onnxruntime": {"threads": args.threads}, "torch": {"threads": args.threads, "device": args.device},
                    "tensorrt": {"engine": args.engine}}
+        # The machine's limit first, while nothing else of ours has warmed up or is running.
+        peak = None if args.no_peak else measure_fp32_peak_gflops(threads=args.threads)
         report = run_benchmark(args.model, backends, args.batch, args.seconds, args.min_calls, options)
         if args.cuda_graph:
             for batch in args.batch:
@@ -56,14 +60,16 @@ def main(argv: list[str] | None = None) -> int:
                 for r in extra["results"]:
                     r["backend"] += "+cudagraph"
                 report["results"] += [r for r in extra["results"] if "cuda" in r["device"]]
-        if not args.no_peak:
-            peak = measure_fp32_peak_gflops(threads=args.threads)
+        if peak:
             report["fp32_peak_gflops"] = peak
             report["limit_ms_per_tile"] = 2.0 * report["gmac_per_tile"] / peak * 1000.0
+            for r in report["results"]:
+                if r["device"] == "cpu":
+                    r["x_fp32_limit"] = r["ms_per_tile_p50"] / report["limit_ms_per_tile"]
         if args.pipeline:
             from pipeline.benchmark import pipeline_benchmark
 
-            report["pipeline"] = pipeline_benchmark(args.pipeline, args.config, args.model)
+            report["pipeline"] = pipeline_benchmark(args.pipeline, args.config, args.model, args.realtime)
         report["command"] = "benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
         print(format_results(report))
         if report.get("untrained"):

@@ -19,7 +19,9 @@ def run(stage: Stage) -> int:
     meta = ModelMeta.load(cfg.inference.model)
     prep = Preprocessor(cfg.preprocess, meta.tile_size, meta.in_channels)
     frames = make_socket(stage.ctx, zmq.PULL, stage.ep("frames"), bind=True, hwm=2)  # backlog stays at the source
-    tiles = make_socket(stage.ctx, zmq.PUSH, stage.ep("tiles"), bind=True)
+    # Small buffers on the work path: a backlog waits at the source (which blocks, or drops when
+    # live), so a frame's latency is its own processing, not a queue of hundreds of frames.
+    tiles = make_socket(stage.ctx, zmq.PUSH, stage.ep("tiles"), bind=True, hwm=2)
     verdict = make_socket(stage.ctx, zmq.PUSH, stage.ep("verdict"), bind=False, hwm=10000)
     status = StatusReporter(stage.ctx, stage.ep("status"), "preprocess")
     keep_frame = bool(cfg.sinks.overlays_dir)

@@ -13,15 +13,15 @@ import zmq
 
 from pipeline.sources import open_source
 from pipeline.stages._common import Stage, run_stage, stage_parser
-from pipeline.transport import HWM, StatusReporter, make_socket, send
+from pipeline.transport import StatusReporter, make_socket, send
 
 
 def run(stage: Stage, uri: str) -> int:
     cfg = stage.cfg
     source = open_source(uri, cfg.source)
-    # A live source keeps its backlog in its own queue (where the oldest can be dropped), not in
-    # ZeroMQ buffers where frames would silently age; file sources may buffer freely.
-    frames = make_socket(stage.ctx, zmq.PUSH, stage.ep("frames"), bind=False, hwm=1 if source.live else HWM)
+    # The backlog stays here, not in ZeroMQ buffers where frames would silently age: a live source
+    # drops its oldest queued frame, a file source simply reads the next frame later.
+    frames = make_socket(stage.ctx, zmq.PUSH, stage.ep("frames"), bind=False, hwm=1 if source.live else 2)
     verdict = make_socket(stage.ctx, zmq.PUSH, stage.ep("verdict"), bind=False, hwm=10000)
     status = StatusReporter(stage.ctx, stage.ep("status"), "source")
     queue: collections.deque = collections.deque()

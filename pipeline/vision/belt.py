@@ -47,7 +47,12 @@ def fit_belt(frames_bgr: list[np.ndarray], samples: np.ndarray | None = None, ma
 
 
 def belt_mask(frame_bgr: np.ndarray, model: BeltModel) -> np.ndarray:
-    """bool ``(H, W)``: True where the pixel looks like belt."""
-    d = _lab(frame_bgr) - model.mean
-    dist2 = np.einsum("hwi,ij,hwj->hw", d, model.inv_cov, d, optimize=True)
-    return dist2 < model.max_distance**2
+    """bool ``(H, W)``: True where the pixel looks like belt (Mahalanobis distance in Lab below
+    ``max_distance``)."""
+    # d^T A d = |L^T d|^2 with A = L L^T: two per-pixel 3x3 transforms in OpenCV instead of an
+    # einsum in numpy, several times faster on a camera frame.
+    chol_t = np.linalg.cholesky(model.inv_cov.astype(np.float64)).T.astype(np.float32)
+    shift = -(chol_t @ model.mean.astype(np.float32))
+    whitened = cv2.transform(_lab(frame_bgr), np.hstack([chol_t, shift[:, None]]))
+    dist2 = cv2.transform(cv2.multiply(whitened, whitened), np.ones((1, 3), np.float32))
+    return dist2[..., 0] < model.max_distance**2 if dist2.ndim == 3 else dist2 < model.max_distance**2
