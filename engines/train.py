@@ -27,6 +27,10 @@ from engines.train_data import SampleConfig, load_images, make_sample
 CHECKPOINT = "last.pt"
 
 
+# The faintest defect strength the curriculum reaches: the very faintest synthetic defects are
+# hardly visible on this texture and mostly teach the model to hedge.
+STRENGTH_FLOOR = 0.1
+
 @dataclass
 class TrainConfig:
     data: str
@@ -59,7 +63,7 @@ class SyntheticDefects(IterableDataset):
         if not self.curriculum:
             return 0.0, 1.0
         progress = min(1.0, step / max(1.0, 0.5 * self.total_steps))
-        return 0.7 * (1.0 - progress), 1.0
+        return STRENGTH_FLOOR + (0.7 - STRENGTH_FLOOR) * (1.0 - progress), 1.0
 
     def __iter__(self) -> Iterator:
         info = torch.utils.data.get_worker_info()

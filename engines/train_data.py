@@ -41,15 +41,18 @@ def _crop(rng: np.random.Generator, img: np.ndarray, tile: int, border_prob: flo
     y = int(rng.integers(0, h - tile + 1))
     x = int(rng.integers(0, w - tile + 1))
     if rng.random() < border_prob:
-        side = rng.integers(4)
-        if side == 0:
-            y = 0
-        elif side == 1:
-            y = h - tile
-        elif side == 2:
-            x = 0
+        # One border, and a third of the time a corner too: corners (chamfers, notches) are where
+        # good parts look most unusual, and inference tiles always cover them.
+        side = int(rng.integers(4))
+        if side < 2:
+            y = 0 if side == 0 else h - tile
         else:
-            x = w - tile
+            x = 0 if side == 2 else w - tile
+        if rng.random() < 1 / 3:
+            if side < 2:
+                x = 0 if rng.random() < 0.5 else w - tile
+            else:
+                y = 0 if rng.random() < 0.5 else h - tile
     sides = [s for s, on in (("top", y == 0), ("bottom", y == h - tile), ("left", x == 0), ("right", x == w - tile)) if on]
     return img[y:y + tile, x:x + tile], sides
 

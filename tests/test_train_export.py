@@ -32,6 +32,18 @@ def test_exported_graph_stays_tensorrt_native(trained_model):
     assert "BatchNormalization" not in ops  # folded into the convolutions at export
 
 
+def test_ae_ssim_baseline_exports_for_reports(tmp_path):
+    from engines.artifact import ModelMeta
+    from engines.export import export_untrained
+
+    out = export_untrained("ae_ssim", 8, 1, tmp_path / "ae")
+    meta = ModelMeta.load(out)
+    assert meta.arch == "ae_ssim" and meta.extra["tensorrt_native"] is False and meta.extra["non_tensorrt_ops"]
+    assert meta.extra["onnx_vs_torch_max_abs_diff"] < 1e-3
+    maps, scores = load_backend("onnxruntime", out).infer(np.zeros((2, 1, 128, 128), np.float32))
+    assert maps.shape == (2, 1, 128, 128) and scores.shape == (2,)
+
+
 def test_every_backend_implements_the_interface():
     for name in BACKENDS:
         assert issubclass(backend_class(name), Backend), name
