@@ -32,14 +32,16 @@ def test_belt_mask_separates_part(frames, belt):
     assert mask[eroded].mean() < 0.05   # part is not belt
 
 
-def test_silhouette_corners_match_truth(frames, belt):
+@pytest.mark.parametrize("downscale", [1.0, 0.5])
+def test_silhouette_corners_match_truth(frames, belt, downscale):
     for f in frames:
         if f.truth["verdict"] == "NO_PART":
-            assert locate_silhouette(f.frame, belt, 5000, (256, 320)) is None
+            assert locate_silhouette(f.frame, belt, 5000, (256, 320), downscale) is None
             continue
-        corners, _ = locate_silhouette(f.frame, belt, 5000, (256, 320))
+        corners, sil = locate_silhouette(f.frame, belt, 5000, (256, 320), downscale)
         err = np.linalg.norm(corners - np.array(f.truth["corners"]), axis=1)
-        assert err.max() < 8.0, err  # px, on a ~300 px part
+        assert err.max() < 8.0, err  # full-frame px, on a ~300 px part
+        assert sil.shape == tuple(round(v * downscale) for v in f.frame.shape[:2])
 
 
 def test_rectify_and_map_back_roundtrip(frames, belt):
