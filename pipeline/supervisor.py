@@ -135,7 +135,9 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
                 code = s.proc.poll()
                 if code is None or s.done:
                     continue
-                if s.name == "source" and (code == 0 or interrupted["at"] is not None):
+                # The source ends with its input; stitch ends after passing the end of the stream on to
+                # the sinks, which may still be flushing. Either finishing is not a crash.
+                if s.name in ("source", "stitch") and (code == 0 or interrupted["at"] is not None):
                     s.done = True
                     continue
                 if s.restarts >= MAX_RESTARTS:

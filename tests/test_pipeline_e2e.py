@@ -64,6 +64,7 @@ def test_every_frame_gets_exactly_one_result(line, tmp_path):
             assert set(d) == {"bbox", "area_px", "score", "polygon"} and len(d["bbox"]) == 4
     assert Path(str(results) + ".config.yaml").is_file()
     assert "out 10" in proc.stderr  # the live status line's final count
+    assert "restarting" not in proc.stderr  # stages that finish normally are not crashes
 
 
 def test_dir_source_and_bad_source(line, tmp_path):
