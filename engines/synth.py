@@ -15,7 +15,6 @@ import numpy as np
 
 Generator = Callable[..., tuple[np.ndarray, np.ndarray]]
 
-# A pixel counts as changed when it moved by more than this (in [0, 1] units, ~2 gray levels).
 # A pixel belongs to a defect's mask when the generator changed it by more than this (of full scale).
 # Below about 5 grey levels a change vanishes in this kind of texture; labelling it defect would
 # teach the model to fire on invisible tails of gradients and blends.

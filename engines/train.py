@@ -31,6 +31,7 @@ CHECKPOINT = "last.pt"
 # hardly visible on this texture and mostly teach the model to hedge.
 STRENGTH_FLOOR = 0.1
 
+
 @dataclass
 class TrainConfig:
     data: str

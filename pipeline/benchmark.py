@@ -90,7 +90,8 @@ def pipeline_benchmark(seq: str | Path, config: str | Path | None, model: str | 
             stage_totals[k] = stage_totals.get(k, 0.0) + v
     total = sum(stage_totals.values()) or 1.0
     report = {
-        "sequence": str(seq), "pace": "recorded" if realtime else "as fast as possible", "exit_code": code, "frames": len(results), "wall_s": round(wall, 2),
+        "sequence": str(seq), "pace": "recorded" if realtime else "as fast as possible", "exit_code": code,
+        "frames": len(results), "wall_s": round(wall, 2),
         "frames_per_s": round(len(results) / wall, 2),
         "latency_ms": {p: round(float(np.percentile(lat, q)), 1) for p, q in (("p50", 50), ("p90", 90), ("p99", 99))}
         if lat.size else {},

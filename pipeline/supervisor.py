@@ -23,6 +23,9 @@ DRAIN_TIMEOUT_S = 60.0
 class StageProc:
     name: str
     args: list[str]
+    # Ends on its own when the stream does (source: input exhausted; stitch: end passed on to the
+    # sinks), so exiting 0 is finishing, not a crash. The others run until told to stop.
+    finite: bool = False
     proc: subprocess.Popen | None = None
     restarts: int = 0
     done: bool = False
@@ -87,11 +90,11 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
         dump_config(cfg, Path(str(results) + ".config.yaml"), f"# config that produced {Path(results).name}")
     common = ["--config", str(final_cfg), "--run-dir", str(run_dir)]
     stages = [StageProc("sinks", ["pipeline.stages.sinks", *common] + (["--results", str(results)] if results else [])),
-              StageProc("stitch", ["pipeline.stages.stitch", *common])]
+              StageProc("stitch", ["pipeline.stages.stitch", *common], finite=True)]
     stages += [StageProc(f"infer{i}", ["pipeline.stages.infer", *common, "--worker", str(i)])
                for i in range(cfg.inference.workers)]
     stages += [StageProc("preprocess", ["pipeline.stages.preprocess", *common]),
-               StageProc("source", ["pipeline.stages.source", *common, "--source", source])]
+               StageProc("source", ["pipeline.stages.source", *common, "--source", source], finite=True)]
     by_name = {s.name: s for s in stages}
 
     ctx = zmq.Context()
@@ -135,9 +138,7 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
                 code = s.proc.poll()
                 if code is None or s.done:
                     continue
-                # The source ends with its input; stitch ends after passing the end of the stream on to
-                # the sinks, which may still be flushing. Either finishing is not a crash.
-                if s.name in ("source", "stitch") and (code == 0 or interrupted["at"] is not None):
+                if s.finite and (code == 0 or interrupted["at"] is not None):
                     s.done = True
                     continue
                 if s.restarts >= MAX_RESTARTS:

@@ -1,7 +1,7 @@
 """Conveyor-belt colour model: a Gaussian in Lab space, fitted on belt pixels during calibration."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -12,6 +12,17 @@ class BeltModel:
     mean: np.ndarray      # (3,) Lab
     inv_cov: np.ndarray   # (3, 3)
     max_distance: float = 4.0
+    # (3, 4) affine map Lab -> whitened space, where the Mahalanobis distance is the Euclidean one:
+    # with inv_cov = L L^T, d^T inv_cov d = |L^T (x - mean)|^2. Derived once, used on every frame.
+    whiten: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        try:
+            chol_t = np.linalg.cholesky(np.asarray(self.inv_cov, np.float64)).T
+        except np.linalg.LinAlgError:
+            raise ValueError("preprocess.belt.inv_cov is not a positive-definite 3x3 matrix; "
+                             "re-run calibrate_line to fit the belt model") from None
+        self.whiten = np.hstack([chol_t, -(chol_t @ np.asarray(self.mean, np.float64))[:, None]]).astype(np.float32)
 
     def to_config(self) -> dict:
         return {"mean": [round(float(v), 4) for v in self.mean],
@@ -49,10 +60,7 @@ def fit_belt(frames_bgr: list[np.ndarray], samples: np.ndarray | None = None, ma
 def belt_mask(frame_bgr: np.ndarray, model: BeltModel) -> np.ndarray:
     """bool ``(H, W)``: True where the pixel looks like belt (Mahalanobis distance in Lab below
     ``max_distance``)."""
-    # d^T A d = |L^T d|^2 with A = L L^T: two per-pixel 3x3 transforms in OpenCV instead of an
-    # einsum in numpy, several times faster on a camera frame.
-    chol_t = np.linalg.cholesky(model.inv_cov.astype(np.float64)).T.astype(np.float32)
-    shift = -(chol_t @ model.mean.astype(np.float32))
-    whitened = cv2.transform(_lab(frame_bgr), np.hstack([chol_t, shift[:, None]]))
-    dist2 = cv2.transform(cv2.multiply(whitened, whitened), np.ones((1, 3), np.float32))
-    return dist2[..., 0] < model.max_distance**2 if dist2.ndim == 3 else dist2 < model.max_distance**2
+    # Two per-pixel transforms in OpenCV instead of an einsum in numpy: several times faster.
+    whitened = cv2.transform(_lab(frame_bgr), model.whiten)
+    dist2 = cv2.transform(cv2.multiply(whitened, whitened), np.ones((1, 3), np.float32))  # (H, W)
+    return dist2 < model.max_distance**2
