@@ -26,6 +26,9 @@ class ModelMeta:
     std: float = 0.25
     pixel_threshold: float = 0.5
     image_threshold: float = 0.5
+    # Image score = w * (peak of the smoothed map) + (1 - w) * (strongest tile score). Models with a
+    # tile memory use 0: its tile score ranks whole images far better than the map's peak does.
+    map_score_weight: float = 0.5
     training_data_hash: str = ""
     training_command: str = ""
     precision: str = "fp32"

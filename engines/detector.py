@@ -19,11 +19,13 @@ class Prediction:
     tile_scores: np.ndarray  # (N,)
 
 
-def image_score(anomaly_map: np.ndarray, tile_scores: np.ndarray) -> float:
-    """Peak of the smoothed map, averaged with the strongest tile-head score."""
+def image_score(anomaly_map: np.ndarray, tile_scores: np.ndarray, map_weight: float = 0.5) -> float:
+    """``map_weight`` x peak of the smoothed map + the rest x the strongest tile score."""
+    tiles = float(tile_scores.max()) if tile_scores.size else 0.0
+    if map_weight <= 0.0:
+        return tiles
     smooth = cv2.GaussianBlur(anomaly_map, (0, 0), SCORE_SMOOTH_SIGMA)
-    head = float(tile_scores.max()) if tile_scores.size else 0.0
-    return 0.5 * float(smooth.max()) + 0.5 * head
+    return map_weight * float(smooth.max()) + (1.0 - map_weight) * tiles
 
 
 def run_batched(backend: Backend, tiles: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,4 +63,4 @@ class Detector:
         grid = tile_grid(image.shape[0], image.shape[1], self.meta.tile_size, self.overlap)
         maps, scores = self.infer_tiles(extract_tiles(image, grid))
         anomaly_map = stitch(maps, grid)
-        return Prediction(anomaly_map, image_score(anomaly_map, scores), scores)
+        return Prediction(anomaly_map, image_score(anomaly_map, scores, self.meta.map_score_weight), scores)

@@ -9,15 +9,17 @@ import numpy as np
 import torch
 
 from engines.artifact import META_NAME, ONNX_NAME, ModelMeta
+from engines.data import files_hash, read_image, training_images
+from engines.tile_memory import memory_from_images
 from engines.backends.torch_backend import WEIGHTS_NAME
-from engines.inference_model import build_model, inference_module
+from engines.inference_model import build_model, inference_module, load_weights
 
 # Operators TensorRT parses natively; a graph outside this set fails `build_engine` later.
 TENSORRT_NATIVE_OPS = {
     "Conv", "BatchNormalization", "Relu", "LeakyRelu", "MaxPool", "Resize", "Concat", "Sigmoid",
     "GlobalAveragePool", "GlobalMaxPool", "AveragePool", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div",
     "Flatten", "Reshape", "Gather", "Squeeze", "Unsqueeze", "Pad", "Clip", "ReduceMax", "ReduceMean",
-    "Constant", "Shape", "Identity", "Slice",
+    "Constant", "Shape", "Identity", "Slice", "ReduceMin", "ReduceSum", "Sqrt", "Transpose", "Cast",
 }
 PARITY_TOLERANCE = 1e-3
 
@@ -36,8 +38,7 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
         raise FileNotFoundError(f"{path}: checkpoint not found (train writes OUT/last.pt)")
     state = torch.load(path, map_location="cpu", weights_only=True)
     cfg = state["config"]
-    model = build_model(cfg["arch"], cfg["channels"], cfg["width"])
-    model.load_state_dict(state["model"])
+    model = load_weights(build_model(cfg["arch"], cfg["channels"], cfg["width"]), state["model"])
     return model.eval(), state
 
 
@@ -73,12 +74,39 @@ def check_forward(module: torch.nn.Module, onnx_path: Path, in_channels: int, ti
     return diff
 
 
+def compact_state(model: torch.nn.Module) -> dict:
+    """State dict with the tile-memory bank stored in fp16 (half the bytes; ``load_state_dict``
+    copies it back into the model's fp32 buffer, and distances move by < 1e-3)."""
+    state = model.state_dict()
+    if "memory.bank" in state:
+        state["memory.bank"] = state["memory.bank"].half()
+    return state
+
+
 def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
-                 thresholds: tuple[float, float] | None = None) -> Path:
-    """Write ``out/model.onnx``, ``out/model.pt`` and ``out/model.json``; return ``out``."""
+                 thresholds: tuple[float, float] | None = None, memory_data: str | Path | None = None,
+                 progress: bool = True) -> Path:
+    """Write ``out/model.onnx``, ``out/model.pt`` and ``out/model.json``; return ``out``.
+
+    ``memory_data`` (OK images, or an MVTec-style folder's ``train/good``) fits a new tile memory
+    before export, for checkpoints trained without one or to refit it on other OK images."""
     model, state = load_checkpoint(checkpoint)
-    return export_module(model, state["config"], out, opset, thresholds,
-                         data_hash=state.get("training_data_hash", ""), extra={"train_steps": int(state["step"])})
+    extra = {"train_steps": int(state["step"])}
+    cfg = state["config"]
+    if memory_data is not None:
+        if cfg["arch"] != "tiny_unet":
+            raise ValueError(f"--memory-data: only a tiny_unet has a tile memory, {checkpoint} is {cfg['arch']}")
+        files = training_images(memory_data)
+        images = [read_image(f, cfg["channels"]) for f in files]
+        meta_defaults = ModelMeta(arch=cfg["arch"], width=cfg["width"], in_channels=cfg["channels"])
+        model.memory = memory_from_images(model, images, meta_defaults.mean, meta_defaults.std,
+                                          meta_defaults.tile_size, progress=progress)
+        extra["memory_data_hash"] = files_hash(files)
+    if getattr(model, "memory", None) is not None:
+        extra.update(memory_tiles=int(model.memory.bank.shape[0]), memory_center=round(float(model.memory.center), 4),
+                     memory_scale=round(float(model.memory.scale), 4),
+                     memory_map_share=round(float(model.memory.map_share), 4))
+    return export_module(model, cfg, out, opset, thresholds, data_hash=state.get("training_data_hash", ""), extra=extra)
 
 
 def export_untrained(arch: str, width: int, channels: int, out: str | Path, seed: int = 0) -> Path:
@@ -105,11 +133,12 @@ def export_module(model: torch.nn.Module, cfg: dict, out: str | Path, opset: int
     if unsupported:  # a report-only baseline (AE-SSIM's in-graph SSIM): ONNX Runtime and torch serve it
         extra["non_tensorrt_ops"] = unsupported
     diff = check_forward(module, onnx_path, cfg["channels"])
-    torch.save(model.state_dict(), out / WEIGHTS_NAME)
+    torch.save(compact_state(model), out / WEIGHTS_NAME)
     previous = ModelMeta.load(out) if (out / META_NAME).is_file() else None
     pixel_t, image_t = thresholds or ((previous.pixel_threshold, previous.image_threshold) if previous else (0.5, 0.5))
     meta = ModelMeta(
         arch=cfg["arch"], width=cfg["width"], in_channels=cfg["channels"], pixel_threshold=pixel_t,
+        map_score_weight=0.0 if getattr(model, "memory", None) is not None else 0.5,
         image_threshold=image_t, training_data_hash=data_hash, training_command=cfg.get("command", ""), opset=opset,
         extra={**extra, "onnx_vs_torch_max_abs_diff": diff},
     )

@@ -9,9 +9,17 @@ import torch
 from torch import nn
 
 from engines.ae_ssim import AESSIM, ssim_map
+from engines.tile_memory import attach_memory_from_state
 from engines.tiny_unet import TinyUNet
 
 ARCHS = ("tiny_unet", "ae_ssim")
+
+
+def load_weights(model: nn.Module, state: dict) -> nn.Module:
+    """``load_state_dict`` that also restores a tile memory (its shape comes from the state)."""
+    attach_memory_from_state(model, state)
+    model.load_state_dict(state)
+    return model
 
 
 def build_model(arch: str, in_channels: int, width: int) -> nn.Module:
@@ -23,12 +31,19 @@ def build_model(arch: str, in_channels: int, width: int) -> nn.Module:
 
 
 class SegmentationHead(nn.Module):
+    """Defect probability map and tile score. With a tile memory the score is the tile's novelty and
+    the map carries a small share of it (:meth:`TileMemory.blend`); without, the score is the head's."""
+
     def __init__(self, model: TinyUNet) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        map_logits, tile_logits = self.model(x)
+        map_logits, tile_logits, embedding = self.model.forward_with_embedding(x)
+        memory = self.model.memory
+        if memory is not None:
+            novelty = memory(embedding)
+            return memory.blend(torch.sigmoid(map_logits), novelty), novelty
         return torch.sigmoid(map_logits), torch.sigmoid(tile_logits)
 
 

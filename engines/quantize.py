@@ -25,19 +25,32 @@ from engines.artifact import ONNX_NAME, model_paths
 QUANT_TARGETS = ("onnxruntime", "tensorrt")
 
 
-def output_head_nodes(onnx_path: Path, depth: int = 2) -> list[str]:
-    """Names of the nodes within ``depth`` steps of a graph output (the last convolution and the
-    sigmoids). They stay in float: the defect map's useful range includes small probabilities that
-    an 8-bit output (steps of 1/255) would flatten to zero, which costs pixel AUROC for almost no time."""
+# Where a walk back from the outputs stops: the last convolution of the map (kept in float) and the
+# pooling that starts the tile embedding.
+_HEAD_STOP_OPS = {"Conv", "GlobalAveragePool", "GlobalMaxPool", "MaxPool"}
+
+
+def output_head_nodes(onnx_path: Path) -> list[str]:
+    """Names of the nodes between the graph outputs and the last convolution or pooling on each
+    path (those included). They stay in float: the defect map's useful range includes small
+    probabilities that an 8-bit output (steps of 1/255) would flatten to zero, and the tile memory's
+    distances (MatMul, ReduceMin, Sqrt) would lose the small differences that rank tiles. Both cost
+    almost no time in float."""
     import onnx
 
     graph = onnx.load(str(onnx_path)).graph
     producer = {out: node for node in graph.node for out in node.output}
-    names, frontier = [], [o.name for o in graph.output]
-    for _ in range(depth):
-        nodes = [producer[t] for t in frontier if t in producer]
-        names += [n.name for n in nodes]
-        frontier = [i for n in nodes for i in n.input]
+    names: list[str] = []
+    seen: set[str] = set()
+    frontier = [o.name for o in graph.output]
+    while frontier:
+        node = producer.get(frontier.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        names.append(node.name)
+        if node.op_type not in _HEAD_STOP_OPS:
+            frontier += list(node.input)
     return names
 
 

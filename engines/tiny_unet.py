@@ -49,7 +49,9 @@ class _Up(nn.Module):
 class TinyUNet(nn.Module):
     """4 down / 4 up stages, skip connections, per-pixel logits and a tile logit.
 
-    ``forward`` returns ``(map_logits (N,1,H,W), tile_logits (N,))``.
+    ``forward`` returns ``(map_logits (N,1,H,W), tile_logits (N,))``. An optional ``memory``
+    (:class:`engines.tile_memory.TileMemory`, fitted after training) scores tiles by their
+    bottleneck embedding; :func:`engines.inference_model.inference_module` uses it when present.
     """
 
     def __init__(self, in_channels: int = 1, width: int = 32) -> None:
@@ -71,22 +73,44 @@ class TinyUNet(nn.Module):
         self.up3 = _Up(4 * w, w)
         self.up4 = _Up(2 * w, w)
         self.out_conv = nn.Conv2d(w, 1, 1)
-        # Tile head on the bottleneck: global average and max pooling, then a small MLP.
+        # Tile head on the bottleneck embedding (global average and max pooling), a small MLP.
         self.head = nn.Sequential(nn.Linear(16 * w, 64), nn.ReLU(inplace=True), nn.Linear(64, 1))
+        self.memory: nn.Module | None = None
+
+    @property
+    def embedding_dim(self) -> int:
+        return 16 * self.width
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        map_logits, tile_logits, _ = self.forward_with_embedding(x)
+        return map_logits, tile_logits
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x1 = self.inc(x)
         x2 = self.down1(x1)
         x3 = self.down2(x2)
         x4 = self.down3(x3)
-        x5 = self.down4(x4)
-        pooled = torch.cat([F.adaptive_avg_pool2d(x5, 1), F.adaptive_max_pool2d(x5, 1)], dim=1)
-        tile_logits = self.head(torch.flatten(pooled, 1))[:, 0]
+        return x1, x2, x3, x4, self.down4(x4)
+
+    @staticmethod
+    def _pool(x5: torch.Tensor) -> torch.Tensor:
+        """Global average and max pooling of the bottleneck, concatenated: ``(N, 2 * channels)``."""
+        return torch.flatten(torch.cat([F.adaptive_avg_pool2d(x5, 1), F.adaptive_max_pool2d(x5, 1)], dim=1), 1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The tile embedding alone (encoder only, no decoder): what the tile memory stores."""
+        return self._pool(self._encode(x)[-1])
+
+    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(map_logits, tile_logits, embedding (N, 16*width))``; the embedding is the pooled bottleneck."""
+        x1, x2, x3, x4, x5 = self._encode(x)
+        embedding = self._pool(x5)
+        tile_logits = self.head(embedding)[:, 0]
         y = self.up1(x5, x4)
         y = self.up2(y, x3)
         y = self.up3(y, x2)
         y = self.up4(y, x1)
-        return self.out_conv(y), tile_logits
+        return self.out_conv(y), tile_logits, embedding
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from engines.ae_ssim import ssim_map
 from engines.data import files_hash, training_images
-from engines.inference_model import build_model
+from engines.inference_model import build_model, load_weights
+from engines.tile_memory import memory_from_images
 from engines.train_data import SampleConfig, load_images, make_sample
 
 CHECKPOINT = "last.pt"
@@ -46,6 +47,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     curriculum: bool = True  # strong defects first, widening to faint ones over the first half
+    memory: bool = True  # fit the tile memory (engines/tile_memory.py) on the OK images after training
     seed: int = 0
     workers: int = 1
     threads: int = 2
@@ -137,7 +139,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         if state["config"]["arch"] != cfg.arch or state["config"]["width"] != cfg.width:
             raise ValueError(f"{ckpt_path}: checkpoint is {state['config']['arch']} width "
                              f"{state['config']['width']}, but --arch {cfg.arch} --width {cfg.width} was asked")
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
@@ -173,6 +175,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         if step >= total:
             break
     bar.close()
+    if cfg.memory and cfg.arch == "tiny_unet" and getattr(model, "memory", None) is None:
+        t0 = time.monotonic()
+        model.memory = memory_from_images(model, images, sample_cfg.mean, sample_cfg.std, sample_cfg.tile,
+                                          progress=progress).to(device)
+        log.write(json.dumps({"step": step, "memory_tiles": int(model.memory.bank.shape[0]),
+                              "memory_s": round(time.monotonic() - t0, 1),
+                              "elapsed_s": round(time.monotonic() - started, 1)}) + "\n")
+        save_checkpoint(ckpt_path, model, optimizer, scheduler, step, cfg, data_hash, files)
     log.close()
     return out
 

@@ -93,7 +93,7 @@ class Verdict:
 
 def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarray, grid: TileGrid,
            part_mask: np.ndarray, H: np.ndarray, cfg: DecisionConfig, pixel_threshold: float,
-           image_threshold: float) -> Verdict:
+           image_threshold: float, map_score_weight: float = 0.5) -> Verdict:
     """Stitch kept tiles (skipped tiles count as 0), mask non-part pixels, score, find defects."""
     t = grid.tile
     full = np.zeros((len(grid), 1, t, t), np.float32)
@@ -104,7 +104,7 @@ def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarra
         k = 2 * cfg.part_erode_px + 1
         inspect = cv2.erode(inspect.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
     anomaly = anomaly * inspect
-    score = image_score(anomaly, tile_scores)
+    score = image_score(anomaly, tile_scores, map_score_weight)
     if score < image_threshold:
         return Verdict("OK", score, [], anomaly)
     return Verdict("NG", score, find_defects(anomaly, inspect, H, pixel_threshold, cfg.min_defect_area), anomaly)

@@ -16,6 +16,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="with --untrained")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--memory-data", metavar="DIR",
+                   help="fit the tile memory on these OK images (or an MVTec folder's train/good) before export")
     return p
 
 
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.untrained:
             out = export_untrained(args.arch, args.width, args.channels, args.out)
         elif args.checkpoint:
-            out = export_model(args.checkpoint, args.out, args.opset)
+            out = export_model(args.checkpoint, args.out, args.opset, memory_data=args.memory_data)
         else:
             raise ValueError("give --checkpoint OUT/last.pt, or --untrained for a speed-only model")
         meta = ModelMeta.load(out)

@@ -24,6 +24,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="data-synthesis worker processes")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--no-memory", action="store_true", help="skip fitting the tile memory after training")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--export", metavar="MODEL_DIR", help="export the final checkpoint to this model folder")
     return p
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         command = "train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
         cfg = TrainConfig(data=args.data, out=args.out, arch=args.arch, width=args.width, channels=args.channels,
                           epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-                          lr=args.lr, curriculum=not args.no_curriculum, seed=args.seed, workers=args.workers,
+                          lr=args.lr, curriculum=not args.no_curriculum, memory=not args.no_memory, seed=args.seed, workers=args.workers,
                           threads=args.threads, device=args.device, command=command,
                           warmup_steps=min(100, args.epochs * args.steps_per_epoch // 10))
         out = train(cfg, resume=args.resume)

@@ -25,7 +25,7 @@ class TorchBackend(Backend):
             import torch
         except ImportError as exc:
             raise BackendUnavailable("torch is not installed; pip install -e .[train]") from exc
-        from engines.inference_model import build_model, inference_module
+        from engines.inference_model import build_model, inference_module, load_weights
 
         self.torch = torch
         if device == "auto":
@@ -39,8 +39,8 @@ class TorchBackend(Backend):
         weights = self.model_dir / WEIGHTS_NAME
         if not weights.is_file():
             raise BackendUnavailable(f"{weights}: missing; the torch backend needs the state dict written by export_model")
-        net = build_model(meta.arch, meta.in_channels, meta.width)
-        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        net = load_weights(build_model(meta.arch, meta.in_channels, meta.width),
+                           torch.load(weights, map_location="cpu", weights_only=True))
         module = inference_module(meta.arch, net).to(self._device)
         if self._device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from engines.artifact import ModelMeta  # noqa: E402
+from engines.backends import load_backend  # noqa: E402
+from engines.detector import image_score  # noqa: E402
+from engines.export import export_model  # noqa: E402
+from engines.quantize import output_head_nodes  # noqa: E402
+from engines.tile_memory import MAP_NOVELTY_SHARE, fit_memory, k_center, memory_from_images  # noqa: E402
+from engines.tiny_unet import TinyUNet  # noqa: E402
+
+
+def _clusters(rng, n_images=6, per_image=20, dim=8):
+    """OK embeddings: tight clusters around a few centres, several images each."""
+    centres = rng.normal(0, 5, (3, dim))
+    emb = np.concatenate([centres[i % 3] + rng.normal(0, 0.3, (per_image, dim)) for i in range(n_images)])
+    ids = np.repeat(np.arange(n_images), per_image)
+    return emb.astype(np.float32), ids, centres
+
+
+def test_memory_scores_new_tiles_above_ok_tiles():
+    rng = np.random.default_rng(0)
+    emb, ids, centres = _clusters(rng)
+    memory = fit_memory(emb, ids, max_tiles=40)
+    assert memory.bank.shape == (40, 8)
+    ok = memory(torch.from_numpy((centres + rng.normal(0, 0.3, centres.shape)).astype(np.float32)))
+    novel = memory(torch.from_numpy(rng.normal(0, 5, (3, 8)).astype(np.float32) + 20.0))
+    assert float(ok.max()) < 0.6 < 0.95 < float(novel.min())
+
+
+def test_memory_needs_two_images():
+    with pytest.raises(ValueError, match="at least two OK images"):
+        fit_memory(np.zeros((5, 4), np.float32), np.zeros(5, int))
+
+
+def test_k_center_covers_every_cluster():
+    rng = np.random.default_rng(1)
+    emb, _, _ = _clusters(rng)
+    chosen = emb[k_center(emb, 3)]
+    # One pick per cluster: every point lies near some chosen point.
+    d = np.sqrt(((emb[:, None] - chosen[None]) ** 2).sum(-1)).min(1)
+    assert d.max() < 3.0
+    assert len(k_center(emb, 1000)) == len(emb)
+
+
+def test_blend_keeps_map_in_unit_range():
+    rng = np.random.default_rng(2)
+    emb, ids, _ = _clusters(rng)
+    memory = fit_memory(emb, ids)
+    prob = torch.rand(4, 1, 8, 8)
+    novelty = torch.tensor([0.0, 0.3, 0.7, 1.0])
+    out = memory.blend(prob, novelty)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    expected = (1 - MAP_NOVELTY_SHARE) * prob[3] + MAP_NOVELTY_SHARE
+    assert torch.allclose(out[3], expected)
+
+
+def test_trained_model_carries_memory_through_every_backend(trained_model):
+    """train fits the memory, export puts it in the graph and in model.pt, backends agree."""
+    meta = ModelMeta.load(trained_model)
+    assert meta.extra["memory_tiles"] > 0 and meta.map_score_weight == 0.0
+    assert "memory.bank" in torch.load(trained_model / "model.pt", weights_only=True)
+    x = np.random.default_rng(0).normal(0, 1, (3, 1, 128, 128)).astype(np.float32)
+    ort_maps, ort_scores = load_backend("onnxruntime", trained_model).infer(x)
+    t_maps, t_scores = load_backend("torch", trained_model, device="cpu").infer(x)
+    assert np.abs(ort_scores - t_scores).max() < 1e-3 and np.abs(ort_maps - t_maps).max() < 1e-3
+    assert ((ort_scores > 0) & (ort_scores < 1)).all()
+
+
+def test_export_refits_memory_from_other_images(trained_model, mini_data, tmp_path):
+    out = export_model(trained_model.parent / "last.pt", tmp_path / "m", memory_data=mini_data, progress=False)
+    meta = ModelMeta.load(out)
+    assert len(meta.extra["memory_data_hash"]) == 64 and meta.extra["memory_map_share"] == MAP_NOVELTY_SHARE
+
+
+def test_memory_from_real_images_ranks_them_familiar(ok_images):
+    torch.manual_seed(0)
+    model = TinyUNet(1, 8).eval()
+    memory = memory_from_images(model, ok_images, 0.5, 0.25, progress=False)
+    x = torch.from_numpy(((ok_images[0][:128, :128].astype(np.float32) / 255 - 0.5) / 0.25)[None, None])
+    flat = torch.zeros_like(x) + 3.0
+    with torch.no_grad():
+        seen, blank = float(memory(model.embed(x))), float(memory(model.embed(flat)))
+    assert seen < 0.5 < blank
+
+
+def test_image_score_weight():
+    amap = np.zeros((64, 64), np.float32)
+    amap[20:40, 20:40] = 1.0
+    tiles = np.array([0.1, 0.3], np.float32)
+    assert image_score(amap, tiles, 0.0) == pytest.approx(0.3)
+    assert image_score(amap, tiles, 0.5) > 0.5
+    assert image_score(amap, np.zeros(0, np.float32), 0.0) == 0.0
+
+
+def test_int8_keeps_memory_and_map_head_in_float(trained_model):
+    names = output_head_nodes(trained_model / "model.onnx")
+    assert any("/memory/MatMul" in n for n in names) and any(n.endswith("Sigmoid") for n in names)
