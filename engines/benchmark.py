@@ -66,6 +66,11 @@ def onnx_cost(onnx_path: Path) -> tuple[int, int]:
             w = weight_shape(node.input[1])
             if w is not None:
                 macs += int(np.prod(w))
+        elif node.op_type == "MatMul":  # e.g. the tile memory: embedding x stored bank
+            w = weight_shape(node.input[1])
+            out = shapes.get(node.output[0])
+            if w is not None and out:
+                macs += int(np.prod(out[:-1])) * int(np.prod(w))
     return params, macs
 
 

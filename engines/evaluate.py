@@ -126,6 +126,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, backend: str 
     # Worst cases: defective parts scored lowest, good parts scored highest.
     overlay_dir = out / "overlays"
     overlay_dir.mkdir(exist_ok=True)
+    for stale in overlay_dir.glob("[0-9][0-9]_*.png"):  # an earlier run's worst cases would mislead
+        stale.unlink()
     defective = np.where(labels)[0][np.argsort(scores_arr[labels])][:N_WORST]
     good = np.where(~labels)[0][np.argsort(-scores_arr[~labels])][: N_WORST // 2]
     for rank, i in enumerate(list(defective) + list(good)):

@@ -101,7 +101,7 @@ def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
         meta_defaults = ModelMeta(arch=cfg["arch"], width=cfg["width"], in_channels=cfg["channels"])
         model.memory = memory_from_images(model, images, meta_defaults.mean, meta_defaults.std,
                                           meta_defaults.tile_size, progress=progress)
-        extra["memory_data_hash"] = files_hash(files)
+        extra.update(memory_data=str(memory_data), memory_data_hash=files_hash(files))
     if getattr(model, "memory", None) is not None:
         extra.update(memory_tiles=int(model.memory.bank.shape[0]), memory_center=round(float(model.memory.center), 4),
                      memory_scale=round(float(model.memory.scale), 4),

@@ -81,6 +81,11 @@ def test_evaluate_cli_writes_metrics_plots_overlays(tmp_path, trained_model, min
     assert 0.0 <= result["pixel_auroc"] <= 1.0 and result["ms_per_tile"] > 0
     assert (out / "roc_pr.png").stat().st_size > 1000
     assert len(list((out / "overlays").glob("*.png"))) == 6 + 3
+    (out / "overlays" / "07_missed_crack_from_an_older_run.png").write_bytes(b"stale")
+    (out / "overlays" / "notes.png").write_bytes(b"someone's own file")
+    assert evaluate_cli.main(["--model", str(trained_model), "--data", str(mini_data), "--out", str(out)]) == 0
+    names = {p.name for p in (out / "overlays").glob("*.png")}
+    assert len(names) == 6 + 3 + 1 and "notes.png" in names  # stale worst cases gone, other files kept
 
 
 def test_train_cli_empty_folder_is_a_clear_error(tmp_path, capsys):
