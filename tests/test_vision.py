@@ -120,3 +120,15 @@ def test_decide_outlines_defect_through_homography(frames, belt):
     cx, cy = expected.mean(axis=0)
     x, y, w, h = v.defects[0]["bbox"]
     assert x <= cx <= x + w and y <= cy <= y + h
+
+
+def test_decide_score_follows_the_models_map_weight(frames, belt):
+    """A model with a tile memory (map_score_weight 0) is judged on its tile scores alone."""
+    prep = Preprocessor(PreprocessConfig(belt=BeltConfig(**belt.to_config())))
+    p = prep(next(f for f in frames if f.truth["verdict"] == "OK").frame)
+    maps = np.full((len(p.tiles), 1, 128, 128), 0.9, np.float32)  # a hot map everywhere
+    quiet = np.full(len(maps), 0.2, np.float32)
+    args = (maps, quiet, p.tile_index, p.grid, p.part_mask, p.H, DecisionConfig(), 0.5, 0.5)
+    assert decide(*args, map_score_weight=0.0).verdict == "OK"
+    assert decide(*args, map_score_weight=0.0).score == pytest.approx(0.2)
+    assert decide(*args, map_score_weight=0.5).verdict == "NG"
