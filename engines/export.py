@@ -10,7 +10,7 @@ import torch
 
 from engines.artifact import META_NAME, ONNX_NAME, ModelMeta
 from engines.data import files_hash, read_image, training_images
-from engines.tile_memory import memory_from_images
+from engines.tile_memory import memory_from_images, memory_from_line_frames
 from engines.backends.torch_backend import WEIGHTS_NAME
 from engines.inference_model import build_model, inference_module, load_weights
 
@@ -85,22 +85,31 @@ def compact_state(model: torch.nn.Module) -> dict:
 
 def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
                  thresholds: tuple[float, float] | None = None, memory_data: str | Path | None = None,
-                 progress: bool = True) -> Path:
+                 memory_line: str | Path | None = None, progress: bool = True) -> Path:
     """Write ``out/model.onnx``, ``out/model.pt`` and ``out/model.json``; return ``out``.
 
     ``memory_data`` (OK images, or an MVTec-style folder's ``train/good``) fits a new tile memory
-    before export, for checkpoints trained without one or to refit it on other OK images."""
+    before export, for checkpoints trained without one or to refit it on other OK images. With
+    ``memory_line`` (a line config), the images are camera frames of OK parts and go through that
+    line's preprocessing first, so the memory holds tiles as the line sees them."""
     model, state = load_checkpoint(checkpoint)
     extra = {"train_steps": int(state["step"])}
     cfg = state["config"]
+    if memory_line is not None and memory_data is None:
+        raise ValueError("--memory-line needs --memory-data: a folder of camera frames of OK parts on that line")
     if memory_data is not None:
         if cfg["arch"] != "tiny_unet":
             raise ValueError(f"--memory-data: only a tiny_unet has a tile memory, {checkpoint} is {cfg['arch']}")
         files = training_images(memory_data)
-        images = [read_image(f, cfg["channels"]) for f in files]
-        meta_defaults = ModelMeta(arch=cfg["arch"], width=cfg["width"], in_channels=cfg["channels"])
-        model.memory = memory_from_images(model, images, meta_defaults.mean, meta_defaults.std,
-                                          meta_defaults.tile_size, progress=progress)
+        defaults = ModelMeta(arch=cfg["arch"], width=cfg["width"], in_channels=cfg["channels"])
+        if memory_line is not None:
+            model.memory, used = memory_from_line_frames(model, files, memory_line, defaults.mean, defaults.std,
+                                                         defaults.tile_size, cfg["channels"], progress=progress)
+            extra.update(memory_line=str(memory_line), memory_frames=used)
+        else:
+            images = [read_image(f, cfg["channels"]) for f in files]
+            model.memory = memory_from_images(model, images, defaults.mean, defaults.std, defaults.tile_size,
+                                              progress=progress)
         extra.update(memory_data=str(memory_data), memory_data_hash=files_hash(files))
     if getattr(model, "memory", None) is not None:
         extra.update(memory_tiles=int(model.memory.bank.shape[0]), memory_center=round(float(model.memory.center), 4),

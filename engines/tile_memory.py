@@ -127,6 +127,43 @@ def memory_from_images(model: nn.Module, images: Sequence[np.ndarray], mean: flo
     return fit_memory(embeddings, ids, max_tiles)
 
 
+def memory_from_line_frames(model: nn.Module, frames: Sequence, line_config, mean: float, std: float,
+                            tile: int = 128, channels: int = 1, max_tiles: int = MEMORY_MAX_TILES,
+                            progress: bool = True) -> tuple[TileMemory, int]:
+    """Fit the memory on camera frames of OK parts as a line sees them: each frame goes through the
+    line's preprocessing (part location, rectification, tiling), so the memory holds the tiles the
+    line will send. Frames where no part is found are skipped. Returns the memory and the number of
+    frames used."""
+    import cv2
+
+    from pipeline.config import load_config
+    from pipeline.processing import Preprocessor
+
+    prep = Preprocessor(load_config(line_config).preprocess, tile, channels)
+    used = []
+
+    def batches() -> Iterator[tuple[np.ndarray, int]]:
+        for frame_id, path in enumerate(tqdm(frames, desc="tile memory (line)", unit="frame", disable=not progress)):
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if frame is None:
+                raise ValueError(f"{path}: unreadable image; --memory-data with --memory-line takes camera "
+                                 "frames of OK parts on the line")
+            prepared = prep(frame)
+            if prepared.verdict is not None:
+                continue
+            used.append(frame_id)
+            yield ((prepared.tiles.astype(np.float32) / 255.0) - mean) / std, frame_id
+
+    try:
+        embeddings, ids = collect_embeddings(model, batches())
+    except ValueError as exc:
+        if used:
+            raise
+        raise ValueError(f"{line_config}: the line found no part in any of the {len(frames)} frames; "
+                         "check that they show OK parts on this line's belt") from exc
+    return fit_memory(embeddings, ids, max_tiles), len(used)
+
+
 def attach_memory_from_state(model: nn.Module, state: dict) -> nn.Module:
     """Give ``model`` an empty memory of the right shape when ``state`` (a state dict) has one."""
     if "memory.bank" in state:

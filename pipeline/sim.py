@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engines.data import mvtec_test_set, read_image, read_mask
+from engines.data import TestSample, mvtec_test_set, read_image, read_mask, training_images
 
 BELT_BGR = (60, 110, 40)  # a green PVC belt
 
@@ -72,11 +72,15 @@ def _is_portrait(path: Path) -> bool:
 def simulate(data: str | Path, n_ok: int, n_ng: int, n_empty: int, seed: int = 0, size: tuple[int, int] = (640, 480),
              ok_from: str = "test/good") -> list[SimFrame]:
     """Frames of OK parts, defective parts (with truth), and empty belt, in shuffled order."""
+    if ok_from not in ("test/good", "train/good"):
+        raise ValueError(f"ok_from must be 'test/good' or 'train/good', got {ok_from!r}")
     rng = np.random.default_rng(seed)
     # One product per line: portrait parts only, so every part has the canonical orientation.
     samples = [s for s in mvtec_test_set(data) if _is_portrait(s.image_path)]
     good = [s for s in samples if s.defect_type == "good"]
     bad = [s for s in samples if s.defect_type != "good"]
+    if ok_from == "train/good":  # OK parts as the line sees them, for fitting (never for judging)
+        good = [TestSample(p, "good", None) for p in training_images(data) if _is_portrait(p)]
     w, h = size
     picks = ([("ok", good[i % len(good)]) for i in rng.permutation(max(n_ok, 1))[:n_ok]]
              + [("ng", bad[i % len(bad)]) for i in rng.permutation(max(n_ng, len(bad)))[:n_ng]]

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from pipeline.sim import simulate, write_sequence
@@ -159,3 +160,41 @@ def test_ctrl_c_flushes_results_and_exits(line, tmp_path):
     records = _records(results)
     assert 0 < len(records) < 10
     assert [r["frame_id"] for r in records] == list(range(len(records)))  # everything read got its record
+
+
+def test_memory_fitted_on_ok_frames_as_the_line_sees_them(line, trained_model, mini_data, tmp_path):
+    """simulate_line --ok-from train/good, then export_model --memory-data FRAMES --memory-line LINE."""
+    from engines.artifact import ModelMeta
+    from engines.data import training_images
+    from tools import export_model as export_cli
+    from tools import simulate_line as simulate_cli
+
+    config, _ = line
+    frames = tmp_path / "ok_frames"
+    assert simulate_cli.main(["--data", str(mini_data), "--out", str(frames), "--ok", "4", "--ng", "0", "--empty", "1",
+                              "--ok-from", "train/good", "--seed", "5"]) == 0
+    truth = [json.loads(s) for s in (frames / "truth.jsonl").read_text().splitlines()]
+    train_names = {p.name for p in training_images(mini_data)}
+    assert {t["source_image"] for t in truth if t["verdict"] == "OK"} <= train_names  # never test parts
+    out = tmp_path / "model"
+    assert export_cli.main(["--checkpoint", str(trained_model.parent / "last.pt"), "--out", str(out),
+                            "--memory-data", str(frames), "--memory-line", str(config)]) == 0
+    extra = ModelMeta.load(out).extra
+    assert extra["memory_frames"] == 4 and extra["memory_line"] == str(config)  # the empty-belt frame is skipped
+    assert extra["memory_tiles"] > 0
+
+
+def test_memory_line_errors_are_clear(line, trained_model, tmp_path, capsys):
+    from tools import export_model as export_cli
+
+    config, _ = line
+    ckpt = str(trained_model.parent / "last.pt")
+    assert export_cli.main(["--checkpoint", ckpt, "--out", str(tmp_path / "m"), "--memory-line", str(config)]) == 2
+    assert "--memory-line needs --memory-data" in capsys.readouterr().err
+    empty = tmp_path / "belt_only"
+    empty.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(empty / f"{i}.png"), np.full((480, 640, 3), (60, 110, 40), np.uint8))
+    assert export_cli.main(["--checkpoint", ckpt, "--out", str(tmp_path / "m"), "--memory-data", str(empty),
+                            "--memory-line", str(config)]) == 2
+    assert "found no part in any of the 2 frames" in capsys.readouterr().err

@@ -18,6 +18,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--memory-data", metavar="DIR",
                    help="fit the tile memory on these OK images (or an MVTec folder's train/good) before export")
+    p.add_argument("--memory-line", metavar="LINE.yaml",
+                   help="with --memory-data: the images are camera frames of OK parts; fit on them as this line "
+                        "preprocesses them (rectified, tiled)")
     return p
 
 
@@ -31,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.untrained:
             out = export_untrained(args.arch, args.width, args.channels, args.out)
         elif args.checkpoint:
-            out = export_model(args.checkpoint, args.out, args.opset, memory_data=args.memory_data)
+            out = export_model(args.checkpoint, args.out, args.opset, memory_data=args.memory_data,
+                               memory_line=args.memory_line)
         else:
             raise ValueError("give --checkpoint OUT/last.pt, or --untrained for a speed-only model")
         meta = ModelMeta.load(out)

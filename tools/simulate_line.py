@@ -20,6 +20,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--fps", type=float, default=10.0)
     p.add_argument("--ext", default=".png", choices=[".png", ".jpg"])
+    p.add_argument("--ok-from", default="test/good", choices=["test/good", "train/good"],
+                   help="where OK parts come from; train/good makes frames to fit a model's tile memory on "
+                        "(export_model --memory-data SEQ --memory-line LINE.yaml), never to judge one")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -30,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> None:
         from pipeline.sim import simulate, write_sequence
 
-        frames = simulate(args.data, args.ok, args.ng, args.empty, seed=args.seed, size=(args.width, args.height))
+        frames = simulate(args.data, args.ok, args.ng, args.empty, seed=args.seed, size=(args.width, args.height),
+                          ok_from=args.ok_from)
         seq = write_sequence(frames, args.out, fps=args.fps, corrupt_every=args.corrupt_every, ext=args.ext)
         print(f"wrote {len(frames)} frames to {seq} (truth in {seq / 'truth.jsonl'})")
 
