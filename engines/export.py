@@ -101,15 +101,13 @@ def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
         if cfg["arch"] != "tiny_unet":
             raise ValueError(f"--memory-data: only a tiny_unet has a tile memory, {checkpoint} is {cfg['arch']}")
         files = training_images(memory_data)
-        defaults = ModelMeta(arch=cfg["arch"], width=cfg["width"], in_channels=cfg["channels"])
+        meta = ModelMeta(arch=cfg["arch"], width=cfg["width"], in_channels=cfg["channels"])
         if memory_line is not None:
-            model.memory, used = memory_from_line_frames(model, files, memory_line, defaults.mean, defaults.std,
-                                                         defaults.tile_size, cfg["channels"], progress=progress)
+            model.memory, used = memory_from_line_frames(model, files, memory_line, meta, progress=progress)
             extra.update(memory_line=str(memory_line), memory_frames=used)
         else:
             images = [read_image(f, cfg["channels"]) for f in files]
-            model.memory = memory_from_images(model, images, defaults.mean, defaults.std, defaults.tile_size,
-                                              progress=progress)
+            model.memory = memory_from_images(model, images, meta, progress=progress)
         extra.update(memory_data=str(memory_data), memory_data_hash=files_hash(files))
     if getattr(model, "memory", None) is not None:
         extra.update(memory_tiles=int(model.memory.bank.shape[0]), memory_center=round(float(model.memory.center), 4),

@@ -10,6 +10,7 @@ ONNX Runtime, torch and TensorRT serve it with no extra code, and no pretrained 
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from engines.artifact import ModelMeta
 from pipeline.vision.tiling import extract_tiles, tile_grid
 
 MEMORY_OVERLAP = 0.25     # the tiling overlap of inference, so the memory sees the same tile positions
@@ -67,8 +69,8 @@ def k_center(points: np.ndarray, k: int) -> np.ndarray:
     return np.array(chosen)
 
 
-def _nearest(query: np.ndarray, bank: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
-    d2 = (query ** 2).sum(1)[:, None] - 2.0 * query @ bank.T + (bank ** 2).sum(1)[None]
+def _nearest(query: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    d2 = (query ** 2).sum(1)[:, None] - 2.0 * query @ bank.T + bank_sq[None]
     if exclude is not None:
         d2[exclude] = np.inf
     return np.sqrt(np.maximum(d2.min(1), 0.0))
@@ -83,7 +85,8 @@ def fit_memory(embeddings: np.ndarray, image_ids: np.ndarray, max_tiles: int = M
     z = ((emb - mean) / std).astype(np.float32)
     # Calibration: each tile's distance to the nearest tile of another image, i.e. what a new OK
     # part scores. Computed against the full set, before thinning.
-    loo = np.concatenate([_nearest(z[i:i + 512], z, image_ids[i:i + 512, None] == image_ids[None])
+    z_sq = (z ** 2).sum(1)
+    loo = np.concatenate([_nearest(z[i:i + 512], z, z_sq, image_ids[i:i + 512, None] == image_ids[None])
                           for i in range(0, len(z), 512)])
     q50, qhi = np.quantile(loo, [0.5, CALIBRATION_QUANTILE])
     keep = k_center(z, max_tiles)
@@ -100,68 +103,62 @@ def fit_memory(embeddings: np.ndarray, image_ids: np.ndarray, max_tiles: int = M
 
 
 @torch.inference_mode()
-def collect_embeddings(model: nn.Module, tile_batches: Iterable[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Embed normalised tile batches ``(x (N, C, T, T) float32, image id)`` with the model in eval mode."""
+def collect_embeddings(model: nn.Module, tiles_per_image: Iterable[tuple[np.ndarray, int]], meta: ModelMeta,
+                       batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Embed uint8 tiles ``(N, C, T, T)`` given per image as ``(tiles, image id)``, normalised as
+    ``meta`` says, with the model in eval mode. No tiles at all gives empty arrays."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     embs, ids = [], []
-    for x, image_id in tile_batches:
-        embs.append(model.embed(torch.from_numpy(x).to(device)).float().cpu().numpy())
+    for tiles, image_id in tiles_per_image:
+        x = meta.normalise(tiles)
+        for i in range(0, len(x), batch):
+            embs.append(model.embed(torch.from_numpy(x[i:i + batch]).to(device)).float().cpu().numpy())
         ids += [image_id] * len(x)
     model.train(was_training)
+    if not embs:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
     return np.concatenate(embs), np.array(ids)
 
 
-def memory_from_images(model: nn.Module, images: Sequence[np.ndarray], mean: float, std: float, tile: int = 128,
+def memory_from_images(model: nn.Module, images: Sequence[np.ndarray], meta: ModelMeta,
                        max_tiles: int = MEMORY_MAX_TILES, progress: bool = True) -> TileMemory:
     """Tile each uint8 OK image as inference does, embed every tile, fit the memory."""
-    def batches() -> Iterator[tuple[np.ndarray, int]]:
+    def tiles_per_image() -> Iterator[tuple[np.ndarray, int]]:
         for image_id, img in enumerate(tqdm(images, desc="tile memory", unit="image", disable=not progress)):
-            grid = tile_grid(img.shape[0], img.shape[1], tile, MEMORY_OVERLAP)
-            x = ((extract_tiles(img, grid).astype(np.float32) / 255.0) - mean) / std
-            for i in range(0, len(x), 64):
-                yield x[i:i + 64], image_id
+            yield extract_tiles(img, tile_grid(img.shape[0], img.shape[1], meta.tile_size, MEMORY_OVERLAP)), image_id
 
-    embeddings, ids = collect_embeddings(model, batches())
-    return fit_memory(embeddings, ids, max_tiles)
+    return fit_memory(*collect_embeddings(model, tiles_per_image(), meta), max_tiles)
 
 
-def memory_from_line_frames(model: nn.Module, frames: Sequence, line_config, mean: float, std: float,
-                            tile: int = 128, channels: int = 1, max_tiles: int = MEMORY_MAX_TILES,
-                            progress: bool = True) -> tuple[TileMemory, int]:
+def memory_from_line_frames(model: nn.Module, frames: Sequence[Path], line_config: str | Path, meta: ModelMeta,
+                            max_tiles: int = MEMORY_MAX_TILES, progress: bool = True) -> tuple[TileMemory, int]:
     """Fit the memory on camera frames of OK parts as a line sees them: each frame goes through the
     line's preprocessing (part location, rectification, tiling), so the memory holds the tiles the
     line will send. Frames where no part is found are skipped. Returns the memory and the number of
     frames used."""
-    import cv2
-
     from pipeline.config import load_config
     from pipeline.processing import Preprocessor
+    from pipeline.sources import _decode
 
-    prep = Preprocessor(load_config(line_config).preprocess, tile, channels)
-    used = []
+    prep = Preprocessor(load_config(line_config).preprocess, meta.tile_size, meta.in_channels)
 
-    def batches() -> Iterator[tuple[np.ndarray, int]]:
+    def tiles_per_frame() -> Iterator[tuple[np.ndarray, int]]:
         for frame_id, path in enumerate(tqdm(frames, desc="tile memory (line)", unit="frame", disable=not progress)):
-            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            frame, reason = _decode(Path(path))
             if frame is None:
-                raise ValueError(f"{path}: unreadable image; --memory-data with --memory-line takes camera "
-                                 "frames of OK parts on the line")
+                raise ValueError(f"{path}: {reason}; --memory-data with --memory-line takes camera frames of "
+                                 "OK parts on the line")
             prepared = prep(frame)
-            if prepared.verdict is not None:
-                continue
-            used.append(frame_id)
-            yield ((prepared.tiles.astype(np.float32) / 255.0) - mean) / std, frame_id
+            if prepared.verdict is None:
+                yield prepared.tiles, frame_id
 
-    try:
-        embeddings, ids = collect_embeddings(model, batches())
-    except ValueError as exc:
-        if used:
-            raise
+    embeddings, ids = collect_embeddings(model, tiles_per_frame(), meta)
+    if not len(ids):
         raise ValueError(f"{line_config}: the line found no part in any of the {len(frames)} frames; "
-                         "check that they show OK parts on this line's belt") from exc
-    return fit_memory(embeddings, ids, max_tiles), len(used)
+                         "check that they show OK parts on this line's belt")
+    return fit_memory(embeddings, ids, max_tiles), len(np.unique(ids))
 
 
 def attach_memory_from_state(model: nn.Module, state: dict) -> nn.Module:

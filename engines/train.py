@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from engines.ae_ssim import ssim_map
+from engines.artifact import ModelMeta
 from engines.data import files_hash, training_images
 from engines.inference_model import build_model, load_weights
 from engines.tile_memory import memory_from_images
@@ -177,8 +178,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     bar.close()
     if cfg.memory and cfg.arch == "tiny_unet" and getattr(model, "memory", None) is None:
         t0 = time.monotonic()
-        model.memory = memory_from_images(model, images, sample_cfg.mean, sample_cfg.std, sample_cfg.tile,
-                                          progress=progress).to(device)
+        meta = ModelMeta(arch=cfg.arch, width=cfg.width, in_channels=cfg.channels, tile_size=sample_cfg.tile,
+                         mean=sample_cfg.mean, std=sample_cfg.std)
+        model.memory = memory_from_images(model, images, meta, progress=progress).to(device)
         log.write(json.dumps({"step": step, "memory_tiles": int(model.memory.bank.shape[0]),
                               "memory_s": round(time.monotonic() - t0, 1),
                               "elapsed_s": round(time.monotonic() - started, 1)}) + "\n")

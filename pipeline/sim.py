@@ -77,10 +77,11 @@ def simulate(data: str | Path, n_ok: int, n_ng: int, n_empty: int, seed: int = 0
     rng = np.random.default_rng(seed)
     # One product per line: portrait parts only, so every part has the canonical orientation.
     samples = [s for s in mvtec_test_set(data) if _is_portrait(s.image_path)]
-    good = [s for s in samples if s.defect_type == "good"]
     bad = [s for s in samples if s.defect_type != "good"]
     if ok_from == "train/good":  # OK parts as the line sees them, for fitting (never for judging)
         good = [TestSample(p, "good", None) for p in training_images(data) if _is_portrait(p)]
+    else:
+        good = [s for s in samples if s.defect_type == "good"]
     w, h = size
     picks = ([("ok", good[i % len(good)]) for i in rng.permutation(max(n_ok, 1))[:n_ok]]
              + [("ng", bad[i % len(bad)]) for i in rng.permutation(max(n_ng, len(bad)))[:n_ng]]

@@ -78,7 +78,7 @@ def test_export_refits_memory_from_other_images(trained_model, mini_data, tmp_pa
 def test_memory_from_real_images_ranks_them_familiar(ok_images):
     torch.manual_seed(0)
     model = TinyUNet(1, 8).eval()
-    memory = memory_from_images(model, ok_images, 0.5, 0.25, progress=False)
+    memory = memory_from_images(model, ok_images, ModelMeta("tiny_unet", 8, 1, mean=0.5, std=0.25), progress=False)
     x = torch.from_numpy(((ok_images[0][:128, :128].astype(np.float32) / 255 - 0.5) / 0.25)[None, None])
     flat = torch.zeros_like(x) + 3.0
     with torch.no_grad():
