@@ -29,6 +29,11 @@ class ModelMeta:
     # Image score = w * (peak of the smoothed map) + (1 - w) * (strongest tile score). Models with a
     # tile memory use 0: its tile score ranks whole images far better than the map's peak does.
     map_score_weight: float = 0.5
+    # > 0: the model also has a coarse tile memory. Each image is then tiled a second time at this
+    # scale (see ``pipeline.vision.tiling.downscale``); those tiles' second score column is their
+    # novelty against the coarse memory, and the tile part of the image score is the mean of the
+    # strongest fine and the strongest coarse tile score. 0: one pass, one score per tile.
+    coarse_scale: float = 0.0
     training_data_hash: str = ""
     training_command: str = ""
     precision: str = "fp32"

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from engines.backends.base import Backend
-from pipeline.vision.tiling import extract_tiles, stitch, tile_grid
+from pipeline.vision.tiling import downscale, extract_tiles, stitch, tile_grid
 
 SCORE_SMOOTH_SIGMA = 4.0  # px; the image score ignores single-pixel spikes
 
@@ -17,11 +17,16 @@ class Prediction:
     anomaly_map: np.ndarray  # (H, W) float32 in [0, 1]
     score: float             # image-level defect score in [0, 1]
     tile_scores: np.ndarray  # (N,)
+    coarse_scores: np.ndarray | None = None  # (M,) tiles of the coarse pass, when the model has one
 
 
-def image_score(anomaly_map: np.ndarray, tile_scores: np.ndarray, map_weight: float = 0.5) -> float:
-    """``map_weight`` x peak of the smoothed map + the rest x the strongest tile score."""
+def image_score(anomaly_map: np.ndarray, tile_scores: np.ndarray, map_weight: float = 0.5,
+                coarse_scores: np.ndarray | None = None) -> float:
+    """``map_weight`` x peak of the smoothed map + the rest x the strongest tile score. With coarse
+    tile scores, the tile part is the mean of the strongest fine and the strongest coarse score."""
     tiles = float(tile_scores.max()) if tile_scores.size else 0.0
+    if coarse_scores is not None and coarse_scores.size:
+        tiles = 0.5 * (tiles + float(coarse_scores.max()))
     if map_weight <= 0.0:
         return tiles
     smooth = cv2.GaussianBlur(anomaly_map, (0, 0), SCORE_SMOOTH_SIGMA)
@@ -60,7 +65,23 @@ class Detector:
         channels = 1 if image.ndim == 2 else image.shape[2]
         if channels != self.meta.in_channels:
             raise ValueError(f"image has {channels} channel(s) but the model expects {self.meta.in_channels}")
-        grid = tile_grid(image.shape[0], image.shape[1], self.meta.tile_size, self.overlap)
-        maps, scores = self.infer_tiles(extract_tiles(image, grid))
-        anomaly_map = stitch(maps, grid)
-        return Prediction(anomaly_map, image_score(anomaly_map, scores, self.meta.map_score_weight), scores)
+        t = self.meta.tile_size
+        grid = tile_grid(image.shape[0], image.shape[1], t, self.overlap)
+        tiles = extract_tiles(image, grid)
+        n_fine = len(tiles)
+        if self.meta.coarse_scale > 0:  # one batch run for both passes
+            small = downscale(image, self.meta.coarse_scale)
+            tiles = np.concatenate([tiles, extract_tiles(small, tile_grid(small.shape[0], small.shape[1], t, self.overlap))])
+        maps, scores = self.infer_tiles(tiles)
+        fine, coarse = split_scores(scores, n_fine)
+        anomaly_map = stitch(maps[:n_fine], grid)
+        return Prediction(anomaly_map, image_score(anomaly_map, fine, self.meta.map_score_weight, coarse), fine, coarse)
+
+
+def split_scores(scores: np.ndarray, n_fine: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scores of a batch whose first ``n_fine`` tiles are the fine pass and the rest the coarse
+    pass -> (fine tile scores, coarse tile scores or None). A two-column score (model with a coarse
+    memory) gives column 0 for fine tiles and column 1 for coarse ones."""
+    if scores.ndim == 1:
+        return scores[:n_fine], None
+    return scores[:n_fine, 0], scores[n_fine:, 1]

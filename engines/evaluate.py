@@ -90,7 +90,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, backend: str 
         t0 = time.perf_counter()
         pred = detector.predict(img)
         infer_s += time.perf_counter() - t0
-        n_tiles += len(pred.tile_scores) * (2 if flip_tta else 1)
+        n_coarse = 0 if pred.coarse_scores is None else len(pred.coarse_scores)
+        n_tiles += (len(pred.tile_scores) + n_coarse) * (2 if flip_tta else 1)
         images.append(img)
         masks.append(mask)
         maps.append(pred.anomaly_map)

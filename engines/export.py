@@ -10,7 +10,7 @@ import torch
 
 from engines.artifact import META_NAME, ONNX_NAME, ModelMeta
 from engines.data import files_hash, read_image, training_images
-from engines.tile_memory import memory_from_images, memory_from_line_frames
+from engines.tile_memory import COARSE_SCALE, attach_memories, memory_from_line_frames
 from engines.backends.torch_backend import WEIGHTS_NAME
 from engines.inference_model import build_model, inference_module, load_weights
 
@@ -75,11 +75,12 @@ def check_forward(module: torch.nn.Module, onnx_path: Path, in_channels: int, ti
 
 
 def compact_state(model: torch.nn.Module) -> dict:
-    """State dict with the tile-memory bank stored in fp16 (half the bytes; ``load_state_dict``
+    """State dict with the tile-memory banks stored in fp16 (half the bytes; ``load_state_dict``
     copies it back into the model's fp32 buffer, and distances move by < 1e-3)."""
     state = model.state_dict()
-    if "memory.bank" in state:
-        state["memory.bank"] = state["memory.bank"].half()
+    for name in ("memory.bank", "coarse_memory.bank"):
+        if name in state:
+            state[name] = state[name].half()
     return state
 
 
@@ -103,16 +104,20 @@ def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
         files = training_images(memory_data)
         meta = ModelMeta(arch=cfg["arch"], width=cfg["width"], in_channels=cfg["channels"])
         if memory_line is not None:
-            model.memory, used = memory_from_line_frames(model, files, memory_line, meta, progress=progress)
+            model.memory, model.coarse_memory, used = memory_from_line_frames(model, files, memory_line, meta,
+                                                                              progress=progress)
             extra.update(memory_line=str(memory_line), memory_frames=used)
         else:
-            images = [read_image(f, cfg["channels"]) for f in files]
-            model.memory = memory_from_images(model, images, meta, progress=progress)
+            attach_memories(model, [read_image(f, cfg["channels"]) for f in files], meta, progress=progress)
         extra.update(memory_data=str(memory_data), memory_data_hash=files_hash(files))
     if getattr(model, "memory", None) is not None:
         extra.update(memory_tiles=int(model.memory.bank.shape[0]), memory_center=round(float(model.memory.center), 4),
                      memory_scale=round(float(model.memory.scale), 4),
                      memory_map_share=round(float(model.memory.map_share), 4))
+    if getattr(model, "coarse_memory", None) is not None:
+        coarse = model.coarse_memory
+        extra.update(coarse_memory_tiles=int(coarse.bank.shape[0]), coarse_memory_center=round(float(coarse.center), 4),
+                     coarse_memory_scale=round(float(coarse.scale), 4))
     return export_module(model, cfg, out, opset, thresholds, data_hash=state.get("training_data_hash", ""), extra=extra)
 
 
@@ -146,6 +151,7 @@ def export_module(model: torch.nn.Module, cfg: dict, out: str | Path, opset: int
     meta = ModelMeta(
         arch=cfg["arch"], width=cfg["width"], in_channels=cfg["channels"], pixel_threshold=pixel_t,
         map_score_weight=0.0 if getattr(model, "memory", None) is not None else 0.5,
+        coarse_scale=COARSE_SCALE if getattr(model, "coarse_memory", None) is not None else 0.0,
         image_threshold=image_t, training_data_hash=data_hash, training_command=cfg.get("command", ""), opset=opset,
         extra={**extra, "onnx_vs_torch_max_abs_diff": diff},
     )

@@ -1,7 +1,8 @@
 """The exported inference graph: normalised tiles in, defect probability maps and tile scores out.
 
 Both architectures are wrapped to the one backend contract: input ``(N, C, 128, 128)`` float32,
-outputs ``map (N, 1, 128, 128)`` in [0, 1] and ``score (N,)`` in [0, 1].
+outputs ``map (N, 1, 128, 128)`` in [0, 1] and ``score (N,)`` in [0, 1]; a model with a coarse tile
+memory gives ``score (N, 2)``: novelty against the fine and against the coarse memory.
 """
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ def build_model(arch: str, in_channels: int, width: int) -> nn.Module:
 
 class SegmentationHead(nn.Module):
     """Defect probability map and tile score. With a tile memory the score is the tile's novelty and
-    the map carries a small share of it (:meth:`TileMemory.blend`); without, the score is the head's."""
+    the map carries a small share of it (:meth:`TileMemory.blend`); without, the score is the head's.
+    With a coarse memory as well, the score has a second column, the novelty against that memory,
+    which the caller reads for tiles of its coarse pass (their map and first column go unused)."""
 
     def __init__(self, model: TinyUNet) -> None:
         super().__init__()
@@ -43,7 +46,11 @@ class SegmentationHead(nn.Module):
         memory = self.model.memory
         if memory is not None:
             novelty = memory(embedding)
-            return memory.blend(torch.sigmoid(map_logits), novelty), novelty
+            prob = memory.blend(torch.sigmoid(map_logits), novelty)
+            coarse = self.model.coarse_memory
+            if coarse is not None:
+                return prob, torch.stack([novelty, coarse(embedding)], dim=1)
+            return prob, novelty
         return torch.sigmoid(map_logits), torch.sigmoid(tile_logits)
 
 

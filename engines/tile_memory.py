@@ -7,6 +7,12 @@ the same network still changes on them. The memory stores the embeddings of the 
 the distance to its nearest neighbour, calibrated so that the training tiles' own leave-one-image-out
 distances sit mostly below 0.5. Everything is in the graph (MatMul, ReduceMin, Sqrt, Sigmoid), so
 ONNX Runtime, torch and TensorRT serve it with no extra code, and no pretrained weights are used.
+
+A second, coarse memory holds the same embedding of tiles cut from the image at half its size, so
+a tile sees four times the area: long faint cracks and large uneven regions that fill a whole
+fine tile look ordinary at fine scale but not at coarse scale. On the magnetic-tile test split the
+mean of the strongest fine and strongest coarse tile scores ranked images better than the fine
+memory alone with both trained weights tried (image AUROC 0.865 -> 0.881 and 0.861 -> 0.885).
 """
 from __future__ import annotations
 
@@ -19,10 +25,12 @@ from torch import nn
 from tqdm import tqdm
 
 from engines.artifact import ModelMeta
-from pipeline.vision.tiling import extract_tiles, tile_grid
+from pipeline.vision.tiling import downscale, extract_tiles, tile_grid
 
 MEMORY_OVERLAP = 0.25     # the tiling overlap of inference, so the memory sees the same tile positions
 MEMORY_MAX_TILES = 4096   # bank rows kept: on magnetic tile, 4096 of 8955 ranked images as well as all
+COARSE_SCALE = 0.5         # image scale of the coarse pass
+COARSE_MAX_TILES = 2048    # 2512 coarse training tiles on magnetic tile; 2048 ranked as well as all
 CALIBRATION_QUANTILE = 0.99
 # Share of the tile's novelty blended into every pixel of its defect map. Small, so that the map
 # still outlines the defect; enough that pixels of a novel tile rank above look-alike pixels of a
@@ -123,26 +131,38 @@ def collect_embeddings(model: nn.Module, tiles_per_image: Iterable[tuple[np.ndar
 
 
 def memory_from_images(model: nn.Module, images: Sequence[np.ndarray], meta: ModelMeta,
-                       max_tiles: int = MEMORY_MAX_TILES, progress: bool = True) -> TileMemory:
-    """Tile each uint8 OK image as inference does, embed every tile, fit the memory."""
+                       max_tiles: int = MEMORY_MAX_TILES, progress: bool = True, scale: float = 1.0) -> TileMemory:
+    """Tile each uint8 OK image (at ``scale`` of its size) as inference does, embed every tile, fit
+    the memory."""
+    desc = "tile memory" if scale == 1.0 else f"tile memory (x{scale:g})"
+
     def tiles_per_image() -> Iterator[tuple[np.ndarray, int]]:
-        for image_id, img in enumerate(tqdm(images, desc="tile memory", unit="image", disable=not progress)):
+        for image_id, img in enumerate(tqdm(images, desc=desc, unit="image", disable=not progress)):
+            img = img if scale == 1.0 else downscale(img, scale)
             yield extract_tiles(img, tile_grid(img.shape[0], img.shape[1], meta.tile_size, MEMORY_OVERLAP)), image_id
 
     return fit_memory(*collect_embeddings(model, tiles_per_image(), meta), max_tiles)
 
 
+def attach_memories(model: nn.Module, images: Sequence[np.ndarray], meta: ModelMeta, progress: bool = True) -> nn.Module:
+    """Fit the fine and the coarse tile memory on uint8 OK images and attach both to ``model``."""
+    device = next(model.parameters()).device
+    model.memory = memory_from_images(model, images, meta, progress=progress).to(device)
+    model.coarse_memory = memory_from_images(model, images, meta, COARSE_MAX_TILES, progress, COARSE_SCALE).to(device)
+    return model
+
+
 def memory_from_line_frames(model: nn.Module, frames: Sequence[Path], line_config: str | Path, meta: ModelMeta,
-                            max_tiles: int = MEMORY_MAX_TILES, progress: bool = True) -> tuple[TileMemory, int]:
-    """Fit the memory on camera frames of OK parts as a line sees them: each frame goes through the
-    line's preprocessing (part location, rectification, tiling), so the memory holds the tiles the
-    line will send. Frames where no part is found are skipped. Returns the memory and the number of
-    frames used."""
+                            progress: bool = True) -> tuple[TileMemory, TileMemory, int]:
+    """Fit the fine and the coarse memory on camera frames of OK parts as a line sees them: each
+    frame goes through the line's preprocessing (part location, rectification, tiling at both
+    scales), so the memories hold the tiles the line will send. Frames where no part is found are
+    skipped. Returns the fine memory, the coarse memory and the number of frames used."""
     from pipeline.config import load_config
     from pipeline.processing import Preprocessor
     from pipeline.sources import _decode
 
-    prep = Preprocessor(load_config(line_config).preprocess, meta.tile_size, meta.in_channels)
+    prep = Preprocessor(load_config(line_config).preprocess, meta.tile_size, meta.in_channels, COARSE_SCALE)
 
     def tiles_per_frame() -> Iterator[tuple[np.ndarray, int]]:
         for frame_id, path in enumerate(tqdm(frames, desc="tile memory (line)", unit="frame", disable=not progress)):
@@ -152,18 +172,28 @@ def memory_from_line_frames(model: nn.Module, frames: Sequence[Path], line_confi
                                  "OK parts on the line")
             prepared = prep(frame)
             if prepared.verdict is None:
-                yield prepared.tiles, frame_id
+                # The coarse tiles follow the fine ones; an id of -1 - frame marks them apart.
+                coarse = prepared.tile_index >= len(prepared.grid)
+                yield prepared.tiles[~coarse], frame_id
+                if coarse.any():
+                    yield prepared.tiles[coarse], -1 - frame_id
 
     embeddings, ids = collect_embeddings(model, tiles_per_frame(), meta)
     if not len(ids):
         raise ValueError(f"{line_config}: the line found no part in any of the {len(frames)} frames; "
                          "check that they show OK parts on this line's belt")
-    return fit_memory(embeddings, ids, max_tiles), len(np.unique(ids))
+    fine = ids >= 0
+    if fine.all():
+        raise ValueError(f"{line_config}: no frame gave a coarse tile with enough part "
+                         "(preprocess.min_tile_part_fraction); the part is too small for a coarse pass")
+    return (fit_memory(embeddings[fine], ids[fine]), fit_memory(embeddings[~fine], -1 - ids[~fine], COARSE_MAX_TILES),
+            len(np.unique(ids[fine])))
 
 
 def attach_memory_from_state(model: nn.Module, state: dict) -> nn.Module:
     """Give ``model`` an empty memory of the right shape when ``state`` (a state dict) has one."""
-    if "memory.bank" in state:
-        size, dim = state["memory.bank"].shape
-        model.memory = TileMemory(int(dim), int(size))
+    for name in ("memory", "coarse_memory"):
+        if f"{name}.bank" in state:
+            size, dim = state[f"{name}.bank"].shape
+            setattr(model, name, TileMemory(int(dim), int(size)))
     return model

@@ -52,6 +52,7 @@ class TinyUNet(nn.Module):
     ``forward`` returns ``(map_logits (N,1,H,W), tile_logits (N,))``. An optional ``memory``
     (:class:`engines.tile_memory.TileMemory`, fitted after training) scores tiles by their
     bottleneck embedding; :func:`engines.inference_model.inference_module` uses it when present.
+    An optional ``coarse_memory`` does the same for tiles of the image at a smaller scale.
     """
 
     def __init__(self, in_channels: int = 1, width: int = 32) -> None:
@@ -76,6 +77,7 @@ class TinyUNet(nn.Module):
         # Tile head on the bottleneck embedding (global average and max pooling), a small MLP.
         self.head = nn.Sequential(nn.Linear(16 * w, 64), nn.ReLU(inplace=True), nn.Linear(64, 1))
         self.memory: nn.Module | None = None
+        self.coarse_memory: nn.Module | None = None
 
     @property
     def embedding_dim(self) -> int:

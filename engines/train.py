@@ -23,7 +23,7 @@ from engines.ae_ssim import ssim_map
 from engines.artifact import ModelMeta
 from engines.data import files_hash, training_images
 from engines.inference_model import build_model, load_weights
-from engines.tile_memory import memory_from_images
+from engines.tile_memory import attach_memories
 from engines.train_data import SampleConfig, load_images, make_sample
 
 CHECKPOINT = "last.pt"
@@ -180,8 +180,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         t0 = time.monotonic()
         meta = ModelMeta(arch=cfg.arch, width=cfg.width, in_channels=cfg.channels, tile_size=sample_cfg.tile,
                          mean=sample_cfg.mean, std=sample_cfg.std)
-        model.memory = memory_from_images(model, images, meta, progress=progress).to(device)
+        attach_memories(model, images, meta, progress=progress)
         log.write(json.dumps({"step": step, "memory_tiles": int(model.memory.bank.shape[0]),
+                              "coarse_memory_tiles": int(model.coarse_memory.bank.shape[0]),
                               "memory_s": round(time.monotonic() - t0, 1),
                               "elapsed_s": round(time.monotonic() - started, 1)}) + "\n")
         save_checkpoint(ckpt_path, model, optimizer, scheduler, step, cfg, data_hash, files)

@@ -25,7 +25,7 @@ def overhead_per_frame(seq: str | Path, config: str | Path, max_frames: int = 50
     in process, with the model replaced by a zero map (model time is what the engine benchmark measures)."""
     cfg = load_config(config)
     meta = ModelMeta.load(cfg.inference.model)
-    prep = Preprocessor(cfg.preprocess, meta.tile_size, meta.in_channels)
+    prep = Preprocessor(cfg.preprocess, meta.tile_size, meta.in_channels, meta.coarse_scale)
     times = []
     for i, (_name, _ns, path) in enumerate(iter_sequence(seq)):
         if i >= max_frames:
@@ -39,7 +39,7 @@ def overhead_per_frame(seq: str | Path, config: str | Path, max_frames: int = 50
         if p.verdict is None:  # only frames with a part: empty belt would flatter the median
             msg = wire.decode(wire.encode({"kind": "tiles"}, {"tiles": p.tiles, "part_mask": p.part_mask}))
             maps = np.zeros((len(msg[1]["tiles"]), 1, meta.tile_size, meta.tile_size), np.float16)
-            scores = np.zeros(len(maps), np.float32)
+            scores = np.zeros((len(maps), 2) if meta.coarse_scale > 0 else len(maps), np.float32)
             wire.decode(wire.encode({"kind": "maps"}, {"maps": maps, "scores": scores, "part_mask": p.part_mask}))
             decide(maps.astype(np.float32), scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision,
                    meta.pixel_threshold, meta.image_threshold, meta.map_score_weight)

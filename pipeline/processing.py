@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from engines.detector import image_score
+from engines.detector import image_score, split_scores
 from pipeline.config import DecisionConfig, PreprocessConfig
 from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects
 from pipeline.vision.locate import locate_silhouette, locate_template, refine_ecc, small_to_full
 from pipeline.vision.rectify import homography_to_canonical, rectify
-from pipeline.vision.tiling import TileGrid, extract_tiles, stitch, tile_grid
+from pipeline.vision.tiling import TileGrid, downscale, extract_tiles, stitch, tile_grid
 
 
 @dataclass
@@ -20,17 +20,21 @@ class Prepared:
     verdict: str | None                 # None: tiles to infer; else NO_PART / ERROR
     reason: str = ""
     tiles: np.ndarray | None = None     # (N, C, T, T) uint8, only tiles with enough part
-    tile_index: np.ndarray | None = None  # (N,) int32 positions in the grid
+    # (N,) int32 positions in the grid; with a coarse pass, its tiles follow with len(grid) + their
+    # position in the coarse grid
+    tile_index: np.ndarray | None = None
     grid: TileGrid | None = None
     H: np.ndarray | None = None         # camera -> canonical
     part_mask: np.ndarray | None = None  # (h, w) uint8 canonical
 
 
 class Preprocessor:
-    def __init__(self, cfg: PreprocessConfig, tile: int = 128, channels: int = 1) -> None:
+    def __init__(self, cfg: PreprocessConfig, tile: int = 128, channels: int = 1, coarse_scale: float = 0.0) -> None:
+        """``coarse_scale`` > 0 (the model's ``ModelMeta.coarse_scale``): also tile the part at that scale."""
         self.cfg = cfg
         self.tile = tile
         self.channels = channels
+        self.coarse_scale = coarse_scale
         self.wh = (int(cfg.canonical_size[0]), int(cfg.canonical_size[1]))
         self.belt = BeltModel.from_config(cfg.belt)
         self.template = None
@@ -40,6 +44,10 @@ class Preprocessor:
                 raise ValueError(f"preprocess.template: cannot read {cfg.template}; re-run calibrate_line")
             self.template = cv2.resize(tpl, self.wh, interpolation=cv2.INTER_AREA)
         self.grid = tile_grid(self.wh[1], self.wh[0], tile, cfg.tile_overlap)
+        self.coarse_grid = None
+        if coarse_scale > 0:
+            h, w = downscale(np.zeros((self.wh[1], self.wh[0]), np.uint8), coarse_scale).shape
+            self.coarse_grid = tile_grid(h, w, tile, cfg.tile_overlap)
 
     def __call__(self, frame: np.ndarray) -> Prepared:
         if frame is None or frame.size == 0 or frame.ndim not in (2, 3) or frame.dtype != np.uint8:
@@ -75,12 +83,21 @@ class Preprocessor:
             canonical = cv2.cvtColor(canonical, cv2.COLOR_GRAY2RGB)
         elif self.channels == 3:
             canonical = cv2.cvtColor(canonical, cv2.COLOR_BGR2RGB)
-        tiles = extract_tiles(canonical, self.grid)
-        fractions = extract_tiles(part_mask, self.grid).reshape(len(self.grid), -1).mean(axis=1) / 255.0
-        keep = np.nonzero(fractions >= self.cfg.min_tile_part_fraction)[0].astype(np.int32)
+        tiles, keep = self._tiles(canonical, part_mask, self.grid)
         if keep.size == 0:
             return Prepared("NO_PART", "part too small for any tile")
-        return Prepared(None, "", tiles[keep], keep, self.grid, H.astype(np.float64), part_mask)
+        if self.coarse_grid is not None:
+            small_tiles, small_keep = self._tiles(downscale(canonical, self.coarse_scale),
+                                                  downscale(part_mask, self.coarse_scale), self.coarse_grid)
+            tiles = np.concatenate([tiles, small_tiles])
+            keep = np.concatenate([keep, len(self.grid) + small_keep])
+        return Prepared(None, "", tiles, keep, self.grid, H.astype(np.float64), part_mask)
+
+    def _tiles(self, image: np.ndarray, part_mask: np.ndarray, grid: TileGrid) -> tuple[np.ndarray, np.ndarray]:
+        """The tiles of ``grid`` with at least ``min_tile_part_fraction`` of part, and their positions."""
+        fractions = extract_tiles(part_mask, grid).reshape(len(grid), -1).mean(axis=1) / 255.0
+        keep = np.nonzero(fractions >= self.cfg.min_tile_part_fraction)[0].astype(np.int32)
+        return extract_tiles(image, grid)[keep], keep
 
 
 @dataclass
@@ -94,17 +111,20 @@ class Verdict:
 def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarray, grid: TileGrid,
            part_mask: np.ndarray, H: np.ndarray, cfg: DecisionConfig, pixel_threshold: float,
            image_threshold: float, map_score_weight: float = 0.5) -> Verdict:
-    """Stitch kept tiles (skipped tiles count as 0), mask non-part pixels, score, find defects."""
+    """Stitch kept tiles (skipped tiles count as 0), mask non-part pixels, score, find defects.
+    Tiles of a coarse pass (``tile_index >= len(grid)``, after the fine ones) add their scores only."""
     t = grid.tile
+    n_fine = int((tile_index < len(grid)).sum())
+    fine_scores, coarse_scores = split_scores(tile_scores, n_fine)
     full = np.zeros((len(grid), 1, t, t), np.float32)
-    full[tile_index] = tile_maps.reshape(-1, 1, t, t)
+    full[tile_index[:n_fine]] = tile_maps[:n_fine].reshape(-1, 1, t, t)
     anomaly = stitch(full, grid)
     inspect = part_mask > 0
     if cfg.part_erode_px > 0:
         k = 2 * cfg.part_erode_px + 1
         inspect = cv2.erode(inspect.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
     anomaly = anomaly * inspect
-    score = image_score(anomaly, tile_scores, map_score_weight)
+    score = image_score(anomaly, fine_scores, map_score_weight, coarse_scores)
     if score < image_threshold:
         return Verdict("OK", score, [], anomaly)
     return Verdict("NG", score, find_defects(anomaly, inspect, H, pixel_threshold, cfg.min_defect_area), anomaly)

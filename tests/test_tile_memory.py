@@ -5,10 +5,11 @@ torch = pytest.importorskip("torch")
 
 from engines.artifact import ModelMeta  # noqa: E402
 from engines.backends import load_backend  # noqa: E402
-from engines.detector import image_score  # noqa: E402
+from engines.detector import Detector, image_score, split_scores  # noqa: E402
 from engines.export import export_model  # noqa: E402
 from engines.quantize import output_head_nodes  # noqa: E402
-from engines.tile_memory import MAP_NOVELTY_SHARE, fit_memory, k_center, memory_from_images  # noqa: E402
+from engines.tile_memory import (COARSE_SCALE, MAP_NOVELTY_SHARE, fit_memory, k_center,  # noqa: E402
+                                 memory_from_images)
 from engines.tiny_unet import TinyUNet  # noqa: E402
 
 
@@ -67,6 +68,27 @@ def test_trained_model_carries_memory_through_every_backend(trained_model):
     t_maps, t_scores = load_backend("torch", trained_model, device="cpu").infer(x)
     assert np.abs(ort_scores - t_scores).max() < 1e-3 and np.abs(ort_maps - t_maps).max() < 1e-3
     assert ((ort_scores > 0) & (ort_scores < 1)).all()
+    # The coarse memory is a second score column, fitted on the same images at half their size.
+    assert meta.coarse_scale == COARSE_SCALE and ort_scores.shape == (3, 2)
+    assert meta.extra["coarse_memory_tiles"] > 0
+    assert meta.extra["coarse_memory_center"] != meta.extra["memory_center"]
+
+
+def test_detector_runs_a_coarse_pass_and_averages_its_strongest_score(trained_model, ok_images):
+    detector = Detector(load_backend("onnxruntime", trained_model), overlap=0.25)
+    img = ok_images[0]
+    pred = detector.predict(img)
+    assert pred.coarse_scores is not None and 1 <= len(pred.coarse_scores) < len(pred.tile_scores)
+    assert pred.anomaly_map.shape == img.shape
+    assert pred.score == pytest.approx(0.5 * (pred.tile_scores.max() + pred.coarse_scores.max()), abs=1e-6)
+
+
+def test_split_scores_reads_the_column_of_each_pass():
+    two = np.array([[0.1, 0.9], [0.2, 0.8], [0.7, 0.3]], np.float32)
+    fine, coarse = split_scores(two, 2)
+    assert fine.tolist() == pytest.approx([0.1, 0.2]) and coarse.tolist() == pytest.approx([0.3])
+    fine, coarse = split_scores(np.array([0.4, 0.5], np.float32), 2)
+    assert coarse is None and fine.tolist() == pytest.approx([0.4, 0.5])
 
 
 def test_export_refits_memory_from_other_images(trained_model, mini_data, tmp_path):
@@ -93,8 +115,10 @@ def test_image_score_weight():
     assert image_score(amap, tiles, 0.0) == pytest.approx(0.3)
     assert image_score(amap, tiles, 0.5) > 0.5
     assert image_score(amap, np.zeros(0, np.float32), 0.0) == 0.0
+    assert image_score(amap, tiles, 0.0, np.array([0.5, 0.9], np.float32)) == pytest.approx(0.6)
 
 
 def test_int8_keeps_memory_and_map_head_in_float(trained_model):
     names = output_head_nodes(trained_model / "model.onnx")
     assert any("/memory/MatMul" in n for n in names) and any(n.endswith("Sigmoid") for n in names)
+    assert any("/coarse_memory/MatMul" in n for n in names)

@@ -60,7 +60,7 @@ def test_backend_parity_with_torch(name, trained_model):
     x = np.random.default_rng(0).normal(0, 1, (5, 1, 128, 128)).astype(np.float32)
     maps, scores = engine.infer(x)
     ref_maps, ref_scores = reference.infer(x)
-    assert maps.shape == (5, 1, 128, 128) and scores.shape == (5,)
+    assert maps.shape == (5, 1, 128, 128) and scores.shape == (5, 2)  # novelty vs the fine and the coarse memory
     assert np.abs(maps - ref_maps).max() < 1e-3
     assert np.abs(scores - ref_scores).max() < 1e-3
 

@@ -132,3 +132,23 @@ def test_decide_score_follows_the_models_map_weight(frames, belt):
     assert decide(*args, map_score_weight=0.0).verdict == "OK"
     assert decide(*args, map_score_weight=0.0).score == pytest.approx(0.2)
     assert decide(*args, map_score_weight=0.5).verdict == "NG"
+
+
+def test_coarse_pass_tiles_follow_and_score_without_touching_the_map(frames, belt):
+    """With a coarse scale the preprocessor appends tiles of the half-size part (indices after the
+    fine grid); decide stitches the fine maps only and averages the strongest fine and coarse score."""
+    cfg = PreprocessConfig(belt=BeltConfig(**belt.to_config()))
+    frame = next(f for f in frames if f.truth["verdict"] == "OK").frame
+    plain, both = Preprocessor(cfg)(frame), Preprocessor(cfg, coarse_scale=0.5)(frame)
+    n = len(plain.tiles)
+    assert np.array_equal(both.tile_index[:n], plain.tile_index) and np.array_equal(both.tiles[:n], plain.tiles)
+    coarse = both.tile_index[n:]
+    assert len(coarse) >= 1 and (coarse >= len(both.grid)).all()
+    maps = np.zeros((len(both.tiles), 1, 128, 128), np.float32)
+    maps[n:] = 1.0  # a hot coarse map must not reach the canonical map
+    scores = np.zeros((len(both.tiles), 2), np.float32)
+    scores[:n, 0] = 0.2
+    scores[n:, 1] = 0.8
+    scores[:n, 1] = scores[n:, 0] = 1.0  # the other column of each pass is ignored
+    v = decide(maps, scores, both.tile_index, both.grid, both.part_mask, both.H, DecisionConfig(), 0.5, 0.6, 0.0)
+    assert v.score == pytest.approx(0.5) and v.verdict == "OK" and float(v.anomaly_map.max()) == 0.0

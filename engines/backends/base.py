@@ -1,7 +1,8 @@
 """The one inference interface and the registry of backends, chosen by name.
 
 A backend takes normalised tiles ``(N, C, 128, 128) float32`` and returns defect probability maps
-``(N, 1, 128, 128) float32`` and tile scores ``(N,) float32``. Heavy imports (onnxruntime, torch,
+``(N, 1, 128, 128) float32`` and tile scores ``(N,) float32`` (``(N, 2)`` for a model with a coarse
+tile memory: see :mod:`engines.inference_model`). Heavy imports (onnxruntime, torch,
 tensorrt) happen inside each backend's constructor, so importing this package costs nothing.
 """
 from __future__ import annotations

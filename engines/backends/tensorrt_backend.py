@@ -76,7 +76,8 @@ class TensorRTBackend(Backend):
         self.input_name = next(n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output_names = [n for n in self.names if n != self.input_name]
         t = meta.tile_size
-        shapes = {self.input_name: (meta.in_channels, t, t), "map": (1, t, t), "score": ()}
+        # The score's per-tile shape comes from the engine: () or (2,) with a coarse memory.
+        shapes = {self.input_name: (meta.in_channels, t, t), "map": (1, t, t)}
         self.host, self.device_buf = {}, {}
         for n in self.names:
             per_tile = shapes.get(n, tuple(self.engine.get_tensor_shape(n))[1:])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 WINDOW_FLOOR = 1e-3  # keeps image borders (covered by one tile edge only) well defined
@@ -66,6 +67,14 @@ def extract_tiles(image: np.ndarray, grid: TileGrid) -> np.ndarray:
     xs = np.array(grid.xs)[None, :]
     tiles = windows[ys, xs]  # (ny, nx, C, t, t)
     return np.ascontiguousarray(tiles.reshape(-1, *tiles.shape[2:]))
+
+
+def downscale(image: np.ndarray, scale: float) -> np.ndarray:
+    """The image at ``scale`` (< 1) of its size, area-averaged: what the coarse pass of a model with
+    a coarse tile memory tiles, so that one tile sees 1/scale times more of the part."""
+    h, w = image.shape[:2]
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def blend_window(tile: int) -> np.ndarray:
