@@ -38,7 +38,7 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
         raise FileNotFoundError(f"{path}: checkpoint not found (train writes OUT/last.pt)")
     state = torch.load(path, map_location="cpu", weights_only=True)
     cfg = state["config"]
-    model = load_weights(build_model(cfg["arch"], cfg["channels"], cfg["width"]), state["model"])
+    model = load_weights(build_model(cfg["arch"], cfg["channels"], cfg["width"]), state["model"], str(path))
     return model.eval(), state
 
 

@@ -16,10 +16,10 @@ from engines.tiny_unet import TinyUNet
 ARCHS = ("tiny_unet", "ae_ssim")
 
 
-def load_weights(model: nn.Module, state: dict) -> nn.Module:
-    """``load_state_dict`` that also restores a tile memory (its shape comes from the state)."""
-    attach_memory_from_state(model, state)
-    model.load_state_dict(state)
+def load_weights(model: nn.Module, state: dict, source: str = "state") -> nn.Module:
+    """``load_state_dict`` that also restores the tile memories (their shape comes from the state).
+    ``source`` names the file in messages."""
+    model.load_state_dict(attach_memory_from_state(model, state, source))
     return model
 
 

@@ -46,7 +46,9 @@ def test_onnx_cost_matches_torch_count(trained_model):
 
     params, macs = onnx_cost(trained_model / "model.onnx")
     ref = TinyUNet(1, 8)
-    memory = ModelMeta.load(trained_model).extra["memory_tiles"] * ref.embedding_dim  # stored bank, one MAC each
+    extra, dim = ModelMeta.load(trained_model).extra, ref.embedding_dim
+    # Both memories: the stored banks (one MAC per value) and a whitening matrix each.
+    memory = (extra["memory_tiles"] + extra["coarse_memory_tiles"]) * dim + 2 * dim * dim
     # The classification head is not in a graph whose tile score comes from the memory.
     head = sum(p.numel() for p in ref.head.parameters())
     assert abs(macs - (count_macs(ref, 1) - head + memory)) / count_macs(ref, 1) < 0.02

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from engines import metrics
 
@@ -39,3 +40,32 @@ def test_f1_and_threshold():
     t, f1 = metrics.best_f1_threshold(masks, maps)
     assert abs(metrics.f1_at(masks, maps, t) - f1) < 1e-2
     assert metrics.f1_at(masks, [m.astype(np.float32) for m in masks], 0.5) == 1.0
+
+
+def test_line_score_ranking_at_the_false_alarm_budget():
+    from pipeline.benchmark import score_ranking
+
+    ok = [0.1 * i for i in range(20)]  # 0.0 .. 1.9; 5 % of 20 = one OK part may alarm
+    ng = [1.85, 1.95, 2.5, 0.5, None]  # None: a part the line never scored (counts as missed)
+    r = score_ranking(ng, ok)
+    assert r["threshold_at_fa_budget"] == pytest.approx(1.8)  # above the second-highest OK score
+    assert r["ng_recall_at_fa_0.05"] == pytest.approx(3 / 5)
+    pairs = sum(sum((n > o) + 0.5 * (n == o) for o in ok) for n in ng if n is not None)
+    assert r["score_auroc"] == pytest.approx(pairs / 100, abs=1e-4)
+    assert score_ranking([0.9], []) == {}
+
+
+def test_line_accuracy_reads_truth_and_scores(tmp_path):
+    import json
+
+    from pipeline.benchmark import line_accuracy
+
+    truth = [{"file": f"{i}.png", "verdict": v} for i, v in enumerate(["OK", "OK", "NG", "NG", "NO_PART"])]
+    (tmp_path / "truth.jsonl").write_text("".join(json.dumps(t) + "\n" for t in truth))
+    results = [{"source_name": "0.png", "verdict": "OK", "score": 0.2}, {"source_name": "1.png", "verdict": "NG", "score": 0.7},
+               {"source_name": "2.png", "verdict": "NG", "score": 0.9}, {"source_name": "3.png", "verdict": "OK", "score": 0.3},
+               {"source_name": "4.png", "verdict": "NO_PART", "score": None}]
+    acc = line_accuracy(results, tmp_path / "truth.jsonl")
+    assert acc["ng_recall"] == 0.5 and acc["false_alarm_rate"] == 0.5 and acc["verdict_matches_truth"] == 0.6
+    assert acc["score_auroc"] == pytest.approx(0.75) and acc["ng_recall_at_fa_0.05"] == 0.5
+    assert line_accuracy(results, tmp_path / "missing.jsonl") is None

@@ -39,8 +39,11 @@ class TorchBackend(Backend):
         weights = self.model_dir / WEIGHTS_NAME
         if not weights.is_file():
             raise BackendUnavailable(f"{weights}: missing; the torch backend needs the state dict written by export_model")
-        net = load_weights(build_model(meta.arch, meta.in_channels, meta.width),
-                           torch.load(weights, map_location="cpu", weights_only=True))
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        net = load_weights(build_model(meta.arch, meta.in_channels, meta.width), state, str(weights))
+        if "memory.bank" in state and getattr(net, "memory", None) is None:
+            raise BackendUnavailable(f"{weights}: its tile memory is from an older version that the torch backend "
+                                     "no longer serves; re-export the model (export_model --memory-data)")
         module = inference_module(meta.arch, net).to(self._device)
         if self._device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)
