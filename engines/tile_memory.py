@@ -219,8 +219,8 @@ def attach_memory_from_state(model: nn.Module, state: dict, source: str = "state
         if f"{name}.whiten" not in state:
             for key in [k for k in state if k.startswith(f"{name}.")]:
                 del state[key]
-            print(f"{source}: its {name.replace('_', ' ')} predates whitened memories and was left out; "
-                  "refit it with `export_model --memory-data OK_IMAGES`", file=sys.stderr)
+            print(f"{source}: its {name.replace('_', ' ')} was fitted by an older version (no whitening) and is not "
+                  "loaded; `export_model --memory-data OK_IMAGES` fits a new one", file=sys.stderr)
             continue
         size, dim = state[f"{name}.bank"].shape
         setattr(model, name, TileMemory(int(dim), int(size)))
