@@ -77,7 +77,7 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
     pre = PreprocessConfig(mode=mode, template=template_path, canonical_size=canonical,
                            min_part_area=int(0.3 * min(areas)), belt=BeltConfig(**belt.to_config()))
     if mode == "template":
-        probe = Preprocessor(pre, meta.tile_size, meta.in_channels)
+        probe = Preprocessor.for_model(pre, meta)
         misses = sum(probe(f).verdict is not None for f in frames)
         if misses:
             notes.append(f"template mode missed {misses}/{len(frames)} calibration parts -> silhouette mode")
@@ -86,7 +86,7 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
     cfg = LineConfig(name=out_yaml.stem, preprocess=pre, inference=InferenceConfig(model=str(Path(model).resolve())),
                      decision=DecisionConfig())
     # Score the calibration parts with the real preprocessing and model.
-    prep = Preprocessor(pre, meta.tile_size, meta.in_channels)
+    prep = Preprocessor.for_model(pre, meta)
     engine = load_backend("onnxruntime", model)
     scores = []
     for f in frames:

@@ -26,7 +26,7 @@ def overhead_per_frame(seq: str | Path, config: str | Path, max_frames: int = 50
     in process, with the model replaced by a zero map (model time is what the engine benchmark measures)."""
     cfg = load_config(config)
     meta = ModelMeta.load(cfg.inference.model)
-    prep = Preprocessor(cfg.preprocess, meta.tile_size, meta.in_channels, meta.coarse_scale)
+    prep = Preprocessor.for_model(cfg.preprocess, meta)
     times = []
     for i, (_name, _ns, path) in enumerate(iter_sequence(seq)):
         if i >= max_frames:

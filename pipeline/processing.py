@@ -49,6 +49,13 @@ class Preprocessor:
             h, w = downscale(np.zeros((self.wh[1], self.wh[0]), np.uint8), coarse_scale).shape
             self.coarse_grid = tile_grid(h, w, tile, cfg.tile_overlap)
 
+    @classmethod
+    def for_model(cls, cfg: PreprocessConfig, meta) -> "Preprocessor":
+        """The preprocessing a line runs for the model ``meta`` (an ``engines.artifact.ModelMeta``):
+        its tile size, channels and coarse pass. Everything that scores parts as the line does
+        builds it here, so calibration, benchmarks and the stage cannot drift apart."""
+        return cls(cfg, meta.tile_size, meta.in_channels, meta.coarse_scale)
+
     def __call__(self, frame: np.ndarray) -> Prepared:
         if frame is None or frame.size == 0 or frame.ndim not in (2, 3) or frame.dtype != np.uint8:
             shape = None if frame is None else (frame.shape, str(frame.dtype))

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.config import load_config
 from pipeline.sim import simulate, write_sequence
 from tools import calibrate_line, replay_check
 
@@ -198,3 +199,18 @@ def test_memory_line_errors_are_clear(line, trained_model, tmp_path, capsys):
     assert export_cli.main(["--checkpoint", ckpt, "--out", str(tmp_path / "m"), "--memory-data", str(empty),
                             "--memory-line", str(config)]) == 2
     assert "found no part in any of the 2 frames" in capsys.readouterr().err
+
+
+def test_calibration_scores_parts_as_the_line_does(line, tmp_path):
+    """calibrate_line's OK scores (from which it sets the threshold) are the scores the running
+    line gives the same frames: same preprocessing, coarse pass included."""
+    from calibration.line import calibrate_line as calibrate
+
+    config, _seq = line
+    calib = config.parent / "calib"
+    ok_scores = calibrate(calib, load_config(config).inference.model, tmp_path / "again.yaml").ok_scores
+    results = tmp_path / "calib_results.jsonl"
+    assert _run(["--config", str(config), "--source", f"dir:{calib}", "--results", str(results), "--quiet"]).returncode == 0
+    line_scores = [r["score"] for r in _records(results)]
+    assert len(line_scores) == len(ok_scores) == 5
+    assert np.allclose(sorted(line_scores), sorted(ok_scores), atol=2e-4)

@@ -17,7 +17,7 @@ from pipeline.wire import WireError
 def run(stage: Stage) -> int:
     cfg = stage.cfg
     meta = ModelMeta.load(cfg.inference.model)
-    prep = Preprocessor(cfg.preprocess, meta.tile_size, meta.in_channels, meta.coarse_scale)
+    prep = Preprocessor.for_model(cfg.preprocess, meta)
     frames = make_socket(stage.ctx, zmq.PULL, stage.ep("frames"), bind=True, hwm=2)  # backlog stays at the source
     # Small buffers on the work path: a backlog waits at the source (which blocks, or drops when
     # live), so a frame's latency is its own processing, not a queue of hundreds of frames.
