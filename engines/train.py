@@ -48,7 +48,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     curriculum: bool = True  # strong defects first, widening to faint ones over the first half
-    memory: bool = True  # fit the tile memory (engines/tile_memory.py) on the OK images after training
+    memory: bool = True  # fit the tile memories (engines/tile_memory.py) on the OK images after training
     seed: int = 0
     workers: int = 1
     threads: int = 2
