@@ -12,7 +12,7 @@ from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects
 from pipeline.vision.locate import locate_silhouette, locate_template, refine_ecc, small_to_full
 from pipeline.vision.rectify import homography_to_canonical, rectify
-from pipeline.vision.tiling import TileGrid, downscale, extract_tiles, stitch, tile_grid
+from pipeline.vision.tiling import TileGrid, downscale, extract_tiles, scaled_shape, stitch, tile_grid
 
 
 @dataclass
@@ -46,8 +46,7 @@ class Preprocessor:
         self.grid = tile_grid(self.wh[1], self.wh[0], tile, cfg.tile_overlap)
         self.coarse_grid = None
         if coarse_scale > 0:
-            h, w = downscale(np.zeros((self.wh[1], self.wh[0]), np.uint8), coarse_scale).shape
-            self.coarse_grid = tile_grid(h, w, tile, cfg.tile_overlap)
+            self.coarse_grid = tile_grid(*scaled_shape(self.wh[1], self.wh[0], coarse_scale), tile, cfg.tile_overlap)
 
     @classmethod
     def for_model(cls, cfg: PreprocessConfig, meta) -> "Preprocessor":

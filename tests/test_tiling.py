@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.vision.tiling import blend_window, extract_tiles, stitch, tile_grid
+from pipeline.vision.tiling import blend_window, downscale, extract_tiles, scaled_shape, stitch, tile_grid
 
 
 @pytest.mark.parametrize("h,w", [(300, 270), (128, 128), (100, 260), (129, 500)])
@@ -47,3 +47,12 @@ def test_small_image_padded():
     tiles = extract_tiles(img, grid)
     assert tiles.shape == (1, 1, 128, 128)
     assert stitch(tiles, grid).shape == (100, 90)
+
+
+def test_downscale_halves_a_real_image_by_area(ok_images):
+    img = ok_images[0]
+    small = downscale(img, 0.5)
+    assert small.shape == scaled_shape(*img.shape, 0.5) == (round(img.shape[0] / 2), round(img.shape[1] / 2))
+    # area averaging: the mean grey level is kept, unlike nearest-neighbour subsampling of a textured surface
+    assert abs(float(small.mean()) - float(img.mean())) < 1.0
+    assert scaled_shape(3, 1, 0.25) == (1, 1)  # never zero-sized

@@ -69,12 +69,16 @@ def extract_tiles(image: np.ndarray, grid: TileGrid) -> np.ndarray:
     return np.ascontiguousarray(tiles.reshape(-1, *tiles.shape[2:]))
 
 
+def scaled_shape(height: int, width: int, scale: float) -> tuple[int, int]:
+    """``(height, width)`` of an image of that size after :func:`downscale` by ``scale``."""
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
 def downscale(image: np.ndarray, scale: float) -> np.ndarray:
     """The image at ``scale`` (< 1) of its size, area-averaged: what the coarse pass of a model with
     a coarse tile memory tiles, so that one tile sees 1/scale times more of the part."""
-    h, w = image.shape[:2]
-    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    h, w = scaled_shape(image.shape[0], image.shape[1], scale)
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
 
 
 def blend_window(tile: int) -> np.ndarray:
