@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from engines.backends.base import Backend
-from pipeline.vision.tiling import downscale, extract_tiles, stitch, tile_grid
+from pipeline.vision.tiling import extract_tiles, stitch, tile_grid, tiles_at_scale
 
 SCORE_SMOOTH_SIGMA = 4.0  # px; the image score ignores single-pixel spikes
 
@@ -70,8 +70,7 @@ class Detector:
         tiles = extract_tiles(image, grid)
         n_fine = len(tiles)
         if self.meta.coarse_scale > 0:  # one batch run for both passes
-            small = downscale(image, self.meta.coarse_scale)
-            tiles = np.concatenate([tiles, extract_tiles(small, tile_grid(small.shape[0], small.shape[1], t, self.overlap))])
+            tiles = np.concatenate([tiles, tiles_at_scale(image, t, self.overlap, self.meta.coarse_scale)])
         maps, scores = self.infer_tiles(tiles)
         fine, coarse = split_scores(scores, n_fine)
         anomaly_map = stitch(maps[:n_fine], grid)

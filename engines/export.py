@@ -10,7 +10,7 @@ import torch
 
 from engines.artifact import META_NAME, ONNX_NAME, ModelMeta
 from engines.data import files_hash, read_image, training_images
-from engines.tile_memory import COARSE_SCALE, attach_memories, memory_from_line_frames
+from engines.tile_memory import COARSE_SCALE, MEMORY_NAMES, attach_memories, memory_from_line_frames
 from engines.backends.torch_backend import WEIGHTS_NAME
 from engines.inference_model import build_model, inference_module, load_weights
 
@@ -78,9 +78,9 @@ def compact_state(model: torch.nn.Module) -> dict:
     """State dict with the tile-memory banks stored in fp16 (half the bytes; ``load_state_dict``
     copies it back into the model's fp32 buffer, and distances move by < 1e-3)."""
     state = model.state_dict()
-    for name in ("memory.bank", "coarse_memory.bank"):
-        if name in state:
-            state[name] = state[name].half()
+    for name in MEMORY_NAMES:
+        if f"{name}.bank" in state:
+            state[f"{name}.bank"] = state[f"{name}.bank"].half()
     return state
 
 
@@ -110,14 +110,13 @@ def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
         else:
             attach_memories(model, [read_image(f, cfg["channels"]) for f in files], meta, progress=progress)
         extra.update(memory_data=str(memory_data), memory_data_hash=files_hash(files))
+    for name in MEMORY_NAMES:
+        memory = getattr(model, name, None)
+        if memory is not None:
+            extra.update({f"{name}_tiles": int(memory.bank.shape[0]), f"{name}_center": round(float(memory.center), 4),
+                          f"{name}_scale": round(float(memory.scale), 4)})
     if getattr(model, "memory", None) is not None:
-        extra.update(memory_tiles=int(model.memory.bank.shape[0]), memory_center=round(float(model.memory.center), 4),
-                     memory_scale=round(float(model.memory.scale), 4),
-                     memory_map_share=round(float(model.memory.map_share), 4))
-    if getattr(model, "coarse_memory", None) is not None:
-        coarse = model.coarse_memory
-        extra.update(coarse_memory_tiles=int(coarse.bank.shape[0]), coarse_memory_center=round(float(coarse.center), 4),
-                     coarse_memory_scale=round(float(coarse.scale), 4))
+        extra["memory_map_share"] = round(float(model.memory.map_share), 4)
     return export_module(model, cfg, out, opset, thresholds, data_hash=state.get("training_data_hash", ""), extra=extra)
 
 

@@ -26,6 +26,7 @@ TensorRT serve it with no extra code, and no pretrained weights are used.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -35,8 +36,9 @@ from torch import nn
 from tqdm import tqdm
 
 from engines.artifact import ModelMeta
-from pipeline.vision.tiling import downscale, extract_tiles, tile_grid
+from pipeline.vision.tiling import tiles_at_scale
 
+MEMORY_NAMES = ("memory", "coarse_memory")  # the model attributes (and state-dict prefixes) of the two memories
 MEMORY_OVERLAP = 0.25     # the tiling overlap of inference, so the memory sees the same tile positions
 MEMORY_MAX_TILES = 4096   # bank rows kept: on magnetic tile, 4096 of 8955 ranked images as well as all
 COARSE_SCALE = 0.5         # image scale of the coarse pass
@@ -94,30 +96,47 @@ def k_center(points: np.ndarray, k: int) -> np.ndarray:
     return np.array(chosen)
 
 
-def _nearest(query: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+def nearest_distance(query: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Euclidean distance of each query row to its nearest bank row (``exclude``: pairs to skip)."""
     d2 = (query ** 2).sum(1)[:, None] - 2.0 * query @ bank.T + bank_sq[None]
     if exclude is not None:
         d2[exclude] = np.inf
     return np.sqrt(np.maximum(d2.min(1), 0.0))
 
 
+def fit_projection(embeddings: np.ndarray, sqrt: bool = True, whiten: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(mean, std, whitening matrix, projected embeddings float32)`` of :meth:`TileMemory.project`
+    fitted on ``(M, D)`` OK embeddings. ``sqrt``/``whiten`` off (identity matrix) exist for studies."""
+    emb = embeddings.astype(np.float64)
+    if sqrt:
+        emb = np.sqrt(np.maximum(emb, 0.0))
+    mean, std = emb.mean(0), emb.std(0) + 1e-6
+    z = (emb - mean) / std
+    matrix = np.eye(z.shape[1])
+    if whiten:
+        eigval, eigvec = np.linalg.eigh(np.cov(z, rowvar=False))
+        eigval = np.maximum((1.0 - WHITEN_SHRINK) * eigval + WHITEN_SHRINK * max(float(eigval.mean()), 1e-6), 1e-6)
+        matrix = eigvec / np.sqrt(eigval)
+    return mean, std, matrix, (z @ matrix).astype(np.float32)
+
+
+def calibrate(z: np.ndarray, image_ids: np.ndarray) -> tuple[float, float]:
+    """``(center, scale)``: each projected tile's distance to the nearest tile of another image,
+    i.e. what a new OK part scores, at the calibration quantile and its spread above the median."""
+    z_sq = (z ** 2).sum(1)
+    loo = np.concatenate([nearest_distance(z[i:i + 512], z, z_sq, image_ids[i:i + 512, None] == image_ids[None])
+                          for i in range(0, len(z), 512)])
+    q50, qhi = np.quantile(loo, [0.5, CALIBRATION_QUANTILE])
+    return float(qhi), float(max(qhi - q50, 1e-3))
+
+
 def fit_memory(embeddings: np.ndarray, image_ids: np.ndarray, max_tiles: int = MEMORY_MAX_TILES) -> TileMemory:
     """Build the memory from ``(M, D)`` training-tile embeddings and the image each tile came from."""
     if len(embeddings) < 2 or len(np.unique(image_ids)) < 2:
         raise ValueError("the tile memory needs tiles from at least two OK images")
-    emb = np.sqrt(np.maximum(embeddings.astype(np.float64), 0.0))
-    mean, std = emb.mean(0), emb.std(0) + 1e-6
-    z = (emb - mean) / std
-    eigval, eigvec = np.linalg.eigh(np.cov(z, rowvar=False))
-    eigval = np.maximum((1.0 - WHITEN_SHRINK) * eigval + WHITEN_SHRINK * max(float(eigval.mean()), 1e-6), 1e-6)
-    whiten = eigvec / np.sqrt(eigval)
-    z = (z @ whiten).astype(np.float32)
-    # Calibration: each tile's distance to the nearest tile of another image, i.e. what a new OK
-    # part scores. Computed against the full set, before thinning.
-    z_sq = (z ** 2).sum(1)
-    loo = np.concatenate([_nearest(z[i:i + 512], z, z_sq, image_ids[i:i + 512, None] == image_ids[None])
-                          for i in range(0, len(z), 512)])
-    q50, qhi = np.quantile(loo, [0.5, CALIBRATION_QUANTILE])
+    mean, std, whiten, z = fit_projection(embeddings)
+    center, scale = calibrate(z, image_ids)  # against the full set, before thinning
     keep = k_center(z, max_tiles)
     memory = TileMemory(z.shape[1], len(keep))
     # Rounded to fp16 precision once, so the fp16 copy in model.pt and the fp32 ONNX graph agree.
@@ -127,8 +146,8 @@ def fit_memory(embeddings: np.ndarray, image_ids: np.ndarray, max_tiles: int = M
     memory.whiten.copy_(torch.from_numpy(whiten.astype(np.float32)))
     memory.bank.copy_(bank)
     memory.bank_sq.copy_((bank * bank).sum(1))
-    memory.center.fill_(float(qhi))
-    memory.scale.fill_(float(max(qhi - q50, 1e-3)))
+    memory.center.fill_(center)
+    memory.scale.fill_(scale)
     return memory
 
 
@@ -160,8 +179,7 @@ def memory_from_images(model: nn.Module, images: Sequence[np.ndarray], meta: Mod
 
     def tiles_per_image() -> Iterator[tuple[np.ndarray, int]]:
         for image_id, img in enumerate(tqdm(images, desc=desc, unit="image", disable=not progress)):
-            img = img if scale == 1.0 else downscale(img, scale)
-            yield extract_tiles(img, tile_grid(img.shape[0], img.shape[1], meta.tile_size, MEMORY_OVERLAP)), image_id
+            yield tiles_at_scale(img, meta.tile_size, MEMORY_OVERLAP, scale), image_id
 
     return fit_memory(*collect_embeddings(model, tiles_per_image(), meta), max_tiles)
 
@@ -184,7 +202,7 @@ def memory_from_line_frames(model: nn.Module, frames: Sequence[Path], line_confi
     from pipeline.processing import Preprocessor
     from pipeline.sources import _decode
 
-    prep = Preprocessor(load_config(line_config).preprocess, meta.tile_size, meta.in_channels, COARSE_SCALE)
+    prep = Preprocessor.for_model(load_config(line_config).preprocess, replace(meta, coarse_scale=COARSE_SCALE))
 
     def tiles_per_frame() -> Iterator[tuple[np.ndarray, int]]:
         for frame_id, path in enumerate(tqdm(frames, desc="tile memory (line)", unit="frame", disable=not progress)):
@@ -217,7 +235,7 @@ def attach_memory_from_state(model: nn.Module, state: dict, source: str = "state
     holds, and return the state to load. A memory from before whitening (no ``whiten`` buffer)
     cannot be served by this code: it is left out, with a note on stderr naming the fix."""
     state = dict(state)
-    for name in ("memory", "coarse_memory"):
+    for name in MEMORY_NAMES:
         if f"{name}.bank" not in state:
             continue
         if f"{name}.whiten" not in state:

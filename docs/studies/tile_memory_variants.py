@@ -23,52 +23,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from engines import metrics  # noqa: E402
 from engines.artifact import ModelMeta  # noqa: E402
 from engines.data import mvtec_test_set, read_image, training_images  # noqa: E402
-from engines.tile_memory import CALIBRATION_QUANTILE, MEMORY_OVERLAP, WHITEN_SHRINK, collect_embeddings  # noqa: E402
+from engines.tile_memory import (MEMORY_OVERLAP, nearest_distance, calibrate, collect_embeddings,  # noqa: E402
+                                 fit_projection)
 from engines.tiny_unet import TinyUNet  # noqa: E402
-from pipeline.vision.tiling import downscale, extract_tiles, tile_grid  # noqa: E402
+from pipeline.vision.tiling import tiles_at_scale  # noqa: E402
 
 
 def load_net(path: Path) -> TinyUNet:
     state = torch.load(path, map_location="cpu", weights_only=True)
     weights = state["model"] if "model" in state else state
-    width = int(weights["inc.0.weight"].shape[0])
-    net = TinyUNet(int(weights["inc.0.weight"].shape[1]), width)
+    net = TinyUNet(int(weights["inc.0.weight"].shape[1]), int(weights["inc.0.weight"].shape[0]))
     net.load_state_dict({k: v for k, v in weights.items() if "memory" not in k})
     return net.eval()
 
 
 def embed(net, images, meta, scale):
-    def tiles():
-        for i, img in enumerate(images):
-            img = img if scale == 1.0 else downscale(img, scale)
-            yield extract_tiles(img, tile_grid(img.shape[0], img.shape[1], 128, MEMORY_OVERLAP)), i
-    return collect_embeddings(net, tiles(), meta)
+    return collect_embeddings(net, ((tiles_at_scale(img, 128, MEMORY_OVERLAP, scale), i)
+                                    for i, img in enumerate(images)), meta)
 
 
-def treat(train, test, sqrt, whiten):
-    if sqrt:
-        train, test = np.sqrt(np.maximum(train, 0)), np.sqrt(np.maximum(test, 0))
-    mu, sd = train.mean(0), train.std(0) + 1e-6
-    train, test = (train - mu) / sd, (test - mu) / sd
-    if whiten:
-        w, v = np.linalg.eigh(np.cov(train, rowvar=False))
-        w = np.maximum((1 - WHITEN_SHRINK) * w + WHITEN_SHRINK * w.mean(), 1e-6)
-        train, test = train @ (v / np.sqrt(w)), test @ (v / np.sqrt(w))
-    return train.astype(np.float32), test.astype(np.float32)
-
-
-def image_scores(train, train_ids, test, test_ids, n_images):
-    sq = (train ** 2).sum(1)
-
-    def nearest(q, exclude=None):
-        d = sq[None] + (q ** 2).sum(1)[:, None] - 2 * q @ train.T
-        if exclude is not None:
-            d[exclude[:, None] == train_ids[None]] = np.inf
-        return np.sqrt(np.maximum(d.min(1), 0))
-
-    loo = np.concatenate([nearest(train[i:i + 1024], train_ids[i:i + 1024]) for i in range(0, len(train), 1024)])
-    q50, qhi = np.quantile(loo, [0.5, CALIBRATION_QUANTILE])
-    tile = 1 / (1 + np.exp(-(nearest(test) - qhi) / (qhi - q50)))
+def image_scores(train, train_ids, test, test_ids, n_images, sqrt, whiten):
+    """Each test image's largest calibrated nearest-neighbour score, for one treatment, no thinning."""
+    mean, std, matrix, bank = fit_projection(train, sqrt, whiten)
+    center, scale = calibrate(bank, train_ids)
+    q = np.sqrt(np.maximum(test, 0)) if sqrt else test
+    q = (((q - mean) / std) @ matrix).astype(np.float32)
+    tile = 1 / (1 + np.exp(-(nearest_distance(q, bank, (bank ** 2).sum(1)) - center) / scale))
     return np.array([tile[test_ids == i].max() for i in range(n_images)])
 
 
@@ -90,8 +70,7 @@ def main() -> int:
                                ("z + whitened", False, True), ("sqrt + z + whitened", True, True)):
         per_scale = {}
         for sc, ((tr, tr_ids), (te, te_ids)) in emb.items():
-            tr_t, te_t = treat(tr, te, sqrt, whiten)
-            per_scale[sc] = image_scores(tr_t, tr_ids, te_t, te_ids, len(samples))
+            per_scale[sc] = image_scores(tr, tr_ids, te, te_ids, len(samples), sqrt, whiten)
         for label, s in (("full scale", per_scale[1.0]), ("mean with half scale", (per_scale[1.0] + per_scale[0.5]) / 2)):
             per = " ".join(f"{t}={metrics.roc_auc(labels[np.isin(types, ['good', t])], s[np.isin(types, ['good', t])]):.3f}"
                            for t in sorted(set(types) - {"good"}))

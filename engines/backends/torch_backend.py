@@ -26,6 +26,7 @@ class TorchBackend(Backend):
         except ImportError as exc:
             raise BackendUnavailable("torch is not installed; pip install -e .[train]") from exc
         from engines.inference_model import build_model, inference_module, load_weights
+        from engines.tile_memory import MEMORY_NAMES
 
         self.torch = torch
         if device == "auto":
@@ -41,7 +42,7 @@ class TorchBackend(Backend):
             raise BackendUnavailable(f"{weights}: missing; the torch backend needs the state dict written by export_model")
         state = torch.load(weights, map_location="cpu", weights_only=True)
         net = load_weights(build_model(meta.arch, meta.in_channels, meta.width), state, str(weights))
-        if "memory.bank" in state and getattr(net, "memory", None) is None:
+        if any(f"{name}.bank" in state and getattr(net, name, None) is None for name in MEMORY_NAMES):
             raise BackendUnavailable(f"{weights}: its tile memory is from an older version that the torch backend "
                                      "no longer serves; re-export the model (export_model --memory-data)")
         module = inference_module(meta.arch, net).to(self._device)

@@ -81,6 +81,13 @@ def downscale(image: np.ndarray, scale: float) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
 
 
+def tiles_at_scale(image: np.ndarray, tile: int, overlap: float, scale: float = 1.0) -> np.ndarray:
+    """All tiles of ``image`` at ``scale`` of its size (:func:`downscale` below 1), tiled as
+    :func:`tile_grid` does: ``(N, C, tile, tile)``."""
+    img = image if scale == 1.0 else downscale(image, scale)
+    return extract_tiles(img, tile_grid(img.shape[0], img.shape[1], tile, overlap))
+
+
 def blend_window(tile: int) -> np.ndarray:
     """Smooth 2D weighting window (separable Hann with a floor): overlapping tiles fade into each
     other, so stitched maps show no seams where plain averaging would."""
