@@ -26,7 +26,7 @@ from engines import metrics  # noqa: E402
 from engines.backends.base import load_backend  # noqa: E402
 from engines.data import mvtec_test_set, read_image, read_mask  # noqa: E402
 from engines.detector import Detector, split_scores  # noqa: E402
-from pipeline.vision.tiling import downscale, extract_tiles, stitch, tile_grid  # noqa: E402
+from pipeline.vision.tiling import extract_tiles, scaled_shape, stitch, tile_grid, tiles_at_scale  # noqa: E402
 
 # seg: segmentation map; fine / coarse: full- / half-scale tile novelty spread over the tiles.
 Fuse = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -68,9 +68,8 @@ def main() -> int:
         shape = img.shape[:2]
         masks.append(read_mask(s.mask_path, shape) if s.mask_path else np.zeros(shape, bool))
         grid = tile_grid(*shape, t, a.overlap)
-        small = downscale(img, meta.coarse_scale)
-        coarse_grid = tile_grid(small.shape[0], small.shape[1], t, a.overlap)
-        tiles = np.concatenate([extract_tiles(img, grid), extract_tiles(small, coarse_grid)])
+        coarse_grid = tile_grid(*scaled_shape(*shape, meta.coarse_scale), t, a.overlap)
+        tiles = np.concatenate([extract_tiles(img, grid), tiles_at_scale(img, t, a.overlap, meta.coarse_scale)])
         maps, scores = detector.infer_tiles(tiles)
         fine, coarse = split_scores(scores, len(grid))
         seg = stitch((maps[:len(grid)] - share * fine[:, None, None, None]) / (1.0 - share), grid)
