@@ -29,6 +29,7 @@ class BenchResult:
     calls: int
     device: str
     precision: str
+    ms_per_tile_device: float | None = None  # accelerators: compute alone, input and output on the device
 
 
 def onnx_cost(onnx_path: Path) -> tuple[int, int]:
@@ -137,10 +138,14 @@ def run_benchmark(model: str | Path, backends: list[str], batches: list[int], mi
             times = np.array(time_backend(engine, batch, min_seconds, min_calls)) * 1000.0 / batch
             r = BenchResult(name, batch, float(times.mean()), float(np.percentile(times, 50)),
                             float(np.percentile(times, 99)), float(1000.0 / times.mean()), int(len(times)),
-                            engine.device, meta.precision)
+                            engine.device, getattr(engine, "precision", meta.precision))
+            device_ms = engine.device_ms(batch)
+            if device_ms is not None:
+                r.ms_per_tile_device = device_ms / batch
             results.append(asdict(r))
+            on_device = "" if r.ms_per_tile_device is None else f", on device {r.ms_per_tile_device:.4f}"
             progress(f"{name:<12} batch {batch:>4}: {r.ms_per_tile_mean:8.3f} ms/tile mean, p50 {r.ms_per_tile_p50:.3f}, "
-                     f"p99 {r.ms_per_tile_p99:.3f}, {r.tiles_per_s:9.1f} tiles/s ({r.calls} calls)")
+                     f"p99 {r.ms_per_tile_p99:.3f}{on_device}, {r.tiles_per_s:9.1f} tiles/s ({r.calls} calls)")
         engine.close()
     return {
         "model": str(model), "onnx": str(onnx_path), "arch": meta.arch, "width": meta.width,
@@ -166,11 +171,13 @@ def machine_info() -> dict:
 def format_results(report: dict) -> str:
     lines = [f"model {report['model']} ({report['arch']} width {report['width']}, {report['precision']}, "
              f"{report['parameters'] / 1e6:.2f}M params, {report['gmac_per_tile']:.2f} GMac/tile)"]
-    lines.append(f"{'backend':<12} {'batch':>5} {'mean':>9} {'p50':>9} {'p99':>9} {'tiles/s':>10} {'p50/limit':>9}  device")
+    lines.append(f"{'backend':<22} {'batch':>5} {'mean':>9} {'p50':>9} {'p99':>9} {'on-device':>9} {'tiles/s':>10} "
+                 f"{'p50/limit':>9}  {'precision':<9} device")
     for r in report["results"]:
         ratio = f"{r['x_fp32_limit']:.2f}" if "x_fp32_limit" in r else "-"
-        lines.append(f"{r['backend']:<12} {r['batch']:>5} {r['ms_per_tile_mean']:>9.3f} {r['ms_per_tile_p50']:>9.3f} "
-                     f"{r['ms_per_tile_p99']:>9.3f} {r['tiles_per_s']:>10.1f} {ratio:>9}  {r['device']}")
+        on_device = f"{r['ms_per_tile_device']:.4f}" if r.get("ms_per_tile_device") is not None else "-"
+        lines.append(f"{r['backend']:<22} {r['batch']:>5} {r['ms_per_tile_mean']:>9.3f} {r['ms_per_tile_p50']:>9.3f} "
+                     f"{r['ms_per_tile_p99']:>9.3f} {on_device:>9} {r['tiles_per_s']:>10.1f} {ratio:>9}  {r['precision']:<9} {r['device']}")
     for s in report["skipped"]:
         lines.append(f"{s['backend']:<12} skipped: {s['reason']}")
     if "fp32_peak_gflops" in report:

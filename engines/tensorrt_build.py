@@ -14,6 +14,29 @@ from engines.artifact import model_paths
 from engines.backends.base import BackendUnavailable
 
 PRECISIONS = ("fp32", "fp16", "int8")
+# ONNX node-name scopes of the tile memories (engines.tile_memory.MEMORY_NAMES; not imported, it needs
+# torch). Their distance |z|^2 - 2 z.b + |b|^2 cancels badly in fp16, so reduced-precision builds pin
+# these layers to fp32, as the torch backend and quantize do.
+FP32_SCOPES = ("/memory/", "/coarse_memory/")
+
+
+def keeps_fp32(layer_name: str) -> bool:
+    return layer_name.startswith(FP32_SCOPES)
+
+
+def pin_memory_layers_fp32(network, trt) -> int:
+    """Ask for fp32 on every tile-memory layer (with PREFER_PRECISION_CONSTRAINTS set); returns the count."""
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if not keeps_fp32(layer.name) or layer.type in (trt.LayerType.CONSTANT, trt.LayerType.SHAPE):
+            continue
+        layer.precision = trt.float32
+        for j in range(layer.num_outputs):
+            if layer.get_output(j).dtype in (trt.float32, trt.float16):
+                layer.set_output_type(j, trt.float32)
+        pinned += 1
+    return pinned
 
 
 @dataclass
@@ -123,6 +146,8 @@ def build_engine(model: str | Path, out: str | Path, precision: str = "fp16", ma
     route = ""
     if precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
+        if pin_memory_layers_fp32(network, trt):
+            config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
     if precision == "int8":
         route = int8_route(meta.precision, meta.extra.get("quantization_target"), hasattr(config, "int8_calibrator"))
     if route == "explicit":  # scales come from the Q/DQ nodes; layers without them run in fp16

@@ -71,6 +71,8 @@ class TileMemory(nn.Module):
         return ((torch.sqrt(torch.relu(embedding)) - self.mean) / self.std) @ self.whiten
 
     def distance(self, embedding: torch.Tensor) -> torch.Tensor:
+        if embedding.dtype != self.bank.dtype:  # fp16 network, fp32 memory (see TorchBackend); no node in export
+            embedding = embedding.to(self.bank.dtype)
         z = self.project(embedding)
         d2 = (z * z).sum(dim=1, keepdim=True) - 2.0 * (z @ self.bank.t()) + self.bank_sq[None]
         return torch.sqrt(torch.clamp(torch.amin(d2, dim=1), min=0.0))

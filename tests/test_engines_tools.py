@@ -139,3 +139,17 @@ def test_quantize_for_tensorrt_is_symmetric(trained_model, mini_data, tmp_path):
     assert ModelMeta.load(out).extra["quantization_target"] == "tensorrt"
     code = build_engine_cli.main(["--model", str(out), "--precision", "fp16", "--out", str(tmp_path / "e.plan")])
     assert code == 2
+
+
+def test_tensorrt_pins_exactly_the_memory_layers_to_fp32(trained_model):
+    """The builder selects layers by ONNX node name; check the names the exporter really writes."""
+    import onnx
+
+    from engines.tensorrt_build import keeps_fp32
+    from engines.tile_memory import MEMORY_NAMES
+
+    nodes = onnx.load(str(trained_model / "model.onnx")).graph.node
+    pinned = [n for n in nodes if keeps_fp32(n.name)]
+    assert {n.name.split("/")[1] for n in pinned} == set(MEMORY_NAMES)
+    assert {"MatMul", "ReduceMin", "Sigmoid"} <= {n.op_type for n in pinned}
+    assert not any(n.op_type == "Conv" for n in pinned)

@@ -67,7 +67,9 @@ def test_trained_model_carries_memory_through_every_backend(trained_model):
     ort_maps, ort_scores = load_backend("onnxruntime", trained_model).infer(x)
     t_maps, t_scores = load_backend("torch", trained_model, device="cpu").infer(x)
     assert np.abs(ort_scores - t_scores).max() < 1e-3 and np.abs(ort_maps - t_maps).max() < 1e-3
-    assert ((ort_scores > 0) & (ort_scores < 1)).all()
+    # Random input is far from every OK tile: a novelty may saturate to exactly 1.0 in float32
+    # (seen with the fixture trained on CUDA), but never leaves [0, 1].
+    assert np.isfinite(ort_scores).all() and ((ort_scores >= 0) & (ort_scores <= 1)).all()
     # The coarse memory is a second score column, fitted on the same images at half their size.
     assert meta.coarse_scale == COARSE_SCALE and ort_scores.shape == (3, 2)
     assert meta.extra["coarse_memory_tiles"] > 0
@@ -122,3 +124,15 @@ def test_int8_keeps_memory_and_map_head_in_float(trained_model):
     names = output_head_nodes(trained_model / "model.onnx")
     assert any("/memory/MatMul" in n for n in names) and any(n.endswith("Sigmoid") for n in names)
     assert any("/coarse_memory/MatMul" in n for n in names)
+
+
+def test_fp16_torch_backend_keeps_the_memories_fp32(trained_model):
+    """fp16 serving (CUDA by default; asked for here on the CPU) runs the network in half precision but
+    the nearest-neighbour distances in fp32, whose |z|^2 - 2 z.b + |b|^2 cancels badly in fp16."""
+    engine = load_backend("torch", trained_model, device="cpu", fp16=True)
+    net = engine.module.model
+    assert net.out_conv.weight.dtype == torch.float16
+    for name in ("memory", "coarse_memory"):
+        assert getattr(net, name).bank.dtype == torch.float32, name
+    maps, scores = engine.infer(np.random.default_rng(0).normal(0, 1, (2, 1, 128, 128)).astype(np.float32))
+    assert maps.shape == (2, 1, 128, 128) and scores.shape == (2, 2) and np.isfinite(scores).all()

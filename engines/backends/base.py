@@ -50,6 +50,12 @@ class Backend(ABC):
                              f"{expected[1]}, {expected[2]}) for this model")
         return np.ascontiguousarray(tiles, dtype=np.float32)
 
+    def device_ms(self, batch: int, calls: int = 50) -> float | None:
+        """Median milliseconds of one ``batch`` on an accelerator with the input already on it and the
+        outputs left there (what TensorRT's trtexec calls GPU compute time); None where the backend
+        has no such split (CPU backends: their end-to-end time is already the compute time)."""
+        return None
+
     def close(self) -> None:
         """Release device resources; default: nothing to release."""
 
