@@ -138,7 +138,7 @@ def run_benchmark(model: str | Path, backends: list[str], batches: list[int], mi
             times = np.array(time_backend(engine, batch, min_seconds, min_calls)) * 1000.0 / batch
             r = BenchResult(name, batch, float(times.mean()), float(np.percentile(times, 50)),
                             float(np.percentile(times, 99)), float(1000.0 / times.mean()), int(len(times)),
-                            engine.device, getattr(engine, "precision", meta.precision))
+                            engine.device, engine.precision)
             device_ms = engine.device_ms(batch)
             if device_ms is not None:
                 r.ms_per_tile_device = device_ms / batch

@@ -38,6 +38,11 @@ class Backend(ABC):
     def device(self) -> str:
         return "cpu"
 
+    @property
+    def precision(self) -> str:
+        """The arithmetic it runs: the model folder's unless the backend lowers it (torch fp16 on CUDA)."""
+        return self.meta.precision
+
     @abstractmethod
     def infer(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised ``(N, C, T, T)`` float32 -> (maps ``(N, 1, T, T)``, scores ``(N,)``)."""

@@ -65,6 +65,7 @@ class TensorRTBackend(Backend):
         self.context_cuda.push()
         self.max_batch = int(engine_meta["max_batch"])
         self._gpu = gpu_name
+        self._precision = str(engine_meta.get("precision", meta.precision))
         logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(logger).deserialize_cuda_engine(self.engine_path.read_bytes())
         if self.engine is None:
@@ -92,6 +93,10 @@ class TensorRTBackend(Backend):
     @property
     def device(self) -> str:
         return f"cuda:{self._gpu} (TensorRT)"
+
+    @property
+    def precision(self) -> str:
+        return self._precision  # the engine's build precision (sidecar), not the ONNX model's
 
     def _enqueue(self, n: int) -> None:
         self.context.set_input_shape(self.input_name, (n, *self.host[self.input_name].shape[1:]))
