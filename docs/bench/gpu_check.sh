@@ -3,6 +3,10 @@
 # Needs, carried beside the tree: .whl/ (pyzmq and pymodbus wheels for cp312; the machine's image has
 # the rest) and .gpudata/magnetic_tile/ (test/ and ground_truth/ of ../shared/datasets/magnetic_tile).
 # Everything it prints and writes lands in $OUT. Steps are independent: one failing does not stop the rest.
+# Prepared on the dev machine with (then carried as .whl and .gpudata, both git-ignored):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 -d .whl pyzmq==27.3.0 pymodbus==3.16.1
+#   mkdir -p .gpudata/magnetic_tile && cp -r ../shared/datasets/magnetic_tile/{test,ground_truth} .gpudata/magnetic_tile/
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_check}
