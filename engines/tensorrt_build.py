@@ -25,7 +25,9 @@ def keeps_fp32(layer_name: str) -> bool:
 
 
 def pin_memory_layers_fp32(network, trt) -> int:
-    """Ask for fp32 on every tile-memory layer (with PREFER_PRECISION_CONSTRAINTS set); returns the count."""
+    """Ask for fp32 on every tile-memory layer (with PREFER_PRECISION_CONSTRAINTS set); returns the count.
+    A preference, not a guarantee: NVIDIA/TensorRT#3941 reports 10.0.1 ignoring such constraints, so a
+    built engine is judged by the backend parity test, not by this call."""
     pinned = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
