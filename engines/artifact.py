@@ -10,6 +10,9 @@ import numpy as np
 ONNX_NAME = "model.onnx"
 META_NAME = "model.json"
 META_VERSION = 1
+# The tile memories: model attributes, state-dict prefixes and ONNX node-name scopes (engines.tile_memory).
+# Here, without torch, so that the TensorRT builder can select their layers.
+MEMORY_NAMES = ("memory", "coarse_memory")
 
 
 class ArtifactError(ValueError):

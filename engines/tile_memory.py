@@ -35,10 +35,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from engines.artifact import ModelMeta
+from engines.artifact import MEMORY_NAMES, ModelMeta  # noqa: F401  (MEMORY_NAMES re-exported)
 from pipeline.vision.tiling import tiles_at_scale
 
-MEMORY_NAMES = ("memory", "coarse_memory")  # the model attributes (and state-dict prefixes) of the two memories
 MEMORY_OVERLAP = 0.25     # the tiling overlap of inference, so the memory sees the same tile positions
 MEMORY_MAX_TILES = 4096   # bank rows kept: on magnetic tile, 4096 of 8955 ranked images as well as all
 COARSE_SCALE = 0.5         # image scale of the coarse pass

@@ -8,7 +8,7 @@ from engines.backends import load_backend  # noqa: E402
 from engines.detector import Detector, image_score, split_scores  # noqa: E402
 from engines.export import export_model  # noqa: E402
 from engines.quantize import output_head_nodes  # noqa: E402
-from engines.tile_memory import (COARSE_SCALE, MAP_NOVELTY_SHARE, fit_memory, k_center,  # noqa: E402
+from engines.tile_memory import (COARSE_SCALE, MAP_NOVELTY_SHARE, MEMORY_NAMES, fit_memory, k_center,  # noqa: E402
                                  memory_from_images)
 from engines.tiny_unet import TinyUNet  # noqa: E402
 
@@ -132,7 +132,7 @@ def test_fp16_torch_backend_keeps_the_memories_fp32(trained_model):
     engine = load_backend("torch", trained_model, device="cpu", fp16=True)
     net = engine.module.model
     assert net.out_conv.weight.dtype == torch.float16
-    for name in ("memory", "coarse_memory"):
+    for name in MEMORY_NAMES:
         assert getattr(net, name).bank.dtype == torch.float32, name
     maps, scores = engine.infer(np.random.default_rng(0).normal(0, 1, (2, 1, 128, 128)).astype(np.float32))
     assert maps.shape == (2, 1, 128, 128) and scores.shape == (2, 2) and np.isfinite(scores).all()

@@ -52,8 +52,9 @@ def features(net, meta: ModelMeta, tiles_u8: np.ndarray) -> dict[str, torch.Tens
             "x34": torch.cat([F.avg_pool2d(x3, 2), x4], 1)}
 
 
-def positions(v: torch.Tensor) -> np.ndarray:
-    return v.permute(0, 2, 3, 1).reshape(-1, v.shape[1]).numpy()
+def positions(v: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` feature maps -> one ``C``-vector per position, ``(N * H * W, C)``."""
+    return v.permute(0, 2, 3, 1).reshape(-1, v.shape[1])
 
 
 def main() -> int:
@@ -75,7 +76,7 @@ def main() -> int:
         img = read_image(path, meta.in_channels)
         grid = tile_grid(*img.shape[:2], t, a.overlap)
         for name, v in features(net, meta, extract_tiles(img, grid)).items():
-            rows = positions(v)
+            rows = positions(v).numpy()
             sampled.setdefault(name, []).append(rows[rng.choice(len(rows), min(len(rows), PER_TILE * len(grid)), replace=False)])
     banks, stats = {}, {}
     for name, parts in sampled.items():
@@ -96,9 +97,9 @@ def main() -> int:
         shipped.append(detector.predict(img).anomaly_map)
         grid = tile_grid(*shape, t, a.overlap)
         for name, v in features(net, meta, extract_tiles(img, grid)).items():
-            n, c, h, w = v.shape
+            n, _, h, w = v.shape
             mean, std = stats[name]
-            query = (v.permute(0, 2, 3, 1).reshape(-1, c) - mean) / std
+            query = (positions(v) - mean) / std
             dist = torch.cdist(query, banks[name]).min(1).values.reshape(n, 1, h, w)
             up = F.interpolate(dist, size=(t, t), mode="bilinear", align_corners=False)[:, 0].numpy()
             maps[name].append(stitch(np.ascontiguousarray(up), grid).astype(np.float32))

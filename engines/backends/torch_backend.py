@@ -75,10 +75,12 @@ class TorchBackend(Backend):
     def precision(self) -> str:
         return "fp16" if self.fp16 else self.meta.precision
 
+    def _input_shape(self, batch: int) -> tuple[int, int, int, int]:
+        return (batch, self.meta.in_channels, self.meta.tile_size, self.meta.tile_size)
+
     def _capture(self, batch: int) -> None:
         torch = self.torch
-        shape = (batch, self.meta.in_channels, self.meta.tile_size, self.meta.tile_size)
-        self._static_in = torch.zeros(shape, device=self._device, dtype=self.dtype).to(memory_format=torch.channels_last)
+        self._static_in = torch.zeros(self._input_shape(batch), device=self._device, dtype=self.dtype).to(memory_format=torch.channels_last)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream), torch.inference_mode():
@@ -101,8 +103,7 @@ class TorchBackend(Backend):
             self._static_in.normal_()  # captured on zeros; time on data
             run = self._graph.replay
         else:
-            shape = (batch, self.meta.in_channels, self.meta.tile_size, self.meta.tile_size)
-            x = torch.randn(shape, device=self._device, dtype=self.dtype).contiguous(memory_format=torch.channels_last)
+            x = torch.randn(self._input_shape(batch), device=self._device, dtype=self.dtype).contiguous(memory_format=torch.channels_last)
 
             def run() -> None:
                 with torch.inference_mode():
