@@ -48,6 +48,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     curriculum: bool = True  # strong defects first, widening to faint ones over the first half
+    ema: float = 0.0  # decay of an exponential moving average of the weights, exported instead of them; 0 = off
     memory: bool = True  # fit the tile memories (engines/tile_memory.py) on the OK images after training
     seed: int = 0
     workers: int = 1
@@ -109,6 +110,33 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+class WeightAverage:
+    """Exponential moving average of a model's weights and BatchNorm statistics.
+
+    The decay ramps up as ``(1 + step) / (10 + step)`` so early steps, far from the final weights,
+    fade quickly. Integer buffers (BatchNorm's batch counter) are copied, not averaged."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"--ema: the decay must lie between 0 and 1 (e.g. 0.999), got {decay}")
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        keep = min(self.decay, (1.0 + step) / (10.0 + step))
+        for name, value in model.state_dict().items():
+            avg = self.state[name]
+            if avg.is_floating_point():
+                avg.lerp_(value.detach(), 1.0 - keep)
+            else:
+                avg.copy_(value)
+
+    def load(self, state: dict) -> None:
+        for name, value in state.items():
+            self.state[name].copy_(value)
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -140,10 +168,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         if state["config"]["arch"] != cfg.arch or state["config"]["width"] != cfg.width:
             raise ValueError(f"{ckpt_path}: checkpoint is {state['config']['arch']} width "
                              f"{state['config']['width']}, but --arch {cfg.arch} --width {cfg.width} was asked")
-        load_weights(model, state["model"])
+        # A finished EMA run stores the average as "model" and the raw weights as "raw_model".
+        load_weights(model, state.get("raw_model", state["model"]))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
+    ema = WeightAverage(model, cfg.ema) if cfg.ema else None
+    if resume and ema is not None and "ema" in state:
+        ema.load(state["ema"])
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
 
     loss_fn = segmentation_loss if cfg.arch == "tiny_unet" else reconstruction_loss
@@ -164,6 +196,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update(model, step)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
@@ -172,10 +206,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                                   "elapsed_s": round(time.monotonic() - started, 1)}) + "\n")
             log.flush()
         if step % cfg.steps_per_epoch == 0 or step == total:
-            save_checkpoint(ckpt_path, model, optimizer, scheduler, step, cfg, data_hash, files)
+            save_checkpoint(ckpt_path, model, optimizer, scheduler, step, cfg, data_hash, files, ema)
         if step >= total:
             break
     bar.close()
+    raw_weights = None
+    if ema is not None:  # from here on the model is the average: the memories are fitted on it, and it is exported
+        raw_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(ema.state)
+        save_checkpoint(ckpt_path, model, optimizer, scheduler, step, cfg, data_hash, files, ema, raw_weights)
     if cfg.memory and cfg.arch == "tiny_unet" and getattr(model, "memory", None) is None:
         t0 = time.monotonic()
         meta = ModelMeta(arch=cfg.arch, width=cfg.width, in_channels=cfg.channels, tile_size=sample_cfg.tile,
@@ -185,13 +224,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                               "coarse_memory_tiles": int(model.coarse_memory.bank.shape[0]),
                               "memory_s": round(time.monotonic() - t0, 1),
                               "elapsed_s": round(time.monotonic() - started, 1)}) + "\n")
-        save_checkpoint(ckpt_path, model, optimizer, scheduler, step, cfg, data_hash, files)
+        save_checkpoint(ckpt_path, model, optimizer, scheduler, step, cfg, data_hash, files, ema, raw_weights)
     log.close()
     return out
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, cfg: TrainConfig, data_hash: str,
-                    files: list[Path]) -> None:
+                    files: list[Path], ema: WeightAverage | None = None, raw_weights: dict | None = None) -> None:
+    """``model`` is what export reads. With ``ema``, the average is kept beside it under "ema"; once
+    training is over ``model`` holds the average and "raw_model" the last weights the optimizer made."""
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -201,6 +242,10 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, cfg: Tra
         "training_data_hash": data_hash,
         "training_files": len(files),
     }
+    if ema is not None:
+        state["ema"] = ema.state
+    if raw_weights is not None:
+        state["raw_model"] = raw_weights
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)  # a crash mid-write never leaves a truncated checkpoint

@@ -26,6 +26,41 @@ def test_checkpoint_resume_continues(tmp_path, mini_data):
     assert (tmp_path / "train_config.json").is_file() and isinstance(log, list)
 
 
+def test_weight_average_follows_the_formula():
+    from engines.train import WeightAverage
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    avg = WeightAverage(net, decay=0.9)
+    start = net[0].weight.detach().clone()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    net[1].num_batches_tracked += 5
+    avg.update(net, step=100)  # the ramp (101/110) is above 0.9, so 0.9 applies
+    assert torch.allclose(avg.state["0.weight"], start + 0.1)
+    assert int(avg.state["1.num_batches_tracked"]) == 5  # counters are copied, not averaged
+    with pytest.raises(ValueError, match="--ema"):
+        WeightAverage(net, decay=1.0)
+
+
+def test_ema_run_exports_the_average_and_resumes(tmp_path, mini_data):
+    from engines.export import export_model
+
+    cfg = TrainConfig(data=str(mini_data), out=str(tmp_path / "run"), width=8, epochs=1, steps_per_epoch=3,
+                      batch_size=2, warmup_steps=1, workers=0, threads=1, ema=0.5)
+    train(cfg, progress=False)
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    name = "inc.0.weight" if "inc.0.weight" in state["raw_model"] else next(iter(state["raw_model"]))
+    assert not torch.equal(state["model"][name], state["raw_model"][name])  # the average, not the last step
+    assert torch.equal(state["model"][name], state["ema"][name])
+    assert "memory.bank" in state["model"] and "memory.bank" not in state["raw_model"]
+    cfg.epochs = 2
+    train(cfg, resume=True, progress=False)  # continues from the raw weights, the average from its own state
+    state2 = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state2["step"] == 6 and not torch.equal(state2["ema"][name], state["ema"][name])
+    model_dir = export_model(tmp_path / "run" / "last.pt", tmp_path / "model", progress=False)
+    assert json.loads((model_dir / "model.json").read_text())["extra"]["train_steps"] == 6
+
+
 def test_exported_graph_stays_tensorrt_native(trained_model):
     ops = onnx_operators(trained_model / "model.onnx")
     assert ops <= TENSORRT_NATIVE_OPS, ops - TENSORRT_NATIVE_OPS
