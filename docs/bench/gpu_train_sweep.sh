@@ -2,8 +2,8 @@
 # One call on a lent GPU machine (device tool): four trainings of the shipped width-16 recipe at once,
 # each keeping an exponential moving average of its weights (--ema 0.999), so one run yields both the
 # raw and the averaged weights of the same trajectory:
-#   s0, s1      batch 16 (the shipped recipe: 30 epochs x 250 steps), seeds 0 and 1
-#   b32s0, b32s1 batch 32 (twice the synthetic samples), seeds 0 and 1
+#   sN    batch 16 (the shipped recipe: 30 epochs x 250 steps), seed N
+#   b32sN batch 32 (twice the synthetic samples), seed N;  b64sN batch 64
 # The GPU image has torch, numpy, cv2, tqdm; the data comes beside the tree as .gpudata (git-ignored):
 #   mkdir -p .gpudata/magnetic_tile/train && cp -r ../shared/datasets/magnetic_tile/train/good .gpudata/magnetic_tile/train/
 # Memories are not fitted there: each run comes back as one slim checkpoint ($OUT/<run>.pt: "model" = the
@@ -21,16 +21,19 @@ export PYTHONPATH=$PWD
 
 launch() {  # name, workers, extra train args
   local name=$1 workers=$2; shift 2
-  timeout 460 python3 -m tools.train --data "$DATA" --out "$RUNS/$name" --width 16 --epochs "$EPOCHS" \
+  timeout "${LIMIT:-460}" python3 -m tools.train --data "$DATA" --out "$RUNS/$name" --width 16 --epochs "$EPOCHS" \
     --steps-per-epoch "$STEPS" --ema 0.999 --no-memory --device "$DEVICE" --threads 1 --workers "$workers" "$@" \
     > "$RUNS/$name.log" 2>&1 &
 }
-SEEDS=${SEEDS:-0 1}  # two seeds per call; a second call ran SEEDS="2 3"
+# Runs as name:seed:batch:workers. The first two calls ran SEEDS="0 1" and SEEDS="2 3";
+# the third SPEC="b64s0:0:64:10 b32s4:4:32:5" LIMIT=250 (seconds per training, for the time left).
+SEEDS=${SEEDS:-0 1}
+SPEC=${SPEC:-$(for s in $SEEDS; do echo "s$s:$s:16:3 b32s$s:$s:32:5"; done)}
 NAMES=""
-for seed in $SEEDS; do
-  launch s$seed 3 --seed $seed
-  launch b32s$seed 5 --seed $seed --batch-size 32
-  NAMES="$NAMES s$seed b32s$seed"
+for run in $SPEC; do
+  IFS=: read -r name seed batch workers <<< "$run"
+  launch "$name" "$workers" --seed "$seed" --batch-size "$batch"
+  NAMES="$NAMES $name"
 done
 
 # The GPU tests on the final code (the fp16 memory fix of c0deebb was checked on the CPU only), at low priority.
