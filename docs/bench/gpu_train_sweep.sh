@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (device tool): four trainings of the shipped width-16 recipe at once,
-# each keeping an exponential moving average of its weights (--ema 0.999), so one run yields both the
-# raw and the averaged weights of the same trajectory:
-#   sN    batch 16 (the shipped recipe: 30 epochs x 250 steps), seed N
-#   b32sN batch 32 (twice the synthetic samples), seed N;  b64sN batch 64
+# One call on a lent GPU machine (device tool): several width-16 trainings at once (four by default),
+# 30 epochs x 250 steps each, each keeping an exponential moving average of its weights (--ema 0.999),
+# so one run yields both the raw and the averaged weights of the same trajectory:
+#   sN    batch 16 (the default batch), seed N
+#   b32sN batch 32 (twice the synthetic samples), seed N;  b64sN batch 64 (the shipped model: b64s0)
 # The GPU image has torch, numpy, cv2, tqdm; the data comes beside the tree as .gpudata (git-ignored):
 #   mkdir -p .gpudata/magnetic_tile/train && cp -r ../shared/datasets/magnetic_tile/train/good .gpudata/magnetic_tile/train/
 # Memories are not fitted there: each run comes back as one slim checkpoint ($OUT/<run>.pt: "model" = the
