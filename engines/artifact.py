@@ -37,6 +37,10 @@ class ModelMeta:
     # novelty against the coarse memory, and the tile part of the image score is the mean of the
     # strongest fine and the strongest coarse tile score. 0: one pass, one score per tile.
     coarse_scale: float = 0.0
+    # Share of the coarse tiles' novelty added to the stitched map, outside the graph (a coarse tile
+    # covers several fine ones, so its score is spread over its area and resized; see
+    # ``pipeline.vision.tiling.spread_scores``). 0: the map is the fine tiles' graph output alone.
+    coarse_map_share: float = 0.0
     training_data_hash: str = ""
     training_command: str = ""
     precision: str = "fp32"

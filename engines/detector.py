@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from engines.backends.base import Backend
-from pipeline.vision.tiling import extract_tiles, stitch, tile_grid, tiles_at_scale
+from pipeline.vision.tiling import extract_tiles, scaled_shape, spread_scores, stitch, tile_grid, tiles_at_scale
 
 SCORE_SMOOTH_SIGMA = 4.0  # px; the image score ignores single-pixel spikes
 
@@ -74,6 +74,10 @@ class Detector:
         maps, scores = self.infer_tiles(tiles)
         fine, coarse = split_scores(scores, n_fine)
         anomaly_map = stitch(maps[:n_fine], grid)
+        if coarse is not None and self.meta.coarse_map_share > 0:
+            coarse_grid = tile_grid(*scaled_shape(*image.shape[:2], self.meta.coarse_scale), t, self.overlap)
+            anomaly_map = anomaly_map + self.meta.coarse_map_share * spread_scores(
+                coarse, np.arange(len(coarse)), coarse_grid, anomaly_map.shape)
         return Prediction(anomaly_map, image_score(anomaly_map, fine, self.meta.map_score_weight, coarse), fine, coarse)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from engines.artifact import META_NAME, ONNX_NAME, ModelMeta
 from engines.data import files_hash, read_image, training_images
-from engines.tile_memory import COARSE_SCALE, MEMORY_NAMES, attach_memories, memory_from_line_frames
+from engines.tile_memory import COARSE_MAP_SHARE, COARSE_SCALE, MEMORY_NAMES, attach_memories, memory_from_line_frames
 from engines.backends.torch_backend import WEIGHTS_NAME
 from engines.inference_model import build_model, inference_module, load_weights
 
@@ -147,10 +147,11 @@ def export_module(model: torch.nn.Module, cfg: dict, out: str | Path, opset: int
     torch.save(compact_state(model), out / WEIGHTS_NAME)
     previous = ModelMeta.load(out) if (out / META_NAME).is_file() else None
     pixel_t, image_t = thresholds or ((previous.pixel_threshold, previous.image_threshold) if previous else (0.5, 0.5))
+    has_coarse = getattr(model, "coarse_memory", None) is not None
     meta = ModelMeta(
         arch=cfg["arch"], width=cfg["width"], in_channels=cfg["channels"], pixel_threshold=pixel_t,
         map_score_weight=0.0 if getattr(model, "memory", None) is not None else 0.5,
-        coarse_scale=COARSE_SCALE if getattr(model, "coarse_memory", None) is not None else 0.0,
+        coarse_scale=COARSE_SCALE if has_coarse else 0.0, coarse_map_share=COARSE_MAP_SHARE if has_coarse else 0.0,
         image_threshold=image_t, training_data_hash=data_hash, training_command=cfg.get("command", ""), opset=opset,
         extra={**extra, "onnx_vs_torch_max_abs_diff": diff},
     )

@@ -12,7 +12,7 @@ from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects
 from pipeline.vision.locate import locate_silhouette, locate_template, refine_ecc, small_to_full
 from pipeline.vision.rectify import homography_to_canonical, rectify
-from pipeline.vision.tiling import TileGrid, downscale, extract_tiles, scaled_shape, stitch, tile_grid
+from pipeline.vision.tiling import TileGrid, downscale, extract_tiles, scaled_shape, spread_scores, stitch, tile_grid
 
 
 @dataclass
@@ -24,6 +24,7 @@ class Prepared:
     # position in the coarse grid
     tile_index: np.ndarray | None = None
     grid: TileGrid | None = None
+    coarse_grid: TileGrid | None = None  # with a coarse pass
     H: np.ndarray | None = None         # camera -> canonical
     part_mask: np.ndarray | None = None  # (h, w) uint8 canonical
 
@@ -97,7 +98,7 @@ class Preprocessor:
                                                   downscale(part_mask, self.coarse_scale), self.coarse_grid)
             tiles = np.concatenate([tiles, small_tiles])
             keep = np.concatenate([keep, len(self.grid) + small_keep])
-        return Prepared(None, "", tiles, keep, self.grid, H.astype(np.float64), part_mask)
+        return Prepared(None, "", tiles, keep, self.grid, self.coarse_grid, H.astype(np.float64), part_mask)
 
     def _tiles(self, image: np.ndarray, part_mask: np.ndarray, grid: TileGrid) -> tuple[np.ndarray, np.ndarray]:
         """The tiles of ``grid`` with at least ``min_tile_part_fraction`` of part, and their positions."""
@@ -116,15 +117,21 @@ class Verdict:
 
 def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarray, grid: TileGrid,
            part_mask: np.ndarray, H: np.ndarray, cfg: DecisionConfig, pixel_threshold: float,
-           image_threshold: float, map_score_weight: float = 0.5) -> Verdict:
+           image_threshold: float, map_score_weight: float = 0.5, coarse_grid: TileGrid | None = None,
+           coarse_map_share: float = 0.0) -> Verdict:
     """Stitch kept tiles (skipped tiles count as 0), mask non-part pixels, score, find defects.
-    Tiles of a coarse pass (``tile_index >= len(grid)``, after the fine ones) add their scores only."""
+    Tiles of a coarse pass (``tile_index >= len(grid)``, after the fine ones) add their scores, and,
+    with ``coarse_grid`` and ``coarse_map_share`` (``ModelMeta.coarse_map_share``), that share of
+    their scores spread over their area to the map."""
     t = grid.tile
     n_fine = int((tile_index < len(grid)).sum())
     fine_scores, coarse_scores = split_scores(tile_scores, n_fine)
     full = np.zeros((len(grid), 1, t, t), np.float32)
     full[tile_index[:n_fine]] = tile_maps[:n_fine].reshape(-1, 1, t, t)
     anomaly = stitch(full, grid)
+    if coarse_scores is not None and coarse_grid is not None and coarse_map_share > 0:
+        anomaly = anomaly + coarse_map_share * spread_scores(coarse_scores, tile_index[n_fine:] - len(grid),
+                                                             coarse_grid, anomaly.shape)
     inspect = part_mask > 0
     if cfg.part_erode_px > 0:
         k = 2 * cfg.part_erode_px + 1

@@ -8,8 +8,8 @@ from engines.backends import load_backend  # noqa: E402
 from engines.detector import Detector, image_score, split_scores  # noqa: E402
 from engines.export import export_model  # noqa: E402
 from engines.quantize import output_head_nodes  # noqa: E402
-from engines.tile_memory import (COARSE_SCALE, MAP_NOVELTY_SHARE, MEMORY_NAMES, fit_memory, k_center,  # noqa: E402
-                                 memory_from_images)
+from engines.tile_memory import (COARSE_MAP_SHARE, COARSE_SCALE, MAP_NOVELTY_SHARE, MEMORY_NAMES, fit_memory,  # noqa: E402
+                                 k_center, memory_from_images)
 from engines.tiny_unet import TinyUNet  # noqa: E402
 
 
@@ -72,6 +72,7 @@ def test_trained_model_carries_memory_through_every_backend(trained_model):
     assert np.isfinite(ort_scores).all() and ((ort_scores >= 0) & (ort_scores <= 1)).all()
     # The coarse memory is a second score column, fitted on the same images at half their size.
     assert meta.coarse_scale == COARSE_SCALE and ort_scores.shape == (3, 2)
+    assert meta.coarse_map_share == COARSE_MAP_SHARE > 0
     assert meta.extra["coarse_memory_tiles"] > 0
     assert meta.extra["coarse_memory_center"] != meta.extra["memory_center"]
 
@@ -83,6 +84,24 @@ def test_detector_runs_a_coarse_pass_and_averages_its_strongest_score(trained_mo
     assert pred.coarse_scores is not None and 1 <= len(pred.coarse_scores) < len(pred.tile_scores)
     assert pred.anomaly_map.shape == img.shape
     assert pred.score == pytest.approx(0.5 * (pred.tile_scores.max() + pred.coarse_scores.max()), abs=1e-6)
+
+
+def test_detector_adds_the_coarse_share_to_the_map(trained_model, ok_images, tmp_path):
+    """The map is the fine tiles' graph output plus coarse_map_share x the coarse scores spread over
+    their area; a folder without the field (older exports) keeps the graph's map alone."""
+    import shutil
+
+    img = ok_images[0]
+    with_share = Detector(load_backend("onnxruntime", trained_model), overlap=0.25).predict(img)
+    plain_dir = shutil.copytree(trained_model, tmp_path / "plain")
+    meta = ModelMeta.load(plain_dir)
+    meta.coarse_map_share = 0.0
+    meta.save(plain_dir)
+    plain = Detector(load_backend("onnxruntime", plain_dir), overlap=0.25).predict(img)
+    added = with_share.anomaly_map - plain.anomaly_map
+    lo, hi = COARSE_MAP_SHARE * with_share.coarse_scores.min(), COARSE_MAP_SHARE * with_share.coarse_scores.max()
+    assert added.min() >= lo - 1e-5 and added.max() <= hi + 1e-5 and added.max() > 0
+    assert with_share.score == pytest.approx(plain.score)  # the image score does not read the map
 
 
 def test_split_scores_reads_the_column_of_each_pass():

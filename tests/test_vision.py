@@ -152,3 +152,19 @@ def test_coarse_pass_tiles_follow_and_score_without_touching_the_map(frames, bel
     scores[:n, 1] = scores[n:, 0] = 1.0  # the other column of each pass is ignored
     v = decide(maps, scores, both.tile_index, both.grid, both.part_mask, both.H, DecisionConfig(), 0.5, 0.6, 0.0)
     assert v.score == pytest.approx(0.5) and v.verdict == "OK" and float(v.anomaly_map.max()) == 0.0
+    # With the coarse grid and a share, the coarse scores (0.8) reach the map at that share, on the part only.
+    v = decide(maps, scores, both.tile_index, both.grid, both.part_mask, both.H, DecisionConfig(), 0.5, 0.6, 0.0,
+               both.coarse_grid, 0.1)
+    assert v.score == pytest.approx(0.5) and float(v.anomaly_map.max()) == pytest.approx(0.08, abs=1e-4)
+    assert float(v.anomaly_map[both.part_mask == 0].max()) == 0.0
+
+
+def test_spread_scores_holds_each_score_over_its_tile():
+    from pipeline.vision.tiling import spread_scores, tile_grid
+
+    grid = tile_grid(64, 128, 64, 0.0)  # two tiles side by side
+    out = spread_scores(np.array([0.5]), np.array([1]), grid, (128, 256))  # only the right tile, resized x2
+    assert out.shape == (128, 256)
+    assert out[:, 140:].min() == pytest.approx(0.5, abs=1e-5) and out[:, :110].max() == 0.0
+    both = spread_scores(np.array([0.3, 0.3]), np.array([0, 1]), grid, (64, 128))
+    assert np.allclose(both, 0.3)

@@ -2,7 +2,8 @@
 
 Runs an exported model with tile memories once over the development ``test/`` split, takes apart
 what the graph's map holds (``(1 - share) x segmentation + share x full-scale tile novelty``, share
-from ``model.json: extra.memory_map_share``), and scores several fusions of the segmentation map,
+from ``model.json: extra.memory_map_share``), and scores several fusions (the detector's own map is
+the first: the graph's, share 0.01, plus ``coarse_map_share`` 0.01 x the half-scale novelty) of the segmentation map,
 the full-scale novelty spread over its tiles and the half-scale novelty spread over its tiles (all
 stitched with the same window). Prints pixel AUROC and AUPRO (FPR 0.3) for each. The README's map
 study figures come from this.
@@ -31,7 +32,8 @@ from pipeline.vision.tiling import extract_tiles, scaled_shape, stitch, tile_gri
 # seg: segmentation map; fine / coarse: full- / half-scale tile novelty spread over the tiles.
 Fuse = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 VARIANTS: dict[str, Fuse] = {
-    "0.98 seg + 0.02 fine (shipped)": lambda s, f, c: 0.98 * s + 0.02 * f,
+    "0.99 seg + 0.01 fine + 0.01 coarse": lambda s, f, c: 0.99 * s + 0.01 * (f + c),
+    "0.98 seg + 0.02 fine": lambda s, f, c: 0.98 * s + 0.02 * f,
     "seg alone": lambda s, f, c: s,
     "fine novelty alone": lambda s, f, c: f,
     "coarse novelty alone": lambda s, f, c: c,

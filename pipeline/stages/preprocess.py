@@ -49,7 +49,10 @@ def run(stage: Stage) -> int:
                 out = {"tiles": prepared.tiles, "tile_index": prepared.tile_index, "part_mask": prepared.part_mask}
                 if keep_frame:
                     out["frame"] = arrays["image"]
-                send(tiles, {"kind": "tiles", **base, "grid": prepared.grid.to_dict(), "H": prepared.H.ravel().tolist(),
+                grids = {"grid": prepared.grid.to_dict()}
+                if prepared.coarse_grid is not None:
+                    grids["coarse_grid"] = prepared.coarse_grid.to_dict()
+                send(tiles, {"kind": "tiles", **base, **grids, "H": prepared.H.ravel().tolist(),
                              "t_pre_ns": [t0, time.monotonic_ns()]}, out)
             status.add(busy_ms=(time.monotonic_ns() - t0) / 1e6)
     finally:

@@ -88,6 +88,19 @@ def tiles_at_scale(image: np.ndarray, tile: int, overlap: float, scale: float = 
     return extract_tiles(img, tile_grid(img.shape[0], img.shape[1], tile, overlap))
 
 
+def spread_scores(scores: np.ndarray, positions: np.ndarray, grid: TileGrid, shape: tuple[int, int]) -> np.ndarray:
+    """Tile scores -> a map at ``shape``: each score held over its tile at ``positions`` of ``grid``
+    (missing tiles count as 0), stitched as maps are, then resized to ``shape`` (the coarse grid
+    covers a downscaled image)."""
+    t = grid.tile
+    flat = np.zeros((len(grid), t, t), np.float32)
+    flat[np.asarray(positions, np.int64)] = np.asarray(scores, np.float32)[:, None, None]
+    out = stitch(flat, grid)
+    if out.shape != tuple(shape):
+        out = cv2.resize(out, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
 def blend_window(tile: int) -> np.ndarray:
     """Smooth 2D weighting window (separable Hann with a floor): overlapping tiles fade into each
     other, so stitched maps show no seams where plain averaging would."""
