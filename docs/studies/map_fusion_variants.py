@@ -2,11 +2,11 @@
 
 Runs an exported model with tile memories once over the development ``test/`` split, takes apart
 what the graph's map holds (``(1 - share) x segmentation + share x full-scale tile novelty``, share
-from ``model.json: extra.memory_map_share``), and scores several fusions (the detector's own map is
-the first: the graph's, share 0.01, plus ``coarse_map_share`` 0.01 x the half-scale novelty) of the segmentation map,
+from ``model.json: extra.memory_map_share``), and scores several fusions of the segmentation map,
 the full-scale novelty spread over its tiles and the half-scale novelty spread over its tiles (all
-stitched with the same window). Prints pixel AUROC and AUPRO (FPR 0.3) for each. The README's map
-study figures come from this.
+stitched with the same window, ``pipeline.vision.tiling.spread_scores``). The first is the detector's
+own map: the graph's (share 0.01) plus ``coarse_map_share`` (0.01) x the half-scale novelty.
+Prints pixel AUROC and AUPRO (FPR 0.3) for each. The README's map study figures come from this.
 
     python docs/studies/map_fusion_variants.py --model engines/models/magnetic_tile --data ../shared/datasets/magnetic_tile
 
@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -27,7 +26,8 @@ from engines import metrics  # noqa: E402
 from engines.backends.base import load_backend  # noqa: E402
 from engines.data import mvtec_test_set, read_image, read_mask  # noqa: E402
 from engines.detector import Detector, split_scores  # noqa: E402
-from pipeline.vision.tiling import extract_tiles, scaled_shape, stitch, tile_grid, tiles_at_scale  # noqa: E402
+from pipeline.vision.tiling import (extract_tiles, scaled_shape, spread_scores, stitch, tile_grid,  # noqa: E402
+                                   tiles_at_scale)
 
 # seg: segmentation map; fine / coarse: full- / half-scale tile novelty spread over the tiles.
 Fuse = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -42,13 +42,6 @@ VARIANTS: dict[str, Fuse] = {
     "(seg + 0.01) x (fine + coarse)": lambda s, f, c: (s + 0.01) * (f + c),
     "0.98 seg + 0.01 (fine + coarse)": lambda s, f, c: 0.98 * s + 0.01 * (f + c),
 }
-
-
-def spread(scores: np.ndarray, grid, shape: tuple[int, int]) -> np.ndarray:
-    """Tile scores -> a map holding each tile's score over its pixels, window-stitched, at ``shape``."""
-    flat = np.ascontiguousarray(np.broadcast_to(scores[:, None, None], (len(scores), grid.tile, grid.tile)))
-    out = stitch(flat, grid)
-    return out if out.shape == shape else cv2.resize(out, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
 def main() -> int:
@@ -75,7 +68,8 @@ def main() -> int:
         maps, scores = detector.infer_tiles(tiles)
         fine, coarse = split_scores(scores, len(grid))
         seg = stitch((maps[:len(grid)] - share * fine[:, None, None, None]) / (1.0 - share), grid)
-        f, c = spread(fine, grid, shape), spread(coarse, coarse_grid, shape)
+        f = spread_scores(fine, np.arange(len(fine)), grid, shape)
+        c = spread_scores(coarse, np.arange(len(coarse)), coarse_grid, shape)
         for name, fuse in VARIANTS.items():
             fused[name].append(fuse(seg, f, c).astype(np.float32))
     print(f"{a.model}: {len(masks)} images, overlap {a.overlap}")
