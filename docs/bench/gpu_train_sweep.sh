@@ -3,7 +3,7 @@
 # 30 epochs x 250 steps each, each keeping an exponential moving average of its weights (--ema 0.999),
 # so one run yields both the raw and the averaged weights of the same trajectory:
 #   sN    batch 16 (the default batch), seed N
-#   b32sN batch 32 (twice the synthetic samples), seed N;  b64sN batch 64 (the shipped model: b64s0)
+#   b32sN batch 32 (twice the synthetic samples), seed N;  b64sN batch 64 (the shipped model: b64s0);  b128sN batch 128
 # The GPU image has torch, numpy, cv2, tqdm; the data comes beside the tree as .gpudata (git-ignored):
 #   mkdir -p .gpudata/magnetic_tile/train && cp -r ../shared/datasets/magnetic_tile/train/good .gpudata/magnetic_tile/train/
 # Memories are not fitted there: each run comes back as one slim checkpoint ($OUT/<run>.pt: "model" = the
@@ -26,7 +26,8 @@ launch() {  # name, workers, extra train args
     > "$RUNS/$name.log" 2>&1 &
 }
 # Runs as name:seed:batch:workers. The first two calls ran SEEDS="0 1" and SEEDS="2 3";
-# the third SPEC="b64s0:0:64:10 b32s4:4:32:5" LIMIT=250 (seconds per training, for the time left).
+# the third SPEC="b64s0:0:64:10 b32s4:4:32:5" LIMIT=250 (seconds per training, for the time left);
+# the next session SPEC="b128s0:0:128:9 b64s1:1:64:6" LIMIT=480, then SPEC="b128s1:1:128:9 b64s2:2:64:6" LIMIT=480.
 SEEDS=${SEEDS:-0 1}
 SPEC=${SPEC:-$(for s in $SEEDS; do echo "s$s:$s:16:3 b32s$s:$s:32:5"; done)}
 NAMES=""
