@@ -163,7 +163,7 @@ def test_ctrl_c_flushes_results_and_exits(line, tmp_path):
     assert [r["frame_id"] for r in records] == list(range(len(records)))  # everything read got its record
 
 
-def test_memory_fitted_on_ok_frames_as_the_line_sees_them(line, trained_model, mini_data, tmp_path):
+def test_memory_fitted_on_ok_frames_as_the_line_sees_them(line, trained_model, mini_data, tmp_path, capsys):
     """simulate_line --ok-from train/good, then export_model --memory-data FRAMES --memory-line LINE."""
     from engines.artifact import ModelMeta
     from engines.data import training_images
@@ -183,6 +183,8 @@ def test_memory_fitted_on_ok_frames_as_the_line_sees_them(line, trained_model, m
     extra = ModelMeta.load(out).extra
     assert extra["memory_frames"] == 4 and extra["memory_line"] == str(config)  # the empty-belt frame is skipped
     assert extra["memory_tiles"] > 0
+    err = capsys.readouterr().err  # 4 frames are far too few for a memory a line can rely on: said, not refused
+    assert "warning" in err and "fitted on 4 line frames" in err and str(frames) in err
 
 
 def test_memory_line_errors_are_clear(line, trained_model, tmp_path, capsys):

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> None:
         from engines.artifact import ModelMeta
         from engines.export import export_model, export_untrained
+        from engines.tile_memory import LINE_MEMORY_MIN_FRAMES
 
         if args.untrained:
             out = export_untrained(args.arch, args.width, args.channels, args.out)
@@ -40,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("give --checkpoint OUT/last.pt, or --untrained for a speed-only model")
         meta = ModelMeta.load(out)
         print(f"wrote {out}: onnx vs torch max abs diff {meta.extra['onnx_vs_torch_max_abs_diff']:.2e}")
+        frames = meta.extra.get("memory_frames")
+        if frames is not None and frames < LINE_MEMORY_MIN_FRAMES:
+            print(f"export_model: warning: {args.memory_data}: the tile memories were fitted on {frames} line frames; "
+                  f"with fewer than about {LINE_MEMORY_MIN_FRAMES} they ranked parts worse on the simulated line "
+                  "than memories fitted on the training images (README, 'Train on your own OK images'). Record "
+                  "more OK frames, or export without --memory-line", file=sys.stderr)
 
     return run_cli(go, "export_model")
 
