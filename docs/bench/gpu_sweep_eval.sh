@@ -38,8 +38,8 @@ for m in sorted(w.glob("ev_*/metrics.json")):
     meta = json.loads((w / ("m_" + m.parent.name[3:]) / "model.json").read_text())
     rows[m.parent.name[3:]] = {
         "training_command": meta["training_command"],
-        # The map of the time: 0.02 of the full-scale novelty (earlier rows, no coarse share), or
-        # 0.01 of it plus 0.01 of the half-scale novelty (rows evaluated after 1a01769).
+        # Which map the row was scored with: 0.0 = 0.02 of the full-scale novelty (before 1a01769),
+        # 0.01 = 0.01 of it plus 0.01 of the half-scale novelty (all rows since 2026-11-26 20:26 UTC).
         "coarse_map_share": meta.get("coarse_map_share", 0.0),
         **{k: round(r[k], 4) for k in ("image_auroc", "pixel_auroc", "aupro")},
         "image_auroc_per_type": {t: round(v["image_auroc"], 4) for t, v in r["per_type"].items()},
