@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from engines.backends.base import Backend
-from pipeline.vision.tiling import extract_tiles, scaled_shape, spread_scores, stitch, tile_grid, tiles_at_scale
+from pipeline.vision.tiling import downscale, extract_tiles, spread_scores, stitch, tile_grid
 
 SCORE_SMOOTH_SIGMA = 4.0  # px; the image score ignores single-pixel spikes
 
@@ -69,13 +69,15 @@ class Detector:
         grid = tile_grid(image.shape[0], image.shape[1], t, self.overlap)
         tiles = extract_tiles(image, grid)
         n_fine = len(tiles)
+        coarse_grid = None
         if self.meta.coarse_scale > 0:  # one batch run for both passes
-            tiles = np.concatenate([tiles, tiles_at_scale(image, t, self.overlap, self.meta.coarse_scale)])
+            small = downscale(image, self.meta.coarse_scale)
+            coarse_grid = tile_grid(small.shape[0], small.shape[1], t, self.overlap)
+            tiles = np.concatenate([tiles, extract_tiles(small, coarse_grid)])
         maps, scores = self.infer_tiles(tiles)
         fine, coarse = split_scores(scores, n_fine)
         anomaly_map = stitch(maps[:n_fine], grid)
-        if coarse is not None and self.meta.coarse_map_share > 0:
-            coarse_grid = tile_grid(*scaled_shape(*image.shape[:2], self.meta.coarse_scale), t, self.overlap)
+        if coarse is not None and coarse_grid is not None and self.meta.coarse_map_share > 0:
             anomaly_map = anomaly_map + self.meta.coarse_map_share * spread_scores(
                 coarse, np.arange(len(coarse)), coarse_grid, anomaly_map.shape)
         return Prediction(anomaly_map, image_score(anomaly_map, fine, self.meta.map_score_weight, coarse), fine, coarse)
