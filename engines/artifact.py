@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.vision.tiling import SPREADS, NoveltyShare
+
 ONNX_NAME = "model.onnx"
 META_NAME = "model.json"
 META_VERSION = 1
@@ -41,6 +43,12 @@ class ModelMeta:
     # covers several fine ones, so its score is spread over its area and resized; see
     # ``pipeline.vision.tiling.spread_scores``). 0: the map is the fine tiles' graph output alone.
     coarse_map_share: float = 0.0
+    # Share of the full-scale tiles' novelty added to the stitched map outside the graph. 0 for
+    # models exported before this field existed, whose graph blends it into each tile's map instead
+    # (``extra.memory_map_share``); the graph cannot take the minimum over neighbouring tiles.
+    fine_map_share: float = 0.0
+    # How both shares are spread over the map: "mean" or "min" (``pipeline.vision.tiling.SPREADS``).
+    novelty_spread: str = "mean"
     training_data_hash: str = ""
     training_command: str = ""
     precision: str = "fp32"
@@ -71,7 +79,14 @@ class ModelMeta:
         unknown = set(raw) - known
         if unknown:
             raise ArtifactError(f"{path}: unknown metadata field(s) {sorted(unknown)}")
-        return cls(**raw)
+        meta = cls(**raw)
+        if meta.novelty_spread not in SPREADS:
+            raise ArtifactError(f"{path}: novelty_spread is {meta.novelty_spread!r}; use one of {list(SPREADS)}")
+        return meta
+
+    def novelty_share(self) -> NoveltyShare:
+        """What of the tile novelty the stitched map adds, outside the graph."""
+        return NoveltyShare(self.fine_map_share, self.coarse_map_share, self.novelty_spread)
 
 
 def model_paths(folder: str | Path) -> tuple[Path, ModelMeta]:

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from engines.backends.base import Backend
-from pipeline.vision.tiling import downscale, extract_tiles, spread_scores, stitch, tile_grid
+from pipeline.vision.tiling import downscale, extract_tiles, stitch, tile_grid
 
 SCORE_SMOOTH_SIGMA = 4.0  # px; the image score ignores single-pixel spikes
 
@@ -76,10 +76,9 @@ class Detector:
             tiles = np.concatenate([tiles, extract_tiles(small, coarse_grid)])
         maps, scores = self.infer_tiles(tiles)
         fine, coarse = split_scores(scores, n_fine)
-        anomaly_map = stitch(maps[:n_fine], grid)
-        if coarse is not None and coarse_grid is not None and self.meta.coarse_map_share > 0:
-            anomaly_map = anomaly_map + self.meta.coarse_map_share * spread_scores(
-                coarse, np.arange(len(coarse)), coarse_grid, anomaly_map.shape)
+        anomaly_map = self.meta.novelty_share().add(
+            stitch(maps[:n_fine], grid), grid, fine, np.arange(n_fine), coarse_grid, coarse,
+            None if coarse is None else np.arange(len(coarse)))
         return Prediction(anomaly_map, image_score(anomaly_map, fine, self.meta.map_score_weight, coarse), fine, coarse)
 
 

@@ -10,7 +10,8 @@ import torch
 
 from engines.artifact import META_NAME, ONNX_NAME, ModelMeta
 from engines.data import files_hash, read_image, training_images
-from engines.tile_memory import COARSE_MAP_SHARE, COARSE_SCALE, MEMORY_NAMES, attach_memories, memory_from_line_frames
+from engines.tile_memory import (COARSE_MAP_SHARE, COARSE_SCALE, FINE_MAP_SHARE, GRAPH_MAP_SHARE, MEMORY_NAMES,
+                                 NOVELTY_SPREAD, attach_memories, memory_from_line_frames)
 from engines.backends.torch_backend import WEIGHTS_NAME
 from engines.inference_model import build_model, inference_module, load_weights
 
@@ -116,7 +117,10 @@ def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
             extra.update({f"{name}_tiles": int(memory.bank.shape[0]), f"{name}_center": round(float(memory.center), 4),
                           f"{name}_scale": round(float(memory.scale), 4)})
     if getattr(model, "memory", None) is not None:
-        extra["memory_map_share"] = round(float(model.memory.map_share), 4)
+        # The share of novelty goes outside the graph (ModelMeta.fine_map_share), also for
+        # checkpoints whose memory still carries the old in-graph share.
+        model.memory.map_share.fill_(GRAPH_MAP_SHARE)
+        extra["memory_map_share"] = GRAPH_MAP_SHARE
     return export_module(model, cfg, out, opset, thresholds, data_hash=state.get("training_data_hash", ""), extra=extra)
 
 
@@ -148,10 +152,12 @@ def export_module(model: torch.nn.Module, cfg: dict, out: str | Path, opset: int
     previous = ModelMeta.load(out) if (out / META_NAME).is_file() else None
     pixel_t, image_t = thresholds or ((previous.pixel_threshold, previous.image_threshold) if previous else (0.5, 0.5))
     has_coarse = getattr(model, "coarse_memory", None) is not None
+    has_memory = getattr(model, "memory", None) is not None
     meta = ModelMeta(
         arch=cfg["arch"], width=cfg["width"], in_channels=cfg["channels"], pixel_threshold=pixel_t,
-        map_score_weight=0.0 if getattr(model, "memory", None) is not None else 0.5,
+        map_score_weight=0.0 if has_memory else 0.5,
         coarse_scale=COARSE_SCALE if has_coarse else 0.0, coarse_map_share=COARSE_MAP_SHARE if has_coarse else 0.0,
+        fine_map_share=FINE_MAP_SHARE if has_memory else 0.0, novelty_spread=NOVELTY_SPREAD if has_memory else "mean",
         image_threshold=image_t, training_data_hash=data_hash, training_command=cfg.get("command", ""), opset=opset,
         extra={**extra, "onnx_vs_torch_max_abs_diff": diff},
     )

@@ -48,15 +48,21 @@ COARSE_MAX_TILES = 2048    # 2512 coarse training tiles on magnetic tile; 2048 r
 LINE_MEMORY_MIN_FRAMES = 200
 CALIBRATION_QUANTILE = 0.99
 WHITEN_SHRINK = 0.1        # eigenvalues -> 0.9 x eigenvalue + 0.1 x their mean (0.01..0.2 scored alike)
-# Share of the tile's novelty blended into every pixel of its defect map (in the graph). Small, so
-# that the map still outlines the defect; enough that pixels of a novel tile rank above look-alike
-# pixels of a familiar one. On the magnetic-tile test split a full-scale share of 0.02 alone lifted
-# pixel AUROC from 0.60 to 0.74 (0.1: 0.745; with the whitened memory 0.776 / AUPRO 0.712).
-MAP_NOVELTY_SHARE = 0.01
-# The same share of the coarse (half-scale) novelty, added to the stitched map outside the graph
-# (ModelMeta.coarse_map_share). Splitting the 0.02 between the scales raised pixel AUROC by 0.013
-# and 0.018 on two weight sets, AUPRO unchanged (docs/studies/map_fusion_variants.py).
+# Share of each tile's novelty added to the stitched defect map, outside the graph (ModelMeta's
+# fine_map_share and coarse_map_share). Small, so that the map still outlines the defect; enough
+# that pixels of a novel tile rank above look-alike pixels of a familiar one. On the magnetic-tile
+# test split a full-scale share of 0.02 alone lifted pixel AUROC from 0.60 to 0.74 (0.1: 0.745);
+# splitting the 0.02 between the full and the half scale raised it by a further 0.013 and 0.018 on
+# two weight sets, AUPRO unchanged (docs/studies/map_fusion_variants.py).
+FINE_MAP_SHARE = 0.01
 COARSE_MAP_SHARE = 0.01
+# Spread as the minimum over the tiles covering a pixel, not their weighted mean: on the shipped
+# weights pixel AUROC 0.817 -> 0.830, AUPRO 0.757 -> 0.780, the same on both halves of the split and
+# on other weight sets (docs/studies/novelty_min_pool.py).
+NOVELTY_SPREAD = "min"
+# In-graph share (TileMemory.blend): models exported before fine_map_share existed blended 0.01 of the fine
+# novelty into each tile's map; export now sets it to 0 and the share above is added outside.
+GRAPH_MAP_SHARE = 0.0
 
 
 class TileMemory(nn.Module):
@@ -71,7 +77,7 @@ class TileMemory(nn.Module):
         self.register_buffer("bank_sq", torch.zeros(size))
         self.register_buffer("center", torch.tensor(1.0))  # distance that maps to 0.5
         self.register_buffer("scale", torch.tensor(1.0))   # distance per unit of logit
-        self.register_buffer("map_share", torch.tensor(MAP_NOVELTY_SHARE))
+        self.register_buffer("map_share", torch.tensor(GRAPH_MAP_SHARE))
 
     def project(self, embedding: torch.Tensor) -> torch.Tensor:
         """Pooled embedding ``(N, D)`` -> the space the bank lives in (see :func:`fit_memory`)."""

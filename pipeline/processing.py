@@ -12,7 +12,8 @@ from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects
 from pipeline.vision.locate import locate_silhouette, locate_template, refine_ecc, small_to_full
 from pipeline.vision.rectify import homography_to_canonical, rectify
-from pipeline.vision.tiling import TileGrid, downscale, extract_tiles, scaled_shape, spread_scores, stitch, tile_grid
+from pipeline.vision.tiling import (NoveltyShare, TileGrid, downscale, extract_tiles, scaled_shape, stitch,
+                                   tile_grid)
 
 
 @dataclass
@@ -118,20 +119,18 @@ class Verdict:
 def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarray, grid: TileGrid,
            part_mask: np.ndarray, H: np.ndarray, cfg: DecisionConfig, pixel_threshold: float,
            image_threshold: float, map_score_weight: float = 0.5, coarse_grid: TileGrid | None = None,
-           coarse_map_share: float = 0.0) -> Verdict:
+           novelty: NoveltyShare = NoveltyShare()) -> Verdict:
     """Stitch kept tiles (skipped tiles count as 0), mask non-part pixels, score, find defects.
-    Tiles of a coarse pass (``tile_index >= len(grid)``, after the fine ones) add their scores, and,
-    with ``coarse_grid`` and ``coarse_map_share`` (``ModelMeta.coarse_map_share``), that share of
-    their scores spread over their area to the map."""
+    Tiles of a coarse pass (``tile_index >= len(grid)``, after the fine ones) add their scores.
+    ``novelty`` (``ModelMeta.novelty_share()``) says what share of the fine and coarse tile scores
+    (the coarse ones on ``coarse_grid``) is spread over the map, and how."""
     t = grid.tile
     n_fine = int((tile_index < len(grid)).sum())
     fine_scores, coarse_scores = split_scores(tile_scores, n_fine)
     full = np.zeros((len(grid), 1, t, t), np.float32)
     full[tile_index[:n_fine]] = tile_maps[:n_fine].reshape(-1, 1, t, t)
-    anomaly = stitch(full, grid)
-    if coarse_scores is not None and coarse_grid is not None and coarse_map_share > 0:
-        anomaly = anomaly + coarse_map_share * spread_scores(coarse_scores, tile_index[n_fine:] - len(grid),
-                                                             coarse_grid, anomaly.shape)
+    anomaly = novelty.add(stitch(full, grid), grid, fine_scores, tile_index[:n_fine], coarse_grid, coarse_scores,
+                          tile_index[n_fine:] - len(grid))
     inspect = part_mask > 0
     if cfg.part_erode_px > 0:
         k = 2 * cfg.part_erode_px + 1

@@ -8,7 +8,7 @@ from engines.backends import load_backend  # noqa: E402
 from engines.detector import Detector, image_score, split_scores  # noqa: E402
 from engines.export import export_model  # noqa: E402
 from engines.quantize import output_head_nodes  # noqa: E402
-from engines.tile_memory import (COARSE_MAP_SHARE, COARSE_SCALE, MAP_NOVELTY_SHARE, MEMORY_NAMES, fit_memory,  # noqa: E402
+from engines.tile_memory import (COARSE_MAP_SHARE, COARSE_SCALE, FINE_MAP_SHARE, MEMORY_NAMES, NOVELTY_SPREAD, fit_memory,  # noqa: E402
                                  k_center, memory_from_images)
 from engines.tiny_unet import TinyUNet  # noqa: E402
 
@@ -52,16 +52,19 @@ def test_blend_keeps_map_in_unit_range():
     memory = fit_memory(emb, ids)
     prob = torch.rand(4, 1, 8, 8)
     novelty = torch.tensor([0.0, 0.3, 0.7, 1.0])
+    assert torch.equal(memory.blend(prob, novelty), prob)  # new memories: the share is added outside the graph
+    memory.map_share.fill_(0.01)  # what models exported before fine_map_share existed carry
     out = memory.blend(prob, novelty)
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-    expected = (1 - MAP_NOVELTY_SHARE) * prob[3] + MAP_NOVELTY_SHARE
-    assert torch.allclose(out[3], expected)
+    assert torch.allclose(out[3], 0.99 * prob[3] + 0.01)
 
 
 def test_trained_model_carries_memory_through_every_backend(trained_model):
     """train fits the memory, export puts it in the graph and in model.pt, backends agree."""
     meta = ModelMeta.load(trained_model)
     assert meta.extra["memory_tiles"] > 0 and meta.map_score_weight == 0.0
+    assert meta.fine_map_share == FINE_MAP_SHARE > 0 and meta.novelty_spread == NOVELTY_SPREAD == "min"
+    assert meta.extra["memory_map_share"] == 0.0  # nothing of the novelty is blended in the graph
     assert "memory.bank" in torch.load(trained_model / "model.pt", weights_only=True)
     x = np.random.default_rng(0).normal(0, 1, (3, 1, 128, 128)).astype(np.float32)
     ort_maps, ort_scores = load_backend("onnxruntime", trained_model).infer(x)
@@ -86,21 +89,30 @@ def test_detector_runs_a_coarse_pass_and_averages_its_strongest_score(trained_mo
     assert pred.score == pytest.approx(0.5 * (pred.tile_scores.max() + pred.coarse_scores.max()), abs=1e-6)
 
 
-def test_detector_adds_the_coarse_share_to_the_map(trained_model, ok_images, tmp_path):
-    """The map is the fine tiles' graph output plus coarse_map_share x the coarse scores spread over
-    their area; a folder without the field (older exports) keeps the graph's map alone."""
+def test_detector_adds_the_novelty_shares_to_the_map(trained_model, ok_images, tmp_path):
+    """The map is the fine tiles' graph output plus fine_map_share x the fine scores and
+    coarse_map_share x the coarse scores, each spread as the minimum over the tiles covering a
+    pixel; a folder with both shares at 0 keeps the graph's map alone."""
     import shutil
+
+    from pipeline.vision.tiling import spread_scores, tile_grid
 
     img = ok_images[0]
     with_share = Detector(load_backend("onnxruntime", trained_model), overlap=0.25).predict(img)
     plain_dir = shutil.copytree(trained_model, tmp_path / "plain")
     meta = ModelMeta.load(plain_dir)
-    meta.coarse_map_share = 0.0
+    meta.coarse_map_share = meta.fine_map_share = 0.0
     meta.save(plain_dir)
     plain = Detector(load_backend("onnxruntime", plain_dir), overlap=0.25).predict(img)
     added = with_share.anomaly_map - plain.anomaly_map
-    lo, hi = COARSE_MAP_SHARE * with_share.coarse_scores.min(), COARSE_MAP_SHARE * with_share.coarse_scores.max()
+    fine, coarse = with_share.tile_scores, with_share.coarse_scores
+    lo = FINE_MAP_SHARE * fine.min() + COARSE_MAP_SHARE * coarse.min()
+    hi = FINE_MAP_SHARE * fine.max() + COARSE_MAP_SHARE * coarse.max()
     assert added.min() >= lo - 1e-5 and added.max() <= hi + 1e-5 and added.max() > 0
+    # The fine part is exactly the minimum over covering tiles: at the top-left pixel, only tile 0.
+    grid = tile_grid(*img.shape, 128, 0.25)
+    fine_part = FINE_MAP_SHARE * spread_scores(fine, np.arange(len(fine)), grid, img.shape, "min")
+    assert fine_part[0, 0] == pytest.approx(FINE_MAP_SHARE * fine[0])
     assert with_share.score == pytest.approx(plain.score)  # the image score does not read the map
 
 
@@ -115,7 +127,7 @@ def test_split_scores_reads_the_column_of_each_pass():
 def test_export_refits_memory_from_other_images(trained_model, mini_data, tmp_path):
     out = export_model(trained_model.parent / "last.pt", tmp_path / "m", memory_data=mini_data, progress=False)
     meta = ModelMeta.load(out)
-    assert len(meta.extra["memory_data_hash"]) == 64 and meta.extra["memory_map_share"] == MAP_NOVELTY_SHARE
+    assert len(meta.extra["memory_data_hash"]) == 64 and meta.fine_map_share == FINE_MAP_SHARE
 
 
 def test_memory_from_real_images_ranks_them_familiar(ok_images):
@@ -155,3 +167,23 @@ def test_fp16_torch_backend_keeps_the_memories_fp32(trained_model):
         assert getattr(net, name).bank.dtype == torch.float32, name
     maps, scores = engine.infer(np.random.default_rng(0).normal(0, 1, (2, 1, 128, 128)).astype(np.float32))
     assert maps.shape == (2, 1, 128, 128) and scores.shape == (2, 2) and np.isfinite(scores).all()
+
+
+def test_model_json_without_the_spread_fields_reads_as_before(trained_model, tmp_path):
+    """Folders exported before fine_map_share / novelty_spread existed blend the fine share in the
+    graph and spread the coarse one as the mean; a bad spread name is an error naming the field."""
+    import json
+    import shutil
+
+    from engines.artifact import ArtifactError
+
+    old = shutil.copytree(trained_model, tmp_path / "old")
+    raw = json.loads((old / "model.json").read_text())
+    del raw["fine_map_share"], raw["novelty_spread"]
+    (old / "model.json").write_text(json.dumps(raw))
+    share = ModelMeta.load(old).novelty_share()
+    assert (share.fine, share.coarse, share.spread) == (0.0, COARSE_MAP_SHARE, "mean")
+    raw["novelty_spread"] = "median"
+    (old / "model.json").write_text(json.dumps(raw))
+    with pytest.raises(ArtifactError, match="novelty_spread is 'median'; use one of"):
+        ModelMeta.load(old)

@@ -9,6 +9,7 @@ from pipeline.vision.belt import belt_mask, fit_belt
 from pipeline.vision.defects import box_iou, find_defects
 from pipeline.vision.locate import locate_silhouette, locate_template, order_corners
 from pipeline.vision.rectify import homography_to_canonical, rectify, to_camera
+from pipeline.vision.tiling import NoveltyShare
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,7 @@ def test_coarse_pass_tiles_follow_and_score_without_touching_the_map(frames, bel
     assert v.score == pytest.approx(0.5) and v.verdict == "OK" and float(v.anomaly_map.max()) == 0.0
     # With the coarse grid and a share, the coarse scores (0.8) reach the map at that share, on the part only.
     v = decide(maps, scores, both.tile_index, both.grid, both.part_mask, both.H, DecisionConfig(), 0.5, 0.6, 0.0,
-               both.coarse_grid, 0.1)
+               both.coarse_grid, NoveltyShare(coarse=0.1))
     assert v.score == pytest.approx(0.5) and float(v.anomaly_map.max()) == pytest.approx(0.08, abs=1e-4)
     assert float(v.anomaly_map[both.part_mask == 0].max()) == 0.0
 
@@ -168,3 +169,24 @@ def test_spread_scores_holds_each_score_over_its_tile():
     assert out[:, 140:].min() == pytest.approx(0.5, abs=1e-5) and out[:, :110].max() == 0.0
     both = spread_scores(np.array([0.3, 0.3]), np.array([0, 1]), grid, (64, 128))
     assert np.allclose(both, 0.3)
+
+
+def test_min_spread_marks_only_pixels_that_every_covering_tile_finds_novel():
+    """Three overlapping tiles in a row; the middle one and the right one are novel (a defect in
+    their shared part). "min" keeps the left tile's pixels, and the middle tile's pixels that the
+    left tile also covers, at the low score; "mean" lifts them."""
+    from pipeline.vision.tiling import spread_scores, tile_grid
+
+    grid = tile_grid(64, 160, 64, 0.5)  # x origins 0, 32, 64, 96
+    assert grid.xs == (0, 32, 64, 96)
+    scores = np.array([0.1, 0.1, 0.9, 0.9], np.float32)  # tiles at x 64 and 96 hold a defect in x 96..127
+    low = spread_scores(scores, np.arange(4), grid, (64, 160), "min")
+    mean = spread_scores(scores, np.arange(4), grid, (64, 160), "mean")
+    assert np.allclose(low[:, :96], 0.1)  # x 64..95 lies in the novel tile 2 but also in the clean tile 1
+    assert np.allclose(low[:, 96:], 0.9)  # covered by the novel tiles 2 and 3 only
+    assert mean[:, 80].max() > 0.1 + 1e-3  # the mean lifts a pixel that a clean tile also covers
+    # Tiles left out (not on the part) do not count; pixels no listed tile covers are 0.
+    part = spread_scores(np.array([0.9], np.float32), np.array([3]), grid, (64, 160), "min")
+    assert np.allclose(part[:, 96:], 0.9) and part[:, :96].max() == 0.0
+    with pytest.raises(ValueError, match="spread must be one of"):
+        spread_scores(scores, np.arange(4), grid, (64, 160), "max")

@@ -2,10 +2,13 @@
 
 Runs an exported model with tile memories once over the development ``test/`` split, takes apart
 what the graph's map holds (``(1 - share) x segmentation + share x full-scale tile novelty``, share
-from ``model.json: extra.memory_map_share``), and scores several fusions of the segmentation map,
+from ``model.json: extra.memory_map_share``, 0 in exports that have ``fine_map_share``, which add the share
+outside the graph), and scores several fusions of the segmentation map,
 the full-scale novelty spread over its tiles and the half-scale novelty spread over its tiles (all
 stitched with the same window, ``pipeline.vision.tiling.spread_scores``). The first is the detector's
-own map: the graph's (share 0.01) plus ``coarse_map_share`` (0.01) x the half-scale novelty.
+map of models exported before ``fine_map_share`` existed: the graph's (share 0.01) plus ``coarse_map_share`` (0.01)
+x the half-scale novelty, both spread as the mean over covering tiles (since then the detector
+spreads them as the minimum; ``docs/studies/novelty_min_pool.py`` compares the two).
 Prints pixel AUROC and AUPRO (FPR 0.3) for each. The README's map study figures come from this.
 
     python docs/studies/map_fusion_variants.py --model engines/models/magnetic_tile --data ../shared/datasets/magnetic_tile
@@ -53,8 +56,8 @@ def main() -> int:
     detector = Detector(load_backend("onnxruntime", a.model), overlap=a.overlap)
     meta = detector.meta
     share = float(meta.extra.get("memory_map_share", 0.0))
-    if meta.coarse_scale <= 0 or share <= 0:
-        print(f"{a.model}: needs a model with both tile memories (model.json coarse_scale and extra.memory_map_share)")
+    if meta.coarse_scale <= 0 or "memory_tiles" not in meta.extra:
+        print(f"{a.model}: needs a model with both tile memories (model.json coarse_scale and extra.memory_tiles)")
         return 2
     t = meta.tile_size
     masks, fused = [], {name: [] for name in VARIANTS}

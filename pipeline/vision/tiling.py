@@ -88,17 +88,60 @@ def tiles_at_scale(image: np.ndarray, tile: int, overlap: float, scale: float = 
     return extract_tiles(img, tile_grid(img.shape[0], img.shape[1], tile, overlap))
 
 
-def spread_scores(scores: np.ndarray, positions: np.ndarray, grid: TileGrid, shape: tuple[int, int]) -> np.ndarray:
-    """Tile scores -> a map at ``shape``: each score held over its tile at ``positions`` of ``grid``
-    (missing tiles count as 0), stitched as maps are, then resized to ``shape`` (the coarse grid
-    covers a downscaled image)."""
+# How a tile's novelty score is spread over the pixels of the map (``spread_scores``):
+# "mean": the window-weighted mean of the tiles covering a pixel, as maps are stitched;
+# "min": the lowest score among them, so that a pixel is marked only where every tile holding it is
+# novel. A defect pixel lies in every tile that covers it; a defect-free pixel near a defect has some
+# covering tile that misses the defect, and so stays low (docs/studies/novelty_min_pool.py).
+SPREADS = ("mean", "min")
+
+
+def spread_scores(scores: np.ndarray, positions: np.ndarray, grid: TileGrid, shape: tuple[int, int],
+                  how: str = "mean") -> np.ndarray:
+    """Tile scores -> a map at ``shape``: each score held over its tile at ``positions`` of ``grid``,
+    combined where tiles overlap as ``how`` says (see ``SPREADS``), then resized to ``shape`` (the
+    coarse grid covers a downscaled image). Pixels that no listed tile covers are 0 (with "mean",
+    missing tiles count as 0)."""
     t = grid.tile
-    flat = np.zeros((len(grid), t, t), np.float32)
-    flat[np.asarray(positions, np.int64)] = np.asarray(scores, np.float32)[:, None, None]
-    out = stitch(flat, grid)
+    if how == "mean":
+        flat = np.zeros((len(grid), t, t), np.float32)
+        flat[np.asarray(positions, np.int64)] = np.asarray(scores, np.float32)[:, None, None]
+        out = stitch(flat, grid)
+    elif how == "min":
+        full = np.full((max(grid.height, t), max(grid.width, t)), np.inf, np.float32)
+        origins = grid.origins
+        for i, s in zip(np.asarray(positions, np.int64), np.asarray(scores, np.float32)):
+            y, x = origins[i]
+            np.minimum(full[y:y + t, x:x + t], s, out=full[y:y + t, x:x + t])
+        out = np.where(np.isfinite(full), full, 0.0).astype(np.float32)[: grid.height, : grid.width]
+    else:
+        raise ValueError(f"spread must be one of {SPREADS}, got {how!r}")
     if out.shape != tuple(shape):
         out = cv2.resize(out, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
     return out
+
+
+@dataclass(frozen=True)
+class NoveltyShare:
+    """What of the tiles' novelty scores is added to the stitched defect map, outside the graph:
+    ``fine`` x the full-scale tiles' scores and ``coarse`` x the coarse (downscaled) tiles' scores,
+    each spread over its tiles as ``spread`` says. From the model's metadata
+    (``ModelMeta.novelty_share``); all 0: the map is the graph's output alone."""
+
+    fine: float = 0.0
+    coarse: float = 0.0
+    spread: str = "mean"
+
+    def add(self, anomaly: np.ndarray, grid: TileGrid, fine_scores: np.ndarray, fine_positions: np.ndarray,
+            coarse_grid: TileGrid | None = None, coarse_scores: np.ndarray | None = None,
+            coarse_positions: np.ndarray | None = None) -> np.ndarray:
+        out = anomaly
+        if self.fine > 0 and len(fine_scores):
+            out = out + self.fine * spread_scores(fine_scores, fine_positions, grid, anomaly.shape, self.spread)
+        if self.coarse > 0 and coarse_grid is not None and coarse_scores is not None and len(coarse_scores):
+            out = out + self.coarse * spread_scores(coarse_scores, coarse_positions, coarse_grid, anomaly.shape,
+                                                    self.spread)
+        return out
 
 
 def blend_window(tile: int) -> np.ndarray:
