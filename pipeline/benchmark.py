@@ -67,6 +67,34 @@ def score_ranking(ng_scores: list[float], ok_scores: list[float], fa_budget: flo
             "threshold_at_fa_budget": None if not np.isfinite(bar) else round(float(bar), 4)}
 
 
+def _boxes_meet(a: list[float], b: list[float]) -> bool:
+    """``[x, y, w, h]`` boxes share some area."""
+    return min(a[0] + a[2], b[0] + b[2]) > max(a[0], b[0]) and min(a[1] + a[3], b[1] + b[3]) > max(a[1], b[1])
+
+
+def defect_localisation(results: list[dict], truth: dict[str, dict]) -> dict:
+    """How the reported defects of NG parts that the line flagged NG meet the truth boxes: the share
+    of truth boxes that some reported box overlaps, the share of reported boxes that overlap a truth
+    box, the share of parts whose strongest defect (first listed) does, and defects per part."""
+    hit = boxes = on = reported = top = parts = 0
+    for r in results:
+        t = truth.get(r["source_name"])
+        if not t or t["verdict"] != "NG" or r["verdict"] != "NG" or not t.get("boxes"):
+            continue
+        found = [d["bbox"] for d in r.get("defects", [])]
+        parts += 1
+        boxes += len(t["boxes"])
+        hit += sum(any(_boxes_meet(f, b) for f in found) for b in t["boxes"])
+        reported += len(found)
+        on += sum(any(_boxes_meet(f, b) for b in t["boxes"]) for f in found)
+        top += bool(found) and any(_boxes_meet(found[0], b) for b in t["boxes"])
+    if not parts:
+        return {}
+    return {"flagged_ng_parts": parts, "truth_boxes_hit": round(hit / boxes, 4),
+            "defects_on_truth": round(on / max(1, reported), 4), "top_defect_on_truth": round(top / parts, 4),
+            "defects_per_flagged_ng_part": round(reported / parts, 2)}
+
+
 def line_accuracy(results: list[dict], truth_path: Path) -> dict | None:
     """Verdicts against ``truth.jsonl`` at the line's threshold, plus :func:`score_ranking`."""
     if not truth_path.is_file():
@@ -81,7 +109,8 @@ def line_accuracy(results: list[dict], truth_path: Path) -> dict | None:
             "false_alarm_rate": sum(v == "NG" for v in ok) / max(1, len(ok)),
             "verdict_matches_truth": sum(truth[r["source_name"]]["verdict"] == r["verdict"] for r in results
                                          if r["source_name"] in truth) / max(1, len(results)),
-            **score_ranking([s for t, _, s in parts if t == "NG"], [s for t, _, s in parts if t == "OK"])}
+            **score_ranking([s for t, _, s in parts if t == "NG"], [s for t, _, s in parts if t == "OK"]),
+            "localisation": defect_localisation(results, truth)}
 
 
 def pipeline_benchmark(seq: str | Path, config: str | Path | None, model: str | Path | None = None,

@@ -71,6 +71,10 @@ class DecisionConfig:
     pixel_threshold: float | None = None  # None: the model's own
     image_threshold: float | None = None
     min_defect_area: int = 20             # canonical px
+    # Regions closer than this (canonical px) are reported as one defect. On the simulated line,
+    # 8 px cut the defects reported per flagged NG part from 8.2 to 3.6 (mean) and every truth box
+    # was still hit (README, "Defect reports").
+    merge_gap_px: int = 8
     part_erode_px: int = 3                # ignore the part's outermost pixels (silhouette edge)
 
 
@@ -185,6 +189,8 @@ def validate(cfg: LineConfig, source: str = "config") -> LineConfig:
          "preprocess.canonical_size", "[width, height], each >= 32"),
         (0 < cfg.preprocess.downscale <= 1, "preprocess.downscale", "a factor in (0, 1]"),
         (len(cfg.preprocess.belt.mean) == 3, "preprocess.belt.mean", "3 numbers (Lab)"),
+        (cfg.decision.min_defect_area >= 1, "decision.min_defect_area", "an integer >= 1 (canonical px)"),
+        (cfg.decision.merge_gap_px >= 0, "decision.merge_gap_px", "an integer >= 0 (canonical px; 0: no merging)"),
     ]
     for ok, key, expected in checks:
         if not ok:

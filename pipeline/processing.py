@@ -139,4 +139,5 @@ def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarra
     score = image_score(anomaly, fine_scores, map_score_weight, coarse_scores)
     if score < image_threshold:
         return Verdict("OK", score, [], anomaly)
-    return Verdict("NG", score, find_defects(anomaly, inspect, H, pixel_threshold, cfg.min_defect_area), anomaly)
+    return Verdict("NG", score, find_defects(anomaly, inspect, H, pixel_threshold, cfg.min_defect_area,
+                                                      cfg.merge_gap_px), anomaly)

@@ -69,3 +69,23 @@ def test_line_accuracy_reads_truth_and_scores(tmp_path):
     assert acc["ng_recall"] == 0.5 and acc["false_alarm_rate"] == 0.5 and acc["verdict_matches_truth"] == 0.6
     assert acc["score_auroc"] == pytest.approx(0.75) and acc["ng_recall_at_fa_0.05"] == 0.5
     assert line_accuracy(results, tmp_path / "missing.jsonl") is None
+    assert acc["localisation"] == {}  # no truth boxes in this truth file
+
+
+def test_defect_localisation_against_truth_boxes():
+    from pipeline.benchmark import defect_localisation
+
+    truth = {"a.png": {"verdict": "NG", "boxes": [[10, 10, 20, 20], [100, 100, 10, 10]]},
+             "b.png": {"verdict": "NG", "boxes": [[0, 0, 50, 50]]},
+             "c.png": {"verdict": "NG", "boxes": [[0, 0, 5, 5]]},
+             "d.png": {"verdict": "OK", "boxes": []}}
+    results = [
+        {"source_name": "a.png", "verdict": "NG", "defects": [{"bbox": [15, 15, 5, 5]}, {"bbox": [60, 60, 5, 5]}]},
+        {"source_name": "b.png", "verdict": "NG", "defects": [{"bbox": [200, 200, 5, 5]}, {"bbox": [40, 40, 20, 20]}]},
+        {"source_name": "c.png", "verdict": "OK", "defects": []},   # missed: not a localisation case
+        {"source_name": "d.png", "verdict": "NG", "defects": [{"bbox": [0, 0, 9, 9]}]},  # false alarm: neither
+    ]
+    loc = defect_localisation(results, truth)
+    assert loc["flagged_ng_parts"] == 2 and loc["defects_per_flagged_ng_part"] == 2.0
+    assert loc["truth_boxes_hit"] == pytest.approx(2 / 3, abs=1e-4)  # a's first box and b's box
+    assert loc["defects_on_truth"] == 0.5 and loc["top_defect_on_truth"] == 0.5

@@ -68,6 +68,24 @@ def test_find_defects_in_camera_coordinates():
     assert defects[0]["score"] == pytest.approx(0.9) and 500 < defects[0]["area_px"] < 700
 
 
+def test_find_defects_merges_regions_closer_than_the_gap():
+    H = np.eye(3)
+    amap = np.zeros((200, 200), np.float32)
+    amap[50:70, 50:70] = 0.9
+    amap[50:70, 75:95] = 0.7   # 5 px to the right of the first
+    amap[150:170, 150:170] = 0.8  # far from both
+    part = np.ones_like(amap, np.uint8)
+    apart = find_defects(amap, part, H, 0.5, 20)
+    assert len(apart) == 3
+    merged = find_defects(amap, part, H, 0.5, 20, merge_gap=8)
+    assert len(merged) == 2 and merged[0]["score"] == pytest.approx(0.9)  # the peak of the merged pair
+    assert box_iou(merged[0]["bbox"], [50, 50, 45, 20]) > 0.85  # one outline around both
+    assert 800 < merged[0]["area_px"] < 1000  # the outline's area, gap included (2 x 400 + 100)
+    # Merging stays inside the part: a gap the part does not cover is not bridged.
+    part[:, 70:75] = 0
+    assert len(find_defects(amap, part, H, 0.5, 20, merge_gap=8)) == 3
+
+
 def test_order_corners_is_rotation_stable():
     rect = np.array([[10, 10], [110, 10], [110, 210], [10, 210]], np.float32)
     for shift in range(4):

@@ -8,23 +8,32 @@ from pipeline.vision.rectify import to_camera
 
 
 def find_defects(anomaly_map: np.ndarray, part_mask: np.ndarray, H: np.ndarray, pixel_threshold: float,
-                 min_area: int) -> list[dict]:
+                 min_area: int, merge_gap: int = 0) -> list[dict]:
     """Connected regions of ``anomaly_map >= pixel_threshold`` inside the part, at least ``min_area``
-    canonical px, each as ``{"bbox": [x, y, w, h], "area_px", "score", "polygon"}`` in camera px."""
-    binary = ((anomaly_map >= pixel_threshold) & (part_mask > 0)).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    canonical px, each as ``{"bbox": [x, y, w, h], "area_px", "score", "polygon"}`` in camera px.
+    Regions less than ``merge_gap`` canonical px apart are one defect (a morphological closing of
+    the thresholded map, kept inside the part): its outline encloses them all, its area is that of
+    the outline, its score the peak of the map over its above-threshold pixels."""
+    inside = part_mask > 0
+    binary = ((anomaly_map >= pixel_threshold) & inside).astype(np.uint8)
+    grouped = binary
+    if merge_gap > 0:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * merge_gap + 1, 2 * merge_gap + 1))
+        grouped = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, kernel) & inside.astype(np.uint8)
+    n, labels, _, _ = cv2.connectedComponentsWithStats(grouped, connectivity=8)
     defects = []
     for i in range(1, n):
-        if stats[i, cv2.CC_STAT_AREA] < min_area:
+        group = labels == i
+        hot = group & (binary > 0)
+        if int(hot.sum()) < min_area:
             continue
-        region = (labels == i).astype(np.uint8)
-        contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        contours, _ = cv2.findContours(group.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         contour = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(np.float32)
         poly = to_camera(contour, H)
         x, y, w, h = cv2.boundingRect(np.round(poly).astype(np.int32))
         area = float(cv2.contourArea(poly)) if len(poly) >= 3 else 0.0
         defects.append({"bbox": [int(x), int(y), int(w), int(h)], "area_px": round(max(area, 1.0), 1),
-                        "score": round(float(anomaly_map[region > 0].max()), 4),
+                        "score": round(float(anomaly_map[hot].max()), 4),
                         "polygon": [[round(float(px), 1), round(float(py), 1)] for px, py in poly]})
     defects.sort(key=lambda d: -d["score"])
     return defects
