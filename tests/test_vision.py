@@ -92,6 +92,21 @@ def test_order_corners_is_rotation_stable():
         assert np.allclose(order_corners(np.roll(rect, shift, axis=0), (100, 200)), rect)
 
 
+def test_order_corners_keeps_an_about_square_part_upright():
+    """A part 104 wide and 100 tall, turned 10 degrees, on a portrait canonical: its long side is
+    horizontal by 4 %, which is noise, so it must not be turned a quarter (the first corner stays
+    the camera's top left); a part 150 wide is turned so that its long side runs down."""
+    def quad(w: float, h: float) -> np.ndarray:
+        a = np.deg2rad(10)
+        rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        return (np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32) - [w / 2, h / 2]) @ rot.T + [300, 200]
+
+    square = quad(104, 100)
+    assert np.allclose(order_corners(square, (224, 296)), square, atol=1e-4)
+    wide = quad(150, 100)
+    assert np.allclose(order_corners(wide, (224, 296)), np.roll(wide, -1, axis=0), atol=1e-4)
+
+
 def test_template_mode_locates_part(mini_data):
     from engines.data import read_image
 
