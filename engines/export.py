@@ -14,6 +14,7 @@ from engines.tile_memory import (COARSE_MAP_SHARE, COARSE_SCALE, FINE_MAP_SHARE,
                                  NOVELTY_SPREAD, attach_memories, memory_from_line_frames)
 from engines.backends.torch_backend import WEIGHTS_NAME
 from engines.inference_model import build_model, inference_module, load_weights
+from pipeline.vision.rectify import canonical_view
 
 # Operators TensorRT parses natively; a graph outside this set fails `build_engine` later.
 TENSORRT_NATIVE_OPS = {
@@ -87,18 +88,26 @@ def compact_state(model: torch.nn.Module) -> dict:
 
 def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
                  thresholds: tuple[float, float] | None = None, memory_data: str | Path | None = None,
-                 memory_line: str | Path | None = None, progress: bool = True) -> Path:
+                 memory_line: str | Path | None = None, progress: bool = True,
+                 memory_canonical: str | Path | None = None) -> Path:
     """Write ``out/model.onnx``, ``out/model.pt`` and ``out/model.json``; return ``out``.
 
     ``memory_data`` (OK images, or an MVTec-style folder's ``train/good``) fits a new tile memory
     before export, for checkpoints trained without one or to refit it on other OK images. With
     ``memory_line`` (a line config), the images are camera frames of OK parts and go through that
-    line's preprocessing first, so the memory holds tiles as the line sees them."""
+    line's preprocessing first, so the memory holds tiles as the line sees them. With
+    ``memory_canonical`` (a line config) the images are part images like the training ones, and the
+    memories are fitted on each image as it is *and* as that line will rectify it (turned and warped
+    to its canonical part size, ``canonical_view``): the line's geometry without recorded frames,
+    while images at their own size (``evaluate``) keep their match."""
     model, state = load_checkpoint(checkpoint)
     extra = {"train_steps": int(state["step"])}
     cfg = state["config"]
     if memory_line is not None and memory_data is None:
         raise ValueError("--memory-line needs --memory-data: a folder of camera frames of OK parts on that line")
+    if memory_canonical is not None and (memory_data is None or memory_line is not None):
+        raise ValueError("--memory-canonical needs --memory-data (OK part images such as train/good) and "
+                         "cannot be combined with --memory-line (camera frames already have the line's geometry)")
     if memory_data is not None:
         if cfg["arch"] != "tiny_unet":
             raise ValueError(f"--memory-data: only a tiny_unet has a tile memory, {checkpoint} is {cfg['arch']}")
@@ -108,6 +117,11 @@ def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
             model.memory, model.coarse_memory, used = memory_from_line_frames(model, files, memory_line, meta,
                                                                               progress=progress)
             extra.update(memory_line=str(memory_line), memory_frames=used)
+        elif memory_canonical is not None:
+            wh = canonical_size(memory_canonical)
+            images = [read_image(f, cfg["channels"]) for f in files]
+            attach_memories(model, images + [canonical_view(img, wh) for img in images], meta, progress=progress)
+            extra.update(memory_canonical=str(memory_canonical), memory_canonical_size=list(wh))
         else:
             attach_memories(model, [read_image(f, cfg["channels"]) for f in files], meta, progress=progress)
         extra.update(memory_data=str(memory_data), memory_data_hash=files_hash(files))
@@ -122,6 +136,14 @@ def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
         model.memory.map_share.fill_(GRAPH_MAP_SHARE)
         extra["memory_map_share"] = GRAPH_MAP_SHARE
     return export_module(model, cfg, out, opset, thresholds, data_hash=state.get("training_data_hash", ""), extra=extra)
+
+
+def canonical_size(line_config: str | Path) -> tuple[int, int]:
+    """``preprocess.canonical_size`` of a line config, as ``(width, height)``."""
+    from pipeline.config import load_config
+
+    w, h = load_config(line_config).preprocess.canonical_size
+    return int(w), int(h)
 
 
 def export_untrained(arch: str, width: int, channels: int, out: str | Path, seed: int = 0) -> Path:

@@ -130,6 +130,26 @@ def test_export_refits_memory_from_other_images(trained_model, mini_data, tmp_pa
     assert len(meta.extra["memory_data_hash"]) == 64 and meta.fine_map_share == FINE_MAP_SHARE
 
 
+def test_export_fits_memory_on_the_line_canonical_views_too(trained_model, mini_data, tmp_path):
+    """--memory-canonical adds each OK image as the line will rectify it to the images as they are:
+    the memories hold more tiles, and model.json records the line and its canonical size."""
+    from pipeline.config import LineConfig, PreprocessConfig, dump_config
+
+    line = dump_config(LineConfig(preprocess=PreprocessConfig(canonical_size=[200, 264])), tmp_path / "line.yaml")
+    plain = ModelMeta.load(export_model(trained_model.parent / "last.pt", tmp_path / "plain", memory_data=mini_data,
+                                        progress=False))
+    both = ModelMeta.load(export_model(trained_model.parent / "last.pt", tmp_path / "both", memory_data=mini_data,
+                                       progress=False, memory_canonical=line))
+    assert both.extra["memory_canonical_size"] == [200, 264] and both.extra["memory_canonical"] == str(line)
+    assert both.extra["memory_tiles"] > plain.extra["memory_tiles"]
+    assert both.extra["memory_data_hash"] == plain.extra["memory_data_hash"]  # the same OK images
+    with pytest.raises(ValueError, match="--memory-canonical needs --memory-data"):
+        export_model(trained_model.parent / "last.pt", tmp_path / "x", memory_canonical=line, progress=False)
+    with pytest.raises(ValueError, match="cannot be combined with --memory-line"):
+        export_model(trained_model.parent / "last.pt", tmp_path / "x", memory_data=mini_data, memory_line=line,
+                     memory_canonical=line, progress=False)
+
+
 def test_memory_from_real_images_ranks_them_familiar(ok_images):
     torch.manual_seed(0)
     model = TinyUNet(1, 8).eval()

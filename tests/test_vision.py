@@ -107,6 +107,20 @@ def test_order_corners_keeps_an_about_square_part_upright():
     assert np.allclose(order_corners(wide, (224, 296)), np.roll(wide, -1, axis=0), atol=1e-4)
 
 
+def test_canonical_view_turns_and_warps_a_part_image_as_the_line_would():
+    from pipeline.vision.rectify import canonical_view
+
+    wide = np.zeros((50, 100), np.uint8)
+    wide[:, 90:] = 255  # bright right edge
+    view = canonical_view(wide, (224, 296))
+    assert view.shape == (296, 224)  # long side along the canonical long side
+    assert view[:20].mean() > 250 and view[-20:].max() == 0  # the right edge became the top
+    square = np.zeros((100, 104), np.uint8)
+    square[:10] = 255  # bright top edge of an about square part
+    view = canonical_view(square, (224, 296))
+    assert view[:20].mean() > 250 and view[-20:].max() == 0  # kept upright, only stretched
+
+
 def test_template_mode_locates_part(mini_data):
     from engines.data import read_image
 

@@ -21,6 +21,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-line", metavar="LINE.yaml",
                    help="with --memory-data: the images are camera frames of OK parts; fit on them as this line "
                         "preprocesses them (rectified, tiled)")
+    p.add_argument("--memory-canonical", metavar="LINE.yaml",
+                   help="with --memory-data: OK part images (such as train/good); fit the memories on each image "
+                        "as it is and as this line will rectify it (turned and warped to its canonical part size)")
     return p
 
 
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             out = export_untrained(args.arch, args.width, args.channels, args.out)
         elif args.checkpoint:
             out = export_model(args.checkpoint, args.out, args.opset, memory_data=args.memory_data,
-                               memory_line=args.memory_line)
+                               memory_line=args.memory_line, memory_canonical=args.memory_canonical)
         else:
             raise ValueError("give --checkpoint OUT/last.pt, or --untrained for a speed-only model")
         meta = ModelMeta.load(out)

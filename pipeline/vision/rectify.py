@@ -4,6 +4,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from pipeline.vision.locate import order_corners
+
 
 def canonical_corners(canonical_wh: tuple[int, int]) -> np.ndarray:
     w, h = canonical_wh
@@ -24,3 +26,12 @@ def to_camera(points: np.ndarray, H: np.ndarray) -> np.ndarray:
     """Canonical points ``(N, 2)`` -> camera points through H⁻¹."""
     pts = np.asarray(points, np.float32).reshape(-1, 1, 2)
     return cv2.perspectiveTransform(pts, np.linalg.inv(H)).reshape(-1, 2)
+
+
+def canonical_view(part_image: np.ndarray, canonical_wh: tuple[int, int]) -> np.ndarray:
+    """An image that shows only the part (as training images do) -> the part as a line with this
+    canonical size rectifies it: turned by the locator's rule (long side along the canonical long
+    side, an about square part kept upright, ``order_corners``) and warped to ``canonical_wh``."""
+    h, w = part_image.shape[:2]
+    corners = order_corners(canonical_corners((w, h)), canonical_wh)
+    return rectify(part_image, homography_to_canonical(corners, canonical_wh), canonical_wh)
