@@ -120,7 +120,9 @@ def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
         elif memory_canonical is not None:
             wh = canonical_size(memory_canonical)
             images = [read_image(f, cfg["channels"]) for f in files]
-            attach_memories(model, images + [canonical_view(img, wh) for img in images], meta, progress=progress)
+            # Both views of one image are one part: calibration measures each against other parts.
+            attach_memories(model, images + [canonical_view(img, wh) for img in images], meta, progress=progress,
+                            part_ids=list(range(len(images))) * 2)
             extra.update(memory_canonical=str(memory_canonical), memory_canonical_size=list(wh))
         else:
             attach_memories(model, [read_image(f, cfg["channels"]) for f in files], meta, progress=progress)

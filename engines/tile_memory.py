@@ -188,23 +188,32 @@ def collect_embeddings(model: nn.Module, tiles_per_image: Iterable[tuple[np.ndar
 
 
 def memory_from_images(model: nn.Module, images: Sequence[np.ndarray], meta: ModelMeta,
-                       max_tiles: int = MEMORY_MAX_TILES, progress: bool = True, scale: float = 1.0) -> TileMemory:
+                       max_tiles: int = MEMORY_MAX_TILES, progress: bool = True, scale: float = 1.0,
+                       part_ids: Sequence[int] | None = None) -> TileMemory:
     """Tile each uint8 OK image (at ``scale`` of its size) as inference does, embed every tile, fit
-    the memory."""
+    the memory. ``part_ids`` (default: one per image) says which images show the same part, such as
+    a training image and its view as a line rectifies it: the calibration then measures each tile
+    against other parts only, as a new OK part would be."""
     desc = "tile memory" if scale == 1.0 else f"tile memory (x{scale:g})"
+    ids = list(range(len(images))) if part_ids is None else list(part_ids)
+    if len(ids) != len(images):
+        raise ValueError(f"part_ids has {len(ids)} entries for {len(images)} images")
 
     def tiles_per_image() -> Iterator[tuple[np.ndarray, int]]:
-        for image_id, img in enumerate(tqdm(images, desc=desc, unit="image", disable=not progress)):
-            yield tiles_at_scale(img, meta.tile_size, MEMORY_OVERLAP, scale), image_id
+        for i, img in enumerate(tqdm(images, desc=desc, unit="image", disable=not progress)):
+            yield tiles_at_scale(img, meta.tile_size, MEMORY_OVERLAP, scale), ids[i]
 
     return fit_memory(*collect_embeddings(model, tiles_per_image(), meta), max_tiles)
 
 
-def attach_memories(model: nn.Module, images: Sequence[np.ndarray], meta: ModelMeta, progress: bool = True) -> nn.Module:
-    """Fit the fine and the coarse tile memory on uint8 OK images and attach both to ``model``."""
+def attach_memories(model: nn.Module, images: Sequence[np.ndarray], meta: ModelMeta, progress: bool = True,
+                    part_ids: Sequence[int] | None = None) -> nn.Module:
+    """Fit the fine and the coarse tile memory on uint8 OK images (``part_ids``: see
+    :func:`memory_from_images`) and attach both to ``model``."""
     device = next(model.parameters()).device
-    model.memory = memory_from_images(model, images, meta, progress=progress).to(device)
-    model.coarse_memory = memory_from_images(model, images, meta, COARSE_MAX_TILES, progress, COARSE_SCALE).to(device)
+    model.memory = memory_from_images(model, images, meta, progress=progress, part_ids=part_ids).to(device)
+    model.coarse_memory = memory_from_images(model, images, meta, COARSE_MAX_TILES, progress, COARSE_SCALE,
+                                             part_ids).to(device)
     return model
 
 

@@ -150,6 +150,23 @@ def test_export_fits_memory_on_the_line_canonical_views_too(trained_model, mini_
                      memory_canonical=line, progress=False)
 
 
+def test_two_views_of_one_part_calibrate_against_other_parts_only(ok_images):
+    """Each image given twice: with one part id per pair the calibration is the single set's (a
+    tile's twin is not "another OK part"); with an id per copy every tile finds its twin at distance
+    0 and the scale of novelty collapses."""
+    torch.manual_seed(0)
+    model = TinyUNet(1, 8).eval()
+    meta = ModelMeta("tiny_unet", 8, 1, mean=0.5, std=0.25)
+    images = ok_images[:4]
+    single = memory_from_images(model, images, meta, progress=False)
+    paired = memory_from_images(model, images + images, meta, progress=False, part_ids=[0, 1, 2, 3] * 2)
+    apart = memory_from_images(model, images + images, meta, progress=False)
+    assert float(paired.center) == pytest.approx(float(single.center), rel=0.05)
+    assert float(apart.center) < 0.5 * float(single.center)
+    with pytest.raises(ValueError, match="part_ids has 3 entries for 4 images"):
+        memory_from_images(model, images, meta, progress=False, part_ids=[0, 1, 2])
+
+
 def test_memory_from_real_images_ranks_them_familiar(ok_images):
     torch.manual_seed(0)
     model = TinyUNet(1, 8).eval()
