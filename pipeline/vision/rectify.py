@@ -31,7 +31,9 @@ def to_camera(points: np.ndarray, H: np.ndarray) -> np.ndarray:
 def canonical_view(part_image: np.ndarray, canonical_wh: tuple[int, int]) -> np.ndarray:
     """An image that shows only the part (as training images do) -> the part as a line with this
     canonical size rectifies it: turned by the locator's rule (long side along the canonical long
-    side, an about square part kept upright, ``order_corners``) and warped to ``canonical_wh``."""
+    side, an about square part kept upright, ``order_corners``) and warped to ``canonical_wh``.
+    This is the silhouette locator's turning rule; in template mode the template sets the
+    orientation, and training images shown in another one would need turning first."""
     h, w = part_image.shape[:2]
     corners = order_corners(canonical_corners((w, h)), canonical_wh)
     return rectify(part_image, homography_to_canonical(corners, canonical_wh), canonical_wh)
