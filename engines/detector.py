@@ -76,9 +76,8 @@ class Detector:
             tiles = np.concatenate([tiles, extract_tiles(small, coarse_grid)])
         maps, scores = self.infer_tiles(tiles)
         fine, coarse = split_scores(scores, n_fine)
-        anomaly_map = self.meta.novelty_share().add(
-            stitch(maps[:n_fine], grid), grid, fine, np.arange(n_fine), coarse_grid, coarse,
-            None if coarse is None else np.arange(len(coarse)))
+        anomaly_map = self.meta.novelty_share().add(stitch(maps[:n_fine], grid), grid, fine,
+                                                    coarse_grid=coarse_grid, coarse_scores=coarse)
         return Prediction(anomaly_map, image_score(anomaly_map, fine, self.meta.map_score_weight, coarse), fine, coarse)
 
 

@@ -17,6 +17,7 @@ from pipeline.config import load_config
 from pipeline.processing import Preprocessor, decide
 from pipeline.sequence import iter_sequence
 from pipeline.sources import _decode
+from pipeline.vision.defects import box_iou
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_line.yaml"
 
@@ -67,15 +68,11 @@ def score_ranking(ng_scores: list[float], ok_scores: list[float], fa_budget: flo
             "threshold_at_fa_budget": None if not np.isfinite(bar) else round(float(bar), 4)}
 
 
-def _boxes_meet(a: list[float], b: list[float]) -> bool:
-    """``[x, y, w, h]`` boxes share some area."""
-    return min(a[0] + a[2], b[0] + b[2]) > max(a[0], b[0]) and min(a[1] + a[3], b[1] + b[3]) > max(a[1], b[1])
-
-
 def defect_localisation(results: list[dict], truth: dict[str, dict]) -> dict:
-    """How the reported defects of NG parts that the line flagged NG meet the truth boxes: the share
-    of truth boxes that some reported box overlaps, the share of reported boxes that overlap a truth
-    box, the share of parts whose strongest defect (first listed) does, and defects per part."""
+    """How the reported defects of NG parts that the line flagged NG meet the truth boxes (a box
+    meets another when they overlap, IoU > 0): the share of truth boxes that some reported box
+    meets, the share of reported boxes that meet a truth box, the share of parts whose strongest
+    defect (first listed) does, and defects per part."""
     hit = boxes = on = reported = top = parts = 0
     for r in results:
         t = truth.get(r["source_name"])
@@ -84,10 +81,10 @@ def defect_localisation(results: list[dict], truth: dict[str, dict]) -> dict:
         found = [d["bbox"] for d in r.get("defects", [])]
         parts += 1
         boxes += len(t["boxes"])
-        hit += sum(any(_boxes_meet(f, b) for f in found) for b in t["boxes"])
+        hit += sum(any(box_iou(f, b) > 0 for f in found) for b in t["boxes"])
         reported += len(found)
-        on += sum(any(_boxes_meet(f, b) for b in t["boxes"]) for f in found)
-        top += bool(found) and any(_boxes_meet(found[0], b) for b in t["boxes"])
+        on += sum(any(box_iou(f, b) > 0 for b in t["boxes"]) for f in found)
+        top += bool(found) and any(box_iou(found[0], b) > 0 for b in t["boxes"])
     if not parts:
         return {}
     return {"flagged_ng_parts": parts, "truth_boxes_hit": round(hit / boxes, 4),

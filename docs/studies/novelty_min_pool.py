@@ -9,12 +9,11 @@ defect pixel contains the defect, while a defect-free pixel usually has some cov
 misses the defect. The finer the tile stride, the tighter that outline (a morphological opening of
 the tile-score field).
 
-Runs the exported model on the development ``test/`` split once at the detector's overlap (the
-segmentation map, the model's own map as the detector makes it, "shipped map", and the image
-score) and once per extra overlap for the
-novelty fields; prints pixel AUROC, AUPRO (FPR 0.3) and image AUROC of the maximum of each map, on
-all images and on the even- and odd-numbered halves (so that a choice made on one half can be read
-on the other).
+Runs the exported model on the development ``test/`` split once per overlap (both scales in one
+batch, as the detector does); the pass at the detector's overlap also gives the segmentation map,
+the model's own map as the detector makes it ("shipped map") and the image score. It prints pixel
+AUROC, AUPRO (FPR 0.3) and image AUROC of the maximum of each map, on all images and on the even-
+and odd-numbered halves (so that a choice made on one half can be read on the other).
 
     python docs/studies/novelty_min_pool.py --model engines/models/magnetic_tile --data ../shared/datasets/magnetic_tile
 
@@ -36,23 +35,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from engines import metrics  # noqa: E402
 from engines.backends.base import load_backend  # noqa: E402
 from engines.data import mvtec_test_set, read_image, read_mask  # noqa: E402
-from engines.detector import Detector, split_scores  # noqa: E402
+from engines.detector import Detector, image_score, split_scores  # noqa: E402
 from pipeline.vision.tiling import (downscale, extract_tiles, spread_scores, stitch,  # noqa: E402
                                    tile_grid)
 
 
-def novelty_fields(detector: Detector, img: np.ndarray, overlap: float) -> dict[str, np.ndarray]:
+def one_pass(detector: Detector, img: np.ndarray, overlap: float) -> dict:
+    """Both scales tiled at ``overlap`` and run in one batch, as ``Detector.predict`` does: the
+    full-scale maps, both scales' scores and their grids."""
     meta = detector.meta
     t = meta.tile_size
-    shape = img.shape[:2]
-    grid = tile_grid(*shape, t, overlap)
+    grid = tile_grid(*img.shape[:2], t, overlap)
     small = downscale(img, meta.coarse_scale)
     cgrid = tile_grid(small.shape[0], small.shape[1], t, overlap)
-    _, scores = detector.infer_tiles(np.concatenate([extract_tiles(img, grid), extract_tiles(small, cgrid)]))
+    maps, scores = detector.infer_tiles(np.concatenate([extract_tiles(img, grid), extract_tiles(small, cgrid)]))
     fine, coarse = split_scores(scores, len(grid))
-    fi, ci = np.arange(len(fine)), np.arange(len(coarse))
-    return {"fmin": spread_scores(fine, fi, grid, shape, "min"), "cmin": spread_scores(coarse, ci, cgrid, shape, "min"),
-            "fmean": spread_scores(fine, fi, grid, shape), "cmean": spread_scores(coarse, ci, cgrid, shape)}
+    return {"maps": maps[:len(grid)], "fine": fine, "coarse": coarse, "grid": grid, "cgrid": cgrid}
+
+
+def novelty_fields(p: dict, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    fi, ci = np.arange(len(p["fine"])), np.arange(len(p["coarse"]))
+    return {"fmin": spread_scores(p["fine"], fi, p["grid"], shape, "min"),
+            "cmin": spread_scores(p["coarse"], ci, p["cgrid"], shape, "min"),
+            "fmean": spread_scores(p["fine"], fi, p["grid"], shape),
+            "cmean": spread_scores(p["coarse"], ci, p["cgrid"], shape)}
 
 
 def main() -> int:
@@ -68,7 +74,6 @@ def main() -> int:
     if meta.coarse_scale <= 0 or "memory_tiles" not in meta.extra:
         print(f"{a.model}: needs a model with both tile memories")
         return 2
-    t = meta.tile_size
     samples = list(mvtec_test_set(a.data))
     masks, labels, seg, shipped, shipped_score = [], [], [], [], []
     fields: dict[tuple[float, str], list[np.ndarray]] = {}
@@ -78,15 +83,16 @@ def main() -> int:
         shape = img.shape[:2]
         masks.append(read_mask(s.mask_path, shape) if s.mask_path else np.zeros(shape, bool))
         labels.append(s.defect_type != "good")
-        pred = detector.predict(img)
-        shipped.append(pred.anomaly_map)
-        shipped_score.append(pred.score)
-        grid = tile_grid(*shape, t, detector.overlap)
-        maps, scores = detector.infer_tiles(extract_tiles(img, grid))
-        fine = scores[:, 0] if scores.ndim == 2 else scores
-        seg.append(stitch((maps - share * fine[:, None, None, None]) / (1.0 - share), grid))
+        passes = {ov: one_pass(detector, img, ov) for ov in {detector.overlap, *a.overlaps}}
+        base = passes[detector.overlap]  # the detector's own map and score, from the same pass
+        graph_map = stitch(base["maps"], base["grid"])
+        anomaly = meta.novelty_share().add(graph_map, base["grid"], base["fine"], coarse_grid=base["cgrid"],
+                                           coarse_scores=base["coarse"])
+        shipped.append(anomaly)
+        shipped_score.append(image_score(anomaly, base["fine"], meta.map_score_weight, base["coarse"]))
+        seg.append(stitch((base["maps"] - share * base["fine"][:, None, None, None]) / (1.0 - share), base["grid"]))
         for ov in a.overlaps:
-            for k, v in novelty_fields(detector, img, ov).items():
+            for k, v in novelty_fields(passes[ov], shape).items():
                 fields.setdefault((ov, k), []).append(v)
     print(f"{a.model}: {len(samples)} images, {time.time() - start:.0f} s")
     variants: dict[str, list[np.ndarray]] = {"shipped map": shipped}

@@ -20,20 +20,24 @@ def find_defects(anomaly_map: np.ndarray, part_mask: np.ndarray, H: np.ndarray, 
     if merge_gap > 0:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * merge_gap + 1, 2 * merge_gap + 1))
         grouped = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, kernel) & inside.astype(np.uint8)
-    n, labels, _, _ = cv2.connectedComponentsWithStats(grouped, connectivity=8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(grouped, connectivity=8)
     defects = []
     for i in range(1, n):
-        group = labels == i
-        hot = group & (binary > 0)
+        # Each region is looked at inside its own bounding box, not over the whole map.
+        x0, y0, w0, h0 = (int(v) for v in stats[i, :4])
+        box = (slice(y0, y0 + h0), slice(x0, x0 + w0))
+        group = labels[box] == i
+        hot = group & (binary[box] > 0)
         if int(hot.sum()) < min_area:
             continue
-        contours, _ = cv2.findContours(group.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        contours, _ = cv2.findContours(group.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
+                                       offset=(x0, y0))
         contour = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(np.float32)
         poly = to_camera(contour, H)
         x, y, w, h = cv2.boundingRect(np.round(poly).astype(np.int32))
         area = float(cv2.contourArea(poly)) if len(poly) >= 3 else 0.0
         defects.append({"bbox": [int(x), int(y), int(w), int(h)], "area_px": round(max(area, 1.0), 1),
-                        "score": round(float(anomaly_map[hot].max()), 4),
+                        "score": round(float(anomaly_map[box][hot].max()), 4),
                         "polygon": [[round(float(px), 1), round(float(py), 1)] for px, py in poly]})
     defects.sort(key=lambda d: -d["score"])
     return defects

@@ -132,9 +132,14 @@ class NoveltyShare:
     coarse: float = 0.0
     spread: str = "mean"
 
-    def add(self, anomaly: np.ndarray, grid: TileGrid, fine_scores: np.ndarray, fine_positions: np.ndarray,
-            coarse_grid: TileGrid | None = None, coarse_scores: np.ndarray | None = None,
-            coarse_positions: np.ndarray | None = None) -> np.ndarray:
+    def add(self, anomaly: np.ndarray, grid: TileGrid, fine_scores: np.ndarray,
+            fine_positions: np.ndarray | None = None, coarse_grid: TileGrid | None = None,
+            coarse_scores: np.ndarray | None = None, coarse_positions: np.ndarray | None = None) -> np.ndarray:
+        """``anomaly`` plus the shares; positions are the scored tiles' indices in their grid
+        (default: every tile, in grid order)."""
+        fine_positions = np.arange(len(fine_scores)) if fine_positions is None else fine_positions
+        if coarse_scores is not None and coarse_positions is None:
+            coarse_positions = np.arange(len(coarse_scores))
         out = anomaly
         if self.fine > 0 and len(fine_scores):
             out = out + self.fine * spread_scores(fine_scores, fine_positions, grid, anomaly.shape, self.spread)
