@@ -307,6 +307,79 @@ def edge_chip(image: np.ndarray, rng: np.random.Generator, strength: float = 0.5
     return out, _changed(image, out) * (alpha[..., 0] > 0.1)
 
 
+def _grain_is_vertical(image: np.ndarray) -> bool:
+    """Ground or rolled surfaces vary across their grain: vertical streaks change more along x."""
+    g = _as_hwc(image).mean(axis=2)
+    return float(np.abs(np.diff(g, axis=1)).mean()) >= float(np.abs(np.diff(g, axis=0)).mean())
+
+
+def _streaks(rng: np.random.Generator, shape: tuple[int, int], vertical: bool) -> np.ndarray:
+    """Zero-mean, unit-std streak texture: sharp across the grain, slowly varying along it, mostly
+    bright lines on a plain ground."""
+    h, w = shape
+    along, across = (h, w) if vertical else (w, h)
+    rows = max(2, along // int(rng.integers(6, 40)))
+    noise = rng.normal(0.0, 1.0, (rows, across)).astype(np.float32)
+    noise = cv2.GaussianBlur(noise, (0, 0), sigmaX=float(rng.uniform(0.3, 1.5)), sigmaY=0.1)
+    tex = cv2.resize(noise, (across, along), interpolation=cv2.INTER_LINEAR)
+    tex = tex if vertical else tex.T
+    if rng.random() < 0.7:  # grinding streaks read as fine bright lines more often than dark ones
+        tex = np.maximum(tex, 0.0) ** 1.5
+    return ((tex - tex.mean()) / max(float(tex.std()), 1e-6)).astype(np.float32)
+
+
+def _large_region(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A band from one side with a wavy inner boundary, or a large blob that may leave the crop."""
+    region = np.zeros((h, w), np.uint8)
+    if rng.random() < 0.5:
+        side = int(rng.integers(4))
+        length, extent = (w, h) if side < 2 else (h, w)
+        n = int(rng.integers(3, 7))
+        along = np.linspace(-2, length + 1, n)
+        depth = extent * rng.uniform(0.2, 0.75) + extent * 0.12 * rng.normal(0, 1, n)
+        curve = _bezier(np.stack([along, np.clip(depth, 4, extent - 4)], axis=1), 64)
+        pts = np.concatenate([[[-2.0, -2.0]], curve, [[length + 1.0, -2.0]]])  # (along, depth)
+        if side in (1, 3):  # bottom or right: depth measured from the far side
+            pts[:, 1] = extent - 1 - pts[:, 1]
+        if side >= 2:  # left or right: along runs down the rows
+            pts = pts[:, ::-1].copy()
+        cv2.fillPoly(region, [np.round(pts).astype(np.int32)], 1)
+    else:
+        radius = float(rng.uniform(0.25, 0.6) * min(h, w))
+        center = np.array([rng.uniform(-0.1 * w, 1.1 * w), rng.uniform(-0.1 * h, 1.1 * h)])
+        cv2.fillPoly(region, [np.round(_closed_bezier_polygon(rng, center, radius)).astype(np.int32)], 1)
+    return region
+
+
+def uneven_finish(image: np.ndarray, rng: np.random.Generator, strength: float = 0.5, **_: object):
+    """A large region whose surface finish differs from the rest of the part (uneven grinding):
+    its streaks stronger, weaker or new, its level a little shifted, with a diffuse boundary.
+
+    Unlike the local generators, the mask is the whole region whose texture visibly changed (as
+    an inspector outlines such areas), not every pixel that moved by more than ``CHANGE_EPS``:
+    a texture change is visible as a region even where single pixels move by less."""
+    h, w = image.shape[:2]
+    region = _large_region(rng, h, w)
+    if region.sum() < 0.08 * h * w or region.sum() > 0.85 * h * w:
+        return image.copy(), np.zeros((h, w), np.float32)
+    alpha = cv2.GaussianBlur(region.astype(np.float32), (0, 0), float(rng.uniform(1.5, 6.0)))
+    img = _as_hwc(image)
+    vertical = _grain_is_vertical(image) if rng.random() < 0.8 else rng.random() < 0.5
+    local_mean = cv2.blur(img, (9, 1) if vertical else (1, 9)).reshape(img.shape)
+    detail = img - local_mean  # the existing streaks
+    amp = _contrast(rng, strength)
+    gain = float(rng.uniform(0.6, 1.0 + 2.5 * strength)) if rng.random() < 0.7 else float(rng.uniform(0.2, 0.6))
+    delta = (gain - 1.0) * detail + (amp * rng.uniform(0.05, 0.25) * _streaks(rng, (h, w), vertical))[..., None]
+    if rng.random() < 0.6:
+        delta = delta + (rng.choice([-1.0, 1.0]) * amp * rng.uniform(0.1, 0.5) * _texture(rng, (h, w)))[..., None]
+    out = _like(np.clip(img + alpha[..., None] * delta, 0.0, 1.0), image)
+    inside = alpha > 0.5
+    change = np.abs(_as_hwc(out) - img).max(axis=2)
+    if float(change[inside].mean()) < 0.6 * CHANGE_EPS:  # too faint to see even as a region
+        return image.copy(), np.zeros((h, w), np.float32)
+    return out, inside.astype(np.float32)
+
+
 GENERATORS: dict[str, Generator] = {
     "bezier_blob": bezier_blob,
     "bezier_scratch": bezier_scratch,
@@ -316,15 +389,22 @@ GENERATORS: dict[str, Generator] = {
     "perlin": perlin_texture,
     "cutpaste": cutpaste_poisson,
     "edge_chip": edge_chip,
+    "uneven": uneven_finish,
 }
+
+# What training draws from unless told otherwise (``train --generators``): the eight generators the
+# shipped model was trained with. ``uneven`` is opt-in.
+DEFAULT_GENERATORS: tuple[str, ...] = ("bezier_blob", "bezier_scratch", "elastic", "gradient", "point_cloud",
+                                       "perlin", "cutpaste", "edge_chip")
 
 MIN_DEFECT_PX = 4
 
 
 def synthesize(image: np.ndarray, rng: np.random.Generator, strength: float = 0.5,
                names: Sequence[str] | None = None, tries: int = 4, **context: object):
-    """Apply one random generator; retry a few times if it changed (almost) nothing."""
-    names = list(names or GENERATORS)
+    """Apply one random generator (a name listed twice is drawn twice as often); retry a few times
+    if it changed (almost) nothing."""
+    names = list(names or DEFAULT_GENERATORS)
     unknown = [n for n in names if n not in GENERATORS]
     if unknown:
         raise ValueError(f"unknown defect generator(s) {unknown}; valid: {sorted(GENERATORS)}")

@@ -23,6 +23,7 @@ from engines.ae_ssim import ssim_map
 from engines.artifact import ModelMeta
 from engines.data import files_hash, training_images
 from engines.inference_model import build_model, load_weights
+from engines.synth import GENERATORS
 from engines.tile_memory import attach_memories
 from engines.train_data import SampleConfig, load_images, make_sample
 
@@ -48,6 +49,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     curriculum: bool = True  # strong defects first, widening to faint ones over the first half
+    generators: str = ""  # comma-separated engines.synth names (repeats weight them); "" = the default eight
     ema: float = 0.0  # decay of an exponential moving average of the weights, exported instead of them; 0 = off
     memory: bool = True  # fit the tile memories (engines/tile_memory.py) on the OK images after training
     seed: int = 0
@@ -80,6 +82,16 @@ class SyntheticDefects(IterableDataset):
             for _ in range(self.batch_size):
                 x, mask, label, _name = make_sample(rng, self.images, self.cfg, lo_hi, self.with_defects)
                 yield torch.from_numpy(x), torch.from_numpy(mask), torch.tensor(label)
+
+
+def parse_generators(text: str) -> tuple[str, ...]:
+    """``"a,b,b"`` -> ``("a", "b", "b")``, checked against ``engines.synth.GENERATORS``."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = sorted(set(names) - set(GENERATORS))
+    if unknown:
+        raise ValueError(f"--generators: unknown defect generator(s) {', '.join(unknown)}; "
+                         f"valid: {', '.join(GENERATORS)}")
+    return names
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -145,12 +157,13 @@ def pick_device(name: str) -> torch.device:
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train and return the output folder holding ``last.pt`` and ``train_config.json``."""
+    generators = parse_generators(cfg.generators)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     files = training_images(cfg.data)
-    sample_cfg = SampleConfig(channels=cfg.channels)
+    sample_cfg = SampleConfig(channels=cfg.channels, generators=generators)
     images = load_images(files, cfg.channels, sample_cfg.tile)
     device = pick_device(cfg.device)
     model = build_model(cfg.arch, cfg.channels, cfg.width).to(device)

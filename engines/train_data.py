@@ -20,6 +20,7 @@ class SampleConfig:
     std: float = 0.25
     defect_prob: float = 0.5
     border_prob: float = 0.3  # crops aligned to an image border, where chips and breaks happen
+    generators: tuple[str, ...] = ()  # engines.synth names to draw from; empty = DEFAULT_GENERATORS
 
 
 def load_images(files: Sequence[Path], channels: int, tile: int) -> list[np.ndarray]:
@@ -85,7 +86,8 @@ def make_sample(rng: np.random.Generator, images: Sequence[np.ndarray], cfg: Sam
     if with_defects and rng.random() < cfg.defect_prob:
         strength = float(rng.uniform(*strength_range))
         donors = [images[int(rng.integers(len(images)))].astype(np.float32) / 255.0]
-        tile01, mask, name = synthesize(tile01, rng, strength, donors=donors, edge_sides=sides)
+        tile01, mask, name = synthesize(tile01, rng, strength, names=cfg.generators or None, donors=donors,
+                                        edge_sides=sides)
     chw = tile01[None] if tile01.ndim == 2 else tile01.transpose(2, 0, 1)
     x = ((chw - cfg.mean) / cfg.std).astype(np.float32)
     return x, mask[None], float(mask.sum() > 0), name

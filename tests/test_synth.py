@@ -1,14 +1,18 @@
+import cv2
 import numpy as np
 import pytest
 
-from engines.synth import CHANGE_EPS, GENERATORS, synthesize
+from engines.synth import CHANGE_EPS, DEFAULT_GENERATORS, GENERATORS, _grain_is_vertical, synthesize
 
 
 def _crops(ok_images, n=6, tile=128):
     return [img[:tile, i * 10:i * 10 + tile].astype(np.float32) / 255.0 for i, img in zip(range(n), ok_images)]
 
 
-@pytest.mark.parametrize("name", sorted(GENERATORS))
+REGION_GENERATORS = {"uneven"}  # label a whole region whose texture changed, not each changed pixel
+
+
+@pytest.mark.parametrize("name", sorted(set(GENERATORS) - REGION_GENERATORS))
 def test_generator_mask_is_what_changed(name, ok_images):
     rng = np.random.default_rng(1)
     donors = [ok_images[0].astype(np.float32) / 255.0]
@@ -24,6 +28,40 @@ def test_generator_mask_is_what_changed(name, ok_images):
         assert np.all(changed[mask > 0])
         hits += mask.sum() > 0
     assert hits >= 3, f"{name} produced a visible defect in only {hits}/6 crops"
+
+
+def test_uneven_finish_labels_the_changed_region(ok_images):
+    rng = np.random.default_rng(2)
+    hits = 0
+    for crop in _crops(ok_images) * 3:
+        out, mask = GENERATORS["uneven"](crop, rng, 0.8)
+        assert out.shape == crop.shape and out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+        if not mask.sum():
+            assert np.array_equal(out, crop)  # nothing labelled, nothing changed
+            continue
+        hits += 1
+        inside = mask > 0
+        assert 0.05 < inside.mean() < 0.9  # a large region, not a spot or the whole crop
+        change = np.abs(out - crop)
+        assert change[inside].mean() > 0.6 * CHANGE_EPS  # visible as a region
+        far = cv2.dilate(inside.astype(np.uint8), np.ones((41, 41), np.uint8)) == 0
+        if far.any():  # the diffuse edge fades out well before 20 px from the region
+            assert change[far].max() <= CHANGE_EPS
+    assert hits >= 9, f"uneven produced a region in only {hits}/18 crops"
+
+
+def test_grain_direction():
+    stripes = np.tile((np.arange(64) % 4 < 2).astype(np.float32) * 0.3 + 0.3, (64, 1))  # vertical lines
+    assert _grain_is_vertical(stripes)
+    assert not _grain_is_vertical(np.ascontiguousarray(stripes.T))
+
+
+def test_default_generators_leave_uneven_out(ok_images):
+    assert set(DEFAULT_GENERATORS) == set(GENERATORS) - {"uneven"}
+    crop = _crops(ok_images, 1)[0]
+    drawn = {synthesize(crop, np.random.default_rng(s), 0.7, donors=[crop])[2] for s in range(60)}
+    assert "uneven" not in drawn and len(drawn) >= 6
+    assert {synthesize(crop, np.random.default_rng(s), 0.7, names=["uneven"])[2] for s in range(5)} <= {"uneven", "none"}
 
 
 @pytest.mark.parametrize("name", ["bezier_blob", "point_cloud", "gradient", "bezier_scratch"])

@@ -131,6 +131,28 @@ def test_train_cli_empty_folder_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "no images found" in err and str(tmp_path / "empty") in err
 
 
+def test_train_cli_unknown_generator_is_named(tmp_path, mini_data, capsys):
+    code = train_cli.main(["--data", str(mini_data), "--out", str(tmp_path / "run"), "--generators", "bezier_blob,blobs"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--generators" in err and "blobs" in err and "uneven" in err  # names the valid ones
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_generators_reach_the_samples(tmp_path, mini_data):
+    from engines.train_data import SampleConfig, load_images, make_sample
+    from engines.data import training_images
+
+    cfg = TrainConfig(data=str(mini_data), out=str(tmp_path), width=8, epochs=1, steps_per_epoch=1, batch_size=2,
+                      warmup_steps=1, workers=0, threads=1, generators="uneven", memory=False)
+    train(cfg, progress=False)
+    assert json.loads((tmp_path / "train_config.json").read_text())["generators"] == "uneven"
+    images = load_images(training_images(mini_data), 1, 128)
+    rng = np.random.default_rng(0)
+    names = {make_sample(rng, images, SampleConfig(generators=("uneven",), defect_prob=1.0), (0.5, 1.0))[3]
+             for _ in range(12)}
+    assert names <= {"uneven", "none"} and "uneven" in names
+
+
 def test_corrupt_image_named(tmp_path, mini_data, capsys):
     data = tmp_path / "data"
     shutil.copytree(mini_data / "train" / "good", data)

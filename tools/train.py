@@ -19,6 +19,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-per-epoch", type=int, default=250)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--generators", default="", metavar="NAMES",
+                   help="comma-separated synthetic defect generators to draw from, a name repeated to draw it "
+                        "more often (see synth-gallery); default: the eight of engines.synth.DEFAULT_GENERATORS")
     p.add_argument("--no-curriculum", action="store_true", help="sample all defect strengths from the start")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="keep an exponential moving average of the weights (e.g. 0.999) and export it; 0 = off")
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         command = "train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
         cfg = TrainConfig(data=args.data, out=args.out, arch=args.arch, width=args.width, channels=args.channels,
                           epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-                          lr=args.lr, curriculum=not args.no_curriculum, ema=args.ema, memory=not args.no_memory, seed=args.seed,
+                          lr=args.lr, generators=args.generators, curriculum=not args.no_curriculum, ema=args.ema, memory=not args.no_memory, seed=args.seed,
                           workers=args.workers,
                           threads=args.threads, device=args.device, command=command,
                           warmup_steps=min(100, args.epochs * args.steps_per_epoch // 10))

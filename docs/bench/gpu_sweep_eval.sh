@@ -12,7 +12,7 @@ mkdir -p "$W"
 for dir in "$@"; do
   for ckpt in "$dir"/*.pt; do
     run=$(basename "$ckpt" .pt)
-    for v in ema raw; do
+    for v in ${VARIANTS:-ema raw}; do
       n=${run}_$v
       [ -f "$W/ev_$n/metrics.json" ] && continue
       $PY - "$ckpt" "$W/$n.pt" "$v" <<'PY'

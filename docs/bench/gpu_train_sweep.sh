@@ -4,6 +4,7 @@
 # so one run yields both the raw and the averaged weights of the same trajectory:
 #   sN    batch 16 (the default batch), seed N
 #   b32sN batch 32 (twice the synthetic samples), seed N;  b64sN batch 64 (the shipped model: b64s0);  b128sN batch 128
+#   u64sN batch 64 with the uneven-finish generator added to the default eight (a fifth SPEC field)
 # The GPU image has torch, numpy, cv2, tqdm; the data comes beside the tree as .gpudata (git-ignored):
 #   mkdir -p .gpudata/magnetic_tile/train && cp -r ../shared/datasets/magnetic_tile/train/good .gpudata/magnetic_tile/train/
 # Memories are not fitted there: each run comes back as one slim checkpoint ($OUT/<run>.pt: "model" = the
@@ -25,20 +26,22 @@ launch() {  # name, workers, extra train args
     --steps-per-epoch "$STEPS" --ema 0.999 --no-memory --device "$DEVICE" --threads 1 --workers "$workers" "$@" \
     > "$RUNS/$name.log" 2>&1 &
 }
-# Runs as name:seed:batch:workers. The first two calls ran SEEDS="0 1" and SEEDS="2 3";
+# Runs as name:seed:batch:workers[:generators] (generators as for train --generators). The first two calls ran SEEDS="0 1" and SEEDS="2 3";
 # the third SPEC="b64s0:0:64:10 b32s4:4:32:5" LIMIT=250 (seconds per training, for the time left);
-# the next session SPEC="b128s0:0:128:9 b64s1:1:64:6" LIMIT=480, then SPEC="b128s1:1:128:9 b64s2:2:64:6" LIMIT=480.
+# the next session SPEC="b128s0:0:128:9 b64s1:1:64:6" LIMIT=480, then SPEC="b128s1:1:128:9 b64s2:2:64:6" LIMIT=480;
+# the tenth SPEC="u64s0:0:64:5:$NINE u64s1:1:64:5:$NINE u64s2:2:64:5:$NINE" LIMIT=450 GPU_TESTS=0.
+NINE=bezier_blob,bezier_scratch,elastic,gradient,point_cloud,perlin,cutpaste,edge_chip,uneven
 SEEDS=${SEEDS:-0 1}
 SPEC=${SPEC:-$(for s in $SEEDS; do echo "s$s:$s:16:3 b32s$s:$s:32:5"; done)}
 NAMES=""
 for run in $SPEC; do
-  IFS=: read -r name seed batch workers <<< "$run"
-  launch "$name" "$workers" --seed "$seed" --batch-size "$batch"
+  IFS=: read -r name seed batch workers generators <<< "$run"
+  launch "$name" "$workers" --seed "$seed" --batch-size "$batch" ${generators:+--generators "$generators"}
   NAMES="$NAMES $name"
 done
 
 # The GPU tests on the final code (the fp16 memory fix of c0deebb was checked on the CPU only), at low priority.
-(sleep 15; nice -n 10 timeout 200 python3 -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py \
+[ "${GPU_TESTS:-1}" = 1 ] && (sleep 15; nice -n 10 timeout 200 python3 -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py \
   > "$RUNS/test_gpu.txt" 2>&1) &
 
 while pgrep -f "tools.train" > /dev/null; do
