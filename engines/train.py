@@ -49,7 +49,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     curriculum: bool = True  # strong defects first, widening to faint ones over the first half
-    generators: str = ""  # comma-separated engines.synth names (repeats weight them); "" = the default eight
+    generators: str = ""  # comma-separated engines.synth names (repeats weight them); "" = engines.synth.DEFAULT_GENERATORS
     ema: float = 0.0  # decay of an exponential moving average of the weights, exported instead of them; 0 = off
     memory: bool = True  # fit the tile memories (engines/tile_memory.py) on the OK images after training
     seed: int = 0

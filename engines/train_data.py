@@ -20,7 +20,7 @@ class SampleConfig:
     std: float = 0.25
     defect_prob: float = 0.5
     border_prob: float = 0.3  # crops aligned to an image border, where chips and breaks happen
-    generators: tuple[str, ...] = ()  # engines.synth names to draw from; empty = DEFAULT_GENERATORS
+    generators: tuple[str, ...] = ()  # engines.synth names to draw from; empty = engines.synth.DEFAULT_GENERATORS
 
 
 def load_images(files: Sequence[Path], channels: int, tile: int) -> list[np.ndarray]:
