@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -23,7 +23,7 @@ from engines.ae_ssim import ssim_map
 from engines.artifact import ModelMeta
 from engines.data import files_hash, training_images
 from engines.inference_model import build_model, load_weights
-from engines.synth import GENERATORS
+from engines.synth import DEFAULT_GENERATORS, GENERATORS
 from engines.tile_memory import attach_memories
 from engines.train_data import SampleConfig, load_images, make_sample
 
@@ -157,7 +157,8 @@ def pick_device(name: str) -> torch.device:
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train and return the output folder holding ``last.pt`` and ``train_config.json``."""
-    generators = parse_generators(cfg.generators)
+    generators = parse_generators(cfg.generators) or DEFAULT_GENERATORS
+    cfg = replace(cfg, generators=",".join(generators))  # the mix as drawn, the default spelled out
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -181,6 +182,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         if state["config"]["arch"] != cfg.arch or state["config"]["width"] != cfg.width:
             raise ValueError(f"{ckpt_path}: checkpoint is {state['config']['arch']} width "
                              f"{state['config']['width']}, but --arch {cfg.arch} --width {cfg.width} was asked")
+        saved = state["config"].get("generators")
+        if saved and saved != cfg.generators:
+            raise ValueError(f"{ckpt_path}: checkpoint was trained with --generators {saved}, but "
+                             f"{cfg.generators} was asked; resume with --generators {saved}")
         # A finished EMA run stores the average as "model" and the raw weights as "raw_model".
         load_weights(model, state.get("raw_model", state["model"]))
         optimizer.load_state_dict(state["optimizer"])

@@ -24,6 +24,8 @@ def test_checkpoint_resume_continues(tmp_path, mini_data):
     assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 6
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert (tmp_path / "train_config.json").is_file() and isinstance(log, list)
+    # the default mix is written out, so the run says what it drew from whatever the default becomes
+    assert json.loads((tmp_path / "train_config.json").read_text())["generators"].split(",").count("uneven") == 3
 
 
 def test_weight_average_follows_the_formula():
@@ -146,6 +148,9 @@ def test_generators_reach_the_samples(tmp_path, mini_data):
                       warmup_steps=1, workers=0, threads=1, generators="uneven", memory=False)
     train(cfg, progress=False)
     assert json.loads((tmp_path / "train_config.json").read_text())["generators"] == "uneven"
+    cfg.epochs, cfg.generators = 2, ""  # resuming with another mix (here the default) is refused, naming the fix
+    with pytest.raises(ValueError, match="resume with --generators uneven"):
+        train(cfg, resume=True, progress=False)
     images = load_images(training_images(mini_data), 1, 128)
     rng = np.random.default_rng(0)
     names = {make_sample(rng, images, SampleConfig(generators=("uneven",), defect_prob=1.0), (0.5, 1.0))[3]
