@@ -20,13 +20,16 @@ def gallery(images: Sequence[np.ndarray], rng: np.random.Generator, per_row: int
     for name, gen in GENERATORS.items():
         cells = []
         for k in range(per_row):
-            img = images[int(rng.integers(len(images)))]
-            h, w = img.shape[:2]
-            y, x = int(rng.integers(0, h - tile + 1)), int(rng.integers(0, w - tile + 1))
-            ok = img[y:y + tile, x:x + tile].astype(np.float32) / 255.0
             strength = k / max(1, per_row - 1)  # left faint, right strong
-            donor = images[int(rng.integers(len(images)))].astype(np.float32) / 255.0
-            bad, mask = gen(ok, rng, strength, donors=[donor], edge_sides=("top", "bottom", "left", "right"))
+            for _try in range(4):  # as training does, another crop when a generator declines one
+                img = images[int(rng.integers(len(images)))]
+                h, w = img.shape[:2]
+                y, x = int(rng.integers(0, h - tile + 1)), int(rng.integers(0, w - tile + 1))
+                ok = img[y:y + tile, x:x + tile].astype(np.float32) / 255.0
+                donor = images[int(rng.integers(len(images)))].astype(np.float32) / 255.0
+                bad, mask = gen(ok, rng, strength, donors=[donor], edge_sides=("top", "bottom", "left", "right"))
+                if mask.sum() > 0:
+                    break
             to_bgr = lambda a: cv2.cvtColor((np.clip(a, 0, 1) * 255).astype(np.uint8),
                                             cv2.COLOR_GRAY2BGR if a.ndim == 2 else cv2.COLOR_RGB2BGR)
             mask_img = np.zeros((tile, tile, 3), np.uint8)

@@ -93,10 +93,17 @@ def test_benchmark_rejects_bad_batch(capsys):
 def test_synth_gallery_writes_png(mini_data, tmp_path):
     import cv2
 
+    from engines.gallery import LABEL_W
+    from engines.synth import GENERATORS
+
     out = tmp_path / "g.png"
     assert synth_gallery.main(["--data", str(mini_data), "--out", str(out), "--per-row", "2"]) == 0
     img = cv2.imread(str(out))
-    assert img is not None and img.shape[0] >= 8 * 128
+    assert img is not None and img.shape[0] == len(GENERATORS) * (128 + 4)  # a row per generator
+    for row, name in enumerate(GENERATORS):  # every mask cell shows a defect: declined crops are retried
+        for cell in range(2):
+            x0 = LABEL_W + cell * (3 * 128 + 4) + 2 * 128
+            assert img[row * 132:row * 132 + 128, x0:x0 + 128].max() == 255, (name, cell)
 
 
 def test_simulate_line_writes_sequence_with_truth(mini_data, tmp_path):
