@@ -3,7 +3,7 @@
 Every generator has the signature ``gen(image, rng, strength, **context) -> (image, mask)``:
 ``image`` is float32 ``(H, W)`` or ``(H, W, C)`` in [0, 1] and is not modified in place;
 ``mask`` is float32 ``(H, W)`` in {0, 1}, exactly the pixels the generator changed by a visible
-amount. ``strength`` in [0, 1] scales contrast from faint (0) to strong (1), which lets training
+amount (``uneven_finish``, a texture change, labels its whole region instead; see there). ``strength`` in [0, 1] scales contrast from faint (0) to strong (1), which lets training
 run a curriculum from strong to faint defects. Position, size, shape and polarity are random.
 """
 from __future__ import annotations
