@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from engines.backends.base import Backend
-from pipeline.vision.tiling import downscale, extract_tiles, stitch, tile_grid
+from pipeline.vision.tiling import scaled_tiles, stitch
 
 SCORE_SMOOTH_SIGMA = 4.0  # px; the image score ignores single-pixel spikes
 
@@ -66,14 +66,12 @@ class Detector:
         if channels != self.meta.in_channels:
             raise ValueError(f"image has {channels} channel(s) but the model expects {self.meta.in_channels}")
         t = self.meta.tile_size
-        grid = tile_grid(image.shape[0], image.shape[1], t, self.overlap)
-        tiles = extract_tiles(image, grid)
+        tiles, grid = scaled_tiles(image, t, self.overlap)
         n_fine = len(tiles)
         coarse_grid = None
         if self.meta.coarse_scale > 0:  # one batch run for both passes
-            small = downscale(image, self.meta.coarse_scale)
-            coarse_grid = tile_grid(small.shape[0], small.shape[1], t, self.overlap)
-            tiles = np.concatenate([tiles, extract_tiles(small, coarse_grid)])
+            coarse_tiles, coarse_grid = scaled_tiles(image, t, self.overlap, self.meta.coarse_scale)
+            tiles = np.concatenate([tiles, coarse_tiles])
         maps, scores = self.infer_tiles(tiles)
         fine, coarse = split_scores(scores, n_fine)
         anomaly_map = self.meta.novelty_share().add(stitch(maps[:n_fine], grid), grid, fine,

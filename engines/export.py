@@ -117,15 +117,16 @@ def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
             model.memory, model.coarse_memory, used = memory_from_line_frames(model, files, memory_line, meta,
                                                                               progress=progress)
             extra.update(memory_line=str(memory_line), memory_frames=used)
-        elif memory_canonical is not None:
-            wh = canonical_size(memory_canonical)
-            images = [read_image(f, cfg["channels"]) for f in files]
-            # Both views of one image are one part: calibration measures each against other parts.
-            attach_memories(model, images + [canonical_view(img, wh) for img in images], meta, progress=progress,
-                            part_ids=list(range(len(images))) * 2)
-            extra.update(memory_canonical=str(memory_canonical), memory_canonical_size=list(wh))
         else:
-            attach_memories(model, [read_image(f, cfg["channels"]) for f in files], meta, progress=progress)
+            images = [read_image(f, cfg["channels"]) for f in files]
+            part_ids = None
+            if memory_canonical is not None:
+                wh = canonical_size(memory_canonical)
+                # Both views of one image are one part: calibration measures each against other parts.
+                part_ids = list(range(len(images))) * 2
+                images = images + [canonical_view(img, wh) for img in images]
+                extra.update(memory_canonical=str(memory_canonical), memory_canonical_size=list(wh))
+            attach_memories(model, images, meta, progress=progress, part_ids=part_ids)
         extra.update(memory_data=str(memory_data), memory_data_hash=files_hash(files))
     for name in MEMORY_NAMES:
         memory = getattr(model, name, None)

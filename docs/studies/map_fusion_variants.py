@@ -29,8 +29,7 @@ from engines import metrics  # noqa: E402
 from engines.backends.base import load_backend  # noqa: E402
 from engines.data import mvtec_test_set, read_image, read_mask  # noqa: E402
 from engines.detector import Detector, split_scores  # noqa: E402
-from pipeline.vision.tiling import (extract_tiles, scaled_shape, spread_scores, stitch, tile_grid,  # noqa: E402
-                                   tiles_at_scale)
+from pipeline.vision.tiling import scaled_tiles, spread_scores, stitch  # noqa: E402
 
 # seg: segmentation map; fine / coarse: full- / half-scale tile novelty spread over the tiles.
 Fuse = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -65,10 +64,9 @@ def main() -> int:
         img = read_image(s.image_path, meta.in_channels)
         shape = img.shape[:2]
         masks.append(read_mask(s.mask_path, shape) if s.mask_path else np.zeros(shape, bool))
-        grid = tile_grid(*shape, t, a.overlap)
-        coarse_grid = tile_grid(*scaled_shape(*shape, meta.coarse_scale), t, a.overlap)
-        tiles = np.concatenate([extract_tiles(img, grid), tiles_at_scale(img, t, a.overlap, meta.coarse_scale)])
-        maps, scores = detector.infer_tiles(tiles)
+        tiles, grid = scaled_tiles(img, t, a.overlap)
+        coarse_tiles, coarse_grid = scaled_tiles(img, t, a.overlap, meta.coarse_scale)
+        maps, scores = detector.infer_tiles(np.concatenate([tiles, coarse_tiles]))
         fine, coarse = split_scores(scores, len(grid))
         seg = stitch((maps[:len(grid)] - share * fine[:, None, None, None]) / (1.0 - share), grid)
         f = spread_scores(fine, np.arange(len(fine)), grid, shape)

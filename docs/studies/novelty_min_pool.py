@@ -36,19 +36,16 @@ from engines import metrics  # noqa: E402
 from engines.backends.base import load_backend  # noqa: E402
 from engines.data import mvtec_test_set, read_image, read_mask  # noqa: E402
 from engines.detector import Detector, image_score, split_scores  # noqa: E402
-from pipeline.vision.tiling import (downscale, extract_tiles, spread_scores, stitch,  # noqa: E402
-                                   tile_grid)
+from pipeline.vision.tiling import scaled_tiles, spread_scores, stitch  # noqa: E402
 
 
 def one_pass(detector: Detector, img: np.ndarray, overlap: float) -> dict:
     """Both scales tiled at ``overlap`` and run in one batch, as ``Detector.predict`` does: the
     full-scale maps, both scales' scores and their grids."""
     meta = detector.meta
-    t = meta.tile_size
-    grid = tile_grid(*img.shape[:2], t, overlap)
-    small = downscale(img, meta.coarse_scale)
-    cgrid = tile_grid(small.shape[0], small.shape[1], t, overlap)
-    maps, scores = detector.infer_tiles(np.concatenate([extract_tiles(img, grid), extract_tiles(small, cgrid)]))
+    tiles, grid = scaled_tiles(img, meta.tile_size, overlap)
+    coarse_tiles, cgrid = scaled_tiles(img, meta.tile_size, overlap, meta.coarse_scale)
+    maps, scores = detector.infer_tiles(np.concatenate([tiles, coarse_tiles]))
     fine, coarse = split_scores(scores, len(grid))
     return {"maps": maps[:len(grid)], "fine": fine, "coarse": coarse, "grid": grid, "cgrid": cgrid}
 

@@ -81,11 +81,17 @@ def downscale(image: np.ndarray, scale: float) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
 
 
-def tiles_at_scale(image: np.ndarray, tile: int, overlap: float, scale: float = 1.0) -> np.ndarray:
+def scaled_tiles(image: np.ndarray, tile: int, overlap: float, scale: float = 1.0) -> tuple[np.ndarray, "TileGrid"]:
     """All tiles of ``image`` at ``scale`` of its size (:func:`downscale` below 1), tiled as
-    :func:`tile_grid` does: ``(N, C, tile, tile)``."""
+    :func:`tile_grid` does: ``(N, C, tile, tile)``, and that grid (of the scaled image)."""
     img = image if scale == 1.0 else downscale(image, scale)
-    return extract_tiles(img, tile_grid(img.shape[0], img.shape[1], tile, overlap))
+    grid = tile_grid(img.shape[0], img.shape[1], tile, overlap)
+    return extract_tiles(img, grid), grid
+
+
+def tiles_at_scale(image: np.ndarray, tile: int, overlap: float, scale: float = 1.0) -> np.ndarray:
+    """:func:`scaled_tiles` without the grid."""
+    return scaled_tiles(image, tile, overlap, scale)[0]
 
 
 # How a tile's novelty score is spread over the pixels of the map (``spread_scores``):
