@@ -72,7 +72,7 @@ def _plots(out: Path, labels: np.ndarray, scores: np.ndarray, types: list[str]) 
 
 
 def evaluate(model: str | Path, data: str | Path, out: str | Path, backend: str = "onnxruntime",
-             overlap: float = 0.25, flip_tta: bool = False, fpr_limit: float = 0.3,
+             overlap: float = 0.25, flip_tta: str = "none", fpr_limit: float = 0.3,
              set_thresholds: bool = False, progress: bool = True, limit: int = 0) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, backend: str 
         pred = detector.predict(img)
         infer_s += time.perf_counter() - t0
         n_coarse = 0 if pred.coarse_scores is None else len(pred.coarse_scores)
-        n_tiles += (len(pred.tile_scores) + n_coarse) * (2 if flip_tta else 1)
+        n_tiles += len(pred.tile_scores) * detector.views + n_coarse
         images.append(img)
         masks.append(mask)
         maps.append(pred.anomaly_map)

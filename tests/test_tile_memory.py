@@ -89,6 +89,32 @@ def test_detector_runs_a_coarse_pass_and_averages_its_strongest_score(trained_mo
     assert pred.score == pytest.approx(0.5 * (pred.tile_scores.max() + pred.coarse_scores.max()), abs=1e-6)
 
 
+def test_flip_tta_averages_the_maps_of_flipped_passes_and_keeps_the_plain_scores(trained_model, ok_images):
+    """Flip TTA: the fine tiles' maps are the mean over the plain and the flipped passes; the tile
+    scores (and so the image score) stay the plain pass's, since the memories hold unflipped tiles."""
+    from pipeline.vision.tiling import scaled_tiles
+
+    backend = load_backend("onnxruntime", trained_model)
+    img = ok_images[0]
+    plain = Detector(backend, overlap=0.25).predict(img)
+    tta = Detector(backend, overlap=0.25, flip_tta="all")
+    assert tta.views == 4
+    pred = tta.predict(img)
+    np.testing.assert_array_equal(pred.tile_scores, plain.tile_scores)
+    np.testing.assert_array_equal(pred.coarse_scores, plain.coarse_scores)
+    assert pred.score == plain.score
+    assert np.abs(pred.anomaly_map - plain.anomaly_map).max() > 1e-4  # the maps did change
+    tiles, _ = scaled_tiles(img, 128, 0.25)
+    x = tta.meta.normalise(tiles[:3])
+    expect = sum(np.flip(backend.infer(np.ascontiguousarray(np.flip(x, ax)))[0], ax)
+                 for ax in ((-1,), (-2,), (-2, -1), ())) / 4
+    maps, scores = tta.infer_tiles(tiles[:3])
+    np.testing.assert_allclose(maps, expect, atol=1e-5)
+    np.testing.assert_array_equal(scores, backend.infer(x)[1])
+    with pytest.raises(ValueError, match="flip_tta must be one of"):
+        Detector(backend, flip_tta="diagonal")
+
+
 def test_detector_adds_the_novelty_shares_to_the_map(trained_model, ok_images, tmp_path):
     """The map is the fine tiles' graph output plus fine_map_share x the fine scores and
     coarse_map_share x the coarse scores, each spread as the minimum over the tiles covering a

@@ -126,6 +126,17 @@ def test_evaluate_cli_writes_metrics_plots_overlays(tmp_path, trained_model, min
     assert len(names) == 6 + 3 + 1 and "notes.png" in names  # stale worst cases gone, other files kept
 
 
+def test_evaluate_flip_tta_moves_the_maps_not_the_image_scores(tmp_path, trained_model, mini_data):
+    plain, tta = tmp_path / "plain", tmp_path / "tta"
+    assert evaluate_cli.main(["--model", str(trained_model), "--data", str(mini_data), "--out", str(plain)]) == 0
+    assert evaluate_cli.main(["--model", str(trained_model), "--data", str(mini_data), "--out", str(tta),
+                              "--flip-tta", "--overlap", "0.25"]) == 0
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (plain, tta))
+    assert (a["flip_tta"], b["flip_tta"]) == ("none", "h")
+    assert b["image_auroc"] == a["image_auroc"]
+    assert b["pixel_auroc"] != a["pixel_auroc"]
+
+
 def test_train_cli_empty_folder_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code = train_cli.main(["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run")])

@@ -14,7 +14,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction in [0, 1)")
-    p.add_argument("--flip-tta", action="store_true", help="average with a horizontally flipped pass")
+    p.add_argument("--flip-tta", nargs="?", const="h", default="none", choices=["none", "h", "all"],
+                   help="average the defect map with flipped passes: h (the default when given without a value) "
+                        "or all (horizontal, vertical, both); tile scores stay the plain pass's")
     p.add_argument("--set-thresholds", action="store_true",
                    help="choose pixel (best F1) and image (Youden) thresholds on this split and save them in model.json")
     p.add_argument("--limit", type=int, default=0, help="evaluate an evenly spaced subset of N images")
