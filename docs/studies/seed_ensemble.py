@@ -107,7 +107,7 @@ def main() -> int:
             zero = np.zeros(img.shape[:2], np.float32)
             novelty[k].append(det.meta.novelty_share().add(zero, grid, fine, coarse_grid=coarse_grid,
                                                            coarse_scores=coarse))
-            img_score[k].append(image_score(zero, fine, 0.0, coarse))
+            img_score[k].append(image_score(seg[k][-1] + novelty[k][-1], fine, det.meta.map_score_weight, coarse))
     print(f"{len(samples)} images, overlap {a.overlap}; models: " + ", ".join(f"{k}={m}" for k, m in enumerate(a.models)))
     print(f"{'models':<12} {'image AUROC':>11} {'recall@5%':>9} {'pixel AUROC':>11} {'AUPRO':>6}")
     n = len(detectors)
