@@ -149,6 +149,33 @@ class WeightAverage:
             self.state[name].copy_(value)
 
 
+# The defaults are sized to train a useful model, tile memories included, within this on 2 CPU
+# cores (44.4 minutes on the reference 2-vCPU VM; README). The memory fit took 40 s for 703 images.
+CPU_DEFAULT_BUDGET_S = 45 * 60
+MEMORY_S_PER_IMAGE = 0.06
+
+
+def uses_default_schedule(cfg: TrainConfig) -> bool:
+    """Whether ``cfg`` trains the default's schedule (the one sized for the 45-minute CPU budget)."""
+    return all(getattr(cfg, k) == getattr(TrainConfig, k) for k in ("arch", "width", "epochs", "steps_per_epoch",
+                                                                      "batch_size"))
+
+
+def budget_warning(seconds_per_step: float, steps_left: int, elapsed_s: float, memory_s: float,
+                   steps_per_epoch: int, budget_s: float = CPU_DEFAULT_BUDGET_S) -> str | None:
+    """A line saying the run will overshoot ``budget_s`` and which ``--epochs`` would fit, or None.
+    The projection is what has passed, the steps left at the measured pace, and the memory fit."""
+    projected = elapsed_s + seconds_per_step * steps_left + memory_s
+    if projected <= budget_s:
+        return None
+    fits = int((budget_s - memory_s) // (seconds_per_step * steps_per_epoch))
+    advice = (f"--epochs {fits} would fit (fewer epochs, a weaker model)" if fits >= 1
+              else "not even one epoch fits; use a faster machine or a GPU")
+    return (f"train: at {seconds_per_step:.2f} s per step this run will take about {projected / 60:.0f} minutes with "
+            f"its memories, more than the {budget_s / 60:.0f} minutes the defaults are sized for on 2 CPU cores; "
+            f"{advice}")
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -225,6 +252,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             log.flush()
         if step % cfg.steps_per_epoch == 0 or step == total:
             save_checkpoint(ckpt_path, model, optimizer, scheduler, step, cfg, data_hash, files, ema)
+        if not resume and step == cfg.steps_per_epoch and device.type == "cpu" and uses_default_schedule(cfg):
+            elapsed = time.monotonic() - started
+            warning = budget_warning(elapsed / cfg.steps_per_epoch, total - step, elapsed,
+                                     MEMORY_S_PER_IMAGE * len(images) if cfg.memory else 0.0, cfg.steps_per_epoch,
+                                     CPU_DEFAULT_BUDGET_S)
+            if warning:
+                tqdm.write(warning)
         if step >= total:
             break
     bar.close()
