@@ -193,25 +193,29 @@ def test_mask_size_mismatch_named(tmp_path, trained_model, mini_data, capsys):
 def test_budget_warning_projects_the_run_and_names_the_epochs_that_fit():
     from engines.train import TrainConfig, budget_warning, uses_default_schedule
 
-    # The reference run: 0.48 s per step over the first epoch, 42 s of memories: 44.7 minutes, no warning.
-    assert budget_warning(0.48, 5250, 120.0, 42.0, 250) is None
-    # A machine about 20 % slower: 144 + 5250 x 0.58 + 42 s = 53.9 minutes; 18 epochs of 250 steps fit.
-    line = budget_warning(0.58, 5250, 144.0, 42.0, 250)
-    assert line is not None and "about 54 minutes" in line and "--epochs 18 would fit" in line
-    assert "not even one epoch" in budget_warning(20.0, 5250, 5000.0, 42.0, 250)
+    # The reference run at the end of epoch 4: 473 s passed, 0.471 s per step since epoch 1, 4,500
+    # steps and 42 s of memories left: 43.9 minutes (it took 44.3), no warning.
+    assert budget_warning(0.471, 4500, 473.3, 42.0, 250) is None
+    # The second reference run projected 43.1 minutes (it took 45.2): no warning; 45.6 minutes: a warning.
+    assert budget_warning(0.46, 4500, 475.8, 42.0, 250) is None
+    assert budget_warning(0.49, 4500, 490.0, 42.0, 250) is not None
+    # A machine 20 % slower: 568 + 4500 x 0.565 + 42 s = 52.5 minutes; 18 epochs of 250 steps fit.
+    line = budget_warning(0.565, 4500, 568.0, 42.0, 250)
+    assert line is not None and "about 53 minutes" in line and "--epochs 18 would fit" in line
+    assert "not even one epoch" in budget_warning(20.0, 4500, 5000.0, 42.0, 250)
     assert uses_default_schedule(TrainConfig(data="d", out="o"))
     assert not uses_default_schedule(TrainConfig(data="d", out="o", epochs=30))
 
 
-def test_default_cpu_run_warns_after_its_first_epoch_when_it_would_overshoot(tmp_path, mini_data, monkeypatch, capsys):
+def test_default_cpu_run_warns_once_when_it_would_overshoot(tmp_path, mini_data, monkeypatch, capsys):
     import engines.train as train_mod
 
     monkeypatch.setattr(train_mod, "uses_default_schedule", lambda cfg: True)  # a tiny run stands in for the default
     monkeypatch.setattr(train_mod, "CPU_DEFAULT_BUDGET_S", 1e-3)
-    cfg = train_mod.TrainConfig(data=str(mini_data), out=str(tmp_path / "run"), width=8, epochs=2, steps_per_epoch=2,
+    cfg = train_mod.TrainConfig(data=str(mini_data), out=str(tmp_path / "run"), width=8, epochs=6, steps_per_epoch=1,
                                 batch_size=2, warmup_steps=1, workers=0, threads=1, memory=False, device="cpu")
     train_mod.train(cfg, progress=False)
     captured = capsys.readouterr()
     out = captured.out + captured.err
-    assert out.count("more than the 0 minutes the defaults are sized for") == 1  # once, after the first epoch
+    assert out.count("more than the 0 minutes the defaults are sized for") == 1  # once, at PROJECT_AT_EPOCH
     assert "not even one epoch fits" in out or "--epochs" in out
