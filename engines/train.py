@@ -264,8 +264,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             elif step == PROJECT_AT_EPOCH * cfg.steps_per_epoch:
                 elapsed = time.monotonic() - started
                 pace = (elapsed - first_epoch_s) / ((PROJECT_AT_EPOCH - 1) * cfg.steps_per_epoch)
-                warning = budget_warning(pace, total - step, elapsed, MEMORY_S_PER_IMAGE * len(images) if cfg.memory
-                                         else 0.0, cfg.steps_per_epoch, CPU_DEFAULT_BUDGET_S)
+                memory_s = MEMORY_S_PER_IMAGE * len(images) if cfg.memory else 0.0
+                warning = budget_warning(pace, total - step, elapsed, memory_s, cfg.steps_per_epoch,
+                                         CPU_DEFAULT_BUDGET_S)
                 if warning:
                     tqdm.write(warning)
         if step >= total:

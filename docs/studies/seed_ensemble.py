@@ -31,14 +31,15 @@ from engines import metrics  # noqa: E402
 from engines.backends.base import load_backend  # noqa: E402
 from engines.data import mvtec_test_set, read_image, read_mask  # noqa: E402
 from engines.detector import Detector, image_score, split_scores  # noqa: E402
+from pipeline.benchmark import FALSE_ALARM_BUDGET, score_ranking  # noqa: E402
 from pipeline.vision.tiling import scaled_tiles, stitch  # noqa: E402
 
-FALSE_ALARMS = 0.05
+RECALL = f"ng_recall_at_fa_{FALSE_ALARM_BUDGET:g}"
 
 
-def recall_at(labels: np.ndarray, scores: np.ndarray, false_alarms: float = FALSE_ALARMS) -> float:
-    """Share of defective images scored above the good images' (1 - false_alarms) quantile."""
-    return float((scores[labels] > np.quantile(scores[~labels], 1.0 - false_alarms)).mean())
+def recall_at(labels: np.ndarray, scores: np.ndarray) -> float:
+    """NG recall at <= 5 % false alarms over the split's good images, as the line's benchmark counts it."""
+    return score_ranking(list(scores[labels]), list(scores[~labels]))[RECALL]
 
 
 def line_scores(model: Path, seq: Path, config: Path, work: Path) -> dict[str, float | None]:
@@ -57,8 +58,6 @@ def line_scores(model: Path, seq: Path, config: Path, work: Path) -> dict[str, f
 
 
 def line_table(models: list[Path], sequences: list[Path], config: Path) -> None:
-    from pipeline.benchmark import FALSE_ALARM_BUDGET, score_ranking
-
     combos = [c for size in range(1, len(models) + 1) for c in itertools.combinations(range(len(models)), size)]
     print(f"line ({config}): AUROC / NG recall at <= {FALSE_ALARM_BUDGET:.0%} false alarms per sequence")
     with tempfile.TemporaryDirectory(prefix="ensemble-") as tmp:
@@ -72,7 +71,7 @@ def line_table(models: list[Path], sequences: list[Path], config: Path) -> None:
                 avg = {n: None if any(scores[k].get(n) is None for k in combo)
                        else float(np.mean([scores[k][n] for k in combo])) for n in parts}
                 r = score_ranking([avg[n] for n in parts if truth[n] == "NG"], [avg[n] for n in parts if truth[n] == "OK"])
-                row[combo] = (r["score_auroc"], r[f"ng_recall_at_fa_{FALSE_ALARM_BUDGET:g}"])
+                row[combo] = (r["score_auroc"], r[RECALL])
             per_seq.append(row)
     print(f"{'models':<12} " + " ".join(f"{s.name:>14}" for s in sequences) + f" {'mean recall':>11}")
     for combo in combos:
@@ -94,17 +93,21 @@ def main() -> int:
     seg: list[list[np.ndarray]] = [[] for _ in detectors]      # per model, per image
     novelty: list[list[np.ndarray]] = [[] for _ in detectors]
     img_score: list[list[float]] = [[] for _ in detectors]
-    for s in samples:
+    meta = detectors[0].meta
+    geometry = {(d.meta.in_channels, d.meta.tile_size, d.meta.coarse_scale) for d in detectors}
+    if len(geometry) > 1:
+        raise SystemExit(f"the models tile differently (channels, tile, coarse scale): {sorted(geometry)}")
+    for s in samples:  # each image read and tiled once, for every model
+        img = read_image(s.image_path, meta.in_channels)
+        masks.append(read_mask(s.mask_path, img.shape[:2]) if s.mask_path else np.zeros(img.shape[:2], bool))
+        tiles, grid = scaled_tiles(img, meta.tile_size, a.overlap)
+        coarse_tiles, coarse_grid = scaled_tiles(img, meta.tile_size, a.overlap, meta.coarse_scale)
+        both = np.concatenate([tiles, coarse_tiles])
+        zero = np.zeros(img.shape[:2], np.float32)
         for k, det in enumerate(detectors):
-            img = read_image(s.image_path, det.meta.in_channels)
-            if k == 0:
-                masks.append(read_mask(s.mask_path, img.shape[:2]) if s.mask_path else np.zeros(img.shape[:2], bool))
-            tiles, grid = scaled_tiles(img, det.meta.tile_size, a.overlap)
-            coarse_tiles, coarse_grid = scaled_tiles(img, det.meta.tile_size, a.overlap, det.meta.coarse_scale)
-            maps, scores = det.infer_tiles(np.concatenate([tiles, coarse_tiles]), n_mapped=len(grid))
+            maps, scores = det.infer_tiles(both, n_mapped=len(grid))
             fine, coarse = split_scores(scores, len(grid))
             seg[k].append(stitch(maps[:len(grid)], grid))
-            zero = np.zeros(img.shape[:2], np.float32)
             novelty[k].append(det.meta.novelty_share().add(zero, grid, fine, coarse_grid=coarse_grid,
                                                            coarse_scores=coarse))
             img_score[k].append(image_score(seg[k][-1] + novelty[k][-1], fine, det.meta.map_score_weight, coarse))
