@@ -20,23 +20,26 @@ export PYTHONPATH=$PWD
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; nproc; } 2>&1 | tee "$OUT/env.txt"
 
-launch() {  # name, workers, extra train args
-  local name=$1 workers=$2; shift 2
-  timeout "${LIMIT:-460}" python3 -m tools.train --data "$DATA" --out "$RUNS/$name" --width 16 --epochs "$EPOCHS" \
+launch() {  # name, workers, width, epochs, extra train args
+  local name=$1 workers=$2 width=$3 epochs=$4; shift 4
+  timeout "${LIMIT:-460}" python3 -m tools.train --data "$DATA" --out "$RUNS/$name" --width "$width" --epochs "$epochs" \
     --steps-per-epoch "$STEPS" --ema 0.999 --no-memory --device "$DEVICE" --threads 1 --workers "$workers" "$@" \
     > "$RUNS/$name.log" 2>&1 &
 }
-# Runs as name:seed:batch:workers[:generators] (generators as for train --generators). The first two calls ran SEEDS="0 1" and SEEDS="2 3";
+# Runs as name:seed:batch:workers[:generators[:width[:epochs]]] (generators as for train --generators, empty for
+# train's default; width 16 and $EPOCHS unless given). The first two calls ran SEEDS="0 1" and SEEDS="2 3";
 # the third SPEC="b64s0:0:64:10 b32s4:4:32:5" LIMIT=250 (seconds per training, for the time left);
 # the next session SPEC="b128s0:0:128:9 b64s1:1:64:6" LIMIT=480, then SPEC="b128s1:1:128:9 b64s2:2:64:6" LIMIT=480;
-# the tenth SPEC="u64s0:0:64:5:$NINE u64s1:1:64:5:$NINE u64s2:2:64:5:$NINE" LIMIT=450 GPU_TESTS=0.
+# the tenth SPEC="u64s0:0:64:5:$NINE u64s1:1:64:5:$NINE u64s2:2:64:5:$NINE" LIMIT=450 GPU_TESTS=0;
+# the twelfth SPEC="x64s0:0:64:5::32 x64s1:1:64:5::32 l64s0:0:64:6::16:45" LIMIT=430 GPU_TESTS=0 (width 32, and a
+# 45-epoch width-16 run, with train's default generators: the eight plus uneven three times).
 NINE=bezier_blob,bezier_scratch,elastic,gradient,point_cloud,perlin,cutpaste,edge_chip,uneven
 SEEDS=${SEEDS:-0 1}
 SPEC=${SPEC:-$(for s in $SEEDS; do echo "s$s:$s:16:3 b32s$s:$s:32:5"; done)}
 NAMES=""
 for run in $SPEC; do
-  IFS=: read -r name seed batch workers generators <<< "$run"
-  launch "$name" "$workers" --seed "$seed" --batch-size "$batch" ${generators:+--generators "$generators"}
+  IFS=: read -r name seed batch workers generators width epochs <<< "$run"
+  launch "$name" "$workers" "${width:-16}" "${epochs:-$EPOCHS}" --seed "$seed" --batch-size "$batch" ${generators:+--generators "$generators"}
   NAMES="$NAMES $name"
 done
 
@@ -64,8 +67,13 @@ for run in sys.argv[3:]:
         print(run, "no checkpoint"); continue
     st = torch.load(p, map_location="cpu", weights_only=True)
     keep = {k: st[k] for k in ("model", "raw_model", "step", "config", "training_data_hash", "training_files") if k in st}
+    nbytes = sum(t.numel() * t.element_size() for t in keep["model"].values())
+    if nbytes > 7 << 20:  # a file comes back only under 16 MiB: a width-32 run keeps its average alone, in fp16
+        keep.pop("raw_model", None)
+        keep["model"] = {k: t.half() if t.is_floating_point() else t for k, t in keep["model"].items()}
+        keep["model_fp16"] = True
     torch.save(keep, out / f"{run}.pt")
-    print(run, "step", st["step"], "raw_model" in st)
+    print(run, "step", st["step"], "raw_model" in st, "kept in fp16" if keep.get("model_fp16") else "")
 PY
 tr '\r' '\n' < "$RUNS/$(echo $NAMES | cut -d' ' -f1).log" | grep -E "step/s" | tail -n 1
 grep -H -E "checkpoint:|rror" "$RUNS"/*.log
