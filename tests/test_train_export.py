@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,6 +102,22 @@ def test_backend_parity_with_torch(name, trained_model):
     assert maps.shape == (5, 1, 128, 128) and scores.shape == (5, 2)  # novelty vs the fine and the coarse memory
     assert np.abs(maps - ref_maps).max() < 1e-3
     assert np.abs(scores - ref_scores).max() < 1e-3
+
+
+def test_fp16_keeps_the_shipped_models_decisions_on_cpu(ok_images):
+    """The fp16 numerics the CUDA path serves, checked where CI runs: torch's CPU fp16 reproduces the
+    H100's differences on these images (map 2.41e-2 against 2.36e-2, score 2.18e-3 against 2.21e-3 on
+    the worst one, 2026-11-27), so a change that breaks fp16 fails here, not only on a lent GPU.
+    One image, the one fp16 moves most (fp16 convolutions are slow on a CPU)."""
+    from engines.detector import Detector
+    from tests.fp16_check import assert_fp16_keeps_decisions
+
+    shipped = Path(__file__).resolve().parents[1] / "engines" / "models" / "magnetic_tile"
+    ref = Detector(load_backend("torch", shipped, device="cpu", fp16=False))
+    fp16 = Detector(load_backend("torch", shipped, device="cpu", fp16=True))
+    assert fp16.backend.precision == "fp16"
+    image = ok_images[1]  # exp1_num_306586.jpg
+    assert_fp16_keeps_decisions(ref.predict(image), fp16.predict(image), ref.meta.pixel_threshold)
 
 
 def test_backend_rejects_wrong_shape(trained_model):
