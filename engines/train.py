@@ -42,7 +42,7 @@ class TrainConfig:
     arch: str = "tiny_unet"
     width: int = 16
     channels: int = 1
-    epochs: int = 22
+    epochs: int = 21
     steps_per_epoch: int = 250
     batch_size: int = 16
     lr: float = 2e-3
@@ -56,7 +56,63 @@ class TrainConfig:
     workers: int = 1
     threads: int = 2
     device: str = "auto"
+    precision: str = "fp32"  # or bf16: autocast, faster on a CPU with native bf16 but weaker maps (README)
     command: str = ""
+
+
+PRECISIONS = ("fp32", "bf16")
+# CPU flags of native bf16 arithmetic (Linux /proc/cpuinfo names). Without them oneDNN emulates bf16,
+# which is no faster than fp32.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively (``cpuinfo``: the text of /proc/cpuinfo, read if None)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: do not guess
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return any(f in flags for f in NATIVE_BF16_FLAGS)
+
+
+def precision_note(precision: str, device_type: str, cpuinfo: str | None = None) -> str | None:
+    """Refuses an unknown precision; returns a line to print when bf16 will not be faster (a CPU
+    without native bf16), else None. bf16 is opt-in: on the reference VM (native bf16) a default
+    step took 0.33 s instead of 0.48 s, but its two runs outlined worse than fp32 (README)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" and device_type == "cpu" and not cpu_has_native_bf16(cpuinfo):
+        return ("train: this CPU has no native bf16 (flags " + ", ".join(NATIVE_BF16_FLAGS) + "): --precision bf16 "
+                "is emulated here and likely slower than fp32")
+    return None
+
+
+# Blocks that stay fp32 under bf16 autocast: the first block is a high-gain texture detector (its
+# BatchNorm multiplies a convolution output of standard deviation 0.07 by up to 16 in the shipped
+# weights), which amplifies the rounding of its input and weights; the last is the logits' 1x1
+# convolution. Together a few per cent of the network's multiply-adds.
+FP32_BLOCKS = ("inc", "out_conv")
+
+
+def keep_blocks_fp32(model: torch.nn.Module, device_type: str, names: tuple[str, ...] = FP32_BLOCKS) -> None:
+    """Run the named child blocks of ``model`` in fp32 under autocast (their forward is wrapped on
+    this instance only: the weights, the state dict and the export are untouched)."""
+    for name in names:
+        block = getattr(model, name, None)
+        if block is None:
+            continue
+        forward = block.forward
+
+        def fp32_forward(*args, _forward=forward):
+            with torch.autocast(device_type, enabled=False):
+                return _forward(*(a.float() if torch.is_tensor(a) else a for a in args))
+
+        block.forward = fp32_forward
 
 
 class SyntheticDefects(IterableDataset):
@@ -102,6 +158,7 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
 
 def segmentation_loss(model: torch.nn.Module, x, mask, label) -> tuple[torch.Tensor, dict]:
     map_logits, tile_logits = model(x)
+    map_logits, tile_logits = map_logits.float(), tile_logits.float()  # losses in fp32 under bf16 autocast
     bce = F.binary_cross_entropy_with_logits(map_logits, mask)
     dice = dice_loss(map_logits, mask)
     tile = F.binary_cross_entropy_with_logits(tile_logits, label)
@@ -109,7 +166,7 @@ def segmentation_loss(model: torch.nn.Module, x, mask, label) -> tuple[torch.Ten
 
 
 def reconstruction_loss(model: torch.nn.Module, x, _mask, _label) -> tuple[torch.Tensor, dict]:
-    recon = model(x)
+    recon = model(x).float()
     ssim = (1.0 - ssim_map(x, recon)).mean()
     l1 = (recon - x).abs().mean()
     return ssim + l1, {"ssim": ssim.item(), "l1": l1.item()}
@@ -150,7 +207,8 @@ class WeightAverage:
 
 
 # The defaults are sized to train a useful model, tile memories included, within this on 2 CPU
-# cores (44.4 minutes on the reference 2-vCPU VM; README). The memory fit took 40 s for 703 images.
+# cores (42.4 minutes on the reference 2-vCPU VM at 21 epochs; 22 took 44.4 and 45.2; README). The memory
+# fit took 40-49 s for 703 images.
 CPU_DEFAULT_BUDGET_S = 45 * 60
 MEMORY_S_PER_IMAGE = 0.06
 # When the run projects its length: at the end of epoch PROJECT_AT_EPOCH (about 8 minutes in), from
@@ -191,7 +249,11 @@ def pick_device(name: str) -> torch.device:
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train and return the output folder holding ``last.pt`` and ``train_config.json``."""
     generators = parse_generators(cfg.generators) or DEFAULT_GENERATORS
+    device = pick_device(cfg.device)
     cfg = replace(cfg, generators=",".join(generators))  # the mix as drawn, the default spelled out
+    note = precision_note(cfg.precision, device.type)
+    if note:
+        tqdm.write(note)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -199,7 +261,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     files = training_images(cfg.data)
     sample_cfg = SampleConfig(channels=cfg.channels, generators=generators)
     images = load_images(files, cfg.channels, sample_cfg.tile)
-    device = pick_device(cfg.device)
     model = build_model(cfg.arch, cfg.channels, cfg.width).to(device)
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -224,6 +285,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
+    if cfg.precision == "bf16":
+        keep_blocks_fp32(model, device.type)
     ema = WeightAverage(model, cfg.ema) if cfg.ema else None
     if resume and ema is not None and "ema" in state:
         ema.load(state["ema"])
@@ -235,14 +298,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.workers,
                         persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
     model.train()
-    bar = tqdm(total=total, initial=step, disable=not progress, desc=f"train {cfg.arch} w{cfg.width}",
+    bar = tqdm(total=total, initial=step, disable=not progress, desc=f"train {cfg.arch} w{cfg.width} {cfg.precision}",
                unit="step", dynamic_ncols=True)
     log = (out / "train_log.jsonl").open("a")
     started, first_epoch_s = time.monotonic(), 0.0
     for x, mask, label in loader:
         x = x.to(device, memory_format=torch.channels_last)
         mask, label = mask.to(device), label.to(device)
-        loss, parts = loss_fn(model, x, mask, label)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            loss, parts = loss_fn(model, x, mask, label)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

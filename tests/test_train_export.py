@@ -236,3 +236,57 @@ def test_default_cpu_run_warns_once_when_it_would_overshoot(tmp_path, mini_data,
     out = captured.out + captured.err
     assert out.count("more than the 0 minutes the defaults are sized for") == 1  # once, at PROJECT_AT_EPOCH
     assert "not even one epoch fits" in out or "--epochs" in out
+
+
+def test_bf16_on_a_cpu_without_native_bf16_says_it_will_be_slow():
+    from engines.train import cpu_has_native_bf16, precision_note
+
+    zen4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512bw\n"
+    zen2 = "processor\t: 0\nflags\t\t: fpu sse2 avx2\n"
+    sapphire = "flags\t\t: avx512f amx_bf16 amx_tile\n"
+    assert cpu_has_native_bf16(zen4) and cpu_has_native_bf16(sapphire) and not cpu_has_native_bf16(zen2)
+    assert "emulated" in precision_note("bf16", "cpu", zen2)
+    assert precision_note("bf16", "cpu", zen4) is None and precision_note("bf16", "cuda", zen2) is None
+    assert precision_note("fp32", "cpu", zen2) is None
+    with pytest.raises(ValueError, match="--precision"):
+        precision_note("fp16", "cpu", zen4)
+
+
+def test_bf16_run_records_its_precision_and_exports_a_working_model(tmp_path, mini_data):
+    """A few bf16 autocast steps (emulated where the CPU has no native bf16): the weights stay fp32,
+    the config says what was trained, and the export matches torch like any other."""
+    import torch
+
+    cfg = TrainConfig(data=str(mini_data), out=str(tmp_path / "run"), width=8, epochs=1, steps_per_epoch=3,
+                      batch_size=2, warmup_steps=1, workers=0, threads=1, memory=False, device="cpu",
+                      precision="bf16")
+    out = train(cfg, progress=False)
+    assert json.loads((out / "train_config.json").read_text())["precision"] == "bf16"
+    state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert state["config"]["precision"] == "bf16"
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+    from engines.export import export_model
+
+    model_dir = export_model(out / "last.pt", tmp_path / "model")
+    maps, scores = load_backend("onnxruntime", model_dir).infer(np.zeros((2, 1, 128, 128), np.float32))
+    assert np.isfinite(maps).all() and np.isfinite(scores).all()
+
+
+def test_bf16_keeps_the_first_and_last_blocks_fp32():
+    """Under bf16 autocast the high-gain first block and the logits' convolution still compute in fp32;
+    the blocks between run in bf16 (where the speed comes from), and the state dict is unchanged."""
+    import torch
+
+    from engines.inference_model import build_model
+    from engines.train import keep_blocks_fp32
+
+    model = build_model("tiny_unet", 1, 8)
+    keys = list(model.state_dict())
+    keep_blocks_fp32(model, "cpu")
+    seen = {}
+    for name in ("inc", "down1", "up4", "out_conv"):
+        getattr(model, name).register_forward_hook(lambda _m, _i, out, name=name: seen.__setitem__(name, out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        map_logits, _ = model(torch.randn(2, 1, 128, 128))
+    assert seen == {"inc": torch.float32, "down1": torch.bfloat16, "up4": torch.bfloat16, "out_conv": torch.float32}
+    assert map_logits.dtype == torch.float32 and list(model.state_dict()) == keys
