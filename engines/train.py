@@ -302,6 +302,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                unit="step", dynamic_ncols=True)
     log = (out / "train_log.jsonl").open("a")
     started, first_epoch_s = time.monotonic(), 0.0
+    project = not resume and device.type == "cpu" and uses_default_schedule(cfg)  # the length projection
     for x, mask, label in loader:
         x = x.to(device, memory_format=torch.channels_last)
         mask, label = mask.to(device), label.to(device)
@@ -322,7 +323,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             log.flush()
         if step % cfg.steps_per_epoch == 0 or step == total:
             save_checkpoint(ckpt_path, model, optimizer, scheduler, step, cfg, data_hash, files, ema)
-        if not resume and device.type == "cpu" and uses_default_schedule(cfg):
+        if project:
             if step == cfg.steps_per_epoch:
                 first_epoch_s = time.monotonic() - started
             elif step == PROJECT_AT_EPOCH * cfg.steps_per_epoch:

@@ -12,7 +12,11 @@ on the other side of the pixel threshold, map difference at most 0.10 (docs/benc
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+SHIPPED = Path(__file__).resolve().parents[1] / "engines" / "models" / "magnetic_tile"
 
 FP16_SCORE_TOL = 5e-3        # image score: well under the spacing of scores around the threshold
 FP16_MASK_FLIP_TOL = 1e-3    # share of pixels on the other side of the pixel threshold
@@ -23,10 +27,18 @@ def fp16_disagreement(ref, fp16, pixel_threshold: float) -> tuple[float, float, 
     """``(score diff, share of pixels flipped at pixel_threshold, map max diff)`` of two Predictions."""
     score_diff = abs(ref.score - fp16.score)
     flipped = float(np.mean((ref.anomaly_map >= pixel_threshold) != (fp16.anomaly_map >= pixel_threshold)))
-    map_diff = float(np.nanmax(np.abs(ref.anomaly_map - fp16.anomaly_map)))
-    if not np.isfinite(fp16.anomaly_map).all():
-        map_diff = float("inf")
+    finite = np.isfinite(fp16.anomaly_map).all()
+    map_diff = float(np.abs(ref.anomaly_map - fp16.anomaly_map).max()) if finite else float("inf")
     return score_diff, flipped, map_diff
+
+
+def shipped_detectors(device: str):
+    """The shipped model served by the torch backend on ``device``, in fp32 and in fp16."""
+    from engines.backends import load_backend
+    from engines.detector import Detector
+
+    return (Detector(load_backend("torch", SHIPPED, device=device, fp16=False)),
+            Detector(load_backend("torch", SHIPPED, device=device, fp16=True)))
 
 
 def assert_fp16_keeps_decisions(ref, fp16, pixel_threshold: float) -> None:

@@ -5,8 +5,6 @@ The fp32 CUDA path is held to the 1e-3 parity of test_train_export.py::test_back
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -15,12 +13,9 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA device: the GPU paths cannot run here", allow_module_level=True)
 
 from engines.backends import load_backend  # noqa: E402
-from engines.detector import Detector  # noqa: E402
-from tests.fp16_check import assert_fp16_keeps_decisions  # noqa: E402
+from tests.fp16_check import assert_fp16_keeps_decisions, shipped_detectors  # noqa: E402
 
 pytestmark = pytest.mark.gpu
-
-SHIPPED = Path(__file__).resolve().parents[1] / "engines" / "models" / "magnetic_tile"
 
 
 def test_cuda_fp16_keeps_the_shipped_models_decisions(ok_images):
@@ -28,8 +23,7 @@ def test_cuda_fp16_keeps_the_shipped_models_decisions(ok_images):
     The scores are nearest-neighbour novelties in a whitened space: well-trained weights keep them
     close; the few-step fixture model's are not (its memory's calibration is very steep), so this is
     judged on the model that ships."""
-    ref = Detector(load_backend("torch", SHIPPED, device="cuda", fp16=False))
-    fp16 = Detector(load_backend("torch", SHIPPED, device="cuda"))
+    ref, fp16 = shipped_detectors("cuda")
     assert fp16.backend.fp16 and fp16.backend.device.startswith("cuda:")
     assert fp16.backend.module.model.memory.bank.dtype == torch.float32
     for image in ok_images:

@@ -1,6 +1,5 @@
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,12 +108,9 @@ def test_fp16_keeps_the_shipped_models_decisions_on_cpu(ok_images):
     H100's differences on these images (map 2.41e-2 against 2.36e-2, score 2.18e-3 against 2.21e-3 on
     the worst one, 2026-11-27), so a change that breaks fp16 fails here, not only on a lent GPU.
     One image, the one fp16 moves most (fp16 convolutions are slow on a CPU)."""
-    from engines.detector import Detector
-    from tests.fp16_check import assert_fp16_keeps_decisions
+    from tests.fp16_check import assert_fp16_keeps_decisions, shipped_detectors
 
-    shipped = Path(__file__).resolve().parents[1] / "engines" / "models" / "magnetic_tile"
-    ref = Detector(load_backend("torch", shipped, device="cpu", fp16=False))
-    fp16 = Detector(load_backend("torch", shipped, device="cpu", fp16=True))
+    ref, fp16 = shipped_detectors("cpu")
     assert fp16.backend.precision == "fp16"
     image = ok_images[1]  # exp1_num_306586.jpg
     assert_fp16_keeps_decisions(ref.predict(image), fp16.predict(image), ref.meta.pixel_threshold)
@@ -254,7 +250,7 @@ def test_bf16_on_a_cpu_without_native_bf16_says_it_will_be_slow():
 
 def test_bf16_run_records_its_precision_and_exports_a_working_model(tmp_path, mini_data):
     """A few bf16 autocast steps (emulated where the CPU has no native bf16): the weights stay fp32,
-    the config says what was trained, and the export matches torch like any other."""
+    the config says what was trained, and the export serves finite maps and scores."""
     import torch
 
     cfg = TrainConfig(data=str(mini_data), out=str(tmp_path / "run"), width=8, epochs=1, steps_per_epoch=3,
