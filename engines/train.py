@@ -57,6 +57,7 @@ class TrainConfig:
     threads: int = 2
     device: str = "auto"
     precision: str = "fp32"  # or bf16: autocast, faster on a CPU with native bf16 but weaker maps (README)
+    init: str = ""  # start from these weights (a checkpoint or a model folder) with a fresh optimizer and schedule
     command: str = ""
 
 
@@ -240,6 +241,26 @@ def budget_warning(seconds_per_step: float, steps_left: int, elapsed_s: float, m
             f"{advice}")
 
 
+MEMORY_KEYS = ("memory.", "coarse_memory.")
+
+
+def initial_weights(path: str | Path, arch: str, width: int, channels: int) -> dict:
+    """The network weights to start a run from (``train --init``): a ``last.pt`` checkpoint (its
+    averaged weights when it kept an average) or a model folder's ``model.pt``. The tile memories
+    are left out: a run fits its own after training."""
+    path = Path(path)
+    file = path / "model.pt" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: --init needs a checkpoint (last.pt) or a model folder with model.pt")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    saved = state.get("config") if isinstance(state.get("config"), dict) else None
+    if saved and (saved.get("arch"), saved.get("width"), saved.get("channels", 1)) != (arch, width, channels):
+        raise ValueError(f"{file}: holds {saved.get('arch')} width {saved.get('width')} with {saved.get('channels', 1)} "
+                         f"channel(s), but --arch {arch} --width {width} --channels {channels} was asked")
+    weights = state["model"] if "model" in state and isinstance(state["model"], dict) else state
+    return {k: v for k, v in weights.items() if not k.startswith(MEMORY_KEYS)}
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -269,6 +290,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     step = 0
     data_hash = files_hash(files)
     ckpt_path = out / CHECKPOINT
+    if cfg.init and resume:
+        raise ValueError(f"--init {cfg.init} and --resume both given: --resume continues {ckpt_path} as it is; drop --init")
+    if cfg.init:
+        try:
+            model.load_state_dict(initial_weights(cfg.init, cfg.arch, cfg.width, cfg.channels))
+        except RuntimeError as e:  # the shapes or names of another network
+            raise ValueError(f"{cfg.init}: its weights do not fit --arch {cfg.arch} --width {cfg.width} "
+                             f"--channels {cfg.channels} ({str(e).splitlines()[0]})") from None
     if resume:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"{ckpt_path}: nothing to resume; start without --resume")

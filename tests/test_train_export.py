@@ -286,3 +286,37 @@ def test_bf16_keeps_the_first_and_last_blocks_fp32():
         map_logits, _ = model(torch.randn(2, 1, 128, 128))
     assert seen == {"inc": torch.float32, "down1": torch.bfloat16, "up4": torch.bfloat16, "out_conv": torch.float32}
     assert map_logits.dtype == torch.float32 and list(model.state_dict()) == keys
+
+
+def test_init_starts_from_the_given_weights(tmp_path, mini_data, trained_model):
+    """``--init`` loads a model folder's network (not its memories) with a fresh optimizer: at a
+    learning rate too small to move them, the run ends where the weights it started from were."""
+    torch = pytest.importorskip("torch")
+    start = {k: v for k, v in torch.load(trained_model / "model.pt", weights_only=True).items()
+             if k.endswith("weight") and "memory" not in k}
+    cfg = TrainConfig(data=str(mini_data), out=str(tmp_path / "ft"), width=8, epochs=1, steps_per_epoch=2,
+                      batch_size=2, lr=1e-9, warmup_steps=1, workers=0, threads=1, memory=False,
+                      init=str(trained_model))
+    train(cfg, progress=False)
+    tuned = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)["model"]
+    assert max(float((tuned[k] - v).abs().max()) for k, v in start.items()) < 1e-6
+    assert json.loads((tmp_path / "ft" / "train_config.json").read_text())["init"] == str(trained_model)
+    fresh = TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "fresh"), "init": "", "seed": 1})
+    train(fresh, progress=False)
+    other = torch.load(tmp_path / "fresh" / "last.pt", weights_only=True)["model"]
+    assert max(float((other[k] - v).abs().max()) for k, v in start.items()) > 1e-2  # a fresh start is elsewhere
+
+
+def test_init_errors_name_the_fix(tmp_path, mini_data, trained_model, capsys):
+    base = ["--data", str(mini_data), "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2",
+            "--workers", "0", "--no-memory"]
+    assert train_cli.main(base + ["--out", str(tmp_path / "a"), "--init", str(tmp_path / "none")]) == 2
+    assert "needs a checkpoint (last.pt) or a model folder" in capsys.readouterr().err
+    assert train_cli.main(base + ["--out", str(tmp_path / "b"), "--init", str(trained_model), "--width", "16"]) == 2
+    err = capsys.readouterr().err
+    assert str(trained_model) in err and "do not fit" in err and "--width 16" in err
+    assert train_cli.main(base + ["--out", str(tmp_path / "c"), "--width", "8"]) == 0
+    capsys.readouterr()
+    assert train_cli.main(base + ["--out", str(tmp_path / "c"), "--width", "8", "--resume",
+                                  "--init", str(trained_model)]) == 2
+    assert "drop --init" in capsys.readouterr().err

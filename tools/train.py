@@ -35,6 +35,9 @@ def get_parser() -> argparse.ArgumentParser:
                         "bf16 about 1.4x faster, with weaker maps (README)")
     p.add_argument("--no-memory", action="store_true", help="skip fitting the tile memory after training")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--init", default="", metavar="WEIGHTS",
+                   help="start from these weights (a last.pt checkpoint or a model folder) with a fresh optimizer and "
+                        "schedule, e.g. to fine-tune the shipped model with a lower --lr")
     p.add_argument("--export", metavar="MODEL_DIR", help="export the final checkpoint to this model folder")
     return p
 
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                           epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                           lr=args.lr, generators=args.generators, curriculum=not args.no_curriculum, ema=args.ema, memory=not args.no_memory, seed=args.seed,
                           workers=args.workers,
-                          threads=args.threads, device=args.device, precision=args.precision, command=command,
+                          threads=args.threads, device=args.device, precision=args.precision, init=args.init,
+                          command=command,
                           warmup_steps=min(100, args.epochs * args.steps_per_epoch // 10))
         out = train(cfg, resume=args.resume)
         print(f"checkpoint: {out / 'last.pt'}")
