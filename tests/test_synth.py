@@ -9,7 +9,7 @@ def _crops(ok_images, n=6, tile=128):
     return [img[:tile, i * 10:i * 10 + tile].astype(np.float32) / 255.0 for i, img in zip(range(n), ok_images)]
 
 
-REGION_GENERATORS = {"uneven"}  # label a whole region whose texture changed, not each changed pixel
+REGION_GENERATORS = {"uneven", "uneven_step"}  # label a whole region whose texture changed, not each changed pixel
 
 
 @pytest.mark.parametrize("name", sorted(set(GENERATORS) - REGION_GENERATORS))
@@ -30,11 +30,12 @@ def test_generator_mask_is_what_changed(name, ok_images):
     assert hits >= 3, f"{name} produced a visible defect in only {hits}/6 crops"
 
 
-def test_uneven_finish_labels_the_changed_region(ok_images):
+@pytest.mark.parametrize("name", sorted(REGION_GENERATORS))
+def test_uneven_finish_labels_the_changed_region(name, ok_images):
     rng = np.random.default_rng(2)
     hits = 0
     for crop in _crops(ok_images) * 3:
-        out, mask = GENERATORS["uneven"](crop, rng, 0.8)
+        out, mask = GENERATORS[name](crop, rng, 0.8)
         assert out.shape == crop.shape and out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
         if not mask.sum():
             assert np.array_equal(out, crop)  # nothing labelled, nothing changed
@@ -47,7 +48,42 @@ def test_uneven_finish_labels_the_changed_region(ok_images):
         far = cv2.dilate(inside.astype(np.uint8), np.ones((41, 41), np.uint8)) == 0
         if far.any():  # the diffuse edge fades out well before 20 px from the region
             assert change[far].max() <= CHANGE_EPS
-    assert hits >= 9, f"uneven produced a region in only {hits}/18 crops"
+    assert hits >= 9, f"{name} produced a region in only {hits}/18 crops"
+
+
+def test_uneven_step_is_a_band_with_a_sharp_straight_edge_across_the_grain(ok_images):
+    """The real uneven regions of magnetic tile mostly end at a straight line across the grinding
+    grain, where one pass stopped: ``uneven_step`` makes a band from the top or bottom of a crop
+    with vertical grain, its edge a nearly straight, sharp line."""
+    rng = np.random.default_rng(3)
+    crops = [c for c in _crops(ok_images) if _grain_is_vertical(c)]
+    assert crops, "the fixture images have vertical grain"
+    hits = 0
+    for crop in crops * 4:
+        out, mask = GENERATORS["uneven_step"](crop, rng, 0.8)
+        if not mask.sum():
+            continue
+        inside = mask > 0
+        cols = inside.sum(axis=0)
+        if cols.min() == 0 or cols.max() == inside.shape[0]:
+            continue  # the edge leaves the crop (a steep tilt near a corner): nothing to measure
+        hits += 1
+        from_top = inside[0].all()
+        assert from_top or inside[-1].all()  # a band from one side across the whole crop
+        # each column is one run from that side: the edge is a line y(x), not a blob
+        runs = np.abs(np.diff(inside.astype(np.int8), axis=0)).sum(axis=0)
+        assert runs.max() == 1
+        x = np.arange(inside.shape[1])
+        slope, icpt = np.polyfit(x, cols, 1)
+        assert abs(slope) < 0.3 and np.abs(cols - (slope * x + icpt)).max() < 6  # straight, slightly tilted
+        # sharp: 8 px beyond the edge the texture is untouched, inside it changed
+        change = np.abs(out - crop)
+        rows = np.arange(inside.shape[0])[:, None]
+        beyond = rows > cols + 8 if from_top else rows < inside.shape[0] - cols - 8
+        if beyond.any():
+            assert change[beyond].max() <= CHANGE_EPS
+        assert change[inside].mean() > 0.6 * CHANGE_EPS
+    assert hits >= 6, f"uneven_step made a measurable band in only {hits} crops"
 
 
 def test_grain_direction():
@@ -57,11 +93,12 @@ def test_grain_direction():
 
 
 def test_default_generators_weight_uneven(ok_images):
-    assert set(DEFAULT_GENERATORS) == set(GENERATORS) and DEFAULT_GENERATORS.count("uneven") == 3
+    # every generator but the opt-in uneven_step (README, "A straight-edged uneven band": not a clear gain)
+    assert set(DEFAULT_GENERATORS) == set(GENERATORS) - {"uneven_step"} and DEFAULT_GENERATORS.count("uneven") == 3
     crop = _crops(ok_images, 1)[0]
     drawn = [synthesize(crop, np.random.default_rng(s), 0.7, donors=[crop])[2] for s in range(200)]
     assert 0.12 < drawn.count("uneven") / len(drawn) < 0.4 and len(set(drawn)) >= 8  # 3 of 11 draws, some retried
-    eight = [n for n in GENERATORS if n != "uneven"]
+    eight = sorted(set(DEFAULT_GENERATORS) - {"uneven"})
     assert "uneven" not in {synthesize(crop, np.random.default_rng(s), 0.7, names=eight, donors=[crop])[2]
                             for s in range(60)}
 

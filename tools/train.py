@@ -21,8 +21,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--generators", default="", metavar="NAMES",
                    help="comma-separated synthetic defect generators to draw from, a name repeated to draw it "
-                        "more often (see synth-gallery); default: engines.synth.DEFAULT_GENERATORS, all nine with "
-                        "uneven drawn three times as often as each other")
+                        "more often (see synth-gallery); default: engines.synth.DEFAULT_GENERATORS, the nine "
+                        "of the shipped model with uneven drawn three times as often as each other (uneven_step "
+                        "is opt-in)")
     p.add_argument("--no-curriculum", action="store_true", help="sample all defect strengths from the start")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="keep an exponential moving average of the weights (e.g. 0.999) and export it; 0 = off")
