@@ -245,9 +245,10 @@ MEMORY_KEYS = ("memory.", "coarse_memory.")
 
 
 def initial_weights(path: str | Path, arch: str, width: int, channels: int) -> dict:
-    """The network weights to start a run from (``train --init``): a ``last.pt`` checkpoint (its
-    averaged weights when it kept an average) or a model folder's ``model.pt``. The tile memories
-    are left out: a run fits its own after training."""
+    """The network weights to start a run from (``train --init``): those ``export_model`` would read
+    from a ``last.pt`` checkpoint (the average once an ``--ema`` run has finished, the raw weights of
+    one still running) or a model folder's ``model.pt``. The tile memories are left out: a run fits
+    its own after training."""
     path = Path(path)
     file = path / "model.pt" if path.is_dir() else path
     if not file.is_file():
