@@ -313,6 +313,11 @@ def _grain_is_vertical(image: np.ndarray) -> bool:
     return float(np.abs(np.diff(g, axis=1)).mean()) >= float(np.abs(np.diff(g, axis=0)).mean())
 
 
+def _draw_grain(image: np.ndarray, rng: np.random.Generator) -> bool:
+    """The direction a texture change follows: mostly the crop's own grain, sometimes either."""
+    return _grain_is_vertical(image) if rng.random() < 0.8 else bool(rng.random() < 0.5)
+
+
 def _streaks(rng: np.random.Generator, shape: tuple[int, int], vertical: bool) -> np.ndarray:
     """Zero-mean, unit-std streak texture: sharp across the grain, slowly varying along it, mostly
     bright lines on a plain ground."""
@@ -382,15 +387,15 @@ def uneven_finish(image: np.ndarray, rng: np.random.Generator, strength: float =
     h, w = image.shape[:2]
     # The plain variant draws in its original order (region, edge, grain), so that a seed gives the
     # stream it gave before ``step`` existed; the step band needs the grain first.
-    vertical = (_grain_is_vertical(image) if rng.random() < 0.8 else rng.random() < 0.5) if step else None
+    vertical = _draw_grain(image, rng) if step else None
     region = _step_band(rng, h, w, vertical) if step else _large_region(rng, h, w)
-    if region.sum() < 0.08 * h * w or region.sum() > 0.85 * h * w:
+    if not 0.08 * h * w <= region.sum() <= 0.85 * h * w:
         return image.copy(), np.zeros((h, w), np.float32)
     blur = rng.uniform(0.4, 1.5) if step else rng.uniform(1.5, 6.0)
     alpha = cv2.GaussianBlur(region.astype(np.float32), (0, 0), float(blur))
     img = _as_hwc(image)
     if vertical is None:
-        vertical = _grain_is_vertical(image) if rng.random() < 0.8 else rng.random() < 0.5
+        vertical = _draw_grain(image, rng)
     local_mean = cv2.blur(img, (9, 1) if vertical else (1, 9)).reshape(img.shape)
     detail = img - local_mean  # the existing streaks
     amp = _contrast(rng, strength)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from engines.ae_ssim import ssim_map
-from engines.artifact import ModelMeta
+from engines.artifact import MEMORY_NAMES, ModelMeta
 from engines.data import files_hash, training_images
 from engines.inference_model import build_model, load_weights
 from engines.synth import DEFAULT_GENERATORS, GENERATORS
@@ -241,10 +241,7 @@ def budget_warning(seconds_per_step: float, steps_left: int, elapsed_s: float, m
             f"{advice}")
 
 
-MEMORY_KEYS = ("memory.", "coarse_memory.")
-
-
-def initial_weights(path: str | Path, arch: str, width: int, channels: int) -> dict:
+def initial_weights(path: str | Path) -> dict:
     """The network weights to start a run from (``train --init``): those ``export_model`` would read
     from a ``last.pt`` checkpoint (the average once an ``--ema`` run has finished, the raw weights of
     one still running) or a model folder's ``model.pt``. The tile memories are left out: a run fits
@@ -254,12 +251,8 @@ def initial_weights(path: str | Path, arch: str, width: int, channels: int) -> d
     if not file.is_file():
         raise FileNotFoundError(f"{path}: --init needs a checkpoint (last.pt) or a model folder with model.pt")
     state = torch.load(file, map_location="cpu", weights_only=True)
-    saved = state.get("config") if isinstance(state.get("config"), dict) else None
-    if saved and (saved.get("arch"), saved.get("width"), saved.get("channels", 1)) != (arch, width, channels):
-        raise ValueError(f"{file}: holds {saved.get('arch')} width {saved.get('width')} with {saved.get('channels', 1)} "
-                         f"channel(s), but --arch {arch} --width {width} --channels {channels} was asked")
-    weights = state["model"] if "model" in state and isinstance(state["model"], dict) else state
-    return {k: v for k, v in weights.items() if not k.startswith(MEMORY_KEYS)}
+    weights = state["model"] if isinstance(state.get("model"), dict) else state  # a checkpoint, or a bare state dict
+    return {k: v for k, v in weights.items() if k.split(".", 1)[0] not in MEMORY_NAMES}
 
 
 def pick_device(name: str) -> torch.device:
@@ -295,10 +288,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         raise ValueError(f"--init {cfg.init} and --resume both given: --resume continues {ckpt_path} as it is; drop --init")
     if cfg.init:
         try:
-            model.load_state_dict(initial_weights(cfg.init, cfg.arch, cfg.width, cfg.channels))
-        except RuntimeError as e:  # the shapes or names of another network
+            model.load_state_dict(initial_weights(cfg.init))
+        except RuntimeError as e:  # another architecture, width or channel count: other names or shapes
             raise ValueError(f"{cfg.init}: its weights do not fit --arch {cfg.arch} --width {cfg.width} "
-                             f"--channels {cfg.channels} ({str(e).splitlines()[0]})") from None
+                             f"--channels {cfg.channels} ({(str(e).splitlines()[1:] or [str(e)])[0].strip()})") from None
     if resume:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"{ckpt_path}: nothing to resume; start without --resume")
