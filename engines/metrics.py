@@ -65,6 +65,33 @@ def pixel_auroc(masks: list[np.ndarray], maps: list[np.ndarray]) -> float:
     return float(np.trapezoid(tpr, fpr))
 
 
+def region_overlaps(mask: np.ndarray, amap: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """``(regions, bins)``: the share of each connected region of ``mask`` scoring at or above each edge."""
+    labelled, n = ndimage.label(mask)
+    if n == 0:
+        return np.zeros((0, len(edges)))
+    # One 2D histogram (region x bin) instead of a pass over the image per region.
+    in_region = labelled > 0
+    bins = np.clip(np.searchsorted(edges, amap[in_region], side="right") - 1, 0, len(edges) - 1)
+    counts = np.bincount((labelled[in_region] - 1) * len(edges) + bins, minlength=n * len(edges)).reshape(n, -1)
+    at_or_above = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
+    return at_or_above / at_or_above[:, :1]
+
+
+def region_pro_scores(masks: list[np.ndarray], maps: list[np.ndarray], fpr_limit: float = 0.3
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Each connected defect region's own area under its overlap curve against the FPR of all
+    defect-free pixels, up to ``fpr_limit`` and normalised, and the index of its image. Their mean
+    is :func:`aupro`, so making one region perfect adds ``(1 - its score) / regions`` to it."""
+    scores_all = np.concatenate([a.ravel() for a in maps])
+    edges = np.linspace(scores_all.min(), scores_all.max() + 1e-9, N_BINS)
+    neg = sum(_binned(amap[~mask], edges) for mask, amap in zip(masks, maps))
+    curves = [region_overlaps(mask, amap, edges) for mask, amap in zip(masks, maps)]
+    image = np.concatenate([np.full(len(c), i) for i, c in enumerate(curves)])
+    fpr = np.r_[neg / neg[0], 0.0][::-1]
+    return np.array([_area_to_limit(fpr, np.r_[c, 0.0][::-1], fpr_limit) for c in np.concatenate(curves)]), image
+
+
 def aupro(masks: list[np.ndarray], maps: list[np.ndarray], fpr_limit: float = 0.3) -> float:
     """Area under the per-region-overlap curve up to ``fpr_limit``, normalised to [0, 1]."""
     scores_all = np.concatenate([a.ravel() for a in maps])
@@ -74,20 +101,18 @@ def aupro(masks: list[np.ndarray], maps: list[np.ndarray], fpr_limit: float = 0.
     n_regions = 0
     for mask, amap in zip(masks, maps):
         neg += _binned(amap[~mask], edges)
-        labelled, n = ndimage.label(mask)
-        if n == 0:
-            continue
-        # One 2D histogram (region x bin) instead of a pass over the image per region.
-        in_region = labelled > 0
-        bins = np.clip(np.searchsorted(edges, amap[in_region], side="right") - 1, 0, N_BINS - 1)
-        counts = np.bincount((labelled[in_region] - 1) * N_BINS + bins, minlength=n * N_BINS).reshape(n, N_BINS)
-        at_or_above = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
-        pro_sum += (at_or_above / at_or_above[:, :1]).sum(axis=0)
-        n_regions += n
+        overlaps = region_overlaps(mask, amap, edges)
+        pro_sum += overlaps.sum(axis=0)
+        n_regions += len(overlaps)
     if n_regions == 0 or neg[0] == 0:
         return float("nan")
     fpr = np.r_[neg / neg[0], 0.0][::-1]
     pro = np.r_[pro_sum / n_regions, 0.0][::-1]
+    return _area_to_limit(fpr, pro, fpr_limit)
+
+
+def _area_to_limit(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> float:
+    """Area under ``pro`` over ascending ``fpr`` up to ``fpr_limit``, normalised to [0, 1]."""
     keep = fpr <= fpr_limit
     f, p = fpr[keep], pro[keep]
     # Close the curve exactly at the limit by interpolation.

@@ -35,6 +35,16 @@ def test_aupro_perfect_and_random():
     assert 0.05 < metrics.aupro(masks, noise) < 0.25  # random guessing: PRO ~ FPR, area ~0.15
 
 
+def test_region_pro_scores_average_to_aupro():
+    """Each region's own score: their mean is AUPRO, a region the map ignores scores lowest."""
+    masks, maps = _case()
+    maps[1] = np.where(masks[1], 0.0, maps[1]).astype(np.float32)  # image 1's region is missed outright
+    own, image = metrics.region_pro_scores(masks, maps)
+    assert len(own) == 6 and list(image) == [0, 0, 1, 2, 2, 3]  # two regions in images 0 and 2
+    assert abs(own.mean() - metrics.aupro(masks, maps)) < 1e-12
+    assert image[np.argmin(own)] == 1 and own.min() < 0.01
+
+
 def test_f1_and_threshold():
     masks, maps = _case()
     t, f1 = metrics.best_f1_threshold(masks, maps)

@@ -15,7 +15,8 @@ prints:
    gains most taken first, then the next given that one, and so on (histograms of 2,000 bins, as
    ``evaluate``). A short list that reaches the target says the figure hangs on a few images;
 4. the same for AUPRO, which weighs every connected defect region alike: each region's own overlap
-   curve up to the split's FPR 0.3, the worst first, and AUPRO with those regions made perfect.
+   curve up to the split's FPR 0.3 (``engines.metrics.region_pro_scores``), the worst first, and
+   AUPRO with those regions made perfect.
 
     python docs/studies/pixel_auroc_breakdown.py --model engines/models/magnetic_tile --data ../shared/datasets/magnetic_tile
 
@@ -95,32 +96,6 @@ def costliest_images(masks: list[np.ndarray], maps: list[np.ndarray], top: int, 
     return order
 
 
-def worst_regions(masks: list[np.ndarray], maps: list[np.ndarray], fpr_limit: float = 0.3, bins: int = 2000):
-    """``(aupro, [(own PRO score, image index, area), ...] worst first)``, binned as ``evaluate``.
-    A region's own score is its overlap curve integrated over the split's FPR up to ``fpr_limit``
-    (normalised); AUPRO is their mean, so making a region perfect adds ``(1 - own) / regions``."""
-    negatives, regions = np.zeros(bins), []
-    for i, (m, a) in enumerate(zip(masks, maps)):
-        b = np.minimum((np.clip(a, 0, 1) * bins).astype(np.int64), bins - 1)
-        negatives += np.bincount(b[~m], minlength=bins)
-        labelled, n = ndimage.label(m)
-        for r in range(1, n + 1):
-            regions.append((i, np.bincount(b[labelled == r], minlength=bins)))
-    fpr = np.r_[0.0, np.cumsum(negatives[::-1]) / negatives.sum()]  # thresholds from the top bin down
-
-    def own(h: np.ndarray) -> float:
-        pro = np.r_[0.0, np.cumsum(h[::-1]) / h.sum()]
-        k = int(np.searchsorted(fpr, fpr_limit, "right"))
-        f, p = fpr[:k], pro[:k]
-        if k < len(fpr):  # close the curve at the limit
-            p = np.r_[p, p[-1] + (pro[k] - p[-1]) * (fpr_limit - f[-1]) / max(fpr[k] - f[-1], 1e-12)]
-            f = np.r_[f, fpr_limit]
-        return float(np.trapezoid(p, f) / fpr_limit)
-
-    scored = sorted((own(h), i, int(h.sum())) for i, h in regions)
-    return float(np.mean([s for s, _, _ in scored])), scored
-
-
 def auroc_between(pos: np.ndarray, sorted_neg: np.ndarray) -> float:
     """P(a positive scores above a negative), ties counting half; negatives sorted once by the caller."""
     below = np.searchsorted(sorted_neg, pos, "left") + np.searchsorted(sorted_neg, pos, "right")
@@ -169,11 +144,14 @@ def main() -> None:
     for k, (i, auc) in enumerate(costliest_images(masks, maps, args.top), 1):
         print(f"{k:>3} {names[i]:<32} {types[i]:<9} {auc:.4f}  ({masks[i].sum() / total:.1%} of the defect pixels)")
 
-    aupro, scored = worst_regions(masks, maps)
-    print(f"\nAUPRO with the worst regions made perfect, one by one (binned; now {aupro:.4f}, {len(scored)} regions)")
-    for k, (own, i, area) in enumerate(scored[:args.top], 1):
-        aupro += (1 - own) / len(scored)
-        print(f"{k:>3} {names[i]:<32} {types[i]:<9} {aupro:.4f}  (region of {area} px, its own score {own:.3f})")
+    own, image = metrics.region_pro_scores(masks, maps)
+    aupro = float(own.mean())
+    print(f"\nAUPRO with the worst regions made perfect, one by one (binned; now {aupro:.4f}, {len(own)} regions)")
+    areas = np.concatenate([np.bincount(ndimage.label(m)[0].ravel())[1:] for m in masks])
+    for k, r in enumerate(np.argsort(own, kind="stable")[:args.top], 1):
+        aupro += (1 - own[r]) / len(own)
+        i = image[r]
+        print(f"{k:>3} {names[i]:<32} {types[i]:<9} {aupro:.4f}  (region of {areas[r]} px, its own score {own[r]:.3f})")
 
 
 if __name__ == "__main__":
