@@ -5,6 +5,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -36,6 +37,21 @@ class ModbusServer:
         self.thread = threading.Thread(target=lambda: self.loop.run_until_complete(serve()), daemon=True)
         self.thread.start()
         self.ready.wait(5)
+        self._wait_listening(port, timeout_s=10.0)
+
+    @staticmethod
+    def _wait_listening(port: int, timeout_s: float) -> None:
+        """serve_forever binds the socket only after it starts running, so a client that connects at once
+        can be refused (seen in CI): wait until the port takes a TCP connection."""
+        end = time.monotonic() + timeout_s
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return
+            except OSError:
+                if time.monotonic() > end:
+                    raise RuntimeError(f"pymodbus test server on 127.0.0.1:{port} did not start listening in {timeout_s} s")
+                time.sleep(0.02)
 
     def stop(self) -> None:
         fut = asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop)
