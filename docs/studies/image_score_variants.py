@@ -8,6 +8,13 @@ image-score study figures come from this.
     python docs/studies/image_score_variants.py --model engines/models/magnetic_tile --data ../shared/datasets/magnetic_tile
 
 ``--model`` takes one or more model folders with a coarse memory. About 40 s per model on 2 CPU cores.
+
+With ``--line SEQ ...`` (sequences written by ``simulate_line``, with ``truth.jsonl``) the same
+variants are also scored on the simulated line: each OK / NG part preprocessed as the line does
+(``--config``, default the demo line; ``Preprocessor.for_model``), its tiles run through the model,
+and per sequence the line AUROC and NG recall at <= 5 % false alarms (``score_ranking``, as
+``benchmark --pipeline`` reports them), then the NG parts the shipped score misses, by defect type.
+About 6 s per 120-part sequence.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from engines import metrics  # noqa: E402
 from engines.backends.base import load_backend  # noqa: E402
 from engines.data import mvtec_test_set, read_image  # noqa: E402
-from engines.detector import Detector  # noqa: E402
+from engines.detector import Detector, image_score, split_scores  # noqa: E402
 from pipeline.benchmark import score_ranking  # noqa: E402
 
 Combine = Callable[[np.ndarray, np.ndarray], float]
@@ -40,13 +47,72 @@ VARIANTS: dict[str, Combine] = {
     "mean of top-2 fine, max coarse": lambda f, c: 0.5 * (top_mean(f, 2) + c.max()),
     "0.4 max fine + 0.6 max coarse": lambda f, c: 0.4 * f.max() + 0.6 * c.max(),
     "0.6 max fine + 0.4 max coarse": lambda f, c: 0.6 * f.max() + 0.4 * c.max(),
+    "0.25 max fine + 0.75 max coarse": lambda f, c: 0.25 * f.max() + 0.75 * c.max(),
 }
+
+
+def line_tile_scores(model: Path, config: Path, seq: Path) -> list[tuple[str, str, np.ndarray, np.ndarray] | None]:
+    """(truth verdict, defect type, fine tile scores, coarse tile scores) per OK / NG part of ``seq``,
+    scored as the line scores it; None where preprocessing finds no part (counts as a miss)."""
+    import json
+
+    import cv2
+
+    from engines.artifact import ModelMeta
+    from pipeline.config import load_config
+    from pipeline.processing import Preprocessor
+
+    meta = ModelMeta.load(model)
+    prep = Preprocessor.for_model(load_config(config).preprocess, meta)
+    backend = load_backend("onnxruntime", model)
+    parts = []
+    for line in (seq / "truth.jsonl").read_text().splitlines():
+        t = json.loads(line)
+        if t["verdict"] not in ("OK", "NG"):
+            continue
+        p = prep(cv2.imread(str(seq / t["file"]), cv2.IMREAD_COLOR))
+        if p.verdict is not None:
+            parts.append((t["verdict"], t["defect_type"], None, None))
+            continue
+        _, scores = backend.infer(meta.normalise(p.tiles))
+        fine, coarse = split_scores(scores, int((p.tile_index < len(p.grid)).sum()))
+        parts.append((t["verdict"], t["defect_type"], fine, coarse))
+    return parts
+
+
+def line_report(model: Path, config: Path, seqs: list[Path]) -> None:
+    variants = {"detector (mean of max fine, max coarse)": lambda f, c: image_score(np.zeros((1, 1)), f, 0.0, c),
+                **VARIANTS}
+    per_seq = {seq: line_tile_scores(model, config, seq) for seq in seqs}
+    print(f"\nsimulated line ({config}): line AUROC / NG recall at <= 5 % false alarms")
+    print(f"{'image score':<40}" + "".join(f"{seq.name:>16}" for seq in seqs) + f"{'mean recall':>13}")
+    for name, combine in variants.items():
+        cells, recalls = [], []
+        for seq in seqs:
+            scored = [(v, None if f is None else combine(f, c)) for v, _, f, c in per_seq[seq]]
+            r = score_ranking([s for v, s in scored if v == "NG"], [s for v, s in scored if v == "OK"])
+            recalls.append(r["ng_recall_at_fa_0.05"])
+            cells.append(f"{r['score_auroc']:.3f} / {r['ng_recall_at_fa_0.05']:.2f}")
+        print(f"{name:<40}" + "".join(f"{c:>16}" for c in cells) + f"{np.mean(recalls):>13.3f}")
+    missed, total = {}, {}
+    for parts in per_seq.values():
+        score = [None if f is None else variants["detector (mean of max fine, max coarse)"](f, c) for _, _, f, c in parts]
+        ok = [s for (v, *_), s in zip(parts, score) if v == "OK"]
+        bar = score_ranking([0.0], ok)["threshold_at_fa_budget"]
+        for (v, kind, *_), s in zip(parts, score):
+            if v == "NG":
+                total[kind] = total.get(kind, 0) + 1
+                missed[kind] = missed.get(kind, 0) + int(s is None or bar is None or s <= bar)
+    print("NG parts the detector's score misses at <= 5 % false alarms, all sequences: "
+          + ", ".join(f"{k} {missed[k]} of {total[k]}" for k in sorted(total)))
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, nargs="+", required=True)
     p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--line", type=Path, nargs="*", default=[], metavar="SEQ", help="simulated line sequences")
+    p.add_argument("--config", type=Path, default=Path("configs/demo_line.yaml"), help="line config for --line")
     a = p.parse_args()
     samples = mvtec_test_set(a.data)
     types = np.array([s.defect_type for s in samples])
@@ -67,6 +133,8 @@ def main() -> int:
             per_type = [metrics.roc_auc(labels[(types == t) | ~labels], scores[(types == t) | ~labels])
                         for t in sorted(set(types) - {"good"})]
             print(f"{name:<40} {metrics.roc_auc(labels, scores):>6.4f} {recall:>6.3f}  " + " ".join(f"{v:>7.3f}" for v in per_type))
+        if a.line:
+            line_report(model, a.config, a.line)
     return 0
 
 
