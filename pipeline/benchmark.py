@@ -53,6 +53,15 @@ def overhead_per_frame(seq: str | Path, config: str | Path, max_frames: int = 50
 FALSE_ALARM_BUDGET = 0.05  # the issue's operating point: NG recall at <= 5 % false alarms
 
 
+def false_alarm_bar(ok_scores: list[float | None], fa_budget: float = FALSE_ALARM_BUDGET) -> float:
+    """The score an NG part must exceed to be flagged by the best threshold that flags at most
+    ``fa_budget`` of the OK parts (-inf when every OK part may be flagged). A part with no score
+    counts as scoring below every other part."""
+    ok = np.array([-np.inf if s is None else s for s in ok_scores], np.float64)
+    allowed = int(np.floor(fa_budget * len(ok) + 1e-9))   # OK parts that may score above the threshold
+    return float(np.sort(ok)[::-1][allowed]) if allowed < len(ok) else -np.inf
+
+
 def score_ranking(ng_scores: list[float], ok_scores: list[float], fa_budget: float = FALSE_ALARM_BUDGET) -> dict:
     """Threshold-free line accuracy from the parts' image scores: AUROC (ties count half) and the
     NG recall of the best threshold that flags at most ``fa_budget`` of the OK parts. A part with no
@@ -62,8 +71,7 @@ def score_ranking(ng_scores: list[float], ok_scores: list[float], fa_budget: flo
     if not len(ng) or not len(ok):
         return {}
     auroc = float(((ng[:, None] > ok[None]).sum() + 0.5 * (ng[:, None] == ok[None]).sum()) / (len(ng) * len(ok)))
-    allowed = int(np.floor(fa_budget * len(ok) + 1e-9))   # OK parts that may score above the threshold
-    bar = np.sort(ok)[::-1][allowed] if allowed < len(ok) else -np.inf  # NG must score above this
+    bar = false_alarm_bar(ok_scores, fa_budget)  # NG must score above this
     return {"score_auroc": round(auroc, 4), f"ng_recall_at_fa_{fa_budget:g}": round(float((ng > bar).mean()), 4),
             "threshold_at_fa_budget": None if not np.isfinite(bar) else round(float(bar), 4)}
 

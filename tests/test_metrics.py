@@ -53,7 +53,7 @@ def test_f1_and_threshold():
 
 
 def test_line_score_ranking_at_the_false_alarm_budget():
-    from pipeline.benchmark import score_ranking
+    from pipeline.benchmark import false_alarm_bar, score_ranking
 
     ok = [0.1 * i for i in range(20)]  # 0.0 .. 1.9; 5 % of 20 = one OK part may alarm
     ng = [1.85, 1.95, 2.5, 0.5, None]  # None: a part the line never scored (counts as missed)
@@ -63,6 +63,9 @@ def test_line_score_ranking_at_the_false_alarm_budget():
     pairs = sum(sum((n > o) + 0.5 * (n == o) for o in ok) for n in ng if n is not None)
     assert r["score_auroc"] == pytest.approx(pairs / 100, abs=1e-4)
     assert score_ranking([0.9], []) == {}
+    assert false_alarm_bar(ok) == pytest.approx(1.8)
+    assert false_alarm_bar([None, 0.3], fa_budget=0.5) == float("-inf")  # may flag one: the unscored part is the bar
+    assert false_alarm_bar([0.3], fa_budget=1.0) == float("-inf")
 
 
 def test_line_accuracy_reads_truth_and_scores(tmp_path):
