@@ -95,7 +95,7 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
             raise ValueError(f"{frames_dir}: preprocessing found {p.verdict} ({p.reason}) on a calibration frame")
         maps, tile_scores = engine.infer(meta.normalise(p.tiles))
         v = decide(maps, tile_scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision, meta.pixel_threshold, 1.0,
-                   meta.map_score_weight)
+                   meta.map_score_weight, p.coarse_grid, meta.novelty_share())
         scores.append(v.score)
     threshold = min(0.99, max(meta.image_threshold, max(scores) + THRESHOLD_MARGIN))
     cfg.decision.image_threshold = round(float(threshold), 4)
