@@ -15,6 +15,7 @@ META_VERSION = 1
 # The tile memories: model attributes, state-dict prefixes and ONNX node-name scopes (engines.tile_memory).
 # Here, without torch, so that the TensorRT builder can select their layers.
 MEMORY_NAMES = ("memory", "coarse_memory")
+MEMORY_SCOPES = tuple(f"/{name}/" for name in MEMORY_NAMES)
 
 
 class ArtifactError(ValueError):

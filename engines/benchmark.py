@@ -51,8 +51,8 @@ def onnx_cost(onnx_path: Path) -> tuple[int, int]:
     def weight_shape(name: str):
         if name in inits:
             return inits[name]
-        node = producers.get(name)  # QDQ graphs: weight -> DequantizeLinear -> Conv
-        return inits.get(node.input[0]) if node is not None and node.op_type == "DequantizeLinear" else None
+        node = producers.get(name)  # QDQ graphs: weight -> DequantizeLinear -> Conv; fp16 banks: -> Cast
+        return inits.get(node.input[0]) if node is not None and node.op_type in ("DequantizeLinear", "Cast") else None
 
     params = int(sum(np.prod(s) for n, s in inits.items() if len(s) >= 1 and np.prod(s) > 1
                      and not n.endswith(("_scale", "_zero_point"))))

@@ -10,13 +10,13 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engines.artifact import MEMORY_NAMES, model_paths
+from engines.artifact import MEMORY_SCOPES, model_paths
 from engines.backends.base import BackendUnavailable
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # ONNX node-name scopes of the tile memories. Their distance |z|^2 - 2 z.b + |b|^2 cancels badly in
 # fp16, so reduced-precision builds pin these layers to fp32, as the torch backend and quantize do.
-FP32_SCOPES = tuple(f"/{name}/" for name in MEMORY_NAMES)
+FP32_SCOPES = MEMORY_SCOPES
 
 
 def keeps_fp32(layer_name: str) -> bool:

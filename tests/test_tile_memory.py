@@ -250,3 +250,39 @@ def test_model_json_without_the_spread_fields_reads_as_before(trained_model, tmp
     (old / "model.json").write_text(json.dumps(raw))
     with pytest.raises(ArtifactError, match="novelty_spread is 'median'; use one of"):
         ModelMeta.load(old)
+
+
+def test_memory_banks_are_stored_in_fp16_without_changing_a_single_output(trained_model, tmp_path):
+    """The banks are fp16-rounded when fitted, so export stores them as fp16 initializers behind a
+    Cast in the memory's scope: the same outputs to the bit, about half the bytes, the same MAC count."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from engines.artifact import MEMORY_SCOPES
+    from engines.benchmark import onnx_cost
+    from engines.export import export_onnx, store_exact_fp16_constants
+    from engines.inference_model import build_model, inference_module, load_weights
+
+    meta = ModelMeta.load(trained_model)
+    model = load_weights(build_model(meta.arch, meta.in_channels, meta.width),
+                         torch.load(trained_model / "model.pt", weights_only=True))
+    plain = export_onnx(inference_module(meta.arch, model), meta.in_channels, tmp_path / "plain.onnx")
+    before = plain.read_bytes()
+    x = np.random.default_rng(1).normal(0, 1, (4, meta.in_channels, 128, 128)).astype(np.float32)
+    expect = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]).run(None, {"tiles": x})
+    saved = store_exact_fp16_constants(plain)
+    got = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]).run(None, {"tiles": x})
+    for e, g in zip(expect, got):
+        np.testing.assert_array_equal(e, g)
+    assert saved > 0 and len(plain.read_bytes()) < len(before) - saved * 0.9
+    graph = onnx.load(str(plain)).graph
+    halves = [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    casts = [n for n in graph.node if n.op_type == "Cast" and n.input[0] in halves]
+    assert len(halves) == len(casts) == 2 and all(n.name.startswith(MEMORY_SCOPES) for n in casts)  # both banks
+    assert store_exact_fp16_constants(plain) == 0  # nothing left to convert
+    tmp_plain = tmp_path / "again.onnx"
+    tmp_plain.write_bytes(before)
+    assert onnx_cost(plain) == onnx_cost(tmp_plain)
+    # The shipped export path does it too: its model.onnx holds the banks in fp16.
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in onnx.load(str(trained_model / "model.onnx")).graph.initializer)
