@@ -69,10 +69,12 @@ def store_exact_fp16_constants(onnx_path: Path, scopes: tuple[str, ...] = MEMORY
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
+    graph_inputs = {i.name for i in graph.input}  # an initializer listed as an input stays as it is
     casts, saved = [], 0
     for init in graph.initializer:
         nodes = readers.get(init.name, [])
-        if init.data_type != TensorProto.FLOAT or not nodes or not all(n.name.startswith(scopes) for n in nodes):
+        if (init.data_type != TensorProto.FLOAT or init.name in graph_inputs or not nodes
+                or not all(n.name.startswith(scopes) for n in nodes)):
             continue
         value = numpy_helper.to_array(init)
         half = value.astype(np.float16)

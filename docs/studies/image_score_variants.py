@@ -51,9 +51,9 @@ VARIANTS: dict[str, Combine] = {
 }
 
 
-def line_tile_scores(model: Path, config: Path, seq: Path) -> list[tuple[str, str, np.ndarray, np.ndarray] | None]:
+def line_tile_scores(model: Path, config: Path, seq: Path) -> list[tuple[str, str, np.ndarray | None, np.ndarray | None]]:
     """(truth verdict, defect type, fine tile scores, coarse tile scores) per OK / NG part of ``seq``,
-    scored as the line scores it; None where preprocessing finds no part (counts as a miss)."""
+    scored as the line scores it; the scores are None where preprocessing finds no part (a miss)."""
     import json
 
     import cv2
