@@ -286,3 +286,33 @@ def test_memory_banks_are_stored_in_fp16_without_changing_a_single_output(traine
     assert onnx_cost(plain) == onnx_cost(tmp_plain)
     # The shipped export path does it too: its model.onnx holds the banks in fp16.
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in onnx.load(str(trained_model / "model.onnx")).graph.initializer)
+
+
+def test_fp16_storage_takes_only_exact_constants_read_in_the_memory_scope(tmp_path):
+    """Left alone: a constant read outside the memories, one fp16 does not hold exactly, and one also
+    listed as a graph input; converted: an exact one that only a memory node reads."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from engines.export import store_exact_fp16_constants
+
+    exact = (np.arange(64 * 64, dtype=np.float32) % 1024).reshape(64, 64) / 4.0  # quarters below 256: exact
+    inexact = exact + np.float32(1e-4)
+    inits = [numpy_helper.from_array(a, n) for a, n in
+             [(exact, "bank"), (exact.copy(), "outside"), (inexact, "inexact"), (exact.copy(), "listed")]]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])
+    nodes = [helper.make_node("MatMul", ["x", "bank"], ["a"], name="/memory/MatMul"),
+             helper.make_node("MatMul", ["a", "outside"], ["b"], name="/head/MatMul"),
+             helper.make_node("MatMul", ["b", "inexact"], ["c"], name="/memory/MatMul_1"),
+             helper.make_node("MatMul", ["c", "listed"], ["y"], name="/coarse_memory/MatMul")]
+    graph = helper.make_graph(nodes, "g", [x, helper.make_tensor_value_info("listed", TensorProto.FLOAT, [64, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], inits)
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert store_exact_fp16_constants(path) == exact.nbytes // 2
+    g = onnx.load(str(path)).graph
+    assert {i.name: i.data_type for i in g.initializer} == {
+        "bank_fp16": TensorProto.FLOAT16, "outside": TensorProto.FLOAT, "inexact": TensorProto.FLOAT,
+        "listed": TensorProto.FLOAT}
+    assert g.node[0].op_type == "Cast" and g.node[0].name.startswith("/memory/") and list(g.node[0].output) == ["bank"]
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
