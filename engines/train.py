@@ -58,6 +58,10 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"  # or bf16: autocast, faster on a CPU with native bf16 but weaker maps (README)
     init: str = ""  # start from these weights (a checkpoint or a model folder) with a fresh optimizer and schedule
+    # Train (and fit the memories) on every image downscaled by this factor, as the detector's coarse
+    # pass downscales (pipeline.vision.tiling.downscale): a network whose tiles see 1/scale more of
+    # the part (README, "A map made at half scale"). 1: the images as they are.
+    image_scale: float = 1.0
     command: str = ""
 
 
@@ -264,6 +268,8 @@ def pick_device(name: str) -> torch.device:
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train and return the output folder holding ``last.pt`` and ``train_config.json``."""
     generators = parse_generators(cfg.generators) or DEFAULT_GENERATORS
+    if not 0.0 < cfg.image_scale <= 1.0:
+        raise ValueError(f"--image-scale: expected a factor in (0, 1], e.g. 0.5 for half-size images; got {cfg.image_scale}")
     device = pick_device(cfg.device)
     cfg = replace(cfg, generators=",".join(generators))  # the mix as drawn, the default spelled out
     note = precision_note(cfg.precision, device.type)
@@ -275,7 +281,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     out.mkdir(parents=True, exist_ok=True)
     files = training_images(cfg.data)
     sample_cfg = SampleConfig(channels=cfg.channels, generators=generators)
-    images = load_images(files, cfg.channels, sample_cfg.tile)
+    images = load_images(files, cfg.channels, sample_cfg.tile, cfg.image_scale)
     model = build_model(cfg.arch, cfg.channels, cfg.width).to(device)
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -299,6 +305,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         if state["config"]["arch"] != cfg.arch or state["config"]["width"] != cfg.width:
             raise ValueError(f"{ckpt_path}: checkpoint is {state['config']['arch']} width "
                              f"{state['config']['width']}, but --arch {cfg.arch} --width {cfg.width} was asked")
+        if state["config"].get("image_scale", 1.0) != cfg.image_scale:
+            raise ValueError(f"{ckpt_path}: checkpoint was trained with --image-scale "
+                             f"{state['config'].get('image_scale', 1.0)}, but {cfg.image_scale} was asked; resume with that")
         saved = state["config"].get("generators")
         if saved and saved != cfg.generators:
             raise ValueError(f"{ckpt_path}: checkpoint was trained with --generators {saved}, but "

@@ -10,6 +10,7 @@ import numpy as np
 
 from engines.data import DataError, read_image
 from engines.synth import synthesize
+from pipeline.vision.tiling import downscale
 
 
 @dataclass
@@ -23,10 +24,14 @@ class SampleConfig:
     generators: tuple[str, ...] = ()  # engines.synth names to draw from; empty = engines.synth.DEFAULT_GENERATORS
 
 
-def load_images(files: Sequence[Path], channels: int, tile: int) -> list[np.ndarray]:
+def load_images(files: Sequence[Path], channels: int, tile: int, scale: float = 1.0) -> list[np.ndarray]:
+    """The training images, downscaled by ``scale`` (< 1) as the detector's coarse pass does, and
+    reflect-padded up to one tile where smaller."""
     images = []
     for f in files:
         img = read_image(f, channels)
+        if scale != 1.0:
+            img = downscale(img, scale)
         h, w = img.shape[:2]
         if h < 16 or w < 16:
             raise DataError(f"{f}: image is {w}x{h}; training needs images of at least 16x16 px")

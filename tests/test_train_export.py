@@ -182,6 +182,32 @@ def test_generators_reach_the_samples(tmp_path, mini_data):
     assert names <= {"uneven", "none"} and "uneven" in names
 
 
+def test_image_scale_trains_on_downscaled_images_as_the_coarse_pass_sees_them(tmp_path, mini_data, capsys):
+    """--image-scale S loads every training image as pipeline.vision.tiling.downscale makes it (the
+    coarse pass's own resampling), records S, refuses a resume at another scale and a factor out of
+    (0, 1] before anything is written."""
+    from engines.data import read_image, training_images
+    from engines.train_data import load_images
+    from pipeline.vision.tiling import downscale
+
+    files = training_images(mini_data)
+    full = read_image(files[0], 1)
+    half = load_images(files[:1], 1, 64, 0.5)[0]
+    assert np.array_equal(half, downscale(full, 0.5)) and half.shape[0] < full.shape[0]
+    out = tmp_path / "run"
+    assert train_cli.main(["--data", str(mini_data), "--out", str(out), "--width", "8", "--epochs", "1",
+                           "--steps-per-epoch", "1", "--batch-size", "2", "--workers", "0", "--threads", "1",
+                           "--no-memory", "--image-scale", "0.5"]) == 0
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["image_scale"] == 0.5 and "--image-scale 0.5" in saved["command"]
+    cfg = TrainConfig(data=str(mini_data), out=str(out), width=8, epochs=2, steps_per_epoch=1, batch_size=2,
+                      warmup_steps=1, workers=0, threads=1, memory=False, generators=saved["generators"])
+    with pytest.raises(ValueError, match="--image-scale 0.5, but 1.0 was asked"):
+        train(cfg, resume=True, progress=False)
+    assert train_cli.main(["--data", str(mini_data), "--out", str(tmp_path / "bad"), "--image-scale", "1.5"]) == 2
+    assert "--image-scale" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_corrupt_image_named(tmp_path, mini_data, capsys):
     data = tmp_path / "data"
     shutil.copytree(mini_data / "train" / "good", data)

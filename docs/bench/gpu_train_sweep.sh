@@ -26,8 +26,9 @@ launch() {  # name, workers, width, epochs, extra train args
     --steps-per-epoch "$STEPS" --ema 0.999 --no-memory --device "$DEVICE" --threads 1 --workers "$workers" "$@" \
     > "$RUNS/$name.log" 2>&1 &
 }
-# Runs as name:seed:batch:workers[:generators[:width[:epochs]]] (generators as for train --generators, empty for
-# train's default; width 16 and $EPOCHS unless given). The first two calls ran SEEDS="0 1" and SEEDS="2 3";
+# Runs as name:seed:batch:workers[:generators[:width[:epochs[:scale]]]] (generators as for train --generators, empty for
+# train's default; width 16 and $EPOCHS unless given; scale: train --image-scale, e.g. 0.5 for the half-scale map of
+# README "A map made at half scale": SPEC="h64s0:0:64:5:::30:0.5 h64s1:1:64:5:::30:0.5"). The first two calls ran SEEDS="0 1" and SEEDS="2 3";
 # the third SPEC="b64s0:0:64:10 b32s4:4:32:5" LIMIT=250 (seconds per training, for the time left);
 # the next session SPEC="b128s0:0:128:9 b64s1:1:64:6" LIMIT=480, then SPEC="b128s1:1:128:9 b64s2:2:64:6" LIMIT=480;
 # the tenth SPEC="u64s0:0:64:5:$NINE u64s1:1:64:5:$NINE u64s2:2:64:5:$NINE" LIMIT=450 GPU_TESTS=0;
@@ -40,8 +41,9 @@ SEEDS=${SEEDS:-0 1}
 SPEC=${SPEC:-$(for s in $SEEDS; do echo "s$s:$s:16:3 b32s$s:$s:32:5"; done)}
 NAMES=""
 for run in $SPEC; do
-  IFS=: read -r name seed batch workers generators width epochs <<< "$run"
-  launch "$name" "$workers" "${width:-16}" "${epochs:-$EPOCHS}" --seed "$seed" --batch-size "$batch" ${generators:+--generators "$generators"}
+  IFS=: read -r name seed batch workers generators width epochs scale <<< "$run"
+  launch "$name" "$workers" "${width:-16}" "${epochs:-$EPOCHS}" --seed "$seed" --batch-size "$batch" \
+    ${generators:+--generators "$generators"} ${scale:+--image-scale "$scale"}
   NAMES="$NAMES $name"
 done
 

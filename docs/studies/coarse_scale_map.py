@@ -8,8 +8,9 @@ blends, over the whole development split and over its uneven and good images.
 
     python docs/studies/coarse_scale_map.py --fine engines/models/magnetic_tile --coarse MODEL_HALF --data ../shared/datasets/magnetic_tile
 
-``MODEL_HALF``: weights trained on the training images downscaled by 0.5, e.g. the shipped weights
-fine-tuned on such copies (``train --data HALF_IMAGES --init engines/models/magnetic_tile
+``MODEL_HALF``: weights trained on the training images downscaled by 0.5 (``train --image-scale 0.5``,
+or copies resized by 0.5), e.g. the shipped weights fine-tuned at that scale
+(``train --data HALF_IMAGES --init engines/models/magnetic_tile
 --batch-size 64 --epochs 2 --lr 5e-4 --ema 0.999``). Passing the shipped model as ``--coarse``
 is the control: the same network on images at a scale it was not trained at. About 2 minutes on
 2 CPU cores.
