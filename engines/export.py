@@ -77,8 +77,10 @@ def store_exact_fp16_constants(onnx_path: Path, scopes: tuple[str, ...] = MEMORY
                 or not all(n.name.startswith(scopes) for n in nodes)):
             continue
         value = numpy_helper.to_array(init)
+        if value.nbytes < min_bytes:
+            continue
         half = value.astype(np.float16)
-        if value.nbytes < min_bytes or not np.array_equal(half.astype(np.float32), value):
+        if not np.array_equal(half.astype(np.float32), value):
             continue
         name, scope = init.name, "/" + nodes[0].name.split("/")[1] + "/"
         init.CopyFrom(numpy_helper.from_array(half, f"{name}_fp16"))

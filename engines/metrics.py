@@ -78,15 +78,25 @@ def region_overlaps(mask: np.ndarray, amap: np.ndarray, edges: np.ndarray) -> np
     return at_or_above / at_or_above[:, :1]
 
 
+def _pro_histograms(masks: list[np.ndarray], maps: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """On ``N_BINS`` edges spanning all scores: the defect-free pixels' histogram (counts at or
+    above each edge) and each image's :func:`region_overlaps`."""
+    scores_all = np.concatenate([a.ravel() for a in maps])
+    edges = np.linspace(scores_all.min(), scores_all.max() + 1e-9, N_BINS)
+    neg = np.zeros(N_BINS)
+    curves = []
+    for mask, amap in zip(masks, maps):
+        neg += _binned(amap[~mask], edges)
+        curves.append(region_overlaps(mask, amap, edges))
+    return neg, curves
+
+
 def region_pro_scores(masks: list[np.ndarray], maps: list[np.ndarray], fpr_limit: float = 0.3
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Each connected defect region's own area under its overlap curve against the FPR of all
     defect-free pixels, up to ``fpr_limit`` and normalised, and the index of its image. Their mean
     is :func:`aupro`, so making one region perfect adds ``(1 - its score) / regions`` to it."""
-    scores_all = np.concatenate([a.ravel() for a in maps])
-    edges = np.linspace(scores_all.min(), scores_all.max() + 1e-9, N_BINS)
-    neg = sum(_binned(amap[~mask], edges) for mask, amap in zip(masks, maps))
-    curves = [region_overlaps(mask, amap, edges) for mask, amap in zip(masks, maps)]
+    neg, curves = _pro_histograms(masks, maps)
     image = np.concatenate([np.full(len(c), i) for i, c in enumerate(curves)])
     fpr = np.r_[neg / neg[0], 0.0][::-1]
     return np.array([_area_to_limit(fpr, np.r_[c, 0.0][::-1], fpr_limit) for c in np.concatenate(curves)]), image
@@ -94,16 +104,11 @@ def region_pro_scores(masks: list[np.ndarray], maps: list[np.ndarray], fpr_limit
 
 def aupro(masks: list[np.ndarray], maps: list[np.ndarray], fpr_limit: float = 0.3) -> float:
     """Area under the per-region-overlap curve up to ``fpr_limit``, normalised to [0, 1]."""
-    scores_all = np.concatenate([a.ravel() for a in maps])
-    edges = np.linspace(scores_all.min(), scores_all.max() + 1e-9, N_BINS)
-    neg = np.zeros(N_BINS)
+    neg, curves = _pro_histograms(masks, maps)
     pro_sum = np.zeros(N_BINS)
-    n_regions = 0
-    for mask, amap in zip(masks, maps):
-        neg += _binned(amap[~mask], edges)
-        overlaps = region_overlaps(mask, amap, edges)
+    for overlaps in curves:
         pro_sum += overlaps.sum(axis=0)
-        n_regions += len(overlaps)
+    n_regions = sum(len(c) for c in curves)
     if n_regions == 0 or neg[0] == 0:
         return float("nan")
     fpr = np.r_[neg / neg[0], 0.0][::-1]

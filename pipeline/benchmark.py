@@ -53,7 +53,7 @@ def overhead_per_frame(seq: str | Path, config: str | Path, max_frames: int = 50
 FALSE_ALARM_BUDGET = 0.05  # the issue's operating point: NG recall at <= 5 % false alarms
 
 
-def false_alarm_bar(ok_scores: list[float | None], fa_budget: float = FALSE_ALARM_BUDGET) -> float:
+def false_alarm_bar(ok_scores: "list[float | None] | np.ndarray", fa_budget: float = FALSE_ALARM_BUDGET) -> float:
     """The score an NG part must exceed to be flagged by the best threshold that flags at most
     ``fa_budget`` of the OK parts (-inf when every OK part may be flagged). A part with no score
     counts as scoring below every other part."""
@@ -71,7 +71,7 @@ def score_ranking(ng_scores: list[float], ok_scores: list[float], fa_budget: flo
     if not len(ng) or not len(ok):
         return {}
     auroc = float(((ng[:, None] > ok[None]).sum() + 0.5 * (ng[:, None] == ok[None]).sum()) / (len(ng) * len(ok)))
-    bar = false_alarm_bar(ok_scores, fa_budget)  # NG must score above this
+    bar = false_alarm_bar(ok, fa_budget)  # NG must score above this
     return {"score_auroc": round(auroc, 4), f"ng_recall_at_fa_{fa_budget:g}": round(float((ng > bar).mean()), 4),
             "threshold_at_fa_budget": None if not np.isfinite(bar) else round(float(bar), 4)}
 
