@@ -15,6 +15,7 @@ import numpy as np
 
 from engines.artifact import model_paths
 from engines.backends import load_backend
+from engines.backends.base import map_coarse_tiles
 from pipeline.config import BeltConfig, DecisionConfig, InferenceConfig, LineConfig, PreprocessConfig
 from pipeline.processing import Preprocessor, decide
 from pipeline.sources import DirSource
@@ -94,8 +95,9 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
         if p.verdict is not None:
             raise ValueError(f"{frames_dir}: preprocessing found {p.verdict} ({p.reason}) on a calibration frame")
         maps, tile_scores = engine.infer(meta.normalise(p.tiles))
+        maps = map_coarse_tiles(engine, p.tiles, maps, p.tile_index >= len(p.grid))
         v = decide(maps, tile_scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision, meta.pixel_threshold, 1.0,
-                   meta.map_score_weight, p.coarse_grid, meta.novelty_share())
+                   meta.map_score_weight, p.coarse_grid, meta.novelty_share(), meta.coarse_map_weight)
         scores.append(v.score)
     threshold = min(0.99, max(meta.image_threshold, max(scores) + THRESHOLD_MARGIN))
     cfg.decision.image_threshold = round(float(threshold), 4)

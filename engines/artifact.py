@@ -11,6 +11,8 @@ from pipeline.vision.tiling import SPREADS, NoveltyShare
 
 ONNX_NAME = "model.onnx"
 META_NAME = "model.json"
+# A model folder's coarse-map network, itself a model folder (engines.export.add_coarse_map_net).
+COARSE_MAP_DIR = "coarse_map"
 META_VERSION = 1
 # The tile memories: model attributes, state-dict prefixes and ONNX node-name scopes (engines.tile_memory).
 # Here, without torch, so that the TensorRT builder can select their layers.
@@ -44,6 +46,11 @@ class ModelMeta:
     # covers several fine ones, so its score is spread over its area and resized; see
     # ``pipeline.vision.tiling.spread_scores``). 0: the map is the fine tiles' graph output alone.
     coarse_map_share: float = 0.0
+    # > 0: the model has a coarse-map network, the model folder ``coarse_map/`` inside this one
+    # (``export_model --coarse-map``). The backends run it on the coarse pass's tiles; their maps,
+    # stitched on the coarse grid and resized, are added to the defect map at this weight
+    # (``pipeline.vision.tiling.add_coarse_map``). 0: the coarse tiles' maps are not used.
+    coarse_map_weight: float = 0.0
     # Share of the full-scale tiles' novelty added to the stitched map outside the graph. 0 for
     # models exported before this field existed, whose graph blends it into each tile's map instead
     # (``extra.memory_map_share``); the graph cannot take the minimum over neighbouring tiles.

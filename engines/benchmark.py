@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.artifact import model_paths
+from engines.artifact import COARSE_MAP_DIR, ONNX_NAME, model_paths
 from engines.backends import BackendUnavailable, load_backend
 
 
@@ -126,7 +126,7 @@ def run_benchmark(model: str | Path, backends: list[str], batches: list[int], mi
                   min_calls: int = 10, backend_options: dict | None = None, progress=print) -> dict:
     onnx_path, meta = model_paths(model)
     params, macs = onnx_cost(onnx_path)
-    results, skipped = [], []
+    results, skipped, coarse_results = [], [], []
     for name in backends:
         try:
             engine = load_backend(name, model, **(backend_options or {}).get(name, {}))
@@ -135,25 +135,39 @@ def run_benchmark(model: str | Path, backends: list[str], batches: list[int], mi
             progress(f"{name}: skipped ({exc})")
             continue
         for batch in batches:
-            times = np.array(time_backend(engine, batch, min_seconds, min_calls)) * 1000.0 / batch
-            r = BenchResult(name, batch, float(times.mean()), float(np.percentile(times, 50)),
-                            float(np.percentile(times, 99)), float(1000.0 / times.mean()), int(len(times)),
-                            engine.device, engine.precision)
-            device_ms = engine.device_ms(batch)
-            if device_ms is not None:
-                r.ms_per_tile_device = device_ms / batch
-            results.append(asdict(r))
-            on_device = "" if r.ms_per_tile_device is None else f", on device {r.ms_per_tile_device:.4f}"
-            progress(f"{name:<12} batch {batch:>4}: {r.ms_per_tile_mean:8.3f} ms/tile mean, p50 {r.ms_per_tile_p50:.3f}, "
-                     f"p99 {r.ms_per_tile_p99:.3f}{on_device}, {r.tiles_per_s:9.1f} tiles/s ({r.calls} calls)")
+            results.append(time_row(engine, name, batch, min_seconds, min_calls, progress))
+            if engine.coarse_map is not None:
+                coarse_results.append(time_row(engine.coarse_map, f"{name} coarse map", batch, min_seconds, min_calls,
+                                               progress))
         engine.close()
-    return {
+    report = {
         "model": str(model), "onnx": str(onnx_path), "arch": meta.arch, "width": meta.width,
         "precision": meta.precision, "parameters": params, "gmac_per_tile": macs / 1e9,
         "untrained": bool(meta.extra.get("untrained", False)),
         "results": results, "skipped": skipped, "machine": machine_info(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if meta.coarse_map_weight > 0:  # its own cost: it runs on the coarse pass's tiles only
+        sub_onnx = Path(model) / COARSE_MAP_DIR / ONNX_NAME
+        sub_params, sub_macs = onnx_cost(sub_onnx)
+        report["coarse_map"] = {"onnx": str(sub_onnx), "parameters": sub_params, "gmac_per_tile": sub_macs / 1e9,
+                                "results": coarse_results}
+    return report
+
+
+def time_row(engine, name: str, batch: int, min_seconds: float, min_calls: int, progress=print) -> dict:
+    """One result row: ``engine`` timed at ``batch``, per tile."""
+    times = np.array(time_backend(engine, batch, min_seconds, min_calls)) * 1000.0 / batch
+    r = BenchResult(name, batch, float(times.mean()), float(np.percentile(times, 50)),
+                    float(np.percentile(times, 99)), float(1000.0 / times.mean()), int(len(times)),
+                    engine.device, engine.precision)
+    device_ms = engine.device_ms(batch)
+    if device_ms is not None:
+        r.ms_per_tile_device = device_ms / batch
+    on_device = "" if r.ms_per_tile_device is None else f", on device {r.ms_per_tile_device:.4f}"
+    progress(f"{name:<12} batch {batch:>4}: {r.ms_per_tile_mean:8.3f} ms/tile mean, p50 {r.ms_per_tile_p50:.3f}, "
+             f"p99 {r.ms_per_tile_p99:.3f}{on_device}, {r.tiles_per_s:9.1f} tiles/s ({r.calls} calls)")
+    return asdict(r)
 
 
 def machine_info() -> dict:
@@ -173,16 +187,21 @@ def format_results(report: dict) -> str:
              f"{report['parameters'] / 1e6:.2f}M params, {report['gmac_per_tile']:.2f} GMac/tile)"]
     lines.append(f"{'backend':<22} {'batch':>5} {'mean':>9} {'p50':>9} {'p99':>9} {'on-device':>9} {'tiles/s':>10} "
                  f"{'p50/limit':>9}  {'precision':<9} device")
-    for r in report["results"]:
+    sub = report.get("coarse_map")
+    for r in report["results"] + (sub["results"] if sub else []):
         ratio = f"{r['x_fp32_limit']:.2f}" if "x_fp32_limit" in r else "-"
         on_device = f"{r['ms_per_tile_device']:.4f}" if r.get("ms_per_tile_device") is not None else "-"
         lines.append(f"{r['backend']:<22} {r['batch']:>5} {r['ms_per_tile_mean']:>9.3f} {r['ms_per_tile_p50']:>9.3f} "
                      f"{r['ms_per_tile_p99']:>9.3f} {on_device:>9} {r['tiles_per_s']:>10.1f} {ratio:>9}  {r['precision']:<9} {r['device']}")
+    if sub:
+        lines.append(f"coarse map: the coarse-map network {sub['onnx']} ({sub['parameters'] / 1e6:.2f}M params, "
+                     f"{sub['gmac_per_tile']:.2f} GMac/tile) runs on the coarse pass's tiles only")
     for s in report["skipped"]:
         lines.append(f"{s['backend']:<12} skipped: {s['reason']}")
     if "fp32_peak_gflops" in report:
         lines.append(f"machine fp32 limit: {report['fp32_peak_gflops']:.1f} GFLOP/s (best of ORT MatMul, numpy sgemm) -> "
-                     f"{report['limit_ms_per_tile']:.2f} ms/tile for this model")
+                     f"{report['limit_ms_per_tile']:.2f} ms/tile for this model"
+                     + (f", {sub['limit_ms_per_tile']:.2f} for its coarse-map network" if sub else ""))
     if "pipeline" in report:
         p = report["pipeline"]
         lines.append(f"pipeline over {p['sequence']} ({p.get('pace', '')}): {p['frames']} frames, {p['frames_per_s']} frames/s, latency "

@@ -6,15 +6,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from engines.backends.base import Backend
-from pipeline.vision.tiling import scaled_tiles, stitch
+from engines.backends.base import Backend, map_coarse_tiles
+from pipeline.vision.tiling import add_coarse_map, scaled_tiles, stitch
 
 SCORE_SMOOTH_SIGMA = 4.0  # px; the image score ignores single-pixel spikes
 
 
 @dataclass
 class Prediction:
-    anomaly_map: np.ndarray  # (H, W) float32 in [0, 1]
+    anomaly_map: np.ndarray  # (H, W) float32, >= 0 (the network's probabilities plus the shares added to them)
     score: float             # image-level defect score in [0, 1]
     tile_scores: np.ndarray  # (N,)
     coarse_scores: np.ndarray | None = None  # (M,) tiles of the coarse pass, when the model has one
@@ -91,13 +91,15 @@ class Detector:
         tiles, grid = scaled_tiles(image, t, self.overlap)
         n_fine = len(tiles)
         coarse_grid = None
-        if self.meta.coarse_scale > 0:  # one batch run for both passes; only the fine maps are used
+        if self.meta.coarse_scale > 0:  # one batch run of the model for both passes
             coarse_tiles, coarse_grid = scaled_tiles(image, t, self.overlap, self.meta.coarse_scale)
             tiles = np.concatenate([tiles, coarse_tiles])
         maps, scores = self.infer_tiles(tiles, n_mapped=n_fine)
+        maps = map_coarse_tiles(self.backend, tiles, maps, np.arange(len(tiles)) >= n_fine)
         fine, coarse = split_scores(scores, n_fine)
         anomaly_map = self.meta.novelty_share().add(stitch(maps[:n_fine], grid), grid, fine,
                                                     coarse_grid=coarse_grid, coarse_scores=coarse)
+        anomaly_map = add_coarse_map(anomaly_map, maps[n_fine:], coarse_grid, self.meta.coarse_map_weight)
         return Prediction(anomaly_map, image_score(anomaly_map, fine, self.meta.map_score_weight, coarse), fine, coarse)
 
 

@@ -3,18 +3,25 @@ state dict, and the metadata sidecar. The export checks itself against PyTorch n
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from engines.artifact import MEMORY_SCOPES, META_NAME, ONNX_NAME, ModelMeta
+from engines.artifact import COARSE_MAP_DIR, MEMORY_SCOPES, META_NAME, ONNX_NAME, ModelMeta
 from engines.data import files_hash, read_image, training_images
 from engines.tile_memory import (COARSE_MAP_SHARE, COARSE_SCALE, FINE_MAP_SHARE, GRAPH_MAP_SHARE, MEMORY_NAMES,
                                  NOVELTY_SPREAD, attach_memories, memory_from_line_frames)
 from engines.backends.torch_backend import WEIGHTS_NAME
 from engines.inference_model import build_model, inference_module, load_weights
 from pipeline.vision.rectify import canonical_view
+
+# Weight of the coarse-map network's map added to the fine map (ModelMeta.coarse_map_weight). Fixed
+# at 0.25 before the width-8 networks were trained (thirteenth session, on a width-16 half-scale
+# network's map); at it, three width-8 seeds each raised both pixel AUROC and AUPRO on the
+# magnetic-tile split (docs/bench/coarse_scale_map.txt).
+COARSE_NET_MAP_WEIGHT = 0.25
 
 # Operators TensorRT parses natively; a graph outside this set fails `build_engine` later.
 TENSORRT_NATIVE_OPS = {
@@ -129,7 +136,8 @@ def compact_state(model: torch.nn.Module) -> dict:
 def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
                  thresholds: tuple[float, float] | None = None, memory_data: str | Path | None = None,
                  memory_line: str | Path | None = None, progress: bool = True,
-                 memory_canonical: str | Path | None = None) -> Path:
+                 memory_canonical: str | Path | None = None, coarse_map: str | Path | None = None,
+                 coarse_map_weight: float = COARSE_NET_MAP_WEIGHT) -> Path:
     """Write ``out/model.onnx``, ``out/model.pt`` and ``out/model.json``; return ``out``.
 
     ``memory_data`` (OK images, or an MVTec-style folder's ``train/good``) fits a new tile memory
@@ -139,7 +147,8 @@ def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
     ``memory_canonical`` (a line config) the images are part images like the training ones, and the
     memories are fitted on each image as it is *and* as that line will rectify it (turned and warped
     to its canonical part size, ``canonical_view``): the line's geometry without recorded frames,
-    while images at their own size (``evaluate``) keep their match."""
+    while images at their own size (``evaluate``) keep their match. ``coarse_map``: a run's
+    checkpoint to add as the coarse-map network (:func:`add_coarse_map_net`)."""
     model, state = load_checkpoint(checkpoint)
     extra = {"train_steps": int(state["step"])}
     cfg = state["config"]
@@ -178,7 +187,38 @@ def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
         # checkpoints whose memory still carries the old in-graph share.
         model.memory.map_share.fill_(GRAPH_MAP_SHARE)
         extra["memory_map_share"] = GRAPH_MAP_SHARE
-    return export_module(model, cfg, out, opset, thresholds, data_hash=state.get("training_data_hash", ""), extra=extra)
+    out = export_module(model, cfg, out, opset, thresholds, data_hash=state.get("training_data_hash", ""), extra=extra)
+    if coarse_map is not None:
+        add_coarse_map_net(out, coarse_map, coarse_map_weight)
+    return out
+
+
+def add_coarse_map_net(model_dir: str | Path, checkpoint: str | Path, weight: float = COARSE_NET_MAP_WEIGHT) -> Path:
+    """Export the network of ``checkpoint`` (a run trained at the coarse pass's image scale,
+    ``train --image-scale 0.5``), without its tile memories, as the model folder
+    ``model_dir/coarse_map/``, and set ``coarse_map_weight`` in ``model_dir``'s sidecar. The
+    backends then run it on the coarse pass's tiles only, and its maps, stitched on the coarse grid,
+    are added to the defect map at that weight (README, "A map made at half scale"). Returns the
+    new folder."""
+    model_dir = Path(model_dir)
+    meta = ModelMeta.load(model_dir)
+    if meta.coarse_scale <= 0:
+        raise ValueError(f"--coarse-map: {model_dir} has no coarse pass (no tile memory at half scale) for its map to "
+                         "read; fit the memories first (export_model --memory-data OK_IMAGES)")
+    if weight <= 0:
+        raise ValueError(f"--coarse-map-weight {weight}: must be above 0 (0.25 is the tested weight)")
+    net, state = load_checkpoint(checkpoint)
+    cfg = state["config"]
+    scale = float(cfg.get("image_scale", 1.0))
+    if cfg["arch"] != "tiny_unet" or cfg["channels"] != meta.in_channels or scale != meta.coarse_scale:
+        raise ValueError(f"--coarse-map {checkpoint}: a {cfg['arch']} with {cfg['channels']} channel(s) trained at "
+                         f"image scale {scale}; it must be a tiny_unet with {meta.in_channels} channel(s) trained at "
+                         f"the coarse pass's scale: train --image-scale {meta.coarse_scale} --width 8")
+    net.memory = net.coarse_memory = None  # its map is all that is read
+    folder = export_module(net, cfg, model_dir / COARSE_MAP_DIR, meta.opset, data_hash=state.get("training_data_hash", ""),
+                           extra={"train_steps": int(state["step"]), "image_scale": scale})
+    replace(meta, coarse_map_weight=weight).save(model_dir)
+    return folder
 
 
 def canonical_size(line_config: str | Path) -> tuple[int, int]:
@@ -228,6 +268,8 @@ def export_module(model: torch.nn.Module, cfg: dict, out: str | Path, opset: int
         extra={**extra, "onnx_vs_torch_max_abs_diff": diff},
     )
     meta.save(out)
+    if (out / COARSE_MAP_DIR).is_dir():  # an earlier export's: it does not belong to this network
+        shutil.rmtree(out / COARSE_MAP_DIR)
     return out
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration.int8 import calibration_batches, calibration_tiles
-from engines.artifact import ONNX_NAME, model_paths
+from engines.artifact import COARSE_MAP_DIR, ONNX_NAME, model_paths
 
 QUANT_TARGETS = ("onnxruntime", "tensorrt")
 
@@ -92,6 +92,8 @@ def quantize_model(model: str | Path, calib: str | Path, out: str | Path, max_ti
     weights = Path(model) / "model.pt"
     if weights.is_file():  # the torch backend keeps serving the fp32 reference
         shutil.copy(weights, out / "model.pt")
+    if (Path(model) / COARSE_MAP_DIR).is_dir():  # the coarse-map network stays fp32 (a fifth of the cost, coarse tiles only)
+        shutil.copytree(Path(model) / COARSE_MAP_DIR, out / COARSE_MAP_DIR, dirs_exist_ok=True)
     extra = {**meta.extra, "quantized_from": str(Path(model)), "calibration_tiles": int(len(tiles)),
              "calibration_method": method, "quantization_target": target}
     replace(meta, precision="int8", extra=extra).save(out)

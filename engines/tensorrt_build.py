@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engines.artifact import MEMORY_SCOPES, model_paths
+from engines.artifact import COARSE_MAP_DIR, MEMORY_SCOPES, model_paths
 from engines.backends.base import BackendUnavailable
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -63,6 +63,13 @@ class EngineMeta:
 
 def sidecar_path(engine_path: Path) -> Path:
     return Path(str(engine_path) + ".json")
+
+
+def coarse_map_engine_path(engine_path: str | Path) -> Path:
+    """Where the engine of a model's coarse-map network lies: beside the model's own engine
+    (``model.engine`` -> ``model.coarse_map.engine``)."""
+    engine_path = Path(engine_path)
+    return engine_path.with_name(f"{engine_path.stem}.coarse_map{engine_path.suffix}")
 
 
 def sha256_file(path: Path) -> str:
@@ -177,4 +184,7 @@ def build_engine(model: str | Path, out: str | Path, precision: str = "fp16", ma
     cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
     EngineMeta(trt.__version__, gpu_name, cc, precision, sha256_file(onnx_path), input_name, list(chw), 1,
                max_batch, str(Path(model).resolve()), int8_cache, route).save(out)
+    if meta.coarse_map_weight > 0:  # the coarse-map network's engine; it has no Q/DQ nodes or calibration: fp16 for int8
+        build_engine(Path(model) / COARSE_MAP_DIR, coarse_map_engine_path(out), "fp16" if precision == "int8" else precision,
+                     max_batch, opt_batch, None, None, workspace_gib)
     return out

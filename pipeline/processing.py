@@ -12,8 +12,8 @@ from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects
 from pipeline.vision.locate import locate_silhouette, locate_template, refine_ecc, small_to_full
 from pipeline.vision.rectify import homography_to_canonical, rectify
-from pipeline.vision.tiling import (NoveltyShare, TileGrid, downscale, extract_tiles, scaled_shape, stitch,
-                                   tile_grid)
+from pipeline.vision.tiling import (NoveltyShare, TileGrid, add_coarse_map, downscale, extract_tiles, scaled_shape,
+                                   stitch, tile_grid)
 
 
 @dataclass
@@ -119,11 +119,13 @@ class Verdict:
 def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarray, grid: TileGrid,
            part_mask: np.ndarray, H: np.ndarray, cfg: DecisionConfig, pixel_threshold: float,
            image_threshold: float, map_score_weight: float = 0.5, coarse_grid: TileGrid | None = None,
-           novelty: NoveltyShare = NoveltyShare()) -> Verdict:
+           novelty: NoveltyShare = NoveltyShare(), coarse_map_weight: float = 0.0) -> Verdict:
     """Stitch kept tiles (skipped tiles count as 0), mask non-part pixels, score, find defects.
     Tiles of a coarse pass (``tile_index >= len(grid)``, after the fine ones) add their scores.
     ``novelty`` (``ModelMeta.novelty_share()``) says what share of the fine and coarse tile scores
-    (the coarse ones on ``coarse_grid``) is spread over the map, and how."""
+    (the coarse ones on ``coarse_grid``) is spread over the map, and how; ``coarse_map_weight``
+    (``ModelMeta.coarse_map_weight``), what share of the coarse tiles' maps is added (those of the
+    coarse-map network, when the model has one: ``engines.backends.base.map_coarse_tiles``)."""
     t = grid.tile
     n_fine = int((tile_index < len(grid)).sum())
     fine_scores, coarse_scores = split_scores(tile_scores, n_fine)
@@ -131,6 +133,7 @@ def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarra
     full[tile_index[:n_fine]] = tile_maps[:n_fine].reshape(-1, 1, t, t)
     anomaly = novelty.add(stitch(full, grid), grid, fine_scores, tile_index[:n_fine], coarse_grid, coarse_scores,
                           tile_index[n_fine:] - len(grid))
+    anomaly = add_coarse_map(anomaly, tile_maps[n_fine:], coarse_grid, coarse_map_weight, tile_index[n_fine:] - len(grid))
     inspect = part_mask > 0
     if cfg.part_erode_px > 0:
         k = 2 * cfg.part_erode_px + 1

@@ -33,3 +33,18 @@ def trained_model(tmp_path_factory, mini_data) -> Path:
                       warmup_steps=1, workers=0, threads=1)
     train(cfg, progress=False)
     return export_model(run / "last.pt", run / "model")
+
+
+@pytest.fixture(scope="session")
+def coarse_map_model(trained_model, mini_data) -> Path:
+    """``trained_model``'s checkpoint exported with a coarse-map network (a width-8 run on the images
+    at half scale, a few steps): the shipped model's layout, whose graph maps each tile twice."""
+    pytest.importorskip("torch")
+    from engines.export import export_model
+    from engines.train import TrainConfig, train
+
+    run = trained_model.parent / "half_scale_run"
+    cfg = TrainConfig(data=str(mini_data), out=str(run), width=8, epochs=1, steps_per_epoch=3, batch_size=4,
+                      warmup_steps=1, workers=0, threads=1, memory=False, image_scale=0.5)
+    train(cfg, progress=False)
+    return export_model(trained_model.parent / "last.pt", run / "model", coarse_map=run / "last.pt")

@@ -85,6 +85,25 @@ def test_benchmark_cli_json(trained_model, tmp_path, capsys):
     assert "tensorrt" in capsys.readouterr().out
 
 
+def test_quantize_and_benchmark_carry_the_coarse_map_network(coarse_map_model, mini_data, tmp_path):
+    """quantize copies the coarse-map network (fp32) beside the int8 model, which then opens with it;
+    benchmark times it as rows of its own, with its own size."""
+    out = tmp_path / "int8"
+    assert quantize_cli.main(["--model", str(coarse_map_model), "--calib", str(mini_data), "--out", str(out),
+                              "--max-tiles", "16"]) == 0
+    engine = load_backend("onnxruntime", out)
+    assert engine.meta.precision == "int8" and engine.coarse_map.meta.precision == "fp32"
+    x = np.zeros((2, 1, 128, 128), np.float32)
+    np.testing.assert_array_equal(engine.coarse_map.infer(x)[0], load_backend("onnxruntime", coarse_map_model).coarse_map.infer(x)[0])
+    report_path = tmp_path / "b.json"
+    assert benchmark_cli.main(["--model", str(coarse_map_model), "--backend", "onnxruntime", "--batch", "2",
+                               "--seconds", "0.05", "--min-calls", "2", "--no-peak", "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    sub = report["coarse_map"]
+    assert [r["backend"] for r in sub["results"]] == ["onnxruntime coarse map"] and sub["results"][0]["ms_per_tile_p50"] > 0
+    assert 0 < sub["gmac_per_tile"] < report["gmac_per_tile"] and sub["parameters"] > 0
+
+
 def test_benchmark_rejects_bad_batch(capsys):
     with pytest.raises(SystemExit):
         benchmark_cli.main(["--model", "x", "--batch", "0,a"])

@@ -216,3 +216,50 @@ def test_calibration_scores_parts_as_the_line_does(line, tmp_path):
     line_scores = [r["score"] for r in _records(results)]
     assert len(line_scores) == len(ok_scores) == 5
     assert np.allclose(sorted(line_scores), sorted(ok_scores), atol=2e-4)
+
+
+def test_line_maps_coarse_tiles_with_the_coarse_map_network(line, trained_model, coarse_map_model, tmp_path):
+    """With a two-channel model the infer stage sends the coarse tiles' second map channel and the
+    stitcher adds it at the model's weight: at thresholds of 0 each part is NG with one defect whose
+    score is the map's peak, and the line's peaks are those of decide() on the graph's output in process,
+    not those of the first channel read for every tile."""
+    import yaml
+
+    from engines.artifact import ModelMeta
+    from engines.backends import load_backend
+    from engines.backends.base import map_coarse_tiles
+    from pipeline.processing import Preprocessor, decide
+    from pipeline.sources import DirSource
+
+    torch = pytest.importorskip("torch")
+    from engines.export import export_model
+
+    config, _seq = line
+    run = torch.load(coarse_map_model.parent / "last.pt", map_location="cpu", weights_only=True)
+    run["model"]["out_conv.bias"].fill_(4.0)
+    torch.save(run, tmp_path / "bright.pt")
+    model = export_model(trained_model.parent / "last.pt", tmp_path / "model", coarse_map=tmp_path / "bright.pt")
+    meta = ModelMeta.load(model)
+    raw = yaml.safe_load(config.read_text())
+    raw["inference"]["model"] = str(model)
+    raw["decision"]["pixel_threshold"] = raw["decision"]["image_threshold"] = 0.0
+    cm_config = tmp_path / "coarse_map_line.yaml"
+    cm_config.write_text(yaml.safe_dump(raw))
+    calib = config.parent / "calib"
+    results = tmp_path / "results.jsonl"
+    assert _run(["--config", str(cm_config), "--source", f"dir:{calib}", "--results", str(results), "--quiet"]).returncode == 0
+    line_peaks = [max(d["score"] for d in r["defects"]) for r in _records(results)]
+
+    cfg = load_config(cm_config)
+    prep, engine = Preprocessor.for_model(cfg.preprocess, meta), load_backend("onnxruntime", model)
+    right, wrong = [], []
+    for item in DirSource(calib):
+        p = prep(item.frame)
+        maps, scores = engine.infer(meta.normalise(p.tiles))
+        for out, m in ((right, map_coarse_tiles(engine, p.tiles, maps, p.tile_index >= len(p.grid))), (wrong, maps)):
+            v = decide(m, scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision, 0.0, 0.0,
+                       meta.map_score_weight, p.coarse_grid, meta.novelty_share(), meta.coarse_map_weight)
+            out.append(max(d["score"] for d in v.defects))
+    assert len(line_peaks) == len(right) == 5
+    assert np.allclose(line_peaks, right, atol=5e-3)  # the maps travel as fp16
+    assert np.abs(np.array(wrong) - np.array(right)).min() > 2e-2  # the test tells the two channels apart

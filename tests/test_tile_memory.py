@@ -142,6 +142,24 @@ def test_detector_adds_the_novelty_shares_to_the_map(trained_model, ok_images, t
     assert with_share.score == pytest.approx(plain.score)  # the image score does not read the map
 
 
+def test_detector_adds_the_coarse_map_networks_map(trained_model, coarse_map_model, ok_images):
+    """With a coarse-map network the coarse tiles' maps are its maps: the defect map is the model's
+    own plus its weight x those maps stitched on the coarse grid; the scores are unchanged."""
+    import cv2
+
+    from pipeline.vision.tiling import scaled_tiles, stitch
+
+    img = ok_images[1]
+    plain = Detector(load_backend("onnxruntime", trained_model), overlap=0.25).predict(img)
+    backend = load_backend("onnxruntime", coarse_map_model)
+    both = Detector(backend, overlap=0.25).predict(img)
+    tiles, grid = scaled_tiles(img, 128, 0.25, backend.meta.coarse_scale)
+    half_maps = backend.coarse_map.infer(backend.meta.normalise(tiles))[0]
+    expect = cv2.resize(stitch(half_maps, grid), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(both.anomaly_map - plain.anomaly_map, 0.25 * expect, atol=1e-5)
+    assert both.score == pytest.approx(plain.score, abs=1e-6)
+
+
 def test_split_scores_reads_the_column_of_each_pass():
     two = np.array([[0.1, 0.9], [0.2, 0.8], [0.7, 0.3]], np.float32)
     fine, coarse = split_scores(two, 2)

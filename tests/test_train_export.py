@@ -103,6 +103,70 @@ def test_backend_parity_with_torch(name, trained_model):
     assert np.abs(scores - ref_scores).max() < 1e-3
 
 
+def test_coarse_map_network_is_a_model_folder_the_backends_open_beside_the_model(trained_model, coarse_map_model):
+    """export_model --coarse-map writes the half-scale run's network (no memories) as MODEL/coarse_map/;
+    the model's own graph is unchanged; every backend opens the coarse-map network as its
+    ``coarse_map``, which maps tiles as that run's network does (torch and ONNX Runtime agree)."""
+    from engines.artifact import ModelMeta
+    from engines.export import load_checkpoint
+
+    x = np.random.default_rng(1).normal(0, 1, (4, 1, 128, 128)).astype(np.float32)
+    plain = load_backend("onnxruntime", trained_model)
+    ort_engine = load_backend("onnxruntime", coarse_map_model)
+    torch_engine = load_backend("torch", coarse_map_model, device="cpu")
+    assert plain.coarse_map is None and ort_engine.coarse_map is not None and torch_engine.coarse_map is not None
+    for a, b in zip(ort_engine.infer(x), plain.infer(x)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    half_maps, _ = ort_engine.coarse_map.infer(x)
+    net, _ = load_checkpoint(coarse_map_model.parent / "last.pt")
+    with torch.no_grad():
+        half_ref = torch.sigmoid(net(torch.from_numpy(x))[0]).numpy()
+    np.testing.assert_allclose(half_maps, half_ref, atol=1e-4)
+    assert np.abs(torch_engine.coarse_map.infer(x)[0] - half_maps).max() < 1e-3
+    assert np.abs(half_maps - plain.infer(x)[0]).max() > 1e-3  # two different networks
+    meta, sub = ModelMeta.load(coarse_map_model), ModelMeta.load(coarse_map_model / "coarse_map")
+    assert meta.coarse_map_weight == 0.25 and meta.coarse_scale == 0.5
+    assert (sub.width, sub.coarse_scale, sub.extra["image_scale"], sub.extra["train_steps"]) == (8, 0.0, 0.5, 3)
+    assert onnx_operators(coarse_map_model / "coarse_map" / "model.onnx") <= TENSORRT_NATIVE_OPS
+
+
+def test_from_model_adds_a_coarse_map_to_a_copy(tmp_path, trained_model, coarse_map_model, capsys):
+    """export_model --from-model MODEL --coarse-map RUN/last.pt: a copy of the folder (thresholds,
+    memories, provenance as they were) with the coarse-map network added; a run at the wrong scale,
+    a missing --coarse-map, a weight of 0 and a folder whose coarse_map/ went missing are refused
+    naming the fix."""
+    from engines.artifact import ArtifactError, ModelMeta
+    from engines.export import copy_model
+    from tools import export_model as export_cli
+
+    src = copy_model(trained_model, tmp_path / "src")
+    meta = ModelMeta.load(src)
+    meta.pixel_threshold, meta.image_threshold = 0.123, 0.456
+    meta.save(src)
+    half_run = str(coarse_map_model.parent / "last.pt")
+    out = tmp_path / "out"
+    assert export_cli.main(["--from-model", str(src), "--coarse-map", half_run, "--out", str(out),
+                            "--coarse-map-weight", "0.5"]) == 0
+    assert "evaluate --set-thresholds" in capsys.readouterr().err
+    new = ModelMeta.load(out)
+    assert new == meta.__class__(**{**meta.__dict__, "coarse_map_weight": 0.5})
+    assert ModelMeta.load(src).coarse_map_weight == 0.0 and not (src / "coarse_map").exists()
+    x = np.random.default_rng(2).normal(0, 1, (3, 1, 128, 128)).astype(np.float32)
+    got, want = load_backend("onnxruntime", out), load_backend("onnxruntime", coarse_map_model)
+    np.testing.assert_allclose(got.coarse_map.infer(x)[0], want.coarse_map.infer(x)[0], atol=1e-6)
+    full_scale_run = str(trained_model.parent / "last.pt")
+    assert export_cli.main(["--from-model", str(src), "--coarse-map", full_scale_run, "--out", str(tmp_path / "b")]) == 2
+    assert "train --image-scale 0.5" in capsys.readouterr().err
+    assert export_cli.main(["--from-model", str(src), "--out", str(tmp_path / "c")]) == 2
+    assert "--coarse-map" in capsys.readouterr().err
+    assert export_cli.main(["--from-model", str(src), "--coarse-map", half_run, "--out", str(tmp_path / "d"),
+                            "--coarse-map-weight", "0"]) == 2
+    assert "above 0" in capsys.readouterr().err
+    shutil.rmtree(out / "coarse_map")
+    with pytest.raises(ArtifactError, match="coarse_map is missing; add it"):
+        load_backend("onnxruntime", out)
+
+
 def test_fp16_keeps_the_shipped_models_decisions_on_cpu(ok_images):
     """The fp16 numerics the CUDA path serves, checked where CI runs: torch's CPU fp16 reproduces the
     H100's differences on these images (map 2.41e-2 against 2.36e-2, score 2.18e-3 against 2.21e-3 on

@@ -184,7 +184,8 @@ def test_decide_score_follows_the_models_map_weight(frames, belt):
 
 def test_coarse_pass_tiles_follow_and_score_without_touching_the_map(frames, belt):
     """With a coarse scale the preprocessor appends tiles of the half-size part (indices after the
-    fine grid); decide stitches the fine maps only and averages the strongest fine and coarse score."""
+    fine grid); decide stitches the fine maps only (unless the model gives the coarse maps a weight)
+    and averages the strongest fine and coarse score."""
     cfg = PreprocessConfig(belt=BeltConfig(**belt.to_config()))
     frame = next(f for f in frames if f.truth["verdict"] == "OK").frame
     plain, both = Preprocessor(cfg)(frame), Preprocessor(cfg, coarse_scale=0.5)(frame)
@@ -205,6 +206,24 @@ def test_coarse_pass_tiles_follow_and_score_without_touching_the_map(frames, bel
                both.coarse_grid, NoveltyShare(coarse=0.1))
     assert v.score == pytest.approx(0.5) and float(v.anomaly_map.max()) == pytest.approx(0.08, abs=1e-4)
     assert float(v.anomaly_map[both.part_mask == 0].max()) == 0.0
+    # With a coarse map weight, the coarse tiles' own maps (1.0) reach the map at that weight; the
+    # score (no map share in it) does not move.
+    v = decide(maps, scores, both.tile_index, both.grid, both.part_mask, both.H, DecisionConfig(), 0.5, 0.6, 0.0,
+               both.coarse_grid, NoveltyShare(), coarse_map_weight=0.25)
+    assert v.score == pytest.approx(0.5) and float(v.anomaly_map.max()) == pytest.approx(0.25, abs=1e-4)
+    assert float(v.anomaly_map[both.part_mask == 0].max()) == 0.0
+
+
+def test_add_coarse_map_stitches_the_listed_tiles_and_resizes():
+    from pipeline.vision.tiling import add_coarse_map, tile_grid
+
+    coarse = tile_grid(64, 128, 64, 0.0)  # a half-size image: two tiles side by side
+    base = np.full((128, 256), 0.1, np.float32)
+    out = add_coarse_map(base, np.ones((1, 1, 64, 64), np.float32), coarse, 0.5, positions=np.array([1]))
+    assert out.shape == (128, 256)
+    assert np.allclose(out[:, :120], 0.1) and np.allclose(out[:, 136:], 0.6)  # left tile unlisted: 0
+    assert add_coarse_map(base, np.ones((1, 1, 64, 64)), coarse, 0.0, np.array([1])) is base
+    assert add_coarse_map(base, np.ones((1, 1, 64, 64)), None, 0.5, np.array([1])) is base
 
 
 def test_spread_scores_holds_each_score_over_its_tile():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from tools._cli import run_cli
 
@@ -10,6 +11,8 @@ from tools._cli import run_cli
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="export_model", description=__doc__)
     p.add_argument("--checkpoint", help="OUT/last.pt written by train")
+    p.add_argument("--from-model", metavar="MODEL",
+                   help="with --coarse-map: add the coarse-map network to a copy of this model folder (OUT), e.g. the shipped one")
     p.add_argument("--untrained", action="store_true", help="random weights, for speed benchmarks only")
     p.add_argument("--arch", default="tiny_unet", choices=["tiny_unet", "ae_ssim"], help="with --untrained")
     p.add_argument("--width", type=int, default=32, choices=[8, 16, 32], help="with --untrained")
@@ -24,6 +27,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-canonical", metavar="LINE.yaml",
                    help="with --memory-data: OK part images (such as train/good); fit the memories on each image "
                         "as it is and as this line will rectify it (turned and warped to its canonical part size)")
+    p.add_argument("--coarse-map", metavar="RUN/last.pt",
+                   help="export the network of this run (train --image-scale 0.5 --width 8) as the model's coarse-map "
+                        "network, OUT/coarse_map/: the backends run it on the coarse pass's tiles, and its map is added "
+                        "to the defect map (README, 'A map made at half scale')")
+    p.add_argument("--coarse-map-weight", type=float, default=0.25, help="with --coarse-map: its weight in the map")
     return p
 
 
@@ -32,18 +40,33 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> None:
         from engines.artifact import ModelMeta
-        from engines.export import export_model, export_untrained
+        from engines.artifact import model_paths
+        from engines.export import add_coarse_map_net, copy_model, export_model, export_untrained
         from engines.tile_memory import LINE_MEMORY_MIN_FRAMES
 
         if args.untrained:
             out = export_untrained(args.arch, args.width, args.channels, args.out)
+        elif args.from_model:
+            if not args.coarse_map or args.checkpoint or args.memory_data:
+                raise ValueError("--from-model adds --coarse-map RUN/last.pt to a copy of a model folder; it takes "
+                                 "neither --checkpoint nor --memory-data")
+            out = args.out
+            if Path(args.from_model).resolve() != Path(out).resolve():
+                copy_model(model_paths(args.from_model)[0].parent, out)
+            add_coarse_map_net(out, args.coarse_map, args.coarse_map_weight)
         elif args.checkpoint:
             out = export_model(args.checkpoint, args.out, args.opset, memory_data=args.memory_data,
-                               memory_line=args.memory_line, memory_canonical=args.memory_canonical)
+                               memory_line=args.memory_line, memory_canonical=args.memory_canonical,
+                               coarse_map=args.coarse_map, coarse_map_weight=args.coarse_map_weight)
         else:
-            raise ValueError("give --checkpoint OUT/last.pt, or --untrained for a speed-only model")
+            raise ValueError("give --checkpoint OUT/last.pt, --from-model MODEL with --coarse-map, or --untrained for "
+                             "a speed-only model")
         meta = ModelMeta.load(out)
         print(f"wrote {out}: onnx vs torch max abs diff {meta.extra['onnx_vs_torch_max_abs_diff']:.2e}")
+        if args.from_model:
+            print(f"export_model: the map now adds {meta.coarse_map_weight} x the coarse-map network's map; its pixel "
+                  "threshold was set for the map without it: `evaluate --set-thresholds` on labelled images sets it again",
+                  file=sys.stderr)
         frames = meta.extra.get("memory_frames")
         if frames is not None and frames < LINE_MEMORY_MIN_FRAMES:
             print(f"export_model: warning: {args.memory_data}: the tile memories were fitted on {frames} line frames; "

@@ -4,6 +4,10 @@ A backend takes normalised tiles ``(N, C, 128, 128) float32`` and returns defect
 ``(N, 1, 128, 128) float32`` and tile scores ``(N,) float32`` (``(N, 2)`` for a model with a coarse
 tile memory: see :mod:`engines.inference_model`). Heavy imports (onnxruntime, torch,
 tensorrt) happen inside each backend's constructor, so importing this package costs nothing.
+
+A model with a coarse-map network (``ModelMeta.coarse_map_weight`` > 0 and the model folder
+``coarse_map/`` inside its own) gets a second backend of the same kind for it, ``coarse_map``:
+callers run the coarse pass's tiles through it for their maps (:func:`map_coarse_tiles`).
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.artifact import ModelMeta, model_paths
+from engines.artifact import COARSE_MAP_DIR, ArtifactError, ModelMeta, model_paths
 
 # name -> "module:Class"; adding a backend is one module and one line here.
 BACKENDS: dict[str, str] = {
@@ -33,6 +37,7 @@ class Backend(ABC):
     def __init__(self, model_dir: Path, meta: ModelMeta) -> None:
         self.model_dir = Path(model_dir)
         self.meta = meta
+        self.coarse_map: Backend | None = None  # the coarse-map network's backend (load_backend sets it)
 
     @property
     def device(self) -> str:
@@ -61,8 +66,15 @@ class Backend(ABC):
         has no such split (CPU backends: their end-to-end time is already the compute time)."""
         return None
 
+    def coarse_map_options(self, options: dict) -> dict:
+        """The options to open this model's coarse-map network with; default: this backend's own."""
+        return options
+
     def close(self) -> None:
-        """Release device resources; default: nothing to release."""
+        """Release device resources; default: nothing to release (a subclass that overrides this
+        calls it too, for the coarse-map network's backend)."""
+        if self.coarse_map is not None:
+            self.coarse_map.close()
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -73,6 +85,29 @@ def backend_class(name: str) -> type[Backend]:
 
 
 def load_backend(name: str, model: str | Path, **options) -> Backend:
-    """Open the model folder ``model`` with the backend ``name`` (raises BackendUnavailable)."""
+    """Open the model folder ``model`` with the backend ``name`` (raises BackendUnavailable), and its
+    coarse-map network with the same backend when the model has one."""
     onnx_path, meta = model_paths(model)
-    return backend_class(name)(Path(model), meta, **options)
+    cls = backend_class(name)
+    backend = cls(Path(model), meta, **options)
+    if meta.coarse_map_weight > 0:
+        folder = Path(model) / COARSE_MAP_DIR
+        if not folder.is_dir():
+            backend.close()
+            raise ArtifactError(f"{Path(model) / 'model.json'}: coarse_map_weight is {meta.coarse_map_weight} but "
+                                f"{folder} is missing; add it (export_model --from-model {model} --coarse-map RUN/last.pt "
+                                "--out MODEL) or set coarse_map_weight to 0")
+        _, sub_meta = model_paths(folder)
+        backend.coarse_map = cls(folder, sub_meta, **backend.coarse_map_options(options))
+    return backend
+
+
+def map_coarse_tiles(backend: Backend, tiles_u8: np.ndarray, maps: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    """``maps`` (of the uint8 ``tiles_u8``) with the rows flagged in the boolean ``coarse`` replaced
+    by the coarse-map network's maps of those tiles; ``maps`` as it is for a model without one."""
+    net = backend.coarse_map
+    if net is None or not coarse.any():
+        return maps
+    out = maps.copy()
+    out[coarse] = net.infer(net.meta.normalise(tiles_u8[coarse]))[0]
+    return out

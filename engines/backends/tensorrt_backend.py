@@ -142,7 +142,13 @@ class TensorRTBackend(Backend):
             self.context_cuda.pop()
         return np.concatenate(maps), np.concatenate(scores)
 
+    def coarse_map_options(self, options: dict) -> dict:
+        from engines.tensorrt_build import coarse_map_engine_path
+
+        return {**options, "engine": coarse_map_engine_path(self.engine_path)}
+
     def close(self) -> None:
         for buf in self.device_buf.values():
             buf.free()
         self.context_cuda.detach()
+        super().close()

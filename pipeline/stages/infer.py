@@ -9,8 +9,10 @@ import numpy as np
 import zmq
 
 from engines.backends import load_backend
+from engines.backends.base import map_coarse_tiles
 from pipeline.stages._common import POLL_MS, Stage, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, recv, send
+from pipeline.vision.tiling import TileGrid
 from pipeline.wire import WireError
 
 
@@ -47,6 +49,10 @@ def run(stage: Stage, worker: int = 0) -> int:
             stacked = np.concatenate([arrays["tiles"] for _, arrays in batch])
             try:
                 maps, scores = engine.infer(meta.normalise(stacked))
+                if engine.coarse_map is not None:  # the coarse pass's tiles (past the frame's fine grid) get its maps
+                    coarse = np.concatenate([arrays["tile_index"] >= len(TileGrid.from_dict(header["grid"]))
+                                             for header, arrays in batch])
+                    maps = map_coarse_tiles(engine, stacked, maps, coarse)
                 error = ""
             except Exception as exc:  # report per frame, keep serving
                 maps = scores = None

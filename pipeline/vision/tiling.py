@@ -155,6 +155,25 @@ class NoveltyShare:
         return out
 
 
+def add_coarse_map(anomaly: np.ndarray, coarse_maps: np.ndarray, coarse_grid: TileGrid | None, weight: float,
+                   positions: np.ndarray | None = None) -> np.ndarray:
+    """``anomaly`` plus ``weight`` x the coarse pass's own defect maps: the tiles' maps stitched on
+    ``coarse_grid`` (tiles not listed in ``positions`` count as 0; default: every tile, in grid
+    order) and resized to ``anomaly``'s shape. A coarse tile sees twice the stretch of the part, so
+    wide, faint regions show on its map that a full-scale tile sees only a piece of (README, "A map
+    made at half scale")."""
+    if weight <= 0 or coarse_grid is None or not len(coarse_maps):
+        return anomaly
+    t = coarse_grid.tile
+    positions = np.arange(len(coarse_maps)) if positions is None else np.asarray(positions, np.int64)
+    full = np.zeros((len(coarse_grid), 1, t, t), np.float32)
+    full[positions] = np.asarray(coarse_maps, np.float32).reshape(-1, 1, t, t)
+    small = stitch(full, coarse_grid)
+    if small.shape != anomaly.shape:
+        small = cv2.resize(small, (anomaly.shape[1], anomaly.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return anomaly + weight * small
+
+
 def blend_window(tile: int) -> np.ndarray:
     """Smooth 2D weighting window (separable Hann with a floor): overlapping tiles fade into each
     other, so stitched maps show no seams where plain averaging would."""
