@@ -35,3 +35,13 @@ def test_inference_contract(arch, model):
         maps, scores = inference_module(arch, model)(torch.randn(3, 1, 128, 128))
     assert maps.shape == (3, 1, 128, 128) and scores.shape == (3,)
     assert float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0
+
+
+def test_shipped_model_folder_stays_under_20_mb():
+    """The issue's size limit for engines/models/magnetic_tile/, its coarse-map network included."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "engines" / "models" / "magnetic_tile"
+    files = [f for f in folder.rglob("*") if f.is_file()]
+    assert {"model.onnx", "model.json", "coarse_map/model.onnx"} <= {str(f.relative_to(folder)) for f in files}
+    assert sum(f.stat().st_size for f in files) < 20 * 1000 ** 2

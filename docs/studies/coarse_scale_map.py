@@ -1,7 +1,8 @@
 """Study: does a defect map made at half scale, where one 128 px tile sees 256 px of the part, help
 outline the wide, faint uneven bands that hold the pixel-AUROC gap (pixel_auroc_breakdown.py)?
 
-The fine map is ``--fine``'s, as ``evaluate`` makes it. The coarse map is ``--coarse`` run on each
+The fine map is ``--fine``'s, as ``evaluate`` makes it, without its coarse-map network if it has
+one (the shipped folder has since the fifteenth session). The coarse map is ``--coarse`` run on each
 image downscaled by 0.5 (``pipeline.vision.tiling.downscale``), its map upsampled back. Prints
 pixel AUROC / AUPRO (as ``evaluate``: 2,000-bin histograms, FPR 0.3) of each map and of simple
 blends, over the whole development split and over its uneven and good images.
@@ -12,13 +13,17 @@ blends, over the whole development split and over its uneven and good images.
 or copies resized by 0.5), e.g. the shipped weights fine-tuned at that scale
 (``train --data HALF_IMAGES --init engines/models/magnetic_tile
 --batch-size 64 --epochs 2 --lr 5e-4 --ema 0.999``). Passing the shipped model as ``--coarse``
-is the control: the same network on images at a scale it was not trained at. About 2 minutes on
+is the control: the same network on images at a scale it was not trained at. ``--bare`` leaves out
+the coarse model's own tile-novelty shares, so its map is the network's alone, as a coarse-map
+network is built into a model (``export_model --coarse-map``); the shipped model's own
+``coarse_map/`` folder, which has no memories, gives the same without it. About 2 minutes on
 2 CPU cores.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -38,9 +43,13 @@ def main() -> None:
     ap.add_argument("--coarse", required=True, help="model folder run on the half-scale images")
     ap.add_argument("--data", required=True)
     ap.add_argument("--overlap", type=float, default=0.25)
+    ap.add_argument("--bare", action="store_true", help="the coarse model's network map alone, without its novelty shares")
     args = ap.parse_args()
     fine_det = Detector(load_backend("onnxruntime", args.fine), overlap=args.overlap)
+    fine_det.meta = replace(fine_det.meta, coarse_map_weight=0.0)
     coarse_det = Detector(load_backend("onnxruntime", args.coarse), overlap=args.overlap)
+    if args.bare:
+        coarse_det.meta = replace(coarse_det.meta, fine_map_share=0.0, coarse_map_share=0.0)
     masks, fine, coarse, types = [], [], [], []
     for s in mvtec_test_set(args.data):
         img = read_image(s.image_path, fine_det.meta.in_channels)
