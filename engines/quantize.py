@@ -92,7 +92,7 @@ def quantize_model(model: str | Path, calib: str | Path, out: str | Path, max_ti
     weights = Path(model) / "model.pt"
     if weights.is_file():  # the torch backend keeps serving the fp32 reference
         shutil.copy(weights, out / "model.pt")
-    if (Path(model) / COARSE_MAP_DIR).is_dir():  # the coarse-map network stays fp32 (a fifth of the cost, coarse tiles only)
+    if (Path(model) / COARSE_MAP_DIR).is_dir():  # the coarse-map network is copied as it is, fp32 (coarse tiles only)
         shutil.copytree(Path(model) / COARSE_MAP_DIR, out / COARSE_MAP_DIR, dirs_exist_ok=True)
     extra = {**meta.extra, "quantized_from": str(Path(model)), "calibration_tiles": int(len(tiles)),
              "calibration_method": method, "quantization_target": target}

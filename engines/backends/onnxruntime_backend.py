@@ -31,8 +31,9 @@ class OnnxRuntimeBackend(Backend):
 
     def coarse_map_options(self, options: dict) -> dict:
         """The coarse-map network's session does not spin: it runs a few tiles between the main
-        session's runs, and its spinning threads slowed the whole detector by a fifth (2 cores,
-        shipped model: 112 ms per image with it, 90 without, 75 without the coarse-map network)."""
+        session's runs, and its spinning threads held the cores the main session needed (2 cores,
+        shipped model, development images: 112 ms per image spinning, 87-90 not, 74-77 without
+        the coarse-map network; README, "A map made at half scale")."""
         return {**options, "spin": False}
 
     def infer(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -157,7 +157,8 @@ class NoveltyShare:
 
 def add_coarse_map(anomaly: np.ndarray, coarse_maps: np.ndarray, coarse_grid: TileGrid | None, weight: float,
                    positions: np.ndarray | None = None) -> np.ndarray:
-    """``anomaly`` plus ``weight`` x the coarse pass's own defect maps: the tiles' maps stitched on
+    """``anomaly`` plus ``weight`` x the coarse pass's tiles' defect maps (a model's coarse-map
+    network's, ``engines.backends.base.map_coarse_tiles``), stitched on
     ``coarse_grid`` (tiles not listed in ``positions`` count as 0; default: every tile, in grid
     order) and resized to ``anomaly``'s shape. A coarse tile sees twice the stretch of the part, so
     wide, faint regions show on its map that a full-scale tile sees only a piece of (README, "A map
