@@ -165,6 +165,13 @@ def test_from_model_adds_a_coarse_map_to_a_copy(tmp_path, trained_model, coarse_
     shutil.rmtree(out / "coarse_map")
     with pytest.raises(ArtifactError, match="coarse_map is missing; add it"):
         load_backend("onnxruntime", out)
+    # A new export into a folder leaves no coarse-map network of an earlier one behind.
+    from engines.export import export_model
+
+    again = export_model(trained_model.parent / "last.pt", tmp_path / "again", coarse_map=half_run)
+    assert (again / "coarse_map").is_dir()
+    export_model(trained_model.parent / "last.pt", again)
+    assert not (again / "coarse_map").exists() and ModelMeta.load(again).coarse_map_weight == 0.0
 
 
 def test_fp16_keeps_the_shipped_models_decisions_on_cpu(ok_images):
