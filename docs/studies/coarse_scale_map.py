@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--bare", action="store_true", help="the coarse model's network map alone, without its novelty shares")
+    ap.add_argument("--halves", action="store_true",
+                    help="also print the even- and odd-numbered halves of the split (a gain that holds on both)")
     args = ap.parse_args()
     fine_det = Detector(load_backend("onnxruntime", args.fine), overlap=args.overlap)
     fine_det.meta = replace(fine_det.meta, coarse_map_weight=0.0)
@@ -63,12 +65,16 @@ def main() -> None:
               "max": [np.maximum(f, c) for f, c in zip(fine, coarse)],
               "mean": [(f + c) / 2 for f, c in zip(fine, coarse)],
               "fine + 0.25 coarse": [f + 0.25 * c for f, c in zip(fine, coarse)]}
-    uneven = [i for i, t in enumerate(types) if t in ("good", "uneven")]
-    print(f"{'map':<20} {'all: pixel AUROC / AUPRO':>26} {'uneven: pixel AUROC / AUPRO':>30}")
+    subsets = {"all": range(len(types)), "uneven": [i for i, t in enumerate(types) if t in ("good", "uneven")]}
+    if args.halves:
+        subsets.update(even=range(0, len(types), 2), odd=range(1, len(types), 2))
+    print(f"{'map':<20} " + " ".join(f"{name + ': pixel AUROC / AUPRO':>30}" for name in subsets))
     for name, maps in blends.items():
-        um, ua = [masks[i] for i in uneven], [maps[i] for i in uneven]
-        print(f"{name:<20} {metrics.pixel_auroc(masks, maps):>17.3f} / {metrics.aupro(masks, maps):.3f}"
-              f" {metrics.pixel_auroc(um, ua):>21.3f} / {metrics.aupro(um, ua):.3f}")
+        cells = []
+        for idx in subsets.values():
+            m, a = [masks[i] for i in idx], [maps[i] for i in idx]
+            cells.append(f"{metrics.pixel_auroc(m, a):>22.3f} / {metrics.aupro(m, a):.3f}")
+        print(f"{name:<20} " + " ".join(cells))
 
 
 if __name__ == "__main__":
