@@ -38,7 +38,7 @@ def trained_model(tmp_path_factory, mini_data) -> Path:
 @pytest.fixture(scope="session")
 def coarse_map_model(trained_model, mini_data) -> Path:
     """``trained_model``'s checkpoint exported with a coarse-map network (a width-8 run on the images
-    at half scale, a few steps): the shipped model's layout, whose graph maps each tile twice."""
+    at half scale, a few steps) in ``coarse_map/``: the shipped model's layout."""
     pytest.importorskip("torch")
     from engines.export import export_model
     from engines.train import TrainConfig, train

@@ -219,10 +219,12 @@ def test_calibration_scores_parts_as_the_line_does(line, tmp_path):
 
 
 def test_line_maps_coarse_tiles_with_the_coarse_map_network(line, trained_model, coarse_map_model, tmp_path):
-    """With a two-channel model the infer stage sends the coarse tiles' second map channel and the
-    stitcher adds it at the model's weight: at thresholds of 0 each part is NG with one defect whose
-    score is the map's peak, and the line's peaks are those of decide() on the graph's output in process,
-    not those of the first channel read for every tile."""
+    """With a coarse-map network the infer stage sends its maps for the coarse pass's tiles and the
+    stitcher adds them at the model's weight: at thresholds of 0 each part is NG with one defect
+    whose score is the map's peak, and the line's peaks are those of decide() in process on the
+    coarse-map network's maps, not on the model's own maps of those tiles. The coarse-map
+    network's output bias is raised so that its map (near 0.5 from a barely trained network, as the
+    model's own is) reads near 1 and the two cannot be confused."""
     import yaml
 
     from engines.artifact import ModelMeta
@@ -262,4 +264,4 @@ def test_line_maps_coarse_tiles_with_the_coarse_map_network(line, trained_model,
             out.append(max(d["score"] for d in v.defects))
     assert len(line_peaks) == len(right) == 5
     assert np.allclose(line_peaks, right, atol=5e-3)  # the maps travel as fp16
-    assert np.abs(np.array(wrong) - np.array(right)).min() > 2e-2  # the test tells the two channels apart
+    assert np.abs(np.array(wrong) - np.array(right)).min() > 2e-2  # the test tells the two maps apart
