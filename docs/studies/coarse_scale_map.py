@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--bare", action="store_true", help="the coarse model's network map alone, without its novelty shares")
+    ap.add_argument("--weights", default="0.25", help="comma-separated weights w of the 'fine + w coarse' rows")
     ap.add_argument("--halves", action="store_true",
                     help="also print the even- and odd-numbered halves of the split (a gain that holds on both)")
     args = ap.parse_args()
@@ -63,8 +64,9 @@ def main() -> None:
         types.append(s.defect_type)
     blends = {"fine": fine, "coarse": coarse,
               "max": [np.maximum(f, c) for f, c in zip(fine, coarse)],
-              "mean": [(f + c) / 2 for f, c in zip(fine, coarse)],
-              "fine + 0.25 coarse": [f + 0.25 * c for f, c in zip(fine, coarse)]}
+              "mean": [(f + c) / 2 for f, c in zip(fine, coarse)]}
+    for w in (float(x) for x in args.weights.split(",")):
+        blends[f"fine + {w:g} coarse"] = [f + w * c for f, c in zip(fine, coarse)]
     subsets = {"all": range(len(types)), "uneven": [i for i, t in enumerate(types) if t in ("good", "uneven")]}
     if args.halves:
         subsets.update(even=range(0, len(types), 2), odd=range(1, len(types), 2))
