@@ -31,7 +31,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="export the network of this run (train --image-scale 0.5 --width 8) as the model's coarse-map "
                         "network, OUT/coarse_map/: the backends run it on the coarse pass's tiles, and its map is added "
                         "to the defect map (README, 'A map made at half scale')")
-    p.add_argument("--coarse-map-weight", type=float, default=0.25, help="with --coarse-map: its weight in the map")
+    p.add_argument("--coarse-map-weight", type=float, default=None,
+                   help="with --coarse-map: its weight in the map (default: the tested 0.25, engines.export.COARSE_NET_MAP_WEIGHT)")
     return p
 
 
@@ -39,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
 
     def go() -> None:
-        from engines.artifact import ModelMeta
-        from engines.artifact import model_paths
-        from engines.export import add_coarse_map_net, copy_model, export_model, export_untrained
+        from engines.artifact import ModelMeta, model_paths
+        from engines.export import COARSE_NET_MAP_WEIGHT, add_coarse_map_net, copy_model, export_model, export_untrained
         from engines.tile_memory import LINE_MEMORY_MIN_FRAMES
 
+        weight = COARSE_NET_MAP_WEIGHT if args.coarse_map_weight is None else args.coarse_map_weight
         if args.untrained:
             out = export_untrained(args.arch, args.width, args.channels, args.out)
         elif args.from_model:
@@ -51,13 +52,14 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--from-model adds --coarse-map RUN/last.pt to a copy of a model folder; it takes "
                                  "neither --checkpoint nor --memory-data")
             out = args.out
+            model_paths(args.from_model)  # a model folder, or an error naming what is missing
             if Path(args.from_model).resolve() != Path(out).resolve():
-                copy_model(model_paths(args.from_model)[0].parent, out)
-            add_coarse_map_net(out, args.coarse_map, args.coarse_map_weight)
+                copy_model(args.from_model, out)
+            add_coarse_map_net(out, args.coarse_map, weight)
         elif args.checkpoint:
             out = export_model(args.checkpoint, args.out, args.opset, memory_data=args.memory_data,
                                memory_line=args.memory_line, memory_canonical=args.memory_canonical,
-                               coarse_map=args.coarse_map, coarse_map_weight=args.coarse_map_weight)
+                               coarse_map=args.coarse_map, coarse_map_weight=weight)
         else:
             raise ValueError("give --checkpoint OUT/last.pt, --from-model MODEL with --coarse-map, or --untrained for "
                              "a speed-only model")
