@@ -3,16 +3,17 @@ state dict, and the metadata sidecar. The export checks itself against PyTorch n
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from engines.artifact import COARSE_MAP_DIR, MEMORY_SCOPES, META_NAME, ONNX_NAME, ModelMeta
+from engines.artifact import COARSE_MAP_DIR, MEMORY_SCOPES, META_NAME, ONNX_NAME, ModelMeta, model_paths
 from engines.data import files_hash, read_image, training_images
 from engines.tile_memory import (COARSE_MAP_SHARE, COARSE_SCALE, FINE_MAP_SHARE, GRAPH_MAP_SHARE, MEMORY_NAMES,
-                                 NOVELTY_SPREAD, attach_memories, memory_from_line_frames)
+                                 NOVELTY_SPREAD, attach_memories, line_frame_embeddings, memory_from_line_frames)
 from engines.backends.torch_backend import WEIGHTS_NAME
 from engines.inference_model import build_model, inference_module, load_weights
 from pipeline.vision.rectify import canonical_view
@@ -49,6 +50,21 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
     cfg = state["config"]
     model = load_weights(build_model(cfg["arch"], cfg["channels"], cfg["width"]), state["model"], str(path))
     return model.eval(), state
+
+
+def load_model_folder(folder: str | Path) -> tuple[torch.nn.Module, dict]:
+    """The network (with its memories) of an exported model folder, and a checkpoint-like state
+    (``config``, ``step``, ``training_data_hash``) from its sidecar, so that :func:`export_model`
+    can re-export it, e.g. with memories refitted, when its training checkpoint is gone."""
+    _, meta = model_paths(folder)
+    weights = Path(folder) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: missing; re-exporting a model folder needs the state dict export_model writes")
+    model = load_weights(build_model(meta.arch, meta.in_channels, meta.width),
+                         torch.load(weights, map_location="cpu", weights_only=True), str(weights))
+    cfg = {"arch": meta.arch, "width": meta.width, "channels": meta.in_channels, "command": meta.training_command}
+    return model.eval(), {"config": cfg, "step": meta.extra.get("train_steps", 0),
+                          "training_data_hash": meta.training_data_hash}
 
 
 def export_onnx(module: torch.nn.Module, in_channels: int, out_path: Path, opset: int = 17, tile: int = 128) -> Path:
@@ -133,23 +149,29 @@ def compact_state(model: torch.nn.Module) -> dict:
     return state
 
 
-def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
+def export_model(source: str | Path, out: str | Path, opset: int = 17,
                  thresholds: tuple[float, float] | None = None, memory_data: str | Path | None = None,
                  memory_line: str | Path | None = None, progress: bool = True,
                  memory_canonical: str | Path | None = None, coarse_map: str | Path | None = None,
-                 coarse_map_weight: float = COARSE_NET_MAP_WEIGHT) -> Path:
+                 coarse_map_weight: float = COARSE_NET_MAP_WEIGHT, memory_frames: str | Path | None = None) -> Path:
     """Write ``out/model.onnx``, ``out/model.pt`` and ``out/model.json``; return ``out``.
 
-    ``memory_data`` (OK images, or an MVTec-style folder's ``train/good``) fits a new tile memory
-    before export, for checkpoints trained without one or to refit it on other OK images. With
-    ``memory_line`` (a line config), the images are camera frames of OK parts and go through that
-    line's preprocessing first, so the memory holds tiles as the line sees them. With
-    ``memory_canonical`` (a line config) the images are part images like the training ones, and the
-    memories are fitted on each image as it is *and* as that line will rectify it (turned and warped
-    to its canonical part size, ``canonical_view``): the line's geometry without recorded frames,
-    while images at their own size (``evaluate``) keep their match. ``coarse_map``: a run's
-    checkpoint to add as the coarse-map network (:func:`add_coarse_map_net`)."""
-    model, state = load_checkpoint(checkpoint)
+    ``source`` is a training checkpoint (``train``'s ``last.pt``) or an exported model folder; a
+    folder keeps its thresholds, its coarse-map network and that network's weight (unless
+    ``coarse_map`` gives another). ``memory_data`` (OK images, or an MVTec-style folder's
+    ``train/good``) fits new tile memories before export, for checkpoints trained without one or to
+    refit them on other OK images. With ``memory_line`` (a line config), the images are camera
+    frames of OK parts and go through that line's preprocessing first, so the memory holds tiles as
+    the line sees them. With ``memory_canonical`` (a line config) the images are part images like
+    the training ones, and the memories are fitted on each image as it is *and* as that line will
+    rectify it (turned and warped to its canonical part size, ``canonical_view``): the line's
+    geometry without recorded frames, while images at their own size (``evaluate``) keep their
+    match. ``memory_frames`` (with ``memory_canonical``): camera frames of OK parts on that line,
+    whose tiles, as the line preprocesses them, are pooled with the images' (README, "Train on your
+    own OK images"). ``coarse_map``: a run's checkpoint to add as the coarse-map network
+    (:func:`add_coarse_map_net`)."""
+    from_folder = Path(source).is_dir()
+    model, state = load_model_folder(source) if from_folder else load_checkpoint(source)
     extra = {"train_steps": int(state["step"])}
     cfg = state["config"]
     if memory_line is not None and memory_data is None:
@@ -157,9 +179,13 @@ def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
     if memory_canonical is not None and (memory_data is None or memory_line is not None):
         raise ValueError("--memory-canonical needs --memory-data (OK part images such as train/good) and "
                          "cannot be combined with --memory-line (camera frames already have the line's geometry)")
+    if memory_frames is not None and memory_canonical is None:
+        raise ValueError("--memory-frames adds OK line frames to the fit on part images: give --memory-data "
+                         "OK_IMAGES --memory-canonical LINE.yaml with it (for frames alone: --memory-data FRAMES "
+                         "--memory-line LINE.yaml)")
     if memory_data is not None:
         if cfg["arch"] != "tiny_unet":
-            raise ValueError(f"--memory-data: only a tiny_unet has a tile memory, {checkpoint} is {cfg['arch']}")
+            raise ValueError(f"--memory-data: only a tiny_unet has a tile memory, {source} is {cfg['arch']}")
         files = training_images(memory_data)
         meta = ModelMeta(arch=cfg["arch"], width=cfg["width"], in_channels=cfg["channels"])
         if memory_line is not None:
@@ -168,15 +194,23 @@ def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
             extra.update(memory_line=str(memory_line), memory_frames=used)
         else:
             images = [read_image(f, cfg["channels"]) for f in files]
-            part_ids = None
+            part_ids, pooled = None, None
             if memory_canonical is not None:
                 wh = canonical_size(memory_canonical)
                 # Both views of one image are one part: calibration measures each against other parts.
                 part_ids = list(range(len(images))) * 2
                 images = images + [canonical_view(img, wh) for img in images]
                 extra.update(memory_canonical=str(memory_canonical), memory_canonical_size=list(wh))
-            attach_memories(model, images, meta, progress=progress, part_ids=part_ids)
+            if memory_frames is not None:
+                frame_files = training_images(memory_frames)
+                pooled = line_frame_embeddings(model, frame_files, memory_canonical, meta, progress=progress)
+                extra.update(memory_line_frames=str(memory_frames), memory_line_frames_used=pooled.frames,
+                             memory_line_frames_hash=files_hash(frame_files))
+            attach_memories(model, images, meta, progress=progress, part_ids=part_ids, pooled=pooled)
         extra.update(memory_data=str(memory_data), memory_data_hash=files_hash(files))
+    elif from_folder:  # memories as they were: so is their provenance
+        kept = ModelMeta.load(source).extra
+        extra.update({k: v for k, v in kept.items() if k.startswith("memory_")})
     for name in MEMORY_NAMES:
         memory = getattr(model, name, None)
         if memory is not None:
@@ -187,7 +221,19 @@ def export_model(checkpoint: str | Path, out: str | Path, opset: int = 17,
         # checkpoints whose memory still carries the old in-graph share.
         model.memory.map_share.fill_(GRAPH_MAP_SHARE)
         extra["memory_map_share"] = GRAPH_MAP_SHARE
-    out = export_module(model, cfg, out, opset, thresholds, data_hash=state.get("training_data_hash", ""), extra=extra)
+    with tempfile.TemporaryDirectory() as keep:
+        kept_net, kept_weight = None, coarse_map_weight
+        if from_folder:
+            source_meta = ModelMeta.load(source)
+            thresholds = thresholds or (source_meta.pixel_threshold, source_meta.image_threshold)
+            if coarse_map is None and (Path(source) / COARSE_MAP_DIR).is_dir():
+                # Copied aside first: export_module clears OUT's coarse_map/, and OUT may be the source.
+                kept_net = shutil.copytree(Path(source) / COARSE_MAP_DIR, Path(keep) / COARSE_MAP_DIR)
+                kept_weight = source_meta.coarse_map_weight
+        out = export_module(model, cfg, out, opset, thresholds, data_hash=state.get("training_data_hash", ""), extra=extra)
+        if kept_net is not None:
+            shutil.copytree(kept_net, out / COARSE_MAP_DIR)
+            replace(ModelMeta.load(out), coarse_map_weight=kept_weight).save(out)
     if coarse_map is not None:
         add_coarse_map_net(out, coarse_map, coarse_map_weight)
     return out

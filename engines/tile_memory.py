@@ -26,7 +26,7 @@ TensorRT serve it with no extra code, and no pretrained weights are used.
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -187,13 +187,10 @@ def collect_embeddings(model: nn.Module, tiles_per_image: Iterable[tuple[np.ndar
     return np.concatenate(embs), np.array(ids)
 
 
-def memory_from_images(model: nn.Module, images: Sequence[np.ndarray], meta: ModelMeta,
-                       max_tiles: int = MEMORY_MAX_TILES, progress: bool = True, scale: float = 1.0,
-                       part_ids: Sequence[int] | None = None) -> TileMemory:
-    """Tile each uint8 OK image (at ``scale`` of its size) as inference does, embed every tile, fit
-    the memory. ``part_ids`` (default: one per image) says which images show the same part, such as
-    a training image and its view as a line rectifies it: the calibration then measures each tile
-    against other parts only, as a new OK part would be."""
+def image_embeddings(model: nn.Module, images: Sequence[np.ndarray], meta: ModelMeta, progress: bool = True,
+                     scale: float = 1.0, part_ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Tile each uint8 OK image (at ``scale`` of its size) as inference does and embed every tile:
+    ``(M, D)`` embeddings and the part id of each (``part_ids``, default one per image)."""
     desc = "tile memory" if scale == 1.0 else f"tile memory (x{scale:g})"
     ids = list(range(len(images))) if part_ids is None else list(part_ids)
     if len(ids) != len(images):
@@ -203,26 +200,50 @@ def memory_from_images(model: nn.Module, images: Sequence[np.ndarray], meta: Mod
         for i, img in enumerate(tqdm(images, desc=desc, unit="image", disable=not progress)):
             yield tiles_at_scale(img, meta.tile_size, MEMORY_OVERLAP, scale), ids[i]
 
-    return fit_memory(*collect_embeddings(model, tiles_per_image(), meta), max_tiles)
+    return collect_embeddings(model, tiles_per_image(), meta)
+
+
+def memory_from_images(model: nn.Module, images: Sequence[np.ndarray], meta: ModelMeta,
+                       max_tiles: int = MEMORY_MAX_TILES, progress: bool = True, scale: float = 1.0,
+                       part_ids: Sequence[int] | None = None) -> TileMemory:
+    """Fit a memory on the tiles of uint8 OK images (:func:`image_embeddings`). ``part_ids`` says
+    which images show the same part, such as a training image and its view as a line rectifies it:
+    the calibration then measures each tile against other parts only, as a new OK part would be."""
+    return fit_memory(*image_embeddings(model, images, meta, progress, scale, part_ids), max_tiles)
 
 
 def attach_memories(model: nn.Module, images: Sequence[np.ndarray], meta: ModelMeta, progress: bool = True,
-                    part_ids: Sequence[int] | None = None) -> nn.Module:
+                    part_ids: Sequence[int] | None = None, pooled: LineFrameEmbeddings | None = None) -> nn.Module:
     """Fit the fine and the coarse tile memory on uint8 OK images (``part_ids``: see
-    :func:`memory_from_images`) and attach both to ``model``."""
+    :func:`memory_from_images`) and attach both to ``model``. ``pooled``: tiles of OK line frames
+    (:func:`line_frame_embeddings`) fitted together with the images' tiles, each frame its own part."""
     device = next(model.parameters()).device
-    model.memory = memory_from_images(model, images, meta, progress=progress, part_ids=part_ids).to(device)
-    model.coarse_memory = memory_from_images(model, images, meta, COARSE_MAX_TILES, progress, COARSE_SCALE,
-                                             part_ids).to(device)
+    ids = list(range(len(images))) if part_ids is None else list(part_ids)
+    first_frame_id = max(ids, default=-1) + 1
+    for name, max_tiles, scale in (("memory", MEMORY_MAX_TILES, 1.0), ("coarse_memory", COARSE_MAX_TILES, COARSE_SCALE)):
+        embeddings, image_ids = image_embeddings(model, images, meta, progress, scale, ids)
+        if pooled is not None:
+            frame_embeddings, frame_ids = pooled.fine if scale == 1.0 else pooled.coarse
+            embeddings = np.concatenate([embeddings, frame_embeddings])
+            image_ids = np.concatenate([image_ids, frame_ids + first_frame_id])
+        setattr(model, name, fit_memory(embeddings, image_ids, max_tiles).to(device))
     return model
 
 
-def memory_from_line_frames(model: nn.Module, frames: Sequence[Path], line_config: str | Path, meta: ModelMeta,
-                            progress: bool = True) -> tuple[TileMemory, TileMemory, int]:
-    """Fit the fine and the coarse memory on camera frames of OK parts as a line sees them: each
-    frame goes through the line's preprocessing (part location, rectification, tiling at both
-    scales), so the memories hold the tiles the line will send. Frames where no part is found are
-    skipped. Returns the fine memory, the coarse memory and the number of frames used."""
+@dataclass(frozen=True)
+class LineFrameEmbeddings:
+    """Tile embeddings of OK camera frames as a line preprocesses them: ``fine`` and ``coarse`` are
+    ``(embeddings, frame index)`` pairs; ``frames`` counts the frames where a part was found."""
+    fine: tuple[np.ndarray, np.ndarray]
+    coarse: tuple[np.ndarray, np.ndarray]
+    frames: int
+
+
+def line_frame_embeddings(model: nn.Module, frames: Sequence[Path], line_config: str | Path, meta: ModelMeta,
+                          progress: bool = True) -> LineFrameEmbeddings:
+    """Put each camera frame of an OK part through the line's preprocessing (part location,
+    rectification, tiling at both scales) and embed the tiles the line will send. Frames where no
+    part is found are skipped; none at all, or no coarse tile, is an error naming the fix."""
     from pipeline.config import load_config
     from pipeline.processing import Preprocessor
     from pipeline.sources import _decode
@@ -233,8 +254,7 @@ def memory_from_line_frames(model: nn.Module, frames: Sequence[Path], line_confi
         for frame_id, path in enumerate(tqdm(frames, desc="tile memory (line)", unit="frame", disable=not progress)):
             frame, reason = _decode(Path(path))
             if frame is None:
-                raise ValueError(f"{path}: {reason}; --memory-data with --memory-line takes camera frames of "
-                                 "OK parts on the line")
+                raise ValueError(f"{path}: {reason}; the tile memories take camera frames of OK parts on the line here")
             prepared = prep(frame)
             if prepared.verdict is None:
                 # The coarse tiles follow the fine ones; an id of -1 - frame marks them apart.
@@ -251,8 +271,17 @@ def memory_from_line_frames(model: nn.Module, frames: Sequence[Path], line_confi
     if fine.all():
         raise ValueError(f"{line_config}: no frame gave a coarse tile with enough part "
                          "(preprocess.min_tile_part_fraction); the part is too small for a coarse pass")
-    return (fit_memory(embeddings[fine], ids[fine]), fit_memory(embeddings[~fine], -1 - ids[~fine], COARSE_MAX_TILES),
-            len(np.unique(ids[fine])))
+    return LineFrameEmbeddings((embeddings[fine], ids[fine]), (embeddings[~fine], -1 - ids[~fine]),
+                               len(np.unique(ids[fine])))
+
+
+def memory_from_line_frames(model: nn.Module, frames: Sequence[Path], line_config: str | Path, meta: ModelMeta,
+                            progress: bool = True) -> tuple[TileMemory, TileMemory, int]:
+    """Fit the fine and the coarse memory on camera frames of OK parts alone, as a line sees them
+    (:func:`line_frame_embeddings`). Returns the fine memory, the coarse memory and the number of
+    frames used."""
+    emb = line_frame_embeddings(model, frames, line_config, meta, progress)
+    return fit_memory(*emb.fine), fit_memory(*emb.coarse, COARSE_MAX_TILES), emb.frames
 
 
 def attach_memory_from_state(model: nn.Module, state: dict, source: str = "state") -> dict:

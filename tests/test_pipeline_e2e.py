@@ -187,6 +187,40 @@ def test_memory_fitted_on_ok_frames_as_the_line_sees_them(line, trained_model, m
     assert "warning" in err and "fitted on 4 line frames" in err and str(frames) in err
 
 
+def test_memory_frames_join_the_canonical_fit(line, trained_model, mini_data, tmp_path, capsys):
+    """export_model --memory-data OK_IMAGES --memory-canonical LINE --memory-frames FRAMES: the OK
+    frames' tiles, as the line preprocesses them, are fitted with the images' (each frame its own
+    part), and model.json says which frames; without --memory-canonical it is refused naming the fix."""
+    import torch
+
+    from engines.artifact import ModelMeta
+    from engines.data import files_hash, training_images
+    from tools import export_model as export_cli
+    from tools import simulate_line as simulate_cli
+
+    config, _ = line
+    frames = tmp_path / "ok_frames"
+    assert simulate_cli.main(["--data", str(mini_data), "--out", str(frames), "--ok", "3", "--ng", "0", "--empty", "1",
+                              "--ok-from", "train/good", "--seed", "6"]) == 0
+    ckpt = str(trained_model.parent / "last.pt")
+    base = ["--checkpoint", ckpt, "--memory-data", str(mini_data), "--memory-canonical", str(config)]
+    assert export_cli.main([*base, "--out", str(tmp_path / "canonical")]) == 0
+    assert export_cli.main([*base, "--memory-frames", str(frames), "--out", str(tmp_path / "pooled")]) == 0
+    canonical, pooled = (ModelMeta.load(tmp_path / n).extra for n in ("canonical", "pooled"))
+    assert pooled["memory_line_frames_used"] == 3  # the empty-belt frame is skipped
+    assert pooled["memory_line_frames"] == str(frames)
+    assert pooled["memory_line_frames_hash"] == files_hash(training_images(frames))
+    # mini_data's memories keep every tile (far below the caps): the frames' tiles come on top
+    assert pooled["memory_tiles"] > canonical["memory_tiles"]
+    assert pooled["coarse_memory_tiles"] > canonical["coarse_memory_tiles"]
+    banks = [torch.load(tmp_path / n / "model.pt", weights_only=True)["memory.bank"] for n in ("canonical", "pooled")]
+    assert banks[1].shape[0] == pooled["memory_tiles"] and not torch.equal(banks[0], banks[1][:banks[0].shape[0]])
+    capsys.readouterr()
+    assert export_cli.main(["--checkpoint", ckpt, "--memory-data", str(mini_data), "--memory-frames", str(frames),
+                            "--out", str(tmp_path / "x")]) == 2
+    assert "--memory-canonical LINE.yaml" in capsys.readouterr().err
+
+
 def test_memory_line_errors_are_clear(line, trained_model, tmp_path, capsys):
     from tools import export_model as export_cli
 

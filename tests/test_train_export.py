@@ -130,6 +130,46 @@ def test_coarse_map_network_is_a_model_folder_the_backends_open_beside_the_model
     assert onnx_operators(coarse_map_model / "coarse_map" / "model.onnx") <= TENSORRT_NATIVE_OPS
 
 
+def test_from_model_refits_memories_and_keeps_the_rest(tmp_path, trained_model, coarse_map_model, mini_data, capsys):
+    """export_model --from-model MODEL --memory-data OK_IMAGES: the folder's network re-exported with
+    memories fitted again (train fitted them on the same images, so they come out the same), its
+    thresholds, coarse-map network and weight kept, also in place; the thresholds are said to need
+    setting again. --checkpoint with --from-model is refused."""
+    import torch
+
+    from engines.artifact import ModelMeta
+    from engines.export import copy_model
+    from tools import export_model as export_cli
+
+    src = copy_model(coarse_map_model, tmp_path / "src")
+    meta = ModelMeta.load(src)
+    meta.pixel_threshold, meta.image_threshold, meta.coarse_map_weight = 0.123, 0.456, 0.3
+    meta.save(src)
+    out = tmp_path / "out"
+    assert export_cli.main(["--from-model", str(src), "--memory-data", str(mini_data), "--out", str(out)]) == 0
+    assert "evaluate --set-thresholds" in capsys.readouterr().err
+    new = ModelMeta.load(out)
+    assert (new.pixel_threshold, new.image_threshold, new.coarse_map_weight) == (0.123, 0.456, 0.3)
+    assert new.training_command == meta.training_command and new.extra["train_steps"] == meta.extra["train_steps"]
+    assert new.extra["memory_data"] == str(mini_data)
+    x = np.random.default_rng(3).normal(0, 1, (4, 1, 128, 128)).astype(np.float32)
+    got, want = load_backend("onnxruntime", out), load_backend("onnxruntime", coarse_map_model)
+    for a, b in zip(got.infer(x), want.infer(x)):  # the same up to float rounding (threads, fp16 banks)
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    np.testing.assert_allclose(got.coarse_map.infer(x)[0], want.coarse_map.infer(x)[0], atol=1e-6)
+    # In place: the coarse-map network is kept although the export clears OUT's coarse_map/ first.
+    assert export_cli.main(["--from-model", str(src), "--memory-data", str(mini_data), "--out", str(src)]) == 0
+    assert ModelMeta.load(src).coarse_map_weight == 0.3
+    np.testing.assert_allclose(load_backend("onnxruntime", src).coarse_map.infer(x)[0], want.coarse_map.infer(x)[0],
+                               atol=1e-6)
+    assert torch.equal(torch.load(src / "model.pt", weights_only=True)["memory.bank"],
+                       torch.load(out / "model.pt", weights_only=True)["memory.bank"])
+    capsys.readouterr()
+    assert export_cli.main(["--from-model", str(src), "--checkpoint", str(trained_model.parent / "last.pt"),
+                            "--memory-data", str(mini_data), "--out", str(tmp_path / "y")]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
 def test_from_model_adds_a_coarse_map_to_a_copy(tmp_path, trained_model, coarse_map_model, capsys):
     """export_model --from-model MODEL --coarse-map RUN/last.pt: a copy of the folder (thresholds,
     memories, provenance as they were) with the coarse-map network added; a run at the wrong scale,

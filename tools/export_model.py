@@ -12,7 +12,9 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="export_model", description=__doc__)
     p.add_argument("--checkpoint", help="OUT/last.pt written by train")
     p.add_argument("--from-model", metavar="MODEL",
-                   help="with --coarse-map: add the coarse-map network to a copy of this model folder (OUT), e.g. the shipped one")
+                   help="a model folder (e.g. the shipped one) instead of --checkpoint: with --coarse-map, add that "
+                        "network to a copy of it (OUT); with --memory-data, refit its memories into OUT (thresholds, "
+                        "coarse-map network and provenance kept)")
     p.add_argument("--untrained", action="store_true", help="random weights, for speed benchmarks only")
     p.add_argument("--arch", default="tiny_unet", choices=["tiny_unet", "ae_ssim"], help="with --untrained")
     p.add_argument("--width", type=int, default=32, choices=[8, 16, 32], help="with --untrained")
@@ -27,6 +29,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-canonical", metavar="LINE.yaml",
                    help="with --memory-data: OK part images (such as train/good); fit the memories on each image "
                         "as it is and as this line will rectify it (turned and warped to its canonical part size)")
+    p.add_argument("--memory-frames", metavar="DIR",
+                   help="with --memory-canonical: camera frames of OK parts on that line (hundreds; empty-belt "
+                        "frames are skipped); their tiles, as the line preprocesses them, join the memories")
     p.add_argument("--coarse-map", metavar="RUN/last.pt",
                    help="export the network of this run (train --image-scale 0.5 --width 8) as the model's coarse-map "
                         "network, OUT/coarse_map/: the backends run it on the coarse pass's tiles, and its map is added "
@@ -47,10 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         weight = COARSE_NET_MAP_WEIGHT if args.coarse_map_weight is None else args.coarse_map_weight
         if args.untrained:
             out = export_untrained(args.arch, args.width, args.channels, args.out)
+        elif args.from_model and args.checkpoint:
+            raise ValueError("give --from-model MODEL or --checkpoint RUN/last.pt, not both")
+        elif args.from_model and args.memory_data:
+            model_paths(args.from_model)  # a model folder, or an error naming what is missing
+            out = export_model(args.from_model, args.out, args.opset, memory_data=args.memory_data,
+                               memory_line=args.memory_line, memory_canonical=args.memory_canonical,
+                               coarse_map=args.coarse_map, coarse_map_weight=weight, memory_frames=args.memory_frames)
         elif args.from_model:
-            if not args.coarse_map or args.checkpoint or args.memory_data:
-                raise ValueError("--from-model adds --coarse-map RUN/last.pt to a copy of a model folder; it takes "
-                                 "neither --checkpoint nor --memory-data")
+            if not args.coarse_map:
+                raise ValueError("--from-model MODEL: nothing to do; give --coarse-map RUN/last.pt to add a coarse-map "
+                                 "network, or --memory-data OK_IMAGES to refit its memories")
             out = args.out
             model_paths(args.from_model)  # a model folder, or an error naming what is missing
             if Path(args.from_model).resolve() != Path(out).resolve():
@@ -59,13 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.checkpoint:
             out = export_model(args.checkpoint, args.out, args.opset, memory_data=args.memory_data,
                                memory_line=args.memory_line, memory_canonical=args.memory_canonical,
-                               coarse_map=args.coarse_map, coarse_map_weight=weight)
+                               coarse_map=args.coarse_map, coarse_map_weight=weight, memory_frames=args.memory_frames)
         else:
-            raise ValueError("give --checkpoint OUT/last.pt, --from-model MODEL with --coarse-map, or --untrained for "
+            raise ValueError("give --checkpoint OUT/last.pt, --from-model MODEL with --coarse-map or --memory-data, or --untrained for "
                              "a speed-only model")
         meta = ModelMeta.load(out)
         print(f"wrote {out}: onnx vs torch max abs diff {meta.extra['onnx_vs_torch_max_abs_diff']:.2e}")
-        if args.from_model:
+        if args.from_model and args.memory_data:
+            print(f"export_model: {out}'s thresholds are {args.from_model}'s, set for its old memories: "
+                  "`evaluate --set-thresholds` on labelled images, then `calibrate_line`, set them again", file=sys.stderr)
+        elif args.from_model:
             print(f"export_model: the map now adds {meta.coarse_map_weight} x the coarse-map network's map; its pixel "
                   "threshold was set for the map without it: `evaluate --set-thresholds` on labelled images sets it again",
                   file=sys.stderr)
