@@ -16,8 +16,11 @@ or copies resized by 0.5), e.g. the shipped weights fine-tuned at that scale
 is the control: the same network on images at a scale it was not trained at. ``--bare`` leaves out
 the coarse model's own tile-novelty shares, so its map is the network's alone, as a coarse-map
 network is built into a model (``export_model --coarse-map``); the shipped model's own
-``coarse_map/`` folder, which has no memories, gives the same without it. About 2 minutes on
-2 CPU cores.
+``coarse_map/`` folder, which has no memories, gives the same without it. Several ``--coarse``
+folders: their maps are averaged (an ensemble). ``--scale`` runs them on another image scale (such
+as 0.25, for a network trained with ``train --image-scale 0.25``), and ``--keep-fine-coarse-map``
+leaves ``--fine``'s own coarse-map network in the fine map, to test a further map on top of the
+shipped one. About 2 minutes per coarse model on 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -40,7 +43,11 @@ from pipeline.vision.tiling import downscale  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fine", required=True, help="model folder for the full-scale map")
-    ap.add_argument("--coarse", required=True, help="model folder run on the half-scale images")
+    ap.add_argument("--coarse", required=True, nargs="+",
+                    help="model folder run on the downscaled images; several: their maps are averaged")
+    ap.add_argument("--scale", type=float, default=0.5, help="the coarse models' image scale (0.5: half size)")
+    ap.add_argument("--keep-fine-coarse-map", action="store_true",
+                    help="leave --fine's own coarse-map network in its map (to test a further map on top of it)")
     ap.add_argument("--data", required=True)
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--bare", action="store_true", help="the coarse model's network map alone, without its novelty shares")
@@ -49,17 +56,20 @@ def main() -> None:
                     help="also print the even- and odd-numbered halves of the split (a gain that holds on both)")
     args = ap.parse_args()
     fine_det = Detector(load_backend("onnxruntime", args.fine), overlap=args.overlap)
-    fine_det.meta = replace(fine_det.meta, coarse_map_weight=0.0)
-    coarse_det = Detector(load_backend("onnxruntime", args.coarse), overlap=args.overlap)
+    if not args.keep_fine_coarse_map:
+        fine_det.meta = replace(fine_det.meta, coarse_map_weight=0.0)
+    coarse_dets = [Detector(load_backend("onnxruntime", c), overlap=args.overlap) for c in args.coarse]
     if args.bare:
-        coarse_det.meta = replace(coarse_det.meta, fine_map_share=0.0, coarse_map_share=0.0)
+        for d in coarse_dets:
+            d.meta = replace(d.meta, fine_map_share=0.0, coarse_map_share=0.0)
     masks, fine, coarse, types = [], [], [], []
     for s in mvtec_test_set(args.data):
         img = read_image(s.image_path, fine_det.meta.in_channels)
         h, w = img.shape[:2]
         masks.append(read_mask(s.mask_path, (h, w)) if s.mask_path else np.zeros((h, w), bool))
         fine.append(fine_det.predict(img).anomaly_map.astype(np.float32))
-        small = coarse_det.predict(downscale(img, 0.5)).anomaly_map.astype(np.float32)
+        small = downscale(img, args.scale)
+        small = np.mean([d.predict(small).anomaly_map.astype(np.float32) for d in coarse_dets], axis=0)
         coarse.append(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR))
         types.append(s.defect_type)
     blends = {"fine": fine, "coarse": coarse,
