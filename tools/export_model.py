@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         meta = ModelMeta.load(out)
         print(f"wrote {out}: onnx vs torch max abs diff {meta.extra['onnx_vs_torch_max_abs_diff']:.2e}")
         if args.from_model and args.memory_data:
-            print(f"export_model: {out}'s thresholds are {args.from_model}'s, set for its old memories: "
-                  "`evaluate --set-thresholds` on labelled images, then `calibrate_line`, set them again", file=sys.stderr)
+            print(f"export_model: the thresholds in {out} are those of {args.from_model} before the refit, set for its "
+                  "old memories: `evaluate --set-thresholds` on labelled images, then `calibrate_line`, set them again",
+                  file=sys.stderr)
         elif args.from_model:
             print(f"export_model: the map now adds {meta.coarse_map_weight} x the coarse-map network's map; its pixel "
                   "threshold was set for the map without it: `evaluate --set-thresholds` on labelled images sets it again",
