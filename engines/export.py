@@ -172,6 +172,7 @@ def export_model(source: str | Path, out: str | Path, opset: int = 17,
     (:func:`add_coarse_map_net`)."""
     from_folder = Path(source).is_dir()
     model, state = load_model_folder(source) if from_folder else load_checkpoint(source)
+    source_meta = ModelMeta.load(source) if from_folder else None
     extra = {"train_steps": int(state["step"])}
     cfg = state["config"]
     if memory_line is not None and memory_data is None:
@@ -208,9 +209,8 @@ def export_model(source: str | Path, out: str | Path, opset: int = 17,
                              memory_line_frames_hash=files_hash(frame_files))
             attach_memories(model, images, meta, progress=progress, part_ids=part_ids, pooled=pooled)
         extra.update(memory_data=str(memory_data), memory_data_hash=files_hash(files))
-    elif from_folder:  # memories as they were: so is their provenance
-        kept = ModelMeta.load(source).extra
-        extra.update({k: v for k, v in kept.items() if k.startswith("memory_")})
+    elif source_meta is not None:  # memories as they were: so is their provenance
+        extra.update({k: v for k, v in source_meta.extra.items() if k.startswith("memory_")})
     for name in MEMORY_NAMES:
         memory = getattr(model, name, None)
         if memory is not None:
@@ -223,8 +223,7 @@ def export_model(source: str | Path, out: str | Path, opset: int = 17,
         extra["memory_map_share"] = GRAPH_MAP_SHARE
     with tempfile.TemporaryDirectory() as keep:
         kept_net, kept_weight = None, coarse_map_weight
-        if from_folder:
-            source_meta = ModelMeta.load(source)
+        if source_meta is not None:
             thresholds = thresholds or (source_meta.pixel_threshold, source_meta.image_threshold)
             if coarse_map is None and (Path(source) / COARSE_MAP_DIR).is_dir():
                 # Copied aside first: export_module clears OUT's coarse_map/, and OUT may be the source.

@@ -254,7 +254,8 @@ def line_frame_embeddings(model: nn.Module, frames: Sequence[Path], line_config:
         for frame_id, path in enumerate(tqdm(frames, desc="tile memory (line)", unit="frame", disable=not progress)):
             frame, reason = _decode(Path(path))
             if frame is None:
-                raise ValueError(f"{path}: {reason}; the tile memories take camera frames of OK parts on the line here")
+                raise ValueError(f"{path}: {reason}; --memory-line and --memory-frames take camera frames of OK parts "
+                                 "on the line")
             prepared = prep(frame)
             if prepared.verdict is None:
                 # The coarse tiles follow the fine ones; an id of -1 - frame marks them apart.
