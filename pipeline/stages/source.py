@@ -1,19 +1,49 @@
 """Source stage: reads frames, registers each with the stitch stage, sends it to preprocessing.
 
 File, dir and replay sources block on back pressure and never drop. Live sources keep a small
-queue and drop the oldest frame when it is full; each drop becomes a ``DROPPED`` record.
+queue and drop the oldest frame when it is full; each drop becomes a ``DROPPED`` record. A live
+source is read on a thread of its own, so that queued frames go out as soon as preprocessing takes
+them, not only when the camera delivers its next frame.
 """
 from __future__ import annotations
 
 import collections
+import queue as queue_mod
 import sys
+import threading
 import time
+from collections.abc import Iterator
 
 import zmq
 
-from pipeline.sources import open_source
-from pipeline.stages._common import Stage, run_stage, stage_parser
+from pipeline.sources import Source, SourceItem, open_source
+from pipeline.stages._common import POLL_MS, Stage, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, send
+
+
+# While live frames wait in the stage's queue, it retries sending this often between source frames.
+LIVE_RETRY_S = 0.002
+_END = object()
+
+
+class _Reader(threading.Thread):
+    """Reads a live source ahead on its own thread (a camera read or a paced replay blocks until the
+    next frame is due); the stage thread takes the items from ``items`` and keeps every socket."""
+
+    def __init__(self, source: Source) -> None:
+        super().__init__(name="source-reader", daemon=True)
+        self.source, self.items, self.stop = source, queue_mod.SimpleQueue(), threading.Event()
+
+    def run(self) -> None:
+        try:
+            for item in self.source:
+                if self.stop.is_set():
+                    break
+                self.items.put(item)
+        except BaseException as exc:  # handed to the stage thread, which raises it as its own
+            self.items.put(exc)
+        finally:
+            self.items.put(_END)
 
 
 def run(stage: Stage, uri: str) -> int:
@@ -43,8 +73,32 @@ def run(stage: Stage, uri: str) -> int:
                 return
             queue.popleft()
 
+    def items() -> Iterator[SourceItem]:
+        """The source's items; for a live source read ahead on a thread, with queued frames sent
+        while the next one is awaited."""
+        if not source.live:
+            yield from source
+            return
+        reader = _Reader(source)
+        reader.start()
+        try:
+            while not stage.stopping:
+                try:
+                    item = reader.items.get(timeout=LIVE_RETRY_S if queue else POLL_MS / 1000)
+                except queue_mod.Empty:
+                    drain(block=False)
+                    continue
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            reader.stop.set()
+            reader.join(timeout=2.0)
+
     try:
-        for item in source:
+        for item in items():
             if stage.stopping:
                 break
             capture_ns = time.monotonic_ns()
