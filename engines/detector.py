@@ -21,10 +21,11 @@ class Prediction:
 
 
 def image_score(anomaly_map: np.ndarray, tile_scores: np.ndarray, map_weight: float = 0.5,
-                coarse_scores: np.ndarray | None = None) -> float:
-    """``map_weight`` x peak of the smoothed map + the rest x the strongest tile score. With coarse
-    tile scores, the tile part is the mean of the strongest fine and the strongest coarse score."""
-    tiles = float(tile_scores.max()) if tile_scores.size else 0.0
+                coarse_scores: np.ndarray | None = None, fine_top_k: int = 1) -> float:
+    """``map_weight`` x peak of the smoothed map + the rest x the tile score: the mean of the
+    ``fine_top_k`` strongest tile scores (``ModelMeta.fine_top_k``). With coarse tile scores, the
+    tile part is the mean of that and the strongest coarse score."""
+    tiles = float(np.sort(tile_scores.ravel())[-fine_top_k:].mean()) if tile_scores.size else 0.0
     if coarse_scores is not None and coarse_scores.size:
         tiles = 0.5 * (tiles + float(coarse_scores.max()))
     if map_weight <= 0.0:
@@ -100,7 +101,8 @@ class Detector:
         anomaly_map = self.meta.novelty_share().add(stitch(maps[:n_fine], grid), grid, fine,
                                                     coarse_grid=coarse_grid, coarse_scores=coarse)
         anomaly_map = add_coarse_map(anomaly_map, maps[n_fine:], coarse_grid, self.meta.coarse_map_weight)
-        return Prediction(anomaly_map, image_score(anomaly_map, fine, self.meta.map_score_weight, coarse), fine, coarse)
+        return Prediction(anomaly_map, image_score(anomaly_map, fine, self.meta.map_score_weight, coarse,
+                                                               self.meta.fine_top_k), fine, coarse)
 
 
 def split_scores(scores: np.ndarray, n_fine: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -230,9 +230,12 @@ def export_model(source: str | Path, out: str | Path, opset: int = 17,
                 kept_net = shutil.copytree(Path(source) / COARSE_MAP_DIR, Path(keep) / COARSE_MAP_DIR)
                 kept_weight = source_meta.coarse_map_weight
         out = export_module(model, cfg, out, opset, thresholds, data_hash=state.get("training_data_hash", ""), extra=extra)
-        if kept_net is not None:
-            shutil.copytree(kept_net, out / COARSE_MAP_DIR)
-            replace(ModelMeta.load(out), coarse_map_weight=kept_weight).save(out)
+        if source_meta is not None:  # the folder's own image-score rule and coarse-map network stay
+            meta_out = replace(ModelMeta.load(out), fine_top_k=source_meta.fine_top_k)
+            if kept_net is not None:
+                shutil.copytree(kept_net, out / COARSE_MAP_DIR)
+                meta_out = replace(meta_out, coarse_map_weight=kept_weight)
+            meta_out.save(out)
     if coarse_map is not None:
         add_coarse_map_net(out, coarse_map, coarse_map_weight)
     return out

@@ -119,13 +119,15 @@ class Verdict:
 def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarray, grid: TileGrid,
            part_mask: np.ndarray, H: np.ndarray, cfg: DecisionConfig, pixel_threshold: float,
            image_threshold: float, map_score_weight: float = 0.5, coarse_grid: TileGrid | None = None,
-           novelty: NoveltyShare = NoveltyShare(), coarse_map_weight: float = 0.0) -> Verdict:
+           novelty: NoveltyShare = NoveltyShare(), coarse_map_weight: float = 0.0, fine_top_k: int = 1) -> Verdict:
     """Stitch kept tiles (skipped tiles count as 0), mask non-part pixels, score, find defects.
     Tiles of a coarse pass (``tile_index >= len(grid)``, after the fine ones) add their scores.
     ``novelty`` (``ModelMeta.novelty_share()``) says what share of the fine and coarse tile scores
     (the coarse ones on ``coarse_grid``) is spread over the map, and how; ``coarse_map_weight``
     (``ModelMeta.coarse_map_weight``), what share of the coarse tiles' maps is added (those of the
-    coarse-map network, when the model has one: ``engines.backends.base.map_coarse_tiles``)."""
+    coarse-map network, when the model has one: ``engines.backends.base.map_coarse_tiles``);
+    ``fine_top_k`` (``ModelMeta.fine_top_k``), how many of the strongest fine tile scores the image
+    score averages."""
     t = grid.tile
     n_fine = int((tile_index < len(grid)).sum())
     fine_scores, coarse_scores = split_scores(tile_scores, n_fine)
@@ -139,7 +141,7 @@ def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarra
         k = 2 * cfg.part_erode_px + 1
         inspect = cv2.erode(inspect.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
     anomaly = anomaly * inspect
-    score = image_score(anomaly, fine_scores, map_score_weight, coarse_scores)
+    score = image_score(anomaly, fine_scores, map_score_weight, coarse_scores, fine_top_k)
     if score < image_threshold:
         return Verdict("OK", score, [], anomaly)
     return Verdict("NG", score, find_defects(anomaly, inspect, H, pixel_threshold, cfg.min_defect_area,

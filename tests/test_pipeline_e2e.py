@@ -96,10 +96,10 @@ def _realtime_config(config, tmp_path, camera_queue=4):
     return cfg
 
 
-def _retimed(seq, out, period_ns):
-    """The same recorded frames with capture times ``period_ns`` apart."""
+def _retimed(seq, out, period_ns, repeat=1):
+    """The same recorded frames (``repeat`` times over) with capture times ``period_ns`` apart."""
     out.mkdir()
-    entries = [json.loads(x) for x in (seq / "sequence.jsonl").read_text().splitlines()]
+    entries = [json.loads(x) for x in (seq / "sequence.jsonl").read_text().splitlines()] * repeat
     for e in entries:
         (out / e["file"]).write_bytes((seq / e["file"]).read_bytes())
     (out / "sequence.jsonl").write_text("".join(json.dumps({**e, "capture_ns": i * period_ns}) + "\n"
@@ -109,13 +109,15 @@ def _retimed(seq, out, period_ns):
 
 def test_live_source_drops_oldest_under_overload_and_records_it(line, tmp_path):
     config, seq = line
-    fast = _retimed(seq, tmp_path / "fast", period_ns=1_000_000)  # a 1000 fps "camera": far beyond the model
+    # A 1000 fps "camera", far beyond the model; 30 frames, so that the backlog outlasts the buffers
+    # downstream however quickly the source thread hands frames on.
+    fast = _retimed(seq, tmp_path / "fast", period_ns=1_000_000, repeat=3)
     results = tmp_path / "r.jsonl"
     proc = _run(["--config", str(_realtime_config(config, tmp_path, camera_queue=1)), "--source", f"replay:{fast}",
                  "--results", str(results), "--quiet"])
     assert proc.returncode == 0, proc.stderr
     records = _records(results)
-    assert [r["frame_id"] for r in records] == list(range(10))  # dropped frames still get their record
+    assert [r["frame_id"] for r in records] == list(range(30))  # dropped frames still get their record
     dropped = [r for r in records if r["verdict"] == "DROPPED"]
     assert dropped and all("dropped" in r["reason"] for r in dropped)
     assert any(r["verdict"] in ("OK", "NG") for r in records)
@@ -258,12 +260,16 @@ def test_line_maps_coarse_tiles_with_the_coarse_map_network(line, trained_model,
     whose score is the map's peak, and the line's peaks are those of decide() in process on the
     coarse-map network's maps, not on the model's own maps of those tiles. The coarse-map
     network's output bias is raised so that its map (near 0.5 from a barely trained network, as the
-    model's own is) reads near 1 and the two cannot be confused."""
+    model's own is) reads near 1 and the two cannot be confused. The folder's ``fine_top_k`` is set
+    to 2, and the line's part scores must be decide()'s with it, not with the strongest tile alone."""
+    from dataclasses import replace
+
     import yaml
 
     from engines.artifact import ModelMeta
     from engines.backends import load_backend
     from engines.backends.base import map_coarse_tiles
+    from engines.detector import image_score, split_scores
     from pipeline.processing import Preprocessor, decide
     from pipeline.sources import DirSource
 
@@ -275,7 +281,8 @@ def test_line_maps_coarse_tiles_with_the_coarse_map_network(line, trained_model,
     run["model"]["out_conv.bias"].fill_(4.0)
     torch.save(run, tmp_path / "bright.pt")
     model = export_model(trained_model.parent / "last.pt", tmp_path / "model", coarse_map=tmp_path / "bright.pt")
-    meta = ModelMeta.load(model)
+    meta = replace(ModelMeta.load(model), fine_top_k=2)  # the stitch stage must read it too
+    meta.save(model)
     raw = yaml.safe_load(config.read_text())
     raw["inference"]["model"] = str(model)
     raw["decision"]["pixel_threshold"] = raw["decision"]["image_threshold"] = 0.0
@@ -285,17 +292,24 @@ def test_line_maps_coarse_tiles_with_the_coarse_map_network(line, trained_model,
     results = tmp_path / "results.jsonl"
     assert _run(["--config", str(cm_config), "--source", f"dir:{calib}", "--results", str(results), "--quiet"]).returncode == 0
     line_peaks = [max(d["score"] for d in r["defects"]) for r in _records(results)]
+    line_scores = [r["score"] for r in _records(results)]
 
     cfg = load_config(cm_config)
     prep, engine = Preprocessor.for_model(cfg.preprocess, meta), load_backend("onnxruntime", model)
-    right, wrong = [], []
+    right, wrong, scores_k, scores_1 = [], [], [], []
     for item in DirSource(calib):
         p = prep(item.frame)
         maps, scores = engine.infer(meta.normalise(p.tiles))
         for out, m in ((right, map_coarse_tiles(engine, p.tiles, maps, p.tile_index >= len(p.grid))), (wrong, maps)):
             v = decide(m, scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision, 0.0, 0.0,
-                       meta.map_score_weight, p.coarse_grid, meta.novelty_share(), meta.coarse_map_weight)
+                       meta.map_score_weight, p.coarse_grid, meta.novelty_share(), meta.coarse_map_weight,
+                       meta.fine_top_k)
             out.append(max(d["score"] for d in v.defects))
+        fine, coarse = split_scores(scores, int((p.tile_index < len(p.grid)).sum()))
+        scores_k.append(v.score)
+        scores_1.append(image_score(v.anomaly_map, fine, meta.map_score_weight, coarse))  # fine_top_k 1
+    assert np.allclose(line_scores, scores_k, atol=1e-4)  # the mean of the two strongest full-scale tiles
+    assert np.abs(np.array(scores_1) - np.array(scores_k)).max() > 1e-3  # which the strongest alone is not
     assert len(line_peaks) == len(right) == 5
     assert np.allclose(line_peaks, right, atol=5e-3)  # the maps travel as fp16
     assert np.abs(np.array(wrong) - np.array(right)).min() > 2e-2  # the test tells the two maps apart

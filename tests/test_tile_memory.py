@@ -268,6 +268,14 @@ def test_model_json_without_the_spread_fields_reads_as_before(trained_model, tmp
     (old / "model.json").write_text(json.dumps(raw))
     with pytest.raises(ArtifactError, match="novelty_spread is 'median'; use one of"):
         ModelMeta.load(old)
+    raw["novelty_spread"] = "min"
+    (old / "model.json").write_text(json.dumps(raw))
+    assert ModelMeta.load(old).fine_top_k == 1  # folders from before the field read the strongest tile
+    for bad in (0, 1.5, True):
+        raw["fine_top_k"] = bad
+        (old / "model.json").write_text(json.dumps(raw))
+        with pytest.raises(ArtifactError, match="fine_top_k is .*; use a whole number of at least 1"):
+            ModelMeta.load(old)
 
 
 def test_memory_banks_are_stored_in_fp16_without_changing_a_single_output(trained_model, tmp_path):

@@ -256,3 +256,14 @@ def test_min_spread_marks_only_pixels_that_every_covering_tile_finds_novel():
     assert np.allclose(part[:, 96:], 0.9) and part[:, :96].max() == 0.0
     with pytest.raises(ValueError, match="spread must be one of"):
         spread_scores(scores, np.arange(4), grid, (64, 160), "max")
+
+
+def test_image_score_averages_the_strongest_full_scale_tiles():
+    """fine_top_k: the fine part of the image score is the mean of the k strongest full-scale tile
+    scores (all of them when there are fewer), averaged with the strongest coarse one."""
+    from engines.detector import image_score
+
+    fine, coarse, blank = np.array([0.2, 0.9, 0.5], np.float32), np.array([0.4, 0.6], np.float32), np.zeros((4, 4))
+    assert image_score(blank, fine, 0.0, coarse) == pytest.approx(0.5 * (0.9 + 0.6))
+    assert image_score(blank, fine, 0.0, coarse, fine_top_k=2) == pytest.approx(0.5 * (0.7 + 0.6))
+    assert image_score(blank, fine, 0.0, None, fine_top_k=5) == pytest.approx(1.6 / 3)

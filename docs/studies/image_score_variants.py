@@ -33,6 +33,7 @@ from engines.detector import Detector, image_score, split_scores  # noqa: E402
 from pipeline.benchmark import false_alarm_bar, score_ranking  # noqa: E402
 
 Combine = Callable[[np.ndarray, np.ndarray], float]
+DETECTOR = "detector (the model's own score)"
 
 
 def top_mean(scores: np.ndarray, k: int) -> float:
@@ -81,7 +82,10 @@ def line_tile_scores(model: Path, config: Path, seq: Path) -> list[tuple[str, st
 
 
 def line_report(model: Path, config: Path, seqs: list[Path]) -> None:
-    variants = {"detector (mean of max fine, max coarse)": lambda f, c: image_score(np.zeros((1, 1)), f, 0.0, c),
+    from engines.artifact import ModelMeta
+
+    top_k = ModelMeta.load(model).fine_top_k
+    variants = {DETECTOR: lambda f, c: image_score(np.zeros((1, 1)), f, 0.0, c, top_k),
                 **VARIANTS}
     per_seq = {seq: line_tile_scores(model, config, seq) for seq in seqs}
     print(f"\nsimulated line ({config}): line AUROC / NG recall at <= 5 % false alarms")
@@ -96,7 +100,7 @@ def line_report(model: Path, config: Path, seqs: list[Path]) -> None:
         print(f"{name:<40}" + "".join(f"{c:>16}" for c in cells) + f"{np.mean(recalls):>13.3f}")
     missed, total = {}, {}
     for parts in per_seq.values():
-        score = [None if f is None else variants["detector (mean of max fine, max coarse)"](f, c) for _, _, f, c in parts]
+        score = [None if f is None else variants[DETECTOR](f, c) for _, _, f, c in parts]
         bar = false_alarm_bar([s for (v, *_), s in zip(parts, score) if v == "OK"])
         for (v, kind, *_), s in zip(parts, score):
             if v == "NG":
@@ -122,7 +126,7 @@ def main() -> int:
             print(f"{model}: no coarse memory (model.json coarse_scale is 0); nothing to compare")
             continue
         preds = [detector.predict(read_image(s.image_path, detector.meta.in_channels)) for s in samples]
-        rows = {"detector (mean of max fine, max coarse)": np.array([p.score for p in preds])}
+        rows = {DETECTOR: np.array([p.score for p in preds])}
         rows.update({name: np.array([combine(p.tile_scores, p.coarse_scores) for p in preds])
                      for name, combine in VARIANTS.items()})
         print(f"\n{model}  ({len(samples)} images, {labels.sum()} defective)")
