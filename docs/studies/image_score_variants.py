@@ -42,6 +42,7 @@ def top_mean(scores: np.ndarray, k: int) -> float:
 
 # Alternatives to the shipped score (the detector's own, reported first).
 VARIANTS: dict[str, Combine] = {
+    "mean of max fine, max coarse (k = 1)": lambda f, c: 0.5 * (f.max() + c.max()),
     "max fine": lambda f, c: float(f.max()),
     "max coarse": lambda f, c: float(c.max()),
     "max of both": lambda f, c: float(max(f.max(), c.max())),
