@@ -54,8 +54,9 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
 
 def load_model_folder(folder: str | Path) -> tuple[torch.nn.Module, dict]:
     """The network (with its memories) of an exported model folder, and a checkpoint-like state
-    (``config``, ``step``, ``training_data_hash``) from its sidecar, so that :func:`export_model`
-    can re-export it, e.g. with memories refitted, when its training checkpoint is gone."""
+    (``config``, ``step``, ``training_data_hash``, and the sidecar itself as ``meta``), so that
+    :func:`export_model` can re-export it, e.g. with memories refitted, when its training checkpoint
+    is gone."""
     _, meta = model_paths(folder)
     weights = Path(folder) / WEIGHTS_NAME
     if not weights.is_file():
@@ -64,7 +65,7 @@ def load_model_folder(folder: str | Path) -> tuple[torch.nn.Module, dict]:
                          torch.load(weights, map_location="cpu", weights_only=True), str(weights))
     cfg = {"arch": meta.arch, "width": meta.width, "channels": meta.in_channels, "command": meta.training_command}
     return model.eval(), {"config": cfg, "step": meta.extra.get("train_steps", 0),
-                          "training_data_hash": meta.training_data_hash}
+                          "training_data_hash": meta.training_data_hash, "meta": meta}
 
 
 def export_onnx(module: torch.nn.Module, in_channels: int, out_path: Path, opset: int = 17, tile: int = 128) -> Path:
@@ -170,9 +171,8 @@ def export_model(source: str | Path, out: str | Path, opset: int = 17,
     whose tiles, as the line preprocesses them, are pooled with the images' (README, "Train on your
     own OK images"). ``coarse_map``: a run's checkpoint to add as the coarse-map network
     (:func:`add_coarse_map_net`)."""
-    from_folder = Path(source).is_dir()
-    model, state = load_model_folder(source) if from_folder else load_checkpoint(source)
-    source_meta = ModelMeta.load(source) if from_folder else None
+    model, state = load_model_folder(source) if Path(source).is_dir() else load_checkpoint(source)
+    source_meta: ModelMeta | None = state.get("meta")  # a model folder's sidecar; None for a checkpoint
     extra = {"train_steps": int(state["step"])}
     cfg = state["config"]
     if memory_line is not None and memory_data is None:
@@ -222,19 +222,18 @@ def export_model(source: str | Path, out: str | Path, opset: int = 17,
         model.memory.map_share.fill_(GRAPH_MAP_SHARE)
         extra["memory_map_share"] = GRAPH_MAP_SHARE
     with tempfile.TemporaryDirectory() as keep:
-        kept_net, kept_weight = None, coarse_map_weight
+        kept_net = None
         if source_meta is not None:
             thresholds = thresholds or (source_meta.pixel_threshold, source_meta.image_threshold)
             if coarse_map is None and (Path(source) / COARSE_MAP_DIR).is_dir():
                 # Copied aside first: export_module clears OUT's coarse_map/, and OUT may be the source.
                 kept_net = shutil.copytree(Path(source) / COARSE_MAP_DIR, Path(keep) / COARSE_MAP_DIR)
-                kept_weight = source_meta.coarse_map_weight
         out = export_module(model, cfg, out, opset, thresholds, data_hash=state.get("training_data_hash", ""), extra=extra)
         if source_meta is not None:  # the folder's own image-score rule and coarse-map network stay
             meta_out = replace(ModelMeta.load(out), fine_top_k=source_meta.fine_top_k)
             if kept_net is not None:
                 shutil.copytree(kept_net, out / COARSE_MAP_DIR)
-                meta_out = replace(meta_out, coarse_map_weight=kept_weight)
+                meta_out = replace(meta_out, coarse_map_weight=source_meta.coarse_map_weight)
             meta_out.save(out)
     if coarse_map is not None:
         add_coarse_map_net(out, coarse_map, coarse_map_weight)
