@@ -62,6 +62,10 @@ class ModelMeta:
     fine_map_share: float = 0.0
     # How both shares are spread over the map: "mean" or "min" (``pipeline.vision.tiling.SPREADS``).
     novelty_spread: str = "mean"
+    # Share of the lower of the two spread novelty maps (full-scale and coarse tiles) added to the
+    # map: a pixel gains it only where the part is novel at both scales. The full-scale tiles
+    # localise, the coarse ones confirm. 0 for models exported before this field existed.
+    both_scales_map_share: float = 0.0
     training_data_hash: str = ""
     training_command: str = ""
     precision: str = "fp32"
@@ -96,13 +100,17 @@ class ModelMeta:
         if isinstance(meta.fine_top_k, bool) or not isinstance(meta.fine_top_k, int) or meta.fine_top_k < 1:
             raise ArtifactError(f"{path}: fine_top_k is {meta.fine_top_k!r}; use a whole number of at least 1 "
                                 "(1: the image score reads the strongest full-scale tile)")
+        for name in ("fine_map_share", "coarse_map_share", "both_scales_map_share"):
+            value = getattr(meta, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ArtifactError(f"{path}: {name} is {value!r}; use a number of at least 0 (0: no share)")
         if meta.novelty_spread not in SPREADS:
             raise ArtifactError(f"{path}: novelty_spread is {meta.novelty_spread!r}; use one of {list(SPREADS)}")
         return meta
 
     def novelty_share(self) -> NoveltyShare:
         """What of the tile novelty the stitched map adds, outside the graph."""
-        return NoveltyShare(self.fine_map_share, self.coarse_map_share, self.novelty_spread)
+        return NoveltyShare(self.fine_map_share, self.coarse_map_share, self.novelty_spread, self.both_scales_map_share)
 
 
 def model_paths(folder: str | Path) -> tuple[Path, ModelMeta]:

@@ -50,13 +50,20 @@ LINE_MEMORY_MIN_FRAMES = 200
 CALIBRATION_QUANTILE = 0.99
 WHITEN_SHRINK = 0.1        # eigenvalues -> 0.9 x eigenvalue + 0.1 x their mean (0.01..0.2 scored alike)
 # Share of each tile's novelty added to the stitched defect map, outside the graph (ModelMeta's
-# fine_map_share and coarse_map_share). Small, so that the map still outlines the defect; enough
-# that pixels of a novel tile rank above look-alike pixels of a familiar one. On the magnetic-tile
-# test split a full-scale share of 0.02 alone lifted pixel AUROC from 0.60 to 0.74 (0.1: 0.745);
-# splitting the 0.02 between the full and the half scale raised it by a further 0.013 and 0.018 on
-# two weight sets, AUPRO unchanged (docs/studies/map_fusion_variants.py).
+# fine_map_share). Small, so that the map still outlines the defect; enough that pixels of a novel
+# tile rank above look-alike pixels of a familiar one. On the magnetic-tile test split a full-scale
+# share of 0.02 alone lifted pixel AUROC from 0.60 to 0.74 (0.1: 0.745; docs/studies/
+# map_fusion_variants.py). Used by models with one memory; until the seventeenth session models with
+# two added 0.01 of each scale's spread (fine_map_share and coarse_map_share).
 FINE_MAP_SHARE = 0.01
-COARSE_MAP_SHARE = 0.01
+# With a coarse memory, a newly exported model adds instead this share of the lower of the two
+# spread maps (ModelMeta.both_scales_map_share): a pixel gains it only where the part is novel at
+# both scales. The fine tiles place it (the coarse spread alone lifts the whole of a defective
+# image), the coarse tiles confirm it (a lone odd fine tile on good surface stays low). Against
+# 0.01 of each spread: on the shipped weights pixel AUROC / AUPRO 0.921 / 0.808 -> 0.926 / 0.824; on
+# three other weight and memory sets +0.004..0.007 / +0.017..0.024; on both halves of the split each
+# time; 0.02..0.04 scored alike (docs/studies/both_scales_share.py).
+BOTH_SCALES_MAP_SHARE = 0.03
 # Spread as the minimum over the tiles covering a pixel, not their weighted mean: on the shipped
 # weights pixel AUROC 0.817 -> 0.830, AUPRO 0.757 -> 0.780, the same on both halves of the split and
 # on other weight sets (docs/studies/novelty_min_pool.py).
@@ -64,6 +71,13 @@ NOVELTY_SPREAD = "min"
 # In-graph share (TileMemory.blend): models exported before fine_map_share existed blended 0.01 of the fine
 # novelty into each tile's map; export now sets it to 0 and the share above is added outside.
 GRAPH_MAP_SHARE = 0.0
+
+
+def map_shares(has_memory: bool, has_coarse: bool) -> tuple[float, float, float]:
+    """(fine_map_share, coarse_map_share, both_scales_map_share) for a newly exported model."""
+    if has_coarse:
+        return 0.0, 0.0, BOTH_SCALES_MAP_SHARE
+    return (FINE_MAP_SHARE if has_memory else 0.0), 0.0, 0.0
 
 
 class TileMemory(nn.Module):

@@ -8,8 +8,8 @@ from engines.backends import load_backend  # noqa: E402
 from engines.detector import Detector, image_score, split_scores  # noqa: E402
 from engines.export import export_model  # noqa: E402
 from engines.quantize import output_head_nodes  # noqa: E402
-from engines.tile_memory import (COARSE_MAP_SHARE, COARSE_SCALE, FINE_MAP_SHARE, MEMORY_NAMES, NOVELTY_SPREAD, fit_memory,  # noqa: E402
-                                 k_center, memory_from_images)
+from engines.tile_memory import (BOTH_SCALES_MAP_SHARE, COARSE_SCALE, MEMORY_NAMES, NOVELTY_SPREAD, fit_memory,  # noqa: E402
+                                 k_center, map_shares, memory_from_images)
 from engines.tiny_unet import TinyUNet  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def test_trained_model_carries_memory_through_every_backend(trained_model):
     """train fits the memory, export puts it in the graph and in model.pt, backends agree."""
     meta = ModelMeta.load(trained_model)
     assert meta.extra["memory_tiles"] > 0 and meta.map_score_weight == 0.0
-    assert meta.fine_map_share == FINE_MAP_SHARE > 0 and meta.novelty_spread == NOVELTY_SPREAD == "min"
+    assert meta.novelty_spread == NOVELTY_SPREAD == "min"
     assert meta.extra["memory_map_share"] == 0.0  # nothing of the novelty is blended in the graph
     assert "memory.bank" in torch.load(trained_model / "model.pt", weights_only=True)
     x = np.random.default_rng(0).normal(0, 1, (3, 1, 128, 128)).astype(np.float32)
@@ -75,7 +75,9 @@ def test_trained_model_carries_memory_through_every_backend(trained_model):
     assert np.isfinite(ort_scores).all() and ((ort_scores >= 0) & (ort_scores <= 1)).all()
     # The coarse memory is a second score column, fitted on the same images at half their size.
     assert meta.coarse_scale == COARSE_SCALE and ort_scores.shape == (3, 2)
-    assert meta.coarse_map_share == COARSE_MAP_SHARE > 0
+    # With both memories the map adds the lower of the two spreads, not each of them.
+    assert (meta.fine_map_share, meta.coarse_map_share, meta.both_scales_map_share) == (0.0, 0.0, BOTH_SCALES_MAP_SHARE)
+    assert BOTH_SCALES_MAP_SHARE > 0 and map_shares(True, False)[0] > 0  # one memory: its own spread
     assert meta.extra["coarse_memory_tiles"] > 0
     assert meta.extra["coarse_memory_center"] != meta.extra["memory_center"]
 
@@ -116,30 +118,36 @@ def test_flip_tta_averages_the_maps_of_flipped_passes_and_keeps_the_plain_scores
 
 
 def test_detector_adds_the_novelty_shares_to_the_map(trained_model, ok_images, tmp_path):
-    """The map is the fine tiles' graph output plus fine_map_share x the fine scores and
-    coarse_map_share x the coarse scores, each spread as the minimum over the tiles covering a
-    pixel; a folder with both shares at 0 keeps the graph's map alone."""
+    """The map is the fine tiles' graph output plus both_scales_map_share x the lower of the fine and
+    the coarse scores, each spread as the minimum over the tiles covering a pixel; a folder with the
+    older rule (fine_map_share, coarse_map_share) adds each spread; all shares 0: the graph's map alone.
+    The image score never reads the map."""
     import shutil
 
-    from pipeline.vision.tiling import spread_scores, tile_grid
+    from pipeline.vision.tiling import scaled_tiles, spread_scores, tile_grid
 
     img = ok_images[0]
     with_share = Detector(load_backend("onnxruntime", trained_model), overlap=0.25).predict(img)
-    plain_dir = shutil.copytree(trained_model, tmp_path / "plain")
-    meta = ModelMeta.load(plain_dir)
-    meta.coarse_map_share = meta.fine_map_share = 0.0
-    meta.save(plain_dir)
-    plain = Detector(load_backend("onnxruntime", plain_dir), overlap=0.25).predict(img)
-    added = with_share.anomaly_map - plain.anomaly_map
+    folder = shutil.copytree(trained_model, tmp_path / "plain")
+    own = ModelMeta.load(folder)
+
+    def predict(fine: float, coarse: float, both: float):
+        meta = ModelMeta.load(folder)
+        meta.fine_map_share, meta.coarse_map_share, meta.both_scales_map_share = fine, coarse, both
+        meta.save(folder)
+        return Detector(load_backend("onnxruntime", folder), overlap=0.25).predict(img)
+
+    plain = predict(0.0, 0.0, 0.0)
     fine, coarse = with_share.tile_scores, with_share.coarse_scores
-    lo = FINE_MAP_SHARE * fine.min() + COARSE_MAP_SHARE * coarse.min()
-    hi = FINE_MAP_SHARE * fine.max() + COARSE_MAP_SHARE * coarse.max()
-    assert added.min() >= lo - 1e-5 and added.max() <= hi + 1e-5 and added.max() > 0
-    # The fine part is exactly the minimum over covering tiles: at the top-left pixel, only tile 0.
-    grid = tile_grid(*img.shape, 128, 0.25)
-    fine_part = FINE_MAP_SHARE * spread_scores(fine, np.arange(len(fine)), grid, img.shape, "min")
-    assert fine_part[0, 0] == pytest.approx(FINE_MAP_SHARE * fine[0])
-    assert with_share.score == pytest.approx(plain.score)  # the image score does not read the map
+    f = spread_scores(fine, np.arange(len(fine)), tile_grid(*img.shape, 128, 0.25), img.shape, "min")
+    _, coarse_grid = scaled_tiles(img, 128, 0.25, own.coarse_scale)
+    c = spread_scores(coarse, np.arange(len(coarse)), coarse_grid, img.shape, "min")
+    added = with_share.anomaly_map - plain.anomaly_map
+    np.testing.assert_allclose(added, BOTH_SCALES_MAP_SHARE * np.minimum(f, c), atol=1e-5)
+    assert added.max() > 0 and (np.minimum(f, c) < np.maximum(f, c)).any()
+    older = predict(0.01, 0.02, 0.0).anomaly_map - plain.anomaly_map
+    np.testing.assert_allclose(older, 0.01 * f + 0.02 * c, atol=1e-5)
+    assert with_share.score == pytest.approx(plain.score)
 
 
 def test_detector_adds_the_coarse_map_networks_map(trained_model, coarse_map_model, ok_images):
@@ -171,7 +179,7 @@ def test_split_scores_reads_the_column_of_each_pass():
 def test_export_refits_memory_from_other_images(trained_model, mini_data, tmp_path):
     out = export_model(trained_model.parent / "last.pt", tmp_path / "m", memory_data=mini_data, progress=False)
     meta = ModelMeta.load(out)
-    assert len(meta.extra["memory_data_hash"]) == 64 and meta.fine_map_share == FINE_MAP_SHARE
+    assert len(meta.extra["memory_data_hash"]) == 64 and meta.both_scales_map_share == BOTH_SCALES_MAP_SHARE
 
 
 def test_export_fits_memory_on_the_line_canonical_views_too(trained_model, mini_data, tmp_path):
@@ -262,8 +270,15 @@ def test_model_json_without_the_spread_fields_reads_as_before(trained_model, tmp
     raw = json.loads((old / "model.json").read_text())
     del raw["fine_map_share"], raw["novelty_spread"]
     (old / "model.json").write_text(json.dumps(raw))
+    raw["coarse_map_share"] = 0.01
+    del raw["both_scales_map_share"]
+    (old / "model.json").write_text(json.dumps(raw))
     share = ModelMeta.load(old).novelty_share()
-    assert (share.fine, share.coarse, share.spread) == (0.0, COARSE_MAP_SHARE, "mean")
+    assert (share.fine, share.coarse, share.spread, share.both) == (0.0, 0.01, "mean", 0.0)
+    for name in ("fine_map_share", "both_scales_map_share"):
+        (old / "model.json").write_text(json.dumps({**raw, name: -0.01}))
+        with pytest.raises(ArtifactError, match=f"{name} is -0.01; use a number of at least 0"):
+            ModelMeta.load(old)
     raw["novelty_spread"] = "median"
     (old / "model.json").write_text(json.dumps(raw))
     with pytest.raises(ArtifactError, match="novelty_spread is 'median'; use one of"):

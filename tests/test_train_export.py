@@ -133,8 +133,8 @@ def test_coarse_map_network_is_a_model_folder_the_backends_open_beside_the_model
 def test_from_model_refits_memories_and_keeps_the_rest(tmp_path, trained_model, coarse_map_model, mini_data, capsys):
     """export_model --from-model MODEL --memory-data OK_IMAGES: the folder's network re-exported with
     memories fitted again (train fitted them on the same images, so they come out the same), its
-    thresholds, image-score rule, coarse-map network and weight kept, also in place; the thresholds are said to need
-    setting again. --checkpoint with --from-model is refused."""
+    thresholds, image-score rule, map rule, coarse-map network and weight kept, also in place; the thresholds are
+    said to need setting again. --checkpoint with --from-model is refused."""
     import torch
 
     from engines.artifact import ModelMeta
@@ -144,12 +144,14 @@ def test_from_model_refits_memories_and_keeps_the_rest(tmp_path, trained_model, 
     src = copy_model(coarse_map_model, tmp_path / "src")
     meta = ModelMeta.load(src)
     meta.pixel_threshold, meta.image_threshold, meta.coarse_map_weight, meta.fine_top_k = 0.123, 0.456, 0.3, 2
+    meta.fine_map_share, meta.coarse_map_share, meta.both_scales_map_share = 0.004, 0.005, 0.006
     meta.save(src)
     out = tmp_path / "out"
     assert export_cli.main(["--from-model", str(src), "--memory-data", str(mini_data), "--out", str(out)]) == 0
     assert "evaluate --set-thresholds" in capsys.readouterr().err
     new = ModelMeta.load(out)
     assert (new.pixel_threshold, new.image_threshold, new.coarse_map_weight, new.fine_top_k) == (0.123, 0.456, 0.3, 2)
+    assert (new.fine_map_share, new.coarse_map_share, new.both_scales_map_share) == (0.004, 0.005, 0.006)
     assert new.training_command == meta.training_command and new.extra["train_steps"] == meta.extra["train_steps"]
     assert new.extra["memory_data"] == str(mini_data)
     x = np.random.default_rng(3).normal(0, 1, (4, 1, 128, 128)).astype(np.float32)

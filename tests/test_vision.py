@@ -258,6 +258,32 @@ def test_min_spread_marks_only_pixels_that_every_covering_tile_finds_novel():
         spread_scores(scores, np.arange(4), grid, (64, 160), "max")
 
 
+def test_both_scales_share_marks_only_pixels_novel_at_both_scales():
+    """NoveltyShare.both adds the lower of the fine and the coarse spread at each pixel: a novel
+    fine tile on a familiar coarse tile gains nothing, a familiar fine tile on a novel coarse tile
+    gains nothing, only where both are novel does the pixel gain; fine / coarse add their own spread."""
+    from pipeline.vision.tiling import NoveltyShare, spread_scores, tile_grid
+
+    fine_grid = tile_grid(64, 256, 64, 0.0)  # four fine tiles side by side
+    coarse_grid = tile_grid(32, 128, 64, 0.0)  # the image at half size: two coarse tiles, each over two fine ones
+    fine = np.array([0.9, 0.1, 0.9, 0.1], np.float32)
+    coarse = np.array([0.2, 0.8], np.float32)
+    base = np.zeros((64, 256), np.float32)
+    out = NoveltyShare(both=0.5, spread="min").add(base, fine_grid, fine, coarse_grid=coarse_grid,
+                                                     coarse_scores=coarse)
+    assert np.allclose(out[:, 8:56], 0.5 * 0.2)    # novel fine tile, familiar coarse one
+    assert np.allclose(out[:, 72:120], 0.5 * 0.1)  # familiar fine tile on the familiar coarse one
+    assert np.allclose(out[:, 136:184], 0.5 * 0.8)  # novel at both scales
+    assert np.allclose(out[:, 200:248], 0.5 * 0.1)  # familiar fine tile on the novel coarse one
+    f = spread_scores(fine, np.arange(4), fine_grid, base.shape, "min")
+    c = spread_scores(coarse, np.arange(2), coarse_grid, base.shape, "min")
+    old = NoveltyShare(fine=0.01, coarse=0.02, spread="min").add(base, fine_grid, fine, coarse_grid=coarse_grid,
+                                                                  coarse_scores=coarse)
+    np.testing.assert_allclose(old, 0.01 * f + 0.02 * c, atol=1e-7)
+    # Without a coarse pass there is nothing to agree with: the share adds nothing.
+    assert NoveltyShare(both=0.5).add(base, fine_grid, fine).max() == 0.0
+
+
 def test_image_score_averages_the_strongest_full_scale_tiles():
     """fine_top_k: the fine part of the image score is the mean of the k strongest full-scale tile
     scores (all of them when there are fewer), averaged with the strongest coarse one."""

@@ -131,12 +131,14 @@ def spread_scores(scores: np.ndarray, positions: np.ndarray, grid: TileGrid, sha
 class NoveltyShare:
     """What of the tiles' novelty scores is added to the stitched defect map, outside the graph:
     ``fine`` x the full-scale tiles' scores and ``coarse`` x the coarse (downscaled) tiles' scores,
-    each spread over its tiles as ``spread`` says. From the model's metadata
-    (``ModelMeta.novelty_share``); all 0: the map is the graph's output alone."""
+    each spread over its tiles as ``spread`` says, and ``both`` x the lower of the two spreads at
+    each pixel, which is high only where the part is novel at both scales. From the model's
+    metadata (``ModelMeta.novelty_share``); all 0: the map is the graph's output alone."""
 
     fine: float = 0.0
     coarse: float = 0.0
     spread: str = "mean"
+    both: float = 0.0
 
     def add(self, anomaly: np.ndarray, grid: TileGrid, fine_scores: np.ndarray,
             fine_positions: np.ndarray | None = None, coarse_grid: TileGrid | None = None,
@@ -146,12 +148,20 @@ class NoveltyShare:
         fine_positions = np.arange(len(fine_scores)) if fine_positions is None else fine_positions
         if coarse_scores is not None and coarse_positions is None:
             coarse_positions = np.arange(len(coarse_scores))
+        has_fine = len(fine_scores) > 0
+        has_coarse = coarse_grid is not None and coarse_scores is not None and len(coarse_scores) > 0
+        fine_map = coarse_map = None
+        if has_fine and (self.fine > 0 or (self.both > 0 and has_coarse)):
+            fine_map = spread_scores(fine_scores, fine_positions, grid, anomaly.shape, self.spread)
+        if has_coarse and (self.coarse > 0 or (self.both > 0 and has_fine)):
+            coarse_map = spread_scores(coarse_scores, coarse_positions, coarse_grid, anomaly.shape, self.spread)
         out = anomaly
-        if self.fine > 0 and len(fine_scores):
-            out = out + self.fine * spread_scores(fine_scores, fine_positions, grid, anomaly.shape, self.spread)
-        if self.coarse > 0 and coarse_grid is not None and coarse_scores is not None and len(coarse_scores):
-            out = out + self.coarse * spread_scores(coarse_scores, coarse_positions, coarse_grid, anomaly.shape,
-                                                    self.spread)
+        if self.fine > 0 and fine_map is not None:
+            out = out + self.fine * fine_map
+        if self.coarse > 0 and coarse_map is not None:
+            out = out + self.coarse * coarse_map
+        if self.both > 0 and fine_map is not None and coarse_map is not None:
+            out = out + self.both * np.minimum(fine_map, coarse_map)
         return out
 
 
