@@ -66,6 +66,10 @@ class ModelMeta:
     # map: a pixel gains it only where the part is novel at both scales. The full-scale tiles
     # localise, the coarse ones confirm. 0 for models exported before this field existed.
     both_scales_map_share: float = 0.0
+    # Share of the image score taken by the strongest place where the part is novel at both scales
+    # (the peak of the lower of the two spread novelty maps); the rest is the tile score
+    # (``engines.detector.image_score``). 0 for models exported before this field existed.
+    both_scales_score_weight: float = 0.0
     training_data_hash: str = ""
     training_command: str = ""
     precision: str = "fp32"
@@ -104,13 +108,19 @@ class ModelMeta:
             value = getattr(meta, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ArtifactError(f"{path}: {name} is {value!r}; use a number of at least 0 (0: no share)")
+        w = meta.both_scales_score_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+            raise ArtifactError(f"{path}: both_scales_score_weight is {w!r}; use a number from 0 to 1 "
+                                "(0: the image score reads the tile scores alone)")
         if meta.novelty_spread not in SPREADS:
             raise ArtifactError(f"{path}: novelty_spread is {meta.novelty_spread!r}; use one of {list(SPREADS)}")
         return meta
 
     def novelty_share(self) -> NoveltyShare:
-        """What of the tile novelty the stitched map adds, outside the graph."""
-        return NoveltyShare(self.fine_map_share, self.coarse_map_share, self.novelty_spread, self.both_scales_map_share)
+        """What of the tile novelty the stitched map adds, outside the graph, and what of the
+        two scales' agreement the image score reads."""
+        return NoveltyShare(self.fine_map_share, self.coarse_map_share, self.novelty_spread, self.both_scales_map_share,
+                            self.both_scales_score_weight)
 
 
 def model_paths(folder: str | Path) -> tuple[Path, ModelMeta]:

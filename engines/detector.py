@@ -21,13 +21,18 @@ class Prediction:
 
 
 def image_score(anomaly_map: np.ndarray, tile_scores: np.ndarray, map_weight: float = 0.5,
-                coarse_scores: np.ndarray | None = None, fine_top_k: int = 1) -> float:
+                coarse_scores: np.ndarray | None = None, fine_top_k: int = 1, agreement_peak: float = 0.0,
+                agreement_weight: float = 0.0) -> float:
     """``map_weight`` x peak of the smoothed map + the rest x the tile score: the mean of the
     ``fine_top_k`` strongest tile scores (``ModelMeta.fine_top_k``). With coarse tile scores, the
-    tile part is the mean of that and the strongest coarse score."""
+    tile part is the mean of that and the strongest coarse score, and ``agreement_weight`` of it
+    (``ModelMeta.both_scales_score_weight``) is replaced by ``agreement_peak``, the strongest place
+    novel at both scales (``NoveltyShare.blend``)."""
     tiles = float(np.sort(tile_scores.ravel())[-fine_top_k:].mean()) if tile_scores.size else 0.0
     if coarse_scores is not None and coarse_scores.size:
         tiles = 0.5 * (tiles + float(coarse_scores.max()))
+        if agreement_weight > 0:
+            tiles = (1.0 - agreement_weight) * tiles + agreement_weight * agreement_peak
     if map_weight <= 0.0:
         return tiles
     smooth = cv2.GaussianBlur(anomaly_map, (0, 0), SCORE_SMOOTH_SIGMA)
@@ -98,11 +103,13 @@ class Detector:
         maps, scores = self.infer_tiles(tiles, n_mapped=n_fine)
         maps = map_coarse_tiles(self.backend, tiles, maps, np.arange(len(tiles)) >= n_fine)
         fine, coarse = split_scores(scores, n_fine)
-        anomaly_map = self.meta.novelty_share().add(stitch(maps[:n_fine], grid), grid, fine,
-                                                    coarse_grid=coarse_grid, coarse_scores=coarse)
+        novelty = self.meta.novelty_share()
+        anomaly_map, agreement = novelty.blend(stitch(maps[:n_fine], grid), grid, fine, coarse_grid=coarse_grid,
+                                               coarse_scores=coarse)
         anomaly_map = add_coarse_map(anomaly_map, maps[n_fine:], coarse_grid, self.meta.coarse_map_weight)
-        return Prediction(anomaly_map, image_score(anomaly_map, fine, self.meta.map_score_weight, coarse,
-                                                               self.meta.fine_top_k), fine, coarse)
+        score = image_score(anomaly_map, fine, self.meta.map_score_weight, coarse, self.meta.fine_top_k, agreement,
+                            novelty.score_weight)
+        return Prediction(anomaly_map, score, fine, coarse)
 
 
 def split_scores(scores: np.ndarray, n_fine: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -12,8 +12,8 @@ import torch
 
 from engines.artifact import COARSE_MAP_DIR, MEMORY_SCOPES, META_NAME, ONNX_NAME, ModelMeta, model_paths
 from engines.data import files_hash, read_image, training_images
-from engines.tile_memory import (COARSE_SCALE, GRAPH_MAP_SHARE, MEMORY_NAMES, NOVELTY_SPREAD, attach_memories,
-                                 line_frame_embeddings, map_shares, memory_from_line_frames)
+from engines.tile_memory import (COARSE_SCALE, GRAPH_MAP_SHARE, MEMORY_NAMES, NOVELTY_RULE_FIELDS, attach_memories,
+                                 line_frame_embeddings, memory_from_line_frames, novelty_rule)
 from engines.backends.torch_backend import WEIGHTS_NAME
 from engines.inference_model import build_model, inference_module, load_weights
 from pipeline.vision.rectify import canonical_view
@@ -232,12 +232,9 @@ def export_model(source: str | Path, out: str | Path, opset: int = 17,
         if source_meta is not None:  # the folder's own image-score rule and coarse-map network stay
             meta_out = replace(ModelMeta.load(out), fine_top_k=source_meta.fine_top_k)
             if source_meta.fine_map_share or source_meta.coarse_map_share or source_meta.both_scales_map_share:
-                # and so does its map rule, which its kept pixel threshold was set for (a folder from
+                # and so does its novelty rule, which its kept thresholds were set for (a folder from
                 # before the shares left the graph gets today's rule)
-                meta_out = replace(meta_out, fine_map_share=source_meta.fine_map_share,
-                                   coarse_map_share=source_meta.coarse_map_share,
-                                   both_scales_map_share=source_meta.both_scales_map_share,
-                                   novelty_spread=source_meta.novelty_spread)
+                meta_out = replace(meta_out, **{k: getattr(source_meta, k) for k in NOVELTY_RULE_FIELDS})
             if kept_net is not None:
                 shutil.copytree(kept_net, out / COARSE_MAP_DIR)
                 meta_out = replace(meta_out, coarse_map_weight=source_meta.coarse_map_weight)
@@ -313,12 +310,10 @@ def export_module(model: torch.nn.Module, cfg: dict, out: str | Path, opset: int
     pixel_t, image_t = thresholds or ((previous.pixel_threshold, previous.image_threshold) if previous else (0.5, 0.5))
     has_coarse = getattr(model, "coarse_memory", None) is not None
     has_memory = getattr(model, "memory", None) is not None
-    fine_share, coarse_share, both_share = map_shares(has_memory, has_coarse)
     meta = ModelMeta(
         arch=cfg["arch"], width=cfg["width"], in_channels=cfg["channels"], pixel_threshold=pixel_t,
         map_score_weight=0.0 if has_memory else 0.5, coarse_scale=COARSE_SCALE if has_coarse else 0.0,
-        fine_map_share=fine_share, coarse_map_share=coarse_share, both_scales_map_share=both_share,
-        novelty_spread=NOVELTY_SPREAD if has_memory else "mean",
+        **novelty_rule(has_memory, has_coarse),
         image_threshold=image_t, training_data_hash=data_hash, training_command=cfg.get("command", ""), opset=opset,
         extra={**extra, "onnx_vs_torch_max_abs_diff": diff},
     )

@@ -123,7 +123,8 @@ def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarra
     """Stitch kept tiles (skipped tiles count as 0), mask non-part pixels, score, find defects.
     Tiles of a coarse pass (``tile_index >= len(grid)``, after the fine ones) add their scores.
     ``novelty`` (``ModelMeta.novelty_share()``) says what share of the fine and coarse tile scores
-    (the coarse ones on ``coarse_grid``) is spread over the map, and how; ``coarse_map_weight``
+    (the coarse ones on ``coarse_grid``) is spread over the map, and how, and what share of the
+    image score their agreement takes; ``coarse_map_weight``
     (``ModelMeta.coarse_map_weight``), what share of the coarse tiles' maps is added (those of the
     coarse-map network, when the model has one: ``engines.backends.base.map_coarse_tiles``);
     ``fine_top_k`` (``ModelMeta.fine_top_k``), how many of the strongest fine tile scores the image
@@ -133,15 +134,16 @@ def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarra
     fine_scores, coarse_scores = split_scores(tile_scores, n_fine)
     full = np.zeros((len(grid), 1, t, t), np.float32)
     full[tile_index[:n_fine]] = tile_maps[:n_fine].reshape(-1, 1, t, t)
-    anomaly = novelty.add(stitch(full, grid), grid, fine_scores, tile_index[:n_fine], coarse_grid, coarse_scores,
-                          tile_index[n_fine:] - len(grid))
+    anomaly, agreement = novelty.blend(stitch(full, grid), grid, fine_scores, tile_index[:n_fine], coarse_grid,
+                                       coarse_scores, tile_index[n_fine:] - len(grid))
     anomaly = add_coarse_map(anomaly, tile_maps[n_fine:], coarse_grid, coarse_map_weight, tile_index[n_fine:] - len(grid))
     inspect = part_mask > 0
     if cfg.part_erode_px > 0:
         k = 2 * cfg.part_erode_px + 1
         inspect = cv2.erode(inspect.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
     anomaly = anomaly * inspect
-    score = image_score(anomaly, fine_scores, map_score_weight, coarse_scores, fine_top_k)
+    score = image_score(anomaly, fine_scores, map_score_weight, coarse_scores, fine_top_k, agreement,
+                        novelty.score_weight)
     if score < image_threshold:
         return Verdict("OK", score, [], anomaly)
     return Verdict("NG", score, find_defects(anomaly, inspect, H, pixel_threshold, cfg.min_defect_area,

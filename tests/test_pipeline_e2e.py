@@ -261,7 +261,8 @@ def test_line_maps_coarse_tiles_with_the_coarse_map_network(line, trained_model,
     coarse-map network's maps, not on the model's own maps of those tiles. The coarse-map
     network's output bias is raised so that its map (near 0.5 from a barely trained network, as the
     model's own is) reads near 1 and the two cannot be confused. The folder's ``fine_top_k`` is set
-    to 2, and the line's part scores must be decide()'s with it, not with the strongest tile alone."""
+    to 2, and the line's part scores must be decide()'s with it, not with the strongest tile alone,
+    and with the two scales' agreement (``both_scales_score_weight``, export's default), not without."""
     from dataclasses import replace
 
     import yaml
@@ -282,6 +283,7 @@ def test_line_maps_coarse_tiles_with_the_coarse_map_network(line, trained_model,
     torch.save(run, tmp_path / "bright.pt")
     model = export_model(trained_model.parent / "last.pt", tmp_path / "model", coarse_map=tmp_path / "bright.pt")
     meta = replace(ModelMeta.load(model), fine_top_k=2)  # the stitch stage must read it too
+    assert meta.both_scales_score_weight > 0  # and this
     meta.save(model)
     raw = yaml.safe_load(config.read_text())
     raw["inference"]["model"] = str(model)
@@ -296,7 +298,7 @@ def test_line_maps_coarse_tiles_with_the_coarse_map_network(line, trained_model,
 
     cfg = load_config(cm_config)
     prep, engine = Preprocessor.for_model(cfg.preprocess, meta), load_backend("onnxruntime", model)
-    right, wrong, scores_k, scores_1 = [], [], [], []
+    right, wrong, scores_k, scores_1, scores_tiles = [], [], [], [], []
     for item in DirSource(calib):
         p = prep(item.frame)
         maps, scores = engine.infer(meta.normalise(p.tiles))
@@ -308,8 +310,10 @@ def test_line_maps_coarse_tiles_with_the_coarse_map_network(line, trained_model,
         fine, coarse = split_scores(scores, int((p.tile_index < len(p.grid)).sum()))
         scores_k.append(v.score)
         scores_1.append(image_score(v.anomaly_map, fine, meta.map_score_weight, coarse))  # fine_top_k 1
+        scores_tiles.append(image_score(v.anomaly_map, fine, meta.map_score_weight, coarse, meta.fine_top_k))
     assert np.allclose(line_scores, scores_k, atol=1e-4)  # the mean of the two strongest full-scale tiles
     assert np.abs(np.array(scores_1) - np.array(scores_k)).max() > 1e-3  # which the strongest alone is not
+    assert np.abs(np.array(scores_tiles) - np.array(scores_k)).max() > 1e-3  # nor the tiles without the agreement
     assert len(line_peaks) == len(right) == 5
     assert np.allclose(line_peaks, right, atol=5e-3)  # the maps travel as fp16
     assert np.abs(np.array(wrong) - np.array(right)).min() > 2e-2  # the test tells the two maps apart

@@ -8,8 +8,8 @@ from engines.backends import load_backend  # noqa: E402
 from engines.detector import Detector, image_score, split_scores  # noqa: E402
 from engines.export import export_model  # noqa: E402
 from engines.quantize import output_head_nodes  # noqa: E402
-from engines.tile_memory import (BOTH_SCALES_MAP_SHARE, COARSE_SCALE, MEMORY_NAMES, NOVELTY_SPREAD, fit_memory,  # noqa: E402
-                                 k_center, map_shares, memory_from_images)
+from engines.tile_memory import (BOTH_SCALES_MAP_SHARE, BOTH_SCALES_SCORE_WEIGHT, COARSE_SCALE, MEMORY_NAMES,  # noqa: E402
+                                 NOVELTY_SPREAD, fit_memory, k_center, memory_from_images, novelty_rule)
 from engines.tiny_unet import TinyUNet  # noqa: E402
 
 
@@ -75,20 +75,34 @@ def test_trained_model_carries_memory_through_every_backend(trained_model):
     assert np.isfinite(ort_scores).all() and ((ort_scores >= 0) & (ort_scores <= 1)).all()
     # The coarse memory is a second score column, fitted on the same images at half their size.
     assert meta.coarse_scale == COARSE_SCALE and ort_scores.shape == (3, 2)
-    # With both memories the map adds the lower of the two spreads, not each of them.
+    # With both memories the map adds the lower of the two spreads, not each of them, and the image
+    # score reads where they agree.
     assert (meta.fine_map_share, meta.coarse_map_share, meta.both_scales_map_share) == (0.0, 0.0, BOTH_SCALES_MAP_SHARE)
-    assert BOTH_SCALES_MAP_SHARE > 0 and map_shares(True, False)[0] > 0  # one memory: its own spread
+    assert meta.both_scales_score_weight == BOTH_SCALES_SCORE_WEIGHT > 0 and BOTH_SCALES_MAP_SHARE > 0
+    one = novelty_rule(True, False)  # one memory: its own spread, nothing to agree with
+    assert one["fine_map_share"] > 0 and one["both_scales_map_share"] == one["both_scales_score_weight"] == 0
     assert meta.extra["coarse_memory_tiles"] > 0
     assert meta.extra["coarse_memory_center"] != meta.extra["memory_center"]
 
 
 def test_detector_runs_a_coarse_pass_and_averages_its_strongest_score(trained_model, ok_images):
+    """The image score: the mean of the strongest fine and coarse tile scores, half of it replaced
+    by the strongest place novel at both scales (the peak of the lower of the two spreads)."""
+    from pipeline.vision.tiling import scaled_tiles, spread_scores, tile_grid
+
     detector = Detector(load_backend("onnxruntime", trained_model), overlap=0.25)
     img = ok_images[0]
     pred = detector.predict(img)
-    assert pred.coarse_scores is not None and 1 <= len(pred.coarse_scores) < len(pred.tile_scores)
+    fine, coarse = pred.tile_scores, pred.coarse_scores
+    assert coarse is not None and 1 <= len(coarse) < len(fine)
     assert pred.anomaly_map.shape == img.shape
-    assert pred.score == pytest.approx(0.5 * (pred.tile_scores.max() + pred.coarse_scores.max()), abs=1e-6)
+    f = spread_scores(fine, np.arange(len(fine)), tile_grid(*img.shape, 128, 0.25), img.shape, "min")
+    _, coarse_grid = scaled_tiles(img, 128, 0.25, detector.meta.coarse_scale)
+    peak = float(np.minimum(f, spread_scores(coarse, np.arange(len(coarse)), coarse_grid, img.shape, "min")).max())
+    tiles = 0.5 * (fine.max() + coarse.max())
+    w = BOTH_SCALES_SCORE_WEIGHT
+    assert pred.score == pytest.approx((1 - w) * tiles + w * peak, abs=1e-6)
+    assert abs(peak - tiles) > 1e-3  # the agreement is not the tile score under another name
 
 
 def test_flip_tta_averages_the_maps_of_flipped_passes_and_keeps_the_plain_scores(trained_model, ok_images):
@@ -278,6 +292,13 @@ def test_model_json_without_the_spread_fields_reads_as_before(trained_model, tmp
     for name in ("fine_map_share", "both_scales_map_share"):
         (old / "model.json").write_text(json.dumps({**raw, name: -0.01}))
         with pytest.raises(ArtifactError, match=f"{name} is -0.01; use a number of at least 0"):
+            ModelMeta.load(old)
+    del raw["both_scales_score_weight"]
+    (old / "model.json").write_text(json.dumps(raw))
+    assert ModelMeta.load(old).novelty_share().score_weight == 0.0  # the tile scores alone, as before
+    for bad in (-0.1, 1.5, True):
+        (old / "model.json").write_text(json.dumps({**raw, "both_scales_score_weight": bad}))
+        with pytest.raises(ArtifactError, match="both_scales_score_weight is .*; use a number from 0 to 1"):
             ModelMeta.load(old)
     raw["novelty_spread"] = "median"
     (old / "model.json").write_text(json.dumps(raw))

@@ -145,6 +145,7 @@ def test_from_model_refits_memories_and_keeps_the_rest(tmp_path, trained_model, 
     meta = ModelMeta.load(src)
     meta.pixel_threshold, meta.image_threshold, meta.coarse_map_weight, meta.fine_top_k = 0.123, 0.456, 0.3, 2
     meta.fine_map_share, meta.coarse_map_share, meta.both_scales_map_share = 0.004, 0.005, 0.006
+    meta.both_scales_score_weight = 0.25
     meta.save(src)
     out = tmp_path / "out"
     assert export_cli.main(["--from-model", str(src), "--memory-data", str(mini_data), "--out", str(out)]) == 0
@@ -152,6 +153,7 @@ def test_from_model_refits_memories_and_keeps_the_rest(tmp_path, trained_model, 
     new = ModelMeta.load(out)
     assert (new.pixel_threshold, new.image_threshold, new.coarse_map_weight, new.fine_top_k) == (0.123, 0.456, 0.3, 2)
     assert (new.fine_map_share, new.coarse_map_share, new.both_scales_map_share) == (0.004, 0.005, 0.006)
+    assert new.both_scales_score_weight == 0.25
     assert new.training_command == meta.training_command and new.extra["train_steps"] == meta.extra["train_steps"]
     assert new.extra["memory_data"] == str(mini_data)
     x = np.random.default_rng(3).normal(0, 1, (4, 1, 128, 128)).astype(np.float32)

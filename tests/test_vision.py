@@ -282,6 +282,17 @@ def test_both_scales_share_marks_only_pixels_novel_at_both_scales():
     np.testing.assert_allclose(old, 0.01 * f + 0.02 * c, atol=1e-7)
     # Without a coarse pass there is nothing to agree with: the share adds nothing.
     assert NoveltyShare(both=0.5).add(base, fine_grid, fine).max() == 0.0
+    # The agreement peak, for the image score: the strongest place novel at both scales (tile 2's
+    # 0.9 over the coarse 0.8), not the strongest fine tile (0.9) or coarse tile (0.8) alone; read
+    # only when the score takes a share of it.
+    rule = NoveltyShare(spread="min", score_weight=0.5)
+    blended, peak = rule.blend(base, fine_grid, fine, coarse_grid=coarse_grid, coarse_scores=coarse)
+    assert peak == pytest.approx(0.8) and blended.max() == 0.0
+    # A novel fine tile over a familiar coarse one: the agreement is the coarse tile's 0.2.
+    assert NoveltyShare(spread="min", score_weight=0.5).blend(base, fine_grid, np.array([0.9, 0.1, 0.1, 0.1], np.float32),
+                                                               coarse_grid=coarse_grid, coarse_scores=coarse)[1] == pytest.approx(0.2)
+    assert NoveltyShare(both=0.5).blend(base, fine_grid, fine, coarse_grid=coarse_grid, coarse_scores=coarse)[1] == 0.0
+    assert rule.blend(base, fine_grid, fine)[1] == 0.0  # no coarse pass
 
 
 def test_image_score_averages_the_strongest_full_scale_tiles():
@@ -293,3 +304,8 @@ def test_image_score_averages_the_strongest_full_scale_tiles():
     assert image_score(blank, fine, 0.0, coarse) == pytest.approx(0.5 * (0.9 + 0.6))
     assert image_score(blank, fine, 0.0, coarse, fine_top_k=2) == pytest.approx(0.5 * (0.7 + 0.6))
     assert image_score(blank, fine, 0.0, None, fine_top_k=5) == pytest.approx(1.6 / 3)
+    # both_scales_score_weight: that share of the tile score is replaced by the agreement peak.
+    tiles = 0.5 * (0.7 + 0.6)
+    assert image_score(blank, fine, 0.0, coarse, 2, 0.2, 0.5) == pytest.approx(0.5 * tiles + 0.5 * 0.2)
+    assert image_score(blank, fine, 0.0, coarse, 2, 0.2, 0.0) == pytest.approx(tiles)
+    assert image_score(blank, fine, 0.0, None, 2, 0.2, 0.5) == pytest.approx(0.7)  # no coarse pass: no agreement

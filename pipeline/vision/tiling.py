@@ -132,37 +132,53 @@ class NoveltyShare:
     """What of the tiles' novelty scores is added to the stitched defect map, outside the graph:
     ``fine`` x the full-scale tiles' scores and ``coarse`` x the coarse (downscaled) tiles' scores,
     each spread over its tiles as ``spread`` says, and ``both`` x the lower of the two spreads at
-    each pixel, which is high only where the part is novel at both scales. From the model's
-    metadata (``ModelMeta.novelty_share``); all 0: the map is the graph's output alone."""
+    each pixel, which is high only where the part is novel at both scales; ``score_weight``, what
+    share of the image score the strongest such place takes. From the model's metadata
+    (``ModelMeta.novelty_share``); all 0: the map is the graph's output alone, the score the tiles'."""
 
     fine: float = 0.0
     coarse: float = 0.0
     spread: str = "mean"
     both: float = 0.0
+    # Share of the image score taken by the agreement peak (``blend``); the rest is the tile score.
+    score_weight: float = 0.0
 
     def add(self, anomaly: np.ndarray, grid: TileGrid, fine_scores: np.ndarray,
             fine_positions: np.ndarray | None = None, coarse_grid: TileGrid | None = None,
             coarse_scores: np.ndarray | None = None, coarse_positions: np.ndarray | None = None) -> np.ndarray:
         """``anomaly`` plus the shares; positions are the scored tiles' indices in their grid
         (default: every tile, in grid order)."""
+        return self.blend(anomaly, grid, fine_scores, fine_positions, coarse_grid, coarse_scores, coarse_positions)[0]
+
+    def blend(self, anomaly: np.ndarray, grid: TileGrid, fine_scores: np.ndarray,
+              fine_positions: np.ndarray | None = None, coarse_grid: TileGrid | None = None,
+              coarse_scores: np.ndarray | None = None,
+              coarse_positions: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """(``anomaly`` plus the shares, the agreement peak): the highest value over the map of the
+        lower of the two spreads, the strongest place where the part is novel at both scales (0.0
+        without a coarse pass, or when ``score_weight`` is 0 and nothing reads it)."""
         fine_positions = np.arange(len(fine_scores)) if fine_positions is None else fine_positions
         if coarse_scores is not None and coarse_positions is None:
             coarse_positions = np.arange(len(coarse_scores))
         has_fine = len(fine_scores) > 0
         has_coarse = coarse_grid is not None and coarse_scores is not None and len(coarse_scores) > 0
+        need_both = (self.both > 0 or self.score_weight > 0) and has_fine and has_coarse
         fine_map = coarse_map = None
-        if has_fine and (self.fine > 0 or (self.both > 0 and has_coarse)):
+        if has_fine and (self.fine > 0 or need_both):
             fine_map = spread_scores(fine_scores, fine_positions, grid, anomaly.shape, self.spread)
-        if has_coarse and (self.coarse > 0 or (self.both > 0 and has_fine)):
+        if has_coarse and (self.coarse > 0 or need_both):
             coarse_map = spread_scores(coarse_scores, coarse_positions, coarse_grid, anomaly.shape, self.spread)
-        out = anomaly
+        out, peak = anomaly, 0.0
         if self.fine > 0 and fine_map is not None:
             out = out + self.fine * fine_map
         if self.coarse > 0 and coarse_map is not None:
             out = out + self.coarse * coarse_map
-        if self.both > 0 and fine_map is not None and coarse_map is not None:
-            out = out + self.both * np.minimum(fine_map, coarse_map)
-        return out
+        if need_both:
+            lower = np.minimum(fine_map, coarse_map)
+            if self.both > 0:
+                out = out + self.both * lower
+            peak = float(lower.max()) if self.score_weight > 0 else 0.0
+        return out, peak
 
 
 def add_coarse_map(anomaly: np.ndarray, coarse_maps: np.ndarray, coarse_grid: TileGrid | None, weight: float,
