@@ -182,6 +182,12 @@ def machine_info() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "host": platform.node()}
 
 
+def _part_name(r: dict) -> str:
+    """A part of ``budget_parts``: its frame, source image, defect type unless good, and score."""
+    kind = "" if r["defect_type"] in (None, "good") else f", {r['defect_type']}"
+    return f"{r['file']} ({r['source_image'] or '?'}{kind}) {r['score']}"
+
+
 def format_results(report: dict) -> str:
     lines = [f"model {report['model']} ({report['arch']} width {report['width']}, {report['precision']}, "
              f"{report['parameters'] / 1e6:.2f}M params, {report['gmac_per_tile']:.2f} GMac/tile)"]
@@ -208,5 +214,15 @@ def format_results(report: dict) -> str:
                      f"{p['latency_ms']}, stage share {p['stage_share']}, own overhead per frame "
                      f"{p['overhead_ms_per_frame']} ms, verdicts {p['verdicts']}")
         if "accuracy" in p:
-            lines.append(f"line accuracy vs truth: {p['accuracy']}")
+            acc = p["accuracy"]
+            listed = ("ok_parts_setting_the_bar", "ng_parts_missed_at_the_bar")  # printed below, one part each
+            lines.append("line accuracy vs truth: " + str({k: v for k, v in acc.items() if k not in listed}))
+            if acc.get("ok_parts_setting_the_bar"):
+                lines.append("OK parts at or above the 5 % bar: " + ", ".join(map(_part_name, acc["ok_parts_setting_the_bar"])))
+                missed = acc["ng_parts_missed_at_the_bar"]
+                kinds: dict[str, int] = {}
+                for r in missed:
+                    kinds[r["defect_type"] or "?"] = kinds.get(r["defect_type"] or "?", 0) + 1
+                lines.append(f"NG parts missed at that bar: {len(missed)} ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})"
+                             + (": " + ", ".join(map(_part_name, missed)) if missed else ""))
     return "\n".join(lines)

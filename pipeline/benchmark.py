@@ -101,7 +101,8 @@ def defect_localisation(results: list[dict], truth: dict[str, dict]) -> dict:
 
 
 def line_accuracy(results: list[dict], truth_path: Path) -> dict | None:
-    """Verdicts against ``truth.jsonl`` at the line's threshold, plus :func:`score_ranking`."""
+    """Verdicts against ``truth.jsonl`` at the line's threshold, plus :func:`score_ranking` and
+    :func:`budget_parts`."""
     if not truth_path.is_file():
         return None
     truth = {t["file"]: t for t in map(json.loads, truth_path.read_text().splitlines())}
@@ -115,7 +116,28 @@ def line_accuracy(results: list[dict], truth_path: Path) -> dict | None:
             "verdict_matches_truth": sum(truth[r["source_name"]]["verdict"] == r["verdict"] for r in results
                                          if r["source_name"] in truth) / max(1, len(results)),
             **score_ranking([s for t, _, s in parts if t == "NG"], [s for t, _, s in parts if t == "OK"]),
+            **budget_parts(results, truth),
             "localisation": defect_localisation(results, truth)}
+
+
+def budget_parts(results: list[dict], truth: dict[str, dict], fa_budget: float = FALSE_ALARM_BUDGET) -> dict:
+    """Which parts decide NG recall at ``fa_budget`` false alarms: the OK parts at or above the bar
+    (the ones that may alarm, then the one that sets it), strongest first, and the NG parts at or
+    below it, weakest first. Each names its frame, its source image and defect type where the truth
+    gives them, and its score (None: never scored), so a person can look at what limits the line."""
+    def row(r: dict) -> dict:
+        t = truth[r["source_name"]]
+        return {"file": r["source_name"], "source_image": t.get("source_image"), "defect_type": t.get("defect_type"),
+                "score": None if r.get("score") is None else round(float(r["score"]), 4)}
+
+    ok = [r for r in results if truth.get(r["source_name"], {}).get("verdict") == "OK"]
+    ng = [r for r in results if truth.get(r["source_name"], {}).get("verdict") == "NG"]
+    if not ok or not ng:
+        return {}
+    bar = false_alarm_bar([r.get("score") for r in ok], fa_budget)
+    key = lambda r: -np.inf if r.get("score") is None else r["score"]  # noqa: E731
+    return {"ok_parts_setting_the_bar": [row(r) for r in sorted(ok, key=key, reverse=True) if key(r) >= bar],
+            "ng_parts_missed_at_the_bar": [row(r) for r in sorted(ng, key=key) if key(r) <= bar]}
 
 
 def pipeline_benchmark(seq: str | Path, config: str | Path | None, model: str | Path | None = None,

@@ -83,6 +83,39 @@ def test_line_accuracy_reads_truth_and_scores(tmp_path):
     assert acc["score_auroc"] == pytest.approx(0.75) and acc["ng_recall_at_fa_0.05"] == 0.5
     assert line_accuracy(results, tmp_path / "missing.jsonl") is None
     assert acc["localisation"] == {}  # no truth boxes in this truth file
+    # What limits the recall: with two OK parts none may alarm, so the stronger one (0.7) sets the
+    # bar, and the NG part at 0.3 is the one missed below it.
+    assert [r["file"] for r in acc["ok_parts_setting_the_bar"]] == ["1.png"]
+    assert [(r["file"], r["score"]) for r in acc["ng_parts_missed_at_the_bar"]] == [("3.png", 0.3)]
+
+
+def test_budget_parts_name_what_sets_the_bar_and_what_it_misses():
+    """budget_parts: the OK parts that may alarm and the one that sets the bar, strongest first; the
+    NG parts at or below it (an unscored one first), weakest first; source image and defect type
+    from the truth; and the benchmark's text names them."""
+    from engines.benchmark import format_results
+    from pipeline.benchmark import budget_parts
+
+    ok = [0.1 * i for i in range(20)]  # 5 % of 20: one may alarm, the second-highest (1.8) sets the bar
+    truth = {f"ok{i}.png": {"verdict": "OK", "defect_type": "good", "source_image": f"g{i}.jpg"} for i in range(20)}
+    truth.update({f"ng{i}.png": {"verdict": "NG", "defect_type": k, "source_image": f"d{i}.jpg"}
+                  for i, k in enumerate(["blowhole", "crack", "break", "blowhole"])})
+    results = ([{"source_name": f"ok{i}.png", "score": s} for i, s in enumerate(ok)]
+               + [{"source_name": "ng0.png", "score": 1.8}, {"source_name": "ng1.png", "score": 1.95},
+                  {"source_name": "ng2.png", "score": 0.4}, {"source_name": "ng3.png", "score": None}])
+    parts = budget_parts(results, truth)
+    assert [(r["file"], r["source_image"]) for r in parts["ok_parts_setting_the_bar"]] == [("ok19.png", "g19.jpg"),
+                                                                                       ("ok18.png", "g18.jpg")]
+    assert [(r["file"], r["defect_type"], r["score"]) for r in parts["ng_parts_missed_at_the_bar"]] == [
+        ("ng3.png", "blowhole", None), ("ng2.png", "break", 0.4), ("ng0.png", "blowhole", 1.8)]  # a tie with the bar misses
+    assert budget_parts(results[:20], truth) == {}  # no NG part: nothing to say
+    text = format_results({"model": "m", "arch": "tiny_unet", "width": 16, "precision": "fp32", "parameters": 1e6,
+                           "gmac_per_tile": 0.6, "results": [], "skipped": [], "pipeline": {
+        "sequence": "s", "pace": "as fast as possible", "frames": 24, "frames_per_s": 1.0, "latency_ms": {}, "stage_share": {},
+        "overhead_ms_per_frame": {}, "verdicts": {}, "accuracy": {"score_auroc": 0.9, **parts}}})
+    assert "OK parts at or above the 5 % bar: ok19.png (g19.jpg) 1.9, ok18.png (g18.jpg) 1.8" in text
+    assert "NG parts missed at that bar: 3 (blowhole 2, break 1): ng3.png (d3.jpg, blowhole) None" in text
+    assert "ok_parts_setting_the_bar" not in text  # the lists are not printed twice
 
 
 def test_defect_localisation_against_truth_boxes():
