@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from engines import metrics  # noqa: E402
 from engines.backends.base import load_backend  # noqa: E402
 from engines.data import mvtec_test_set, read_image  # noqa: E402
-from engines.detector import Detector, image_score, split_scores  # noqa: E402
+from engines.detector import Detector, split_scores  # noqa: E402
 from pipeline.benchmark import false_alarm_bar, score_ranking  # noqa: E402
 
 Combine = Callable[[np.ndarray, np.ndarray], float]
@@ -53,19 +53,23 @@ VARIANTS: dict[str, Combine] = {
 }
 
 
-def line_tile_scores(model: Path, config: Path, seq: Path) -> list[tuple[str, str, np.ndarray | None, np.ndarray | None]]:
-    """(truth verdict, defect type, fine tile scores, coarse tile scores) per OK / NG part of ``seq``,
-    scored as the line scores it; the scores are None where preprocessing finds no part (a miss)."""
+def line_tile_scores(model: Path, config: Path, seq: Path) -> list[tuple[str, str, np.ndarray | None, np.ndarray | None,
+                                                                      float | None]]:
+    """(truth verdict, defect type, fine tile scores, coarse tile scores, the line's own score) per
+    OK / NG part of ``seq``, scored as the line scores it (``decide`` with the model's rule, which
+    may also read where the two scales agree); None where preprocessing finds no part (a miss)."""
     import json
 
     import cv2
 
     from engines.artifact import ModelMeta
+    from engines.backends.base import map_coarse_tiles
     from pipeline.config import load_config
-    from pipeline.processing import Preprocessor
+    from pipeline.processing import Preprocessor, decide
 
     meta = ModelMeta.load(model)
-    prep = Preprocessor.for_model(load_config(config).preprocess, meta)
+    cfg = load_config(config)
+    prep = Preprocessor.for_model(cfg.preprocess, meta)
     backend = load_backend("onnxruntime", model)
     parts = []
     for line in (seq / "truth.jsonl").read_text().splitlines():
@@ -74,39 +78,38 @@ def line_tile_scores(model: Path, config: Path, seq: Path) -> list[tuple[str, st
             continue
         p = prep(cv2.imread(str(seq / t["file"]), cv2.IMREAD_COLOR))
         if p.verdict is not None:
-            parts.append((t["verdict"], t["defect_type"], None, None))
+            parts.append((t["verdict"], t["defect_type"], None, None, None))
             continue
-        _, scores = backend.infer(meta.normalise(p.tiles))
+        maps, scores = backend.infer(meta.normalise(p.tiles))
+        maps = map_coarse_tiles(backend, p.tiles, maps, p.tile_index >= len(p.grid))
+        own = decide(maps, scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision, meta.pixel_threshold,
+                     meta.image_threshold, meta.map_score_weight, p.coarse_grid, meta.novelty_share(),
+                     meta.coarse_map_weight, meta.fine_top_k).score
         fine, coarse = split_scores(scores, int((p.tile_index < len(p.grid)).sum()))
-        parts.append((t["verdict"], t["defect_type"], fine, coarse))
+        parts.append((t["verdict"], t["defect_type"], fine, coarse, own))
     return parts
 
 
 def line_report(model: Path, config: Path, seqs: list[Path]) -> None:
-    from engines.artifact import ModelMeta
-
-    top_k = ModelMeta.load(model).fine_top_k
-    variants = {DETECTOR: lambda f, c: image_score(np.zeros((1, 1)), f, 0.0, c, top_k),
-                **VARIANTS}
     per_seq = {seq: line_tile_scores(model, config, seq) for seq in seqs}
     print(f"\nsimulated line ({config}): line AUROC / NG recall at <= 5 % false alarms")
     print(f"{'image score':<40}" + "".join(f"{seq.name:>16}" for seq in seqs) + f"{'mean recall':>13}")
-    for name, combine in variants.items():
+    for name in [DETECTOR, *VARIANTS]:
         cells, recalls = [], []
         for seq in seqs:
-            scored = [(v, None if f is None else combine(f, c)) for v, _, f, c in per_seq[seq]]
+            scored = [(v, own if name == DETECTOR else None if f is None else VARIANTS[name](f, c))
+                      for v, _, f, c, own in per_seq[seq]]
             r = score_ranking([s for v, s in scored if v == "NG"], [s for v, s in scored if v == "OK"])
             recalls.append(r["ng_recall_at_fa_0.05"])
             cells.append(f"{r['score_auroc']:.3f} / {r['ng_recall_at_fa_0.05']:.2f}")
         print(f"{name:<40}" + "".join(f"{c:>16}" for c in cells) + f"{np.mean(recalls):>13.3f}")
     missed, total = {}, {}
     for parts in per_seq.values():
-        score = [None if f is None else variants[DETECTOR](f, c) for _, _, f, c in parts]
-        bar = false_alarm_bar([s for (v, *_), s in zip(parts, score) if v == "OK"])
-        for (v, kind, *_), s in zip(parts, score):
+        bar = false_alarm_bar([own for v, *_, own in parts if v == "OK"])
+        for v, kind, *_, own in parts:
             if v == "NG":
                 total[kind] = total.get(kind, 0) + 1
-                missed[kind] = missed.get(kind, 0) + int(s is None or s <= bar)
+                missed[kind] = missed.get(kind, 0) + int(own is None or own <= bar)
     print("NG parts the detector's score misses at <= 5 % false alarms, all sequences: "
           + ", ".join(f"{k} {missed[k]} of {total[k]}" for k in sorted(total)))
 
