@@ -6,6 +6,7 @@ expected verdict and the ground-truth defect boxes in camera pixels.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,3 +124,14 @@ def write_sequence(frames: list[SimFrame], out: str | Path, fps: float = 10.0, c
     writer.close()
     (out / "truth.jsonl").write_text("".join(json.dumps(t) + "\n" for t in truth))
     return out
+
+
+def sequence_parts(seq: str | Path) -> Iterator[tuple[dict, np.ndarray | None]]:
+    """The OK and NG parts of a sequence written by :func:`write_sequence`: each one's truth record
+    and its frame as the camera gave it (BGR; None when the file cannot be read), in file order.
+    Empty-belt and corrupt frames are left out. For studies that score parts as the line does."""
+    seq = Path(seq)
+    for line in (seq / "truth.jsonl").read_text().splitlines():
+        t = json.loads(line)
+        if t["verdict"] in ("OK", "NG"):
+            yield t, cv2.imread(str(seq / t["file"]), cv2.IMREAD_COLOR)

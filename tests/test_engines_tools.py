@@ -138,6 +138,12 @@ def test_simulate_line_writes_sequence_with_truth(mini_data, tmp_path):
     assert len(read_index(out)) == 5
     bad = simulate_line.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "s2")])
     assert bad == 2
+    # sequence_parts: the OK and NG parts with their truth and frames, the empty belt left out.
+    from pipeline.sim import sequence_parts
+
+    parts = list(sequence_parts(out))
+    assert [t["file"] for t, _ in parts] == [t["file"] for t in truth if t["verdict"] in ("OK", "NG")]
+    assert all(frame is not None and frame.shape == (480, 640, 3) for _, frame in parts)
 
 
 def test_int8_route_prefers_explicit_qdq_and_explains_the_fix():

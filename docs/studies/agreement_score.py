@@ -18,11 +18,9 @@ this as the one-off ``runs/s17/line_minscore.py``, with the same rows.)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -34,6 +32,7 @@ from engines.detector import Detector, split_scores  # noqa: E402
 from pipeline.benchmark import score_ranking  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.processing import Preprocessor  # noqa: E402
+from pipeline.sim import sequence_parts  # noqa: E402
 from pipeline.vision.tiling import TileGrid, scaled_tiles, spread_scores  # noqa: E402
 
 
@@ -80,11 +79,8 @@ def main() -> None:
     auroc: dict[str, list[float]] = {n: [] for n in rows[0]}
     for seq in a.line:
         parts = []
-        for line in (seq / "truth.jsonl").read_text().splitlines():
-            t = json.loads(line)
-            if t["verdict"] not in ("OK", "NG"):
-                continue
-            p = prep(cv2.imread(str(seq / t["file"]), cv2.IMREAD_COLOR))
+        for t, frame in sequence_parts(seq):
+            p = prep(frame)
             if p.verdict is not None:  # no part found: a miss for every variant
                 parts.append((t["verdict"], None))
                 continue

@@ -58,25 +58,19 @@ def line_tile_scores(model: Path, config: Path, seq: Path) -> list[tuple[str, st
     """(truth verdict, defect type, fine tile scores, coarse tile scores, the line's own score) per
     OK / NG part of ``seq``, scored as the line scores it (``decide`` with the model's rule, which
     may also read where the two scales agree); None where preprocessing finds no part (a miss)."""
-    import json
-
-    import cv2
-
     from engines.artifact import ModelMeta
     from engines.backends.base import map_coarse_tiles
     from pipeline.config import load_config
     from pipeline.processing import Preprocessor, decide
+    from pipeline.sim import sequence_parts
 
     meta = ModelMeta.load(model)
     cfg = load_config(config)
     prep = Preprocessor.for_model(cfg.preprocess, meta)
     backend = load_backend("onnxruntime", model)
     parts = []
-    for line in (seq / "truth.jsonl").read_text().splitlines():
-        t = json.loads(line)
-        if t["verdict"] not in ("OK", "NG"):
-            continue
-        p = prep(cv2.imread(str(seq / t["file"]), cv2.IMREAD_COLOR))
+    for t, frame in sequence_parts(seq):
+        p = prep(frame)
         if p.verdict is not None:
             parts.append((t["verdict"], t["defect_type"], None, None, None))
             continue
