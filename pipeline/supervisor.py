@@ -17,6 +17,10 @@ from pipeline.transport import endpoint, make_socket, recv, send
 
 MAX_RESTARTS = 5
 DRAIN_TIMEOUT_S = 60.0
+# The source starts once every other stage has reported in (an infer worker reports after loading
+# and warming its model), so the first parts do not wait behind start-up; after this long it starts
+# anyway, with a line naming the stages that have not reported.
+READY_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -41,6 +45,11 @@ class StatusBoard:
 
     def update(self, msg: dict) -> None:
         self.stages[msg["stage"]] = msg
+
+    def not_ready(self, stages: "list[StageProc]") -> list[str]:
+        """The stages, other than the source, that have not reported in yet (a stage's first status
+        message comes once it has set up: an infer worker's after loading and warming its model)."""
+        return [s.name for s in stages if s.name != "source" and s.name not in self.stages]
 
     def counts(self) -> dict:
         sinks = self.stages.get("sinks", {})
@@ -121,7 +130,9 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
     last_print = 0.0
     try:
         for s in stages:
-            s.start()
+            if s.name != "source":
+                s.start()
+        waiting_since = time.monotonic()
         while True:
             try:
                 msg = recv(status_sock, 100)
@@ -130,12 +141,22 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
             while msg is not None:
                 board.update(msg[0])
                 msg = recv(status_sock, 0)
+            source = by_name["source"]
+            if source.proc is None:
+                if interrupted["at"] is not None:  # Ctrl-C before any frame was read: nothing to flush
+                    break
+                late = board.not_ready(stages)
+                if late and time.monotonic() - waiting_since > READY_TIMEOUT_S:
+                    print(f"run_pipeline: {', '.join(late)} not ready after {READY_TIMEOUT_S:.0f} s; starting the source anyway",
+                          file=sys.stderr)
+                if not late or time.monotonic() - waiting_since > READY_TIMEOUT_S:
+                    source.start()
             sinks = by_name["sinks"]
             if sinks.proc.poll() is not None:
                 exit_code = 0 if sinks.proc.returncode == 0 else 1
                 break
             for s in stages:
-                code = s.proc.poll()
+                code = None if s.proc is None else s.proc.poll()  # the source has no process until the line is ready
                 if code is None or s.done:
                     continue
                 if s.finite and (code == 0 or interrupted["at"] is not None):

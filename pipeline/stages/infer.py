@@ -16,11 +16,25 @@ from pipeline.vision.tiling import TileGrid
 from pipeline.wire import WireError
 
 
+def warm_up(engine, batch: int) -> None:
+    """One pass of a full batch of blank tiles (and of the coarse-map network, when there is one), so
+    that the first parts do not pay for the backend's first-run allocations."""
+    t = engine.meta.tile_size
+    x = np.zeros((max(1, batch), engine.meta.in_channels, t, t), np.float32)
+    engine.infer(x)
+    if engine.coarse_map is not None:
+        engine.coarse_map.infer(x)
+
+
 def run(stage: Stage, worker: int = 0) -> int:
     cfg = stage.cfg
     options = {"threads": cfg.inference.threads} if cfg.inference.backend in ("onnxruntime", "torch") else {}
     engine = load_backend(cfg.inference.backend, cfg.inference.model, **options)
     meta = engine.meta
+    try:  # before the first status message, which tells the line that this worker is ready
+        warm_up(engine, cfg.inference.max_batch)
+    except Exception as exc:  # the parts will say what is wrong, frame by frame
+        print(f"infer{worker}: warm-up failed ({exc!r}); serving anyway", file=sys.stderr)
     tiles_in = make_socket(stage.ctx, zmq.PULL, stage.ep("tiles"), bind=False, hwm=4)
     verdict = make_socket(stage.ctx, zmq.PUSH, stage.ep("verdict"), bind=False, hwm=10000)
     status = StatusReporter(stage.ctx, stage.ep("status"), f"infer{worker}")
