@@ -208,8 +208,7 @@ def format_results(report: dict) -> str:
         lines.append(f"machine fp32 limit: {report['fp32_peak_gflops']:.1f} GFLOP/s (best of ORT MatMul, numpy sgemm) -> "
                      f"{report['limit_ms_per_tile']:.2f} ms/tile for this model"
                      + (f", {sub['limit_ms_per_tile']:.2f} for its coarse-map network" if sub else ""))
-    if "pipeline" in report:
-        p = report["pipeline"]
+    for p in report.get("pipelines") or ([report["pipeline"]] if "pipeline" in report else []):
         lines.append(f"pipeline over {p['sequence']} ({p.get('pace', '')}): {p['frames']} frames, {p['frames_per_s']} frames/s, latency "
                      f"{p['latency_ms']}, stage share {p['stage_share']}, own overhead per frame "
                      f"{p['overhead_ms_per_frame']} ms, verdicts {p['verdicts']}")
@@ -225,4 +224,17 @@ def format_results(report: dict) -> str:
                     kinds[r["defect_type"] or "?"] = kinds.get(r["defect_type"] or "?", 0) + 1
                 lines.append(f"NG parts missed at that bar: {len(missed)} ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})"
                              + (": " + ", ".join(map(_part_name, missed)) if missed else ""))
+    summary = report.get("line_summary")
+    if summary:
+        rec = summary.get("ng_recall_at_fa_0.05")
+        lines.append(f"over {summary['sequences']} sequences: {summary['frames_per_s'][0]}-{summary['frames_per_s'][1]} frames/s"
+                     + (f", own overhead p50 {summary['overhead_ms_per_frame_p50'][0]}-{summary['overhead_ms_per_frame_p50'][1]} ms"
+                        if summary["overhead_ms_per_frame_p50"] else ""))
+        if rec:
+            lines.append(f"NG recall at <= 5 % false alarms: {' / '.join(f'{x:.2f}' for x in rec['per_sequence'])}; "
+                         f"mean {rec['mean']:.3f} (min {rec['min']:.2f}, max {rec['max']:.2f}); mean line AUROC "
+                         f"{summary['score_auroc_mean']:.4f}; missed at the bar: "
+                         + (", ".join(f"{k} {v}" for k, v in summary["ng_missed_at_the_bar_by_type"].items()) or "none")
+                         + "; OK source images setting the bar (sequences): "
+                         + ", ".join(f"{k} {v}" for k, v in list(summary["ok_sources_setting_the_bar"].items())[:5]))
     return "\n".join(lines)

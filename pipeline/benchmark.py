@@ -140,6 +140,35 @@ def budget_parts(results: list[dict], truth: dict[str, dict], fa_budget: float =
             "ng_parts_missed_at_the_bar": [row(r) for r in sorted(ng, key=key) if key(r) <= bar]}
 
 
+def line_summary(runs: list[dict]) -> dict:
+    """Over several ``pipeline_benchmark`` reports: NG recall at <= 5 % false alarms per sequence,
+    its mean, minimum and maximum, the mean line AUROC, frames/s and own overhead ranges, the NG
+    parts missed at each sequence's bar by defect type, and how often each OK source image was among
+    the parts setting the bar. Sequences without truth count only for speed."""
+    judged = [r for r in runs if r.get("accuracy", {}).get(f"ng_recall_at_fa_{FALSE_ALARM_BUDGET:g}") is not None]
+    recall = [r["accuracy"][f"ng_recall_at_fa_{FALSE_ALARM_BUDGET:g}"] for r in judged]
+    missed: dict[str, int] = {}
+    bar_sources: dict[str, int] = {}
+    for r in judged:
+        for part in r["accuracy"].get("ng_parts_missed_at_the_bar", []):
+            missed[part["defect_type"] or "?"] = missed.get(part["defect_type"] or "?", 0) + 1
+        for part in r["accuracy"].get("ok_parts_setting_the_bar", []):
+            key = part["source_image"] or part["file"]
+            bar_sources[key] = bar_sources.get(key, 0) + 1
+    overhead = [r["overhead_ms_per_frame"]["p50"] for r in runs if r.get("overhead_ms_per_frame")]
+    out = {"sequences": len(runs), "judged": len(judged),
+           "frames_per_s": [min(r["frames_per_s"] for r in runs), max(r["frames_per_s"] for r in runs)],
+           "overhead_ms_per_frame_p50": [min(overhead), max(overhead)] if overhead else []}
+    if judged:
+        out.update({f"ng_recall_at_fa_{FALSE_ALARM_BUDGET:g}": {
+                        "per_sequence": recall, "mean": round(float(np.mean(recall)), 4),
+                        "min": min(recall), "max": max(recall)},
+                    "score_auroc_mean": round(float(np.mean([r["accuracy"]["score_auroc"] for r in judged])), 4),
+                    "ng_missed_at_the_bar_by_type": dict(sorted(missed.items())),
+                    "ok_sources_setting_the_bar": dict(sorted(bar_sources.items(), key=lambda kv: -kv[1]))})
+    return out
+
+
 def pipeline_benchmark(seq: str | Path, config: str | Path | None, model: str | Path | None = None,
                        realtime: bool = False) -> dict:
     """As fast as possible (``realtime=False``) measures throughput, and latency then includes the

@@ -135,3 +135,35 @@ def test_defect_localisation_against_truth_boxes():
     assert loc["flagged_ng_parts"] == 2 and loc["defects_per_flagged_ng_part"] == 2.0
     assert loc["truth_boxes_hit"] == pytest.approx(2 / 3, abs=1e-4)  # a's first box and b's box
     assert loc["defects_on_truth"] == 0.5 and loc["top_defect_on_truth"] == 0.5
+
+
+def test_line_summary_over_several_sequences():
+    """benchmark --pipeline SEQ SEQ ...: recall per sequence with mean / min / max, mean line AUROC,
+    speed ranges, misses by defect type, and which OK source images set the bar how often; a
+    sequence without truth counts for speed only. The text report prints every run and the summary."""
+    from engines.benchmark import format_results
+    from pipeline.benchmark import line_summary
+
+    def run(name, recall, auroc, fps, overhead, missed, bar):
+        acc = {"score_auroc": auroc, "ng_recall_at_fa_0.05": recall,
+               "ng_parts_missed_at_the_bar": [{"file": "f", "source_image": "d.jpg", "defect_type": k, "score": 0.1} for k in missed],
+               "ok_parts_setting_the_bar": [{"file": "f", "source_image": b, "defect_type": "good", "score": 0.5} for b in bar]}
+        return {"sequence": name, "pace": "as fast as possible", "frames": 10, "frames_per_s": fps, "latency_ms": {},
+                "stage_share": {}, "overhead_ms_per_frame": {"p50": overhead}, "verdicts": {}, "accuracy": acc}
+
+    runs = [run("a", 0.9, 0.98, 15.0, 3.9, ["blowhole", "crack"], ["g1.jpg", "g2.jpg"]),
+            run("b", 0.8, 0.96, 14.0, 4.2, ["blowhole"], ["g1.jpg", "g3.jpg"]),
+            {"sequence": "c", "frames": 5, "frames_per_s": 16.0, "overhead_ms_per_frame": {"p50": 3.5}}]
+    s = line_summary(runs)
+    assert (s["sequences"], s["judged"]) == (3, 2)
+    assert s["ng_recall_at_fa_0.05"] == {"per_sequence": [0.9, 0.8], "mean": 0.85, "min": 0.8, "max": 0.9}
+    assert s["score_auroc_mean"] == pytest.approx(0.97)
+    assert s["frames_per_s"] == [14.0, 16.0] and s["overhead_ms_per_frame_p50"] == [3.5, 4.2]
+    assert s["ng_missed_at_the_bar_by_type"] == {"blowhole": 2, "crack": 1}
+    assert list(s["ok_sources_setting_the_bar"].items())[0] == ("g1.jpg", 2)
+    text = format_results({"model": "m", "arch": "tiny_unet", "width": 16, "precision": "fp32", "parameters": 1e6,
+                           "gmac_per_tile": 0.6, "results": [], "skipped": [], "pipeline": runs[0],
+                           "pipelines": runs[:2], "line_summary": s})
+    assert "pipeline over a " in text and "pipeline over b " in text
+    assert "NG recall at <= 5 % false alarms: 0.90 / 0.80; mean 0.850 (min 0.80, max 0.90)" in text
+    assert "missed at the bar: blowhole 2, crack 1" in text and "g1.jpg 2" in text

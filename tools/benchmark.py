@@ -31,7 +31,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", help="TensorRT engine file (default MODEL/model.engine)")
     p.add_argument("--cuda-graph", action="store_true", help="torch/tensorrt: capture a CUDA graph per batch size")
     p.add_argument("--no-peak", action="store_true", help="skip measuring the machine's fp32 limit")
-    p.add_argument("--pipeline", metavar="SEQ", help="also run the whole pipeline over a recorded sequence")
+    p.add_argument("--pipeline", metavar="SEQ", nargs="+",
+                   help="also run the whole pipeline over a recorded sequence; several: one run each, and a summary "
+                        "of the line's accuracy over them")
     p.add_argument("--config", help="line config for --pipeline (default: the bundled demo line)")
     p.add_argument("--realtime", action="store_true",
                    help="with --pipeline: replay at the recorded pace (latency as on the line) instead of as fast as possible")
@@ -68,9 +70,12 @@ def main(argv: list[str] | None = None) -> int:
                     if r["device"] == "cpu":
                         r["x_fp32_limit"] = r["ms_per_tile_p50"] / part["limit_ms_per_tile"]
         if args.pipeline:
-            from pipeline.benchmark import pipeline_benchmark
+            from pipeline.benchmark import line_summary, pipeline_benchmark
 
-            report["pipeline"] = pipeline_benchmark(args.pipeline, args.config, args.model, args.realtime)
+            runs = [pipeline_benchmark(seq, args.config, args.model, args.realtime) for seq in args.pipeline]
+            report["pipeline"] = runs[0]
+            if len(runs) > 1:
+                report["pipelines"], report["line_summary"] = runs, line_summary(runs)
         report["command"] = "benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
         print(format_results(report))
         if report.get("untrained"):
