@@ -40,7 +40,8 @@ def main() -> None:
              for s, im in zip(samples, images)]
 
     def maps(fine: float, coarse: float) -> list[np.ndarray]:
-        det.meta = replace(own, fine_map_share=fine, coarse_map_share=coarse)
+        # The lower-spread share (seventeenth session) is held at 0: this sweep is of the older rule.
+        det.meta = replace(own, fine_map_share=fine, coarse_map_share=coarse, both_scales_map_share=0.0)
         return [det.predict(im).anomaly_map.astype(np.float32) for im in images]
 
     bare = maps(0.0, 0.0)
