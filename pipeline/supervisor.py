@@ -178,7 +178,9 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
                 break
             if show_status and time.monotonic() - last_print > 0.5:
                 last_print = time.monotonic()
-                print("\r" + board.line() + "   ", end="", file=sys.stderr, flush=True)
+                waiting = board.not_ready(stages) if by_name["source"].proc is None else []
+                text = f"starting: waiting for {', '.join(waiting)}" if waiting else board.line()
+                print("\r" + text + "   ", end="", file=sys.stderr, flush=True)
         if show_status:
             print("\r" + board.line(), file=sys.stderr)
     except KeyboardInterrupt:
