@@ -9,6 +9,7 @@ import datetime as dt
 import os
 import platform
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -219,9 +220,7 @@ def format_results(report: dict) -> str:
             if acc.get("ok_parts_setting_the_bar"):
                 lines.append("OK parts at or above the 5 % bar: " + ", ".join(map(_part_name, acc["ok_parts_setting_the_bar"])))
                 missed = acc["ng_parts_missed_at_the_bar"]
-                kinds: dict[str, int] = {}
-                for r in missed:
-                    kinds[r["defect_type"] or "?"] = kinds.get(r["defect_type"] or "?", 0) + 1
+                kinds = Counter(r["defect_type"] or "?" for r in missed)
                 lines.append(f"NG parts missed at that bar: {len(missed)} ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})"
                              + (": " + ", ".join(map(_part_name, missed)) if missed else ""))
     summary = report.get("line_summary")

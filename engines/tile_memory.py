@@ -81,18 +81,18 @@ NOVELTY_SPREAD = "min"
 GRAPH_MAP_SHARE = 0.0
 
 
-NOVELTY_RULE_FIELDS = ("fine_map_share", "coarse_map_share", "both_scales_map_share", "both_scales_score_weight",
-                       "novelty_spread")
-
-
 def novelty_rule(has_memory: bool, has_coarse: bool) -> dict:
-    """A newly exported model's ``NOVELTY_RULE_FIELDS`` of ModelMeta: what of the tile novelty its
-    map adds, how it is spread, and what of the two scales' agreement its image score reads."""
+    """A newly exported model's novelty fields of ModelMeta (``NOVELTY_RULE_FIELDS``): what of the
+    tile novelty its map adds, how it is spread, and what of the two scales' agreement its image
+    score reads."""
     if has_coarse:
         return dict(fine_map_share=0.0, coarse_map_share=0.0, both_scales_map_share=BOTH_SCALES_MAP_SHARE,
                     both_scales_score_weight=BOTH_SCALES_SCORE_WEIGHT, novelty_spread=NOVELTY_SPREAD)
     return dict(fine_map_share=FINE_MAP_SHARE if has_memory else 0.0, coarse_map_share=0.0, both_scales_map_share=0.0,
                 both_scales_score_weight=0.0, novelty_spread=NOVELTY_SPREAD if has_memory else "mean")
+
+
+NOVELTY_RULE_FIELDS = tuple(novelty_rule(True, True))
 
 
 class TileMemory(nn.Module):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ def overhead_per_frame(seq: str | Path, config: str | Path, max_frames: int = 50
     cfg = load_config(config)
     meta = ModelMeta.load(cfg.inference.model)
     prep = Preprocessor.for_model(cfg.preprocess, meta)
+    novelty = meta.novelty_share()
     times = []
     for i, (_name, _ns, path) in enumerate(iter_sequence(seq)):
         if i >= max_frames:
@@ -45,7 +47,7 @@ def overhead_per_frame(seq: str | Path, config: str | Path, max_frames: int = 50
             wire.decode(wire.encode({"kind": "maps"}, {"maps": maps, "scores": scores, "part_mask": p.part_mask}))
             decide(maps.astype(np.float32), scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision,
                    meta.pixel_threshold, meta.image_threshold, meta.map_score_weight, p.coarse_grid,
-                   meta.novelty_share(), meta.coarse_map_weight, meta.fine_top_k)
+                   novelty, meta.coarse_map_weight, meta.fine_top_k)
             times.append((time.perf_counter() - t0) * 1000.0)
     return times
 
@@ -147,14 +149,9 @@ def line_summary(runs: list[dict]) -> dict:
     the parts setting the bar. Sequences without truth count only for speed."""
     judged = [r for r in runs if r.get("accuracy", {}).get(f"ng_recall_at_fa_{FALSE_ALARM_BUDGET:g}") is not None]
     recall = [r["accuracy"][f"ng_recall_at_fa_{FALSE_ALARM_BUDGET:g}"] for r in judged]
-    missed: dict[str, int] = {}
-    bar_sources: dict[str, int] = {}
-    for r in judged:
-        for part in r["accuracy"].get("ng_parts_missed_at_the_bar", []):
-            missed[part["defect_type"] or "?"] = missed.get(part["defect_type"] or "?", 0) + 1
-        for part in r["accuracy"].get("ok_parts_setting_the_bar", []):
-            key = part["source_image"] or part["file"]
-            bar_sources[key] = bar_sources.get(key, 0) + 1
+    missed = Counter(part["defect_type"] or "?" for r in judged for part in r["accuracy"].get("ng_parts_missed_at_the_bar", []))
+    bar_sources = Counter(part["source_image"] or part["file"]
+                          for r in judged for part in r["accuracy"].get("ok_parts_setting_the_bar", []))
     overhead = [r["overhead_ms_per_frame"]["p50"] for r in runs if r.get("overhead_ms_per_frame")]
     out = {"sequences": len(runs), "judged": len(judged),
            "frames_per_s": [min(r["frames_per_s"] for r in runs), max(r["frames_per_s"] for r in runs)],
@@ -165,7 +162,7 @@ def line_summary(runs: list[dict]) -> dict:
                         "min": min(recall), "max": max(recall)},
                     "score_auroc_mean": round(float(np.mean([r["accuracy"]["score_auroc"] for r in judged])), 4),
                     "ng_missed_at_the_bar_by_type": dict(sorted(missed.items())),
-                    "ok_sources_setting_the_bar": dict(sorted(bar_sources.items(), key=lambda kv: -kv[1]))})
+                    "ok_sources_setting_the_bar": dict(bar_sources.most_common())})
     return out
 
 

@@ -62,6 +62,7 @@ def run(stage: Stage) -> int:
                 arrays["anomaly_map"] = arrays["anomaly_map"].astype(np.float16)
             send(results, header, arrays)
 
+    novelty = meta.novelty_share()  # the model's rule, the same for every frame
     try:
         while not stage.stopping:
             try:
@@ -83,7 +84,7 @@ def run(stage: Stage) -> int:
                 elif kind == "maps":
                     try:
                         record, extra = record_from_maps(header, arrays, cfg, pixel_t, image_t, meta.map_score_weight,
-                                                         meta.novelty_share(), meta.coarse_map_weight, meta.fine_top_k)
+                                                         novelty, meta.coarse_map_weight, meta.fine_top_k)
                     except Exception as exc:  # one bad frame must not stop the line
                         record, extra = {"frame_id": header["frame_id"], "source_name": header["source_name"],
                                          "capture_ns": header["capture_ns"], "verdict": "ERROR",
