@@ -33,6 +33,12 @@ class Collector:
     def end(self, count: int) -> None:
         self.expected = count
 
+    def source_gone(self) -> None:
+        """The source process ended without announcing its count (killed): the stream ends after the
+        last frame it registered. A count it did announce stands."""
+        if self.expected is None:
+            self.expected = max([*self.registered, self.next_id - 1], default=-1) + 1
+
     def _error(self, frame_id: int, reason: str) -> dict:
         info = self.registered.get(frame_id, {})
         return {"frame_id": frame_id, "source_name": info.get("source_name"), "capture_ns": info.get("capture_ns"),

@@ -29,10 +29,24 @@ class CameraConfig:
 
 
 @dataclass
+class StreamConfig:
+    """Network cameras (``rtsp://``, ``http://``), opened through OpenCV's FFmpeg backend."""
+    transport: str = "tcp"         # RTSP transport: tcp (no lost packets, so no torn frames) or udp
+    low_latency: bool = True       # short stream probe, no demuxer buffer: frames at camera pace from the first
+    open_timeout_s: float = 10.0   # connecting and reading the stream description
+    read_timeout_s: float = 5.0    # a stream silent this long counts as lost
+
+
+@dataclass
 class SourceConfig:
     uri: str = ""                  # camera0, video:FILE, dir:DIR, replay:SEQ, rtsp://...
     realtime: bool = False         # replay at recorded pace instead of as fast as possible
+    # A camera or stream that stops delivering is reopened (waits 0.5, 1, 2, 4, then 5 s) for up to
+    # this long; each loss is an ERROR record in the results. After that the run flushes and ends
+    # with an error. It also bounds the wait for a camera that is not there yet at start.
+    reconnect_s: float = 60.0
     camera: CameraConfig = field(default_factory=CameraConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
 
 @dataclass
@@ -133,7 +147,8 @@ class LineConfig:
 
 PATH_FIELDS = {("preprocess", "template"), ("inference", "model")}
 VALID = {("preprocess", "mode"): ("silhouette", "template"),
-         ("inference", "backend"): ("onnxruntime", "torch", "tensorrt")}
+         ("inference", "backend"): ("onnxruntime", "torch", "tensorrt"),
+         ("source", "stream", "transport"): ("tcp", "udp")}
 
 
 def _type_ok(value: Any, tp: Any) -> bool:
@@ -177,10 +192,12 @@ def _build(cls: type, raw: Any, where: str, source: str) -> Any:
 
 
 def validate(cfg: LineConfig, source: str = "config") -> LineConfig:
-    for (section, name), choices in VALID.items():
-        value = getattr(getattr(cfg, section), name)
+    for path, choices in VALID.items():
+        value = cfg
+        for name in path:
+            value = getattr(value, name)
         if value not in choices:
-            raise ConfigError(f"{source}: `{section}.{name}` = {value!r}; expected one of {list(choices)}")
+            raise ConfigError(f"{source}: `{'.'.join(path)}` = {value!r}; expected one of {list(choices)}")
     checks = [
         (cfg.inference.workers >= 1, "inference.workers", "an integer >= 1"),
         (cfg.inference.max_batch >= 1, "inference.max_batch", "an integer >= 1"),
@@ -190,6 +207,9 @@ def validate(cfg: LineConfig, source: str = "config") -> LineConfig:
         (0 < cfg.preprocess.downscale <= 1, "preprocess.downscale", "a factor in (0, 1]"),
         (len(cfg.preprocess.belt.mean) == 3, "preprocess.belt.mean", "3 numbers (Lab)"),
         (cfg.decision.min_defect_area >= 1, "decision.min_defect_area", "an integer >= 1 (canonical px)"),
+        (cfg.source.reconnect_s >= 0, "source.reconnect_s", "seconds >= 0 (0: a lost camera ends the run at once)"),
+        (cfg.source.stream.open_timeout_s > 0 and cfg.source.stream.read_timeout_s > 0,
+         "source.stream.open_timeout_s / read_timeout_s", "seconds > 0"),
         (cfg.decision.merge_gap_px >= 0, "decision.merge_gap_px", "an integer >= 0 (canonical px; 0: no merging)"),
     ]
     for ok, key, expected in checks:

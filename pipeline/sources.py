@@ -7,7 +7,10 @@ an as-fast-as-possible replay never do.
 """
 from __future__ import annotations
 
+import os
 import re
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,7 @@ import cv2
 import numpy as np
 
 from engines.data import IMAGE_SUFFIXES
-from pipeline.config import SourceConfig
+from pipeline.config import SourceConfig, StreamConfig
 from pipeline.sequence import read_index
 
 
@@ -84,33 +87,111 @@ class ReplaySource(Source):
             yield SourceItem(e["file"], frame, reason, e["capture_ns"])
 
 
+# Waits between attempts to reopen a lost camera or stream (the last one repeats).
+RECONNECT_WAITS_S = (0.5, 1.0, 2.0, 4.0, 5.0)
+
+
+def ffmpeg_options(stream: StreamConfig) -> str:
+    """OpenCV's FFmpeg capture options (``OPENCV_FFMPEG_CAPTURE_OPTIONS``) for a network camera."""
+    opts = [f"rtsp_transport;{stream.transport}"]
+    if stream.low_latency:  # FFmpeg probes a stream for about 2 s by default and hands out that backlog first
+        opts += ["fflags;nobuffer", "analyzeduration;100000", "probesize;32768"]
+    return "|".join(opts)
+
+
 class CaptureSource(Source):
-    """OpenCV capture: a camera index, an RTSP URL or a video file."""
+    """OpenCV capture: a camera index, an RTSP/HTTP URL or a video file.
+
+    A live one (camera, stream) that stops delivering is reopened, waiting ``RECONNECT_WAITS_S``
+    between attempts, for up to ``source.reconnect_s``; each loss is yielded as an item without a
+    frame, so the results say when the line saw nothing. Past that window it raises
+    ``ConnectionError``. A video file simply ends."""
 
     def __init__(self, target: int | str, cfg: SourceConfig, live: bool) -> None:
-        self.live = live
-        self.cap = cv2.VideoCapture(target)
-        if not self.cap.isOpened():
-            raise FileNotFoundError(f"source {target!r}: cannot open (check the device index, URL or file)")
-        if isinstance(target, int):
-            self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.camera.width)
-            self.cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.camera.height)
-            self.cap.set(cv2.CAP_PROP_FPS, cfg.camera.fps)
-            if cfg.camera.exposure is not None:
-                self.cap.set(cv2.CAP_PROP_EXPOSURE, cfg.camera.exposure)
+        self.target, self.cfg, self.live = target, cfg, live
         self.label = str(target)
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self.cap = self._open()
+        if self.cap is None:
+            if not live:
+                raise FileNotFoundError(f"source {target!r}: cannot open (check the file)")
+            print(f"source {self.label}: cannot open; retrying for up to {cfg.reconnect_s:.0f} s (source.reconnect_s)",
+                  file=sys.stderr, flush=True)
+            self.cap = self._reopen(time.monotonic(), "cannot open it")
+
+    def _open(self) -> cv2.VideoCapture | None:
+        if isinstance(self.target, int):
+            cap = cv2.VideoCapture(self.target)
+            if cap.isOpened():
+                cam = self.cfg.camera
+                cap.set(cv2.CAP_PROP_FRAME_WIDTH, cam.width)
+                cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cam.height)
+                cap.set(cv2.CAP_PROP_FPS, cam.fps)
+                if cam.exposure is not None:
+                    cap.set(cv2.CAP_PROP_EXPOSURE, cam.exposure)
+        elif self.live:  # network camera: read when opening, by this process's FFmpeg
+            stream = self.cfg.stream
+            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = ffmpeg_options(stream)
+            # FFmpeg still says why a connection failed; OpenCV's own warning after it would only
+            # add that no other backend takes a URL.
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+            cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG,
+                                   [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(stream.open_timeout_s * 1000),
+                                    cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(stream.read_timeout_s * 1000)])
+        else:
+            cap = cv2.VideoCapture(self.target)
+        if cap.isOpened():
+            return cap
+        cap.release()
+        return None
+
+    def _reopen(self, lost_at: float, what: str) -> cv2.VideoCapture:
+        attempts = 0
+        while not self._closed.is_set():
+            left = lost_at + self.cfg.reconnect_s - time.monotonic()
+            if left <= 0:
+                break
+            self._closed.wait(min(RECONNECT_WAITS_S[min(attempts, len(RECONNECT_WAITS_S) - 1)], left))
+            if self._closed.is_set():
+                break
+            attempts += 1
+            with self._lock:
+                cap = None if self._closed.is_set() else self._open()
+            if cap is not None:
+                print(f"source {self.label}: reconnected after {time.monotonic() - lost_at:.1f} s ({attempts} attempt(s))",
+                      file=sys.stderr, flush=True)
+                return cap
+        if self._closed.is_set():
+            raise ConnectionError(f"source {self.label}: closed while reconnecting")
+        raise ConnectionError(f"source {self.label}: {what}, and {attempts} attempt(s) to reopen it over "
+                              f"{self.cfg.reconnect_s:.0f} s failed; check the camera's power, cable and network "
+                              f"(or the URL), or raise source.reconnect_s in the line config")
 
     def __iter__(self) -> Iterator[SourceItem]:
-        n = 0
-        while True:
-            ok, frame = self.cap.read()
-            if not ok:
+        n = lost = 0
+        while not self._closed.is_set():
+            with self._lock:
+                ok, frame = (False, None) if self._closed.is_set() else self.cap.read()
+            if ok:
+                yield SourceItem(f"{self.label}#{n:06d}", frame)
+                n += 1
+                continue
+            if not self.live or self._closed.is_set():
                 return
-            yield SourceItem(f"{self.label}#{n:06d}", frame)
-            n += 1
+            lost += 1
+            lost_at = time.monotonic()
+            yield SourceItem(f"{self.label}#lost{lost:03d}", None,
+                             f"camera lost: no frame from {self.label} after frame {n}; reconnecting for up to "
+                             f"{self.cfg.reconnect_s:.0f} s (source.reconnect_s)")
+            with self._lock:
+                self.cap.release()
+            self.cap = self._reopen(lost_at, "the stream stopped")
 
     def close(self) -> None:
-        self.cap.release()
+        self._closed.set()
+        with self._lock:
+            self.cap.release()
 
 
 def open_source(uri: str, cfg: SourceConfig | None = None) -> Source:

@@ -1,5 +1,9 @@
 """run_pipeline's supervisor: starts every stage as its own process, shows a live status line,
-restarts a stage that crashes, and stops cleanly (flushing results) on Ctrl-C or end of source."""
+restarts a stage that crashes, and stops cleanly (flushing results) on Ctrl-C or end of source.
+
+The source is never restarted: a new one would read its frames again under new ids. A source that
+fails (a camera lost for longer than ``source.reconnect_s``; it reconnects on its own before that)
+ends the run like the end of its stream, flushing the frames it read, and run_pipeline exits 1."""
 from __future__ import annotations
 
 import signal
@@ -127,6 +131,7 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
     exit_code = 0
+    source_failed = None
     last_print = 0.0
     try:
         for s in stages:
@@ -154,6 +159,16 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
             sinks = by_name["sinks"]
             if sinks.proc.poll() is not None:
                 exit_code = 0 if sinks.proc.returncode == 0 else 1
+                src = by_name["source"]
+                if source_failed is None and src.proc is not None and interrupted["at"] is None:
+                    try:  # it announced its end before exiting, so the sinks may finish first
+                        code = src.proc.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        code = 0
+                    if code != 0:
+                        source_failed = code
+                        print(f"\nrun_pipeline: the source failed (exit {code}); its frames were flushed",
+                              file=sys.stderr)
                 break
             for s in stages:
                 code = None if s.proc is None else s.proc.poll()  # the source has no process until the line is ready
@@ -161,6 +176,13 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
                     continue
                 if s.finite and (code == 0 or interrupted["at"] is not None):
                     s.done = True
+                    continue
+                if s.name == "source":  # never restarted: it would read its frames again, under new ids
+                    s.done = True
+                    source_failed = code
+                    print(f"\nrun_pipeline: the source failed (exit {code}); flushing the frames it read, then stopping",
+                          file=sys.stderr)
+                    send(control, {"kind": "source_gone"})
                     continue
                 if s.restarts >= MAX_RESTARTS:
                     print(f"\nrun_pipeline: {s.name} failed {s.restarts + 1} times (exit {code}); giving up",
@@ -204,4 +226,6 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
             tmp.cleanup()
     if interrupted["at"] is not None and exit_code == 0:
         exit_code = 130
+    if source_failed is not None and exit_code == 0:
+        exit_code = 1
     return exit_code

@@ -36,3 +36,24 @@ def test_timeout_expires_lost_frames():
     assert c.expire(500) == 0
     assert c.expire(2000) == 1
     assert c.release()[0]["reason"].startswith("no result within")
+
+
+def test_source_gone_ends_after_the_frames_it_registered():
+    c = Collector(timeout_ns=10**12)
+    for i in range(3):
+        c.register(i, f"f{i}", 100 + i)
+    c.add(0, _rec(0))
+    assert [r["frame_id"] for r in c.release()] == [0]
+    c.source_gone()  # killed without announcing its count: frames 1 and 2 are still in flight
+    assert not c.finished
+    c.add(1, _rec(1))
+    c.add(2, _rec(2))
+    assert [r["frame_id"] for r in c.release()] == [1, 2] and c.finished
+    announced = Collector(timeout_ns=10**12)
+    announced.register(0, "f0", 100)
+    announced.end(5)
+    announced.source_gone()  # a count the source announced stands
+    assert announced.expected == 5
+    empty = Collector(timeout_ns=10**12)
+    empty.source_gone()
+    assert empty.finished

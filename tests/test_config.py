@@ -31,6 +31,10 @@ def test_wrong_type_and_choice(tmp_path):
         load_config(_write(tmp_path, "preprocess:\n  tile_overlap: 1.5\n"))
     with pytest.raises(ConfigError, match="template"):
         load_config(_write(tmp_path, "preprocess:\n  mode: template\n"))
+    with pytest.raises(ConfigError, match=r"`source.stream.transport` = 'http'; expected one of \['tcp', 'udp'\]"):
+        load_config(_write(tmp_path, "source:\n  stream:\n    transport: http\n"))
+    with pytest.raises(ConfigError, match="source.reconnect_s"):
+        load_config(_write(tmp_path, "source:\n  reconnect_s: -1\n"))
 
 
 def test_not_yaml_and_missing(tmp_path):

@@ -147,6 +147,29 @@ def test_crashed_infer_worker_is_restarted_and_no_frame_is_lost(line, tmp_path):
     assert [r["frame_id"] for r in records] == list(range(10))
 
 
+def test_killed_source_is_not_restarted_and_what_it_read_is_flushed(line, tmp_path):
+    """A restarted source would read its frames again under new ids; the line ends instead, with a
+    record for every frame the source registered, and says so."""
+    config, seq = line
+    slow = _retimed(seq, tmp_path / "slow", period_ns=400_000_000)
+    results, run_dir = tmp_path / "r.jsonl", tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "tools.run_pipeline", "--config", str(_realtime_config(config, tmp_path)),
+                             "--source", f"replay:{slow}", "--results", str(results), "--run-dir", str(run_dir)],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while (not results.is_file() or len(results.read_text().splitlines()) < 3) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in _stage_pids(run_dir, "source"):
+        os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "the source failed (exit -9)" in err and "restarting" not in err
+    records = _records(results)
+    assert 3 <= len(records) < 10
+    assert [r["frame_id"] for r in records] == list(range(len(records)))
+    assert len({r["source_name"] for r in records}) == len(records)  # no frame read twice
+
+
 def test_ctrl_c_flushes_results_and_exits(line, tmp_path):
     config, seq = line
     slow = _retimed(seq, tmp_path / "slow", period_ns=500_000_000)  # 2 fps: still running when Ctrl-C comes
@@ -163,6 +186,53 @@ def test_ctrl_c_flushes_results_and_exits(line, tmp_path):
     records = _records(results)
     assert 0 < len(records) < 10
     assert [r["frame_id"] for r in records] == list(range(len(records)))  # everything read got its record
+
+
+def test_rtsp_camera_lost_reconnected_then_gone(line, tmp_path):
+    """A real RTSP camera (tests/rtsp_server.py) serving the line's part frames. It drops the
+    connection once and serves again: one ERROR record, then inspection goes on. Then it is gone
+    for longer than source.reconnect_s: the run flushes every frame read and exits 1, saying why."""
+    from tests.rtsp_server import RtspServer
+    from tests.servers import free_port
+
+    config, seq = line
+    truth = _truth(seq)
+    frames = [cv2.imread(str(seq / name)) for name, t in sorted(truth.items()) if t["verdict"] in ("OK", "NG")]
+    server = RtspServer(frames, free_port(), fps=5)
+    cfg = tmp_path / "rtsp.yaml"
+    cfg.write_text(Path(config).read_text() + "\nsource:\n  reconnect_s: 2.0\n  stream:\n    read_timeout_s: 1.0\n")
+    results = tmp_path / "r.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "tools.run_pipeline", "--config", str(cfg), "--source", server.url,
+                             "--results", str(results)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        def inspected():
+            return [r for r in _records(results) if r["verdict"] in ("OK", "NG")] if results.is_file() else []
+
+        deadline = time.monotonic() + 90
+        while len(inspected()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        server.drop_clients()
+        while server.sessions < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        seen = len(inspected())
+        while len(inspected()) < seen + 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        server.stop()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        server.stop()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "reconnected after" in err and "the source failed" in err and "source.reconnect_s" in err
+    records = _records(results)
+    assert [r["frame_id"] for r in records] == list(range(len(records)))  # every frame read got its record
+    lost = [r for r in records if r["verdict"] == "ERROR"]
+    assert len(lost) == 2 and all("camera lost" in r["reason"] for r in lost), lost
+    assert records[-1] == lost[-1]  # the second loss was the end
+    first_loss = records.index(lost[0])
+    assert sum(r["verdict"] in ("OK", "NG") for r in records[first_loss:]) >= 4  # inspection went on after it
+    assert all(r["source_name"].startswith(server.url) for r in records)
 
 
 def test_memory_fitted_on_ok_frames_as_the_line_sees_them(line, trained_model, mini_data, tmp_path, capsys):

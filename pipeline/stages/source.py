@@ -21,6 +21,10 @@ from pipeline.stages._common import POLL_MS, Stage, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, send
 
 
+# Exit code of a source that failed (could not be opened, or a camera lost for longer than
+# source.reconnect_s): the frames read before were passed on and the end of the stream announced, so
+# the line flushes them; the supervisor does not restart it.
+SOURCE_FAILED = 3
 # While live frames wait in the stage's queue, it retries sending this often between source frames.
 LIVE_RETRY_S = 0.002
 _END = object()
@@ -48,11 +52,17 @@ class _Reader(threading.Thread):
 
 def run(stage: Stage, uri: str) -> int:
     cfg = stage.cfg
-    source = open_source(uri, cfg.source)
+    verdict = make_socket(stage.ctx, zmq.PUSH, stage.ep("verdict"), bind=False, hwm=10000)
+    try:
+        source = open_source(uri, cfg.source)
+    except Exception as exc:  # e.g. a camera that did not appear within source.reconnect_s
+        print(f"source: {exc}", file=sys.stderr, flush=True)
+        send(verdict, {"kind": "end", "count": 0})
+        verdict.close()
+        return SOURCE_FAILED
     # The backlog stays here, not in ZeroMQ buffers where frames would silently age: a live source
     # drops its oldest queued frame, a file source simply reads the next frame later.
     frames = make_socket(stage.ctx, zmq.PUSH, stage.ep("frames"), bind=False, hwm=1 if source.live else 2)
-    verdict = make_socket(stage.ctx, zmq.PUSH, stage.ep("verdict"), bind=False, hwm=10000)
     status = StatusReporter(stage.ctx, stage.ep("status"), "source")
     queue: collections.deque = collections.deque()
     count = 0
@@ -97,30 +107,34 @@ def run(stage: Stage, uri: str) -> int:
             reader.stop.set()
             reader.join(timeout=2.0)
 
+    failure: Exception | None = None
     try:
-        for item in items():
-            if stage.stopping:
-                break
-            capture_ns = time.monotonic_ns()
-            fid = count
-            count += 1
-            register(fid, item.name, capture_ns)
-            status.add(frames_in=1)
-            if item.frame is None:
-                result(fid, item.name, capture_ns, "ERROR", item.reason)
-                continue
-            header = {"kind": "frame", "frame_id": fid, "source_name": item.name, "capture_ns": capture_ns,
-                      "recorded_ns": item.recorded_ns}
-            queue.append((header, item.frame))
-            if source.live:
-                while len(queue) > cfg.source.camera.queue:
-                    old, _ = queue.popleft()
-                    result(old["frame_id"], old["source_name"], old["capture_ns"], "DROPPED",
-                           f"inspection behind the camera; oldest of {cfg.source.camera.queue + 1} queued frames dropped")
-                    status.add(processed=0, dropped=1)
-                drain(block=False)
-            else:
-                drain(block=True)
+        try:
+            for item in items():
+                if stage.stopping:
+                    break
+                capture_ns = time.monotonic_ns()
+                fid = count
+                count += 1
+                register(fid, item.name, capture_ns)
+                status.add(frames_in=1)
+                if item.frame is None:
+                    result(fid, item.name, capture_ns, "ERROR", item.reason)
+                    continue
+                header = {"kind": "frame", "frame_id": fid, "source_name": item.name, "capture_ns": capture_ns,
+                          "recorded_ns": item.recorded_ns}
+                queue.append((header, item.frame))
+                if source.live:
+                    while len(queue) > cfg.source.camera.queue:
+                        old, _ = queue.popleft()
+                        result(old["frame_id"], old["source_name"], old["capture_ns"], "DROPPED",
+                               f"inspection behind the camera; oldest of {cfg.source.camera.queue + 1} queued frames dropped")
+                        status.add(processed=0, dropped=1)
+                    drain(block=False)
+                else:
+                    drain(block=True)
+        except Exception as exc:  # the source failed: every frame read so far still gets its record
+            failure = exc
         drain(block=True)
         send(verdict, {"kind": "end", "count": count})
     finally:
@@ -128,6 +142,9 @@ def run(stage: Stage, uri: str) -> int:
         status.close()
         frames.close()
         verdict.close()
+    if failure is not None:
+        print(f"source: {failure}", file=sys.stderr, flush=True)
+        return SOURCE_FAILED
     return 0
 
 

@@ -99,6 +99,8 @@ def run(stage: Stage) -> int:
                     print(f"stitch: {n} in-flight frame(s) marked ERROR after {header['stage']} crash", file=sys.stderr)
                 elif kind == "end":
                     collector.end(header["count"])
+                elif kind == "source_gone":
+                    collector.source_gone()
             collector.expire(time.monotonic_ns())
             emit()
             if collector.finished:

@@ -1,0 +1,130 @@
+"""The network-camera source against a real RTSP server on loopback (tests/rtsp_server.py: RTSP
+1.0, Motion-JPEG in RTP over the RTSP connection): frames arrive as served, a lost stream becomes an
+error item and is reconnected, and a camera gone for longer than ``source.reconnect_s`` ends the
+source with an error that names the fix."""
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.config import SourceConfig
+from pipeline.sources import CaptureSource, ffmpeg_options, open_source
+from tests.rtsp_server import RtspServer, jpeg_parts, rtp_packets
+from tests.servers import free_port
+
+DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo" / "sequence"
+
+
+@pytest.fixture(scope="module")
+def camera_frames():
+    """Three frames of the bundled demo line (640x480 camera images)."""
+    return [cv2.imread(str(DEMO / f"{i:06d}.jpg")) for i in (0, 3, 7)]
+
+
+def _which(frame, served):
+    """Index of the served frame this one shows, and its mean absolute difference (JPEG twice over)."""
+    diffs = [float(np.abs(frame.astype(np.int16) - s).mean()) for s in served]
+    return int(np.argmin(diffs)), min(diffs)
+
+
+def _cfg(reconnect_s=5.0):
+    cfg = SourceConfig()
+    cfg.reconnect_s = reconnect_s
+    cfg.stream.open_timeout_s = 3.0
+    cfg.stream.read_timeout_s = 1.0
+    return cfg
+
+
+def test_rtp_jpeg_packets_carry_the_scan_and_tables(camera_frames):
+    ok, buf = cv2.imencode(".jpg", camera_frames[0], [cv2.IMWRITE_JPEG_QUALITY, 90])
+    tables, scan, w, h, kind = jpeg_parts(buf.tobytes())
+    assert (w, h, kind, len(tables)) == (640, 480, 1, 128)  # OpenCV encodes 4:2:0
+    packets = rtp_packets(buf.tobytes(), seq=65534, timestamp=9000)
+    assert [p[1] >> 7 for p in packets] == [0] * (len(packets) - 1) + [1]  # marker on the frame's last packet
+    assert [int.from_bytes(p[2:4], "big") for p in packets[:3]] == [65534, 65535, 0]  # sequence wraps
+    payload = packets[0][12 + 8 + 4:] + b"".join(p[12 + 8:] for p in packets[1:])
+    assert payload == tables + scan
+
+
+def test_rtsp_camera_frames_arrive_as_served(camera_frames):
+    server = RtspServer(camera_frames, free_port(), fps=20)
+    try:
+        source = open_source(server.url, _cfg())
+        assert source.live
+        got = []
+        for item in source:
+            assert item.frame is not None, item.reason
+            got.append(_which(item.frame, camera_frames))
+            if len(got) == 7:
+                break
+        source.close()
+    finally:
+        server.stop()
+    which = [i for i, _ in got]
+    assert max(d for _, d in got) < 4.0  # the served images, not a torn or grey frame
+    assert all((b - a) % 3 == 1 for a, b in zip(which, which[1:])), which  # in order, none skipped
+
+
+def test_lost_stream_is_recorded_and_reconnected(camera_frames):
+    server = RtspServer(camera_frames, free_port(), fps=20)
+    try:
+        source = open_source(server.url, _cfg())
+        items = iter(source)
+        for _ in range(3):
+            assert next(items).frame is not None
+        server.drop_clients()  # the camera reboots; it serves again at once
+        lost = next(i for _, i in zip(range(60), items) if i.frame is None)
+        assert lost.name.endswith("#lost001") and "camera lost" in lost.reason and "reconnecting" in lost.reason
+        after = [next(items) for _ in range(3)]
+        assert all(i.frame is not None for i in after)
+        assert max(_which(i.frame, camera_frames)[1] for i in after) < 4.0
+        assert server.sessions == 2
+        source.close()
+    finally:
+        server.stop()
+
+
+def test_camera_gone_longer_than_reconnect_s_ends_the_source(camera_frames):
+    server = RtspServer(camera_frames, free_port(), fps=20)
+    source = open_source(server.url, _cfg(reconnect_s=1.5))
+    items = iter(source)
+    assert next(items).frame is not None
+    server.stop()
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionError) as err:
+        for item in items:
+            pass
+    assert item.frame is None and "camera lost" in item.reason  # the loss was yielded before giving up
+    assert server.url in str(err.value) and "source.reconnect_s" in str(err.value)
+    assert time.monotonic() - t0 < 15  # gives up instead of waiting forever
+    source.close()
+
+
+def test_camera_that_appears_late_is_waited_for(camera_frames):
+    port = free_port()
+    url = f"rtsp://127.0.0.1:{port}/line"
+    with pytest.raises(ConnectionError, match="source.reconnect_s"):
+        CaptureSource(url, _cfg(reconnect_s=0.0), live=True)  # nothing there and no patience: refused at once
+    import threading
+
+    servers = []
+    timer = threading.Timer(0.7, lambda: servers.append(RtspServer(camera_frames, port, fps=20)))
+    timer.start()
+    try:
+        source = CaptureSource(url, _cfg(reconnect_s=10.0), live=True)  # started before the camera
+        item = next(iter(source))
+        assert item.frame is not None and _which(item.frame, camera_frames)[1] < 4.0
+        source.close()
+    finally:
+        timer.join()
+        for s in servers:
+            s.stop()
+
+
+def test_stream_options():
+    cfg = SourceConfig()
+    assert ffmpeg_options(cfg.stream).startswith("rtsp_transport;tcp|")
+    cfg.stream.transport, cfg.stream.low_latency = "udp", False
+    assert ffmpeg_options(cfg.stream) == "rtsp_transport;udp"
