@@ -114,12 +114,25 @@ def _relative(target: str, yaml_path: Path) -> str:
 
 
 def write_commented(cfg: LineConfig, path: Path, notes: list[str], n_frames: int, frames_dir: str) -> Path:
-    p, d, i = cfg.preprocess, cfg.decision, cfg.inference
+    p, d, i, src = cfg.preprocess, cfg.decision, cfg.inference, cfg.source
     model_rel, template_rel = _relative(i.model, path), _relative(p.template, path)
     belt = p.belt
     text = f"""# Line config written by calibrate_line from {n_frames} OK frames in {frames_dir}
 # {chr(10).join('# ' + n for n in notes)[2:]}
 name: {cfg.name}
+
+source:                          # the camera (run_pipeline --source camera0, rtsp://..., video:F, dir:D, replay:SEQ)
+  reconnect_s: {src.reconnect_s}            # reopen a camera that stops delivering for this long, then end the run
+  camera:                        # cameraN
+    width: {src.camera.width}
+    height: {src.camera.height}
+    fps: {src.camera.fps}
+    exposure: {'null' if src.camera.exposure is None else src.camera.exposure}               # camera units; null keeps the camera's own
+    queue: {src.camera.queue}                     # frames waiting for inspection before the oldest is dropped (DROPPED)
+  stream:                        # rtsp:// and http:// cameras
+    transport: {src.stream.transport}               # tcp, or udp (lost packets tear frames)
+    low_latency: {str(src.stream.low_latency).lower()}            # short stream probe: no 2-s backlog of old frames at start
+    read_timeout_s: {src.stream.read_timeout_s}         # a stream silent this long counts as lost
 
 preprocess:
   mode: {p.mode}                 # silhouette: belt mask -> largest blob -> quadrilateral; template: golden-template match + ECC
@@ -153,7 +166,9 @@ sinks:
     host: 127.0.0.1
     port: 502
     unit: 1
-    verdict_coil: 0              # 1 = NG
+    verdict_coil: 0              # 1 = reject: the verdict is one of reject_verdicts
+    reject_verdicts: [NG, ERROR, DROPPED]   # fail-safe: a part not inspected is rejected too
+    verdict_register: 3          # 1 OK, 2 NG, 3 NO_PART, 4 ERROR, 5 DROPPED; -1: not written
     defect_count_register: 0
     sequence_register: 1         # increments per part
     heartbeat_register: 2        # increments every heartbeat_s while the line runs

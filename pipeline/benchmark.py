@@ -14,7 +14,7 @@ import numpy as np
 
 from engines.artifact import ModelMeta
 from pipeline import wire
-from pipeline.config import load_config
+from pipeline.config import VERDICTS, load_config
 from pipeline.processing import Preprocessor, decide
 from pipeline.sequence import iter_sequence
 from pipeline.sources import _decode
@@ -202,7 +202,7 @@ def pipeline_benchmark(seq: str | Path, config: str | Path | None, model: str | 
         "stage_share": {k: round(v / total, 3) for k, v in stage_totals.items()},
         "overhead_ms_per_frame": {"p50": round(float(np.median(overhead)), 2),
                                   "p90": round(float(np.percentile(overhead, 90)), 2)} if overhead else {},
-        "verdicts": {v: sum(r["verdict"] == v for r in results) for v in ("OK", "NG", "NO_PART", "ERROR", "DROPPED")},
+        "verdicts": {v: sum(r["verdict"] == v for r in results) for v in VERDICTS},
     }
     acc = line_accuracy(results, Path(seq) / "truth.jsonl")
     if acc:

@@ -19,6 +19,10 @@ class ConfigError(ValueError):
     pass
 
 
+# Every verdict a result record can carry, in the order of their Modbus codes (1 = OK ... 5 = DROPPED).
+VERDICTS = ("OK", "NG", "NO_PART", "ERROR", "DROPPED")
+
+
 @dataclass
 class CameraConfig:
     width: int = 640
@@ -107,7 +111,10 @@ class ModbusConfig:
     host: str = "127.0.0.1"
     port: int = 502
     unit: int = 1
-    verdict_coil: int = 0          # 1 = NG (reject)
+    verdict_coil: int = 0          # 1 = reject: the verdict is one of reject_verdicts
+    # Fail-safe by default: a part that was not inspected (ERROR, DROPPED) is rejected like an NG one.
+    reject_verdicts: list[str] = field(default_factory=lambda: ["NG", "ERROR", "DROPPED"])
+    verdict_register: int = 3      # the verdict as a code: 1 OK, 2 NG, 3 NO_PART, 4 ERROR, 5 DROPPED; -1: not written
     defect_count_register: int = 0
     sequence_register: int = 1
     heartbeat_register: int = 2
@@ -215,6 +222,9 @@ def validate(cfg: LineConfig, source: str = "config") -> LineConfig:
     for ok, key, expected in checks:
         if not ok:
             raise ConfigError(f"{source}: `{key}` is invalid; expected {expected}")
+    unknown = sorted(set(cfg.sinks.modbus.reject_verdicts) - set(VERDICTS))
+    if unknown:
+        raise ConfigError(f"{source}: `sinks.modbus.reject_verdicts` has {unknown}; expected verdicts among {list(VERDICTS)}")
     if cfg.preprocess.mode == "template" and not cfg.preprocess.template:
         raise ConfigError(f"{source}: `preprocess.template` is required when preprocess.mode is template "
                           "(run calibrate_line to make one)")

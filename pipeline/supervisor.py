@@ -16,7 +16,7 @@ from pathlib import Path
 
 import zmq
 
-from pipeline.config import LineConfig, dump_config, load_config
+from pipeline.config import VERDICTS, LineConfig, dump_config, load_config
 from pipeline.transport import endpoint, make_socket, recv, send
 
 MAX_RESTARTS = 5
@@ -57,7 +57,7 @@ class StatusBoard:
 
     def counts(self) -> dict:
         sinks = self.stages.get("sinks", {})
-        return {v: int(sinks.get(f"v_{v}", 0)) for v in ("OK", "NG", "NO_PART", "ERROR", "DROPPED")}
+        return {v: int(sinks.get(f"v_{v}", 0)) for v in VERDICTS}
 
     def line(self) -> str:
         src = self.stages.get("source", {})

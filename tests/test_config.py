@@ -33,6 +33,8 @@ def test_wrong_type_and_choice(tmp_path):
         load_config(_write(tmp_path, "preprocess:\n  mode: template\n"))
     with pytest.raises(ConfigError, match=r"`source.stream.transport` = 'http'; expected one of \['tcp', 'udp'\]"):
         load_config(_write(tmp_path, "source:\n  stream:\n    transport: http\n"))
+    with pytest.raises(ConfigError, match=r"`sinks.modbus.reject_verdicts` has \['BAD'\]"):
+        load_config(_write(tmp_path, "sinks:\n  modbus:\n    reject_verdicts: [NG, BAD]\n"))
     with pytest.raises(ConfigError, match="source.reconnect_s"):
         load_config(_write(tmp_path, "source:\n  reconnect_s: -1\n"))
 

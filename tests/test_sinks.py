@@ -52,6 +52,40 @@ def test_modbus_sink_against_real_server():
         server.stop()
 
 
+def test_modbus_rejects_parts_not_inspected_and_says_why():
+    """Fail-safe by default: ERROR and DROPPED set the reject coil like NG (a part nobody inspected
+    must not pass as good); NO_PART does not. The verdict register tells the PLC which it was."""
+    from pymodbus.client import ModbusTcpClient
+
+    from pipeline.config import LineConfig
+    from pipeline.sinks.base import build_sinks
+
+    port = free_port()
+    server = ModbusServer(port)
+    try:
+        cfg = LineConfig()
+        cfg.sinks.modbus.enabled, cfg.sinks.modbus.port, cfg.sinks.modbus.verdict_coil = True, port, 5
+        (sink,) = build_sinks(cfg, None)  # the config's defaults: verdict register 3, reject NG, ERROR, DROPPED
+        strict = ModbusSink("127.0.0.1", port, 1, verdict_coil=6, defect_count_register=20, sequence_register=21,
+                            heartbeat_register=22, reject_verdicts=["NG"], verdict_register=23)
+        reader = ModbusTcpClient("127.0.0.1", port=port)
+        assert reader.connect()
+        seen = {}
+        for verdict in ("OK", "NG", "NO_PART", "ERROR", "DROPPED"):
+            for s in (sink, strict):
+                s.handle(_record(0, verdict), {}, None)
+            seen[verdict] = (reader.read_coils(5, count=2, device_id=1).bits[:2],
+                             reader.read_holding_registers(3, count=1, device_id=1).registers[0],
+                             reader.read_holding_registers(23, count=1, device_id=1).registers[0])
+        assert seen == {"OK": ([False, False], 1, 1), "NG": ([True, True], 2, 2), "NO_PART": ([False, False], 3, 3),
+                        "ERROR": ([True, False], 4, 4), "DROPPED": ([True, False], 5, 5)}
+        reader.close()
+        sink.close()
+        strict.close()
+    finally:
+        server.stop()
+
+
 def test_modbus_sink_survives_plc_down():
     sink = ModbusSink("127.0.0.1", free_port(), 1, 0, 0, 1, 2, timeout_s=0.2)
     t0 = time.monotonic()

@@ -34,7 +34,8 @@ def build_sinks(cfg, results_path: str | None) -> list[Sink]:
     m = cfg.sinks.modbus
     if m.enabled:
         sinks.append(ModbusSink(m.host, m.port, m.unit, m.verdict_coil, m.defect_count_register,
-                                m.sequence_register, m.heartbeat_register, m.heartbeat_s, m.timeout_s))
+                                m.sequence_register, m.heartbeat_register, m.heartbeat_s, m.timeout_s,
+                                m.reject_verdicts, m.verdict_register))
     h = cfg.sinks.http
     if h.enabled:
         sinks.append(HttpSink(h.url, h.spool_dir, h.timeout_s, h.retries, h.backoff_s))

@@ -1,24 +1,34 @@
-"""PLC sink over Modbus TCP (pymodbus client): verdict coil, defect count, sequence and heartbeat
-registers. A PLC that is down is retried on the next record; the line never waits for it."""
+"""PLC sink over Modbus TCP (pymodbus client): reject coil, verdict, defect count, sequence and
+heartbeat registers. A PLC that is down is retried on the next record; the line never waits for it.
+
+The coil is 1 when the verdict is one of ``reject_verdicts``: by default NG, and ERROR and DROPPED
+too, since a part that was not inspected must not pass as good. The verdict register tells the
+PLC which it was (``VERDICT_CODES``)."""
 from __future__ import annotations
 
 import sys
 import time
 
+from pipeline.config import VERDICTS
 from pipeline.sinks.base import Sink
+
+VERDICT_CODES = {v: i + 1 for i, v in enumerate(VERDICTS)}  # OK 1, NG 2, NO_PART 3, ERROR 4, DROPPED 5
 
 
 class ModbusSink(Sink):
     name = "modbus"
 
     def __init__(self, host: str, port: int, unit: int, verdict_coil: int, defect_count_register: int,
-                 sequence_register: int, heartbeat_register: int, heartbeat_s: float = 1.0, timeout_s: float = 1.0) -> None:
+                 sequence_register: int, heartbeat_register: int, heartbeat_s: float = 1.0, timeout_s: float = 1.0,
+                 reject_verdicts: tuple[str, ...] | list[str] = ("NG", "ERROR", "DROPPED"), verdict_register: int = -1) -> None:
         from pymodbus.client import ModbusTcpClient
 
         self.client = ModbusTcpClient(host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0)
         self.unit = unit
         self.coil, self.count_reg, self.seq_reg, self.hb_reg = (verdict_coil, defect_count_register,
                                                                  sequence_register, heartbeat_register)
+        self.reject = frozenset(reject_verdicts)
+        self.verdict_reg = verdict_register
         self.heartbeat_s = heartbeat_s
         self.heartbeat = 0
         self.last_beat = 0.0
@@ -44,11 +54,15 @@ class ModbusSink(Sink):
 
     def handle(self, record, arrays, H) -> None:
         self.sequence = (self.sequence + 1) & 0xFFFF
-        ng = record["verdict"] == "NG"
+        reject = record["verdict"] in self.reject
         n = min(len(record.get("defects") or []), 0xFFFF)
-        # Count first, then the coil the PLC acts on, then the sequence that tells it a new part arrived.
+        # Count and verdict first, then the coil the PLC acts on, then the sequence that tells it a new
+        # part arrived.
         self._write(lambda: self.client.write_register(self.count_reg, n, device_id=self.unit))
-        self._write(lambda: self.client.write_coil(self.coil, ng, device_id=self.unit))
+        if self.verdict_reg >= 0:
+            code = VERDICT_CODES.get(record["verdict"], 0)
+            self._write(lambda: self.client.write_register(self.verdict_reg, code, device_id=self.unit))
+        self._write(lambda: self.client.write_coil(self.coil, reject, device_id=self.unit))
         self._write(lambda: self.client.write_register(self.seq_reg, self.sequence, device_id=self.unit))
 
     def tick(self) -> None:
