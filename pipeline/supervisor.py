@@ -17,6 +17,7 @@ from pathlib import Path
 import zmq
 
 from pipeline.config import VERDICTS, LineConfig, dump_config, load_config
+from pipeline.sinks.results_log import set_aside
 from pipeline.transport import endpoint, make_socket, recv, send
 
 MAX_RESTARTS = 5
@@ -100,6 +101,8 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
     final_cfg = dump_config(cfg, run_dir / "line.yaml", "# final config of this run (written by run_pipeline)")
     if results:
         Path(results).parent.mkdir(parents=True, exist_ok=True)
+        for kept in set_aside(results):
+            print(f"run_pipeline: kept the previous results as {kept}", file=sys.stderr)
         dump_config(cfg, Path(str(results) + ".config.yaml"), f"# config that produced {Path(results).name}")
     common = ["--config", str(final_cfg), "--run-dir", str(run_dir)]
     stages = [StageProc("sinks", ["pipeline.stages.sinks", *common] + (["--results", str(results)] if results else [])),

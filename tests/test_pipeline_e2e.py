@@ -64,6 +64,9 @@ def test_every_frame_gets_exactly_one_result(line, tmp_path):
             assert "not a decodable image" in r["reason"]
         for d in r["defects"]:
             assert set(d) == {"bbox", "area_px", "score", "polygon"} and len(d["bbox"]) == 4
+    stamps = [time.mktime(time.strptime(r["captured_at"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone for r in records]
+    assert all(r["captured_at"].endswith("Z") for r in records)
+    assert all(abs(t - time.time()) < 300 for t in stamps) and stamps == sorted(stamps)  # wall-clock capture times
     assert Path(str(results) + ".config.yaml").is_file()
     assert "out 10" in proc.stderr  # the live status line's final count
     assert "restarting" not in proc.stderr  # stages that finish normally are not crashes
@@ -74,6 +77,11 @@ def test_dir_source_and_bad_source(line, tmp_path):
     results = tmp_path / "r.jsonl"
     assert _run(["--config", str(config), "--source", f"dir:{seq}", "--results", str(results), "--quiet"]).returncode == 0
     assert len(_records(results)) == 10
+    again = _run(["--config", str(config), "--source", f"dir:{seq}", "--results", str(results), "--quiet"])
+    assert again.returncode == 0 and "kept the previous results as" in again.stderr
+    (kept,) = [p for p in tmp_path.glob("r.*.jsonl")]  # the first run's results, set aside, not overwritten
+    assert len(_records(kept)) == 10 and len(_records(results)) == 10
+    assert Path(str(kept) + ".config.yaml").is_file()
     bad = _run(["--config", str(config), "--source", "floppy:0"])
     assert bad.returncode == 2 and "expected cameraN" in bad.stderr
 

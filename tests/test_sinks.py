@@ -147,3 +147,24 @@ def test_results_log_and_overlays(tmp_path):
     frame = np.zeros((60, 80, 3), np.uint8)
     sink.handle(_record(0), {"frame": frame, "anomaly_map": np.ones((32, 32), np.float16)}, np.eye(3))
     assert (tmp_path / "ov" / "000000_f0_overlay.png").is_file() and (tmp_path / "ov" / "000000_f0_mask.png").is_file()
+
+
+def test_results_set_aside_not_overwritten(tmp_path):
+    import os
+
+    from pipeline.sinks.results_log import set_aside, utc_iso
+
+    results = tmp_path / "r.jsonl"
+    assert set_aside(results) == []  # nothing there yet
+    results.write_text("")
+    assert set_aside(results) == []  # an empty file is not worth keeping
+    results.write_text('{"frame_id": 0}\n')
+    (tmp_path / "r.jsonl.config.yaml").write_text("name: x\n")
+    os.utime(results, (1_700_000_000, 1_700_000_000))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(1_700_000_000))
+    assert set_aside(results) == [tmp_path / f"r.{stamp}.jsonl", tmp_path / f"r.{stamp}.jsonl.config.yaml"]
+    results.write_text('{"frame_id": 0}\n')
+    os.utime(results, (1_700_000_000, 1_700_000_000))
+    assert set_aside(results) == [tmp_path / f"r.{stamp}-2.jsonl"]  # same second: numbered, nothing replaced
+    assert not results.exists() and len(list(tmp_path.glob("r.*.jsonl"))) == 2
+    assert utc_iso(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123Z"

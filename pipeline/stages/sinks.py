@@ -8,6 +8,7 @@ import numpy as np
 import zmq
 
 from pipeline.sinks.base import build_sinks
+from pipeline.sinks.results_log import utc_iso
 from pipeline.stages._common import POLL_MS, Stage, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, recv
 from pipeline.wire import WireError
@@ -34,6 +35,8 @@ def run(stage: Stage, results_path: str | None) -> int:
                 status.add(processed=0, finished=1)
                 break
             record = header["record"]
+            if record.get("capture_ns") is not None:  # monotonic capture time -> wall clock, for the log and the MES
+                record["captured_at"] = utc_iso(time.time_ns() - (time.monotonic_ns() - record["capture_ns"]))
             H = np.asarray(header["H"]).reshape(3, 3) if "H" in header else None
             t0 = time.monotonic_ns()
             for s in sinks:
