@@ -1,7 +1,8 @@
 """run_pipeline's supervisor: starts every stage as its own process, shows a live status line,
 restarts a stage that crashes, and stops cleanly (flushing results) on Ctrl-C or end of source.
 
-The source is never restarted: a new one would read its frames again under new ids. A source that
+A restarted sinks stage goes on after the last record it handled (``--resume``). The source is
+never restarted: a new one would read its frames again under new ids. A source that
 fails (a camera lost for longer than ``source.reconnect_s``; it reconnects on its own before that)
 ends the run like the end of its stream, flushing the frames it read, and run_pipeline exits 1."""
 from __future__ import annotations
@@ -39,8 +40,8 @@ class StageProc:
     restarts: int = 0
     done: bool = False
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", *self.args])
+    def start(self, *extra: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", *self.args, *extra])
 
 
 @dataclass
@@ -160,7 +161,7 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
                 if not late or time.monotonic() - waiting_since > READY_TIMEOUT_S:
                     source.start()
             sinks = by_name["sinks"]
-            if sinks.proc.poll() is not None:
+            if sinks.proc.poll() == 0 or (sinks.proc.poll() is not None and interrupted["at"] is not None):
                 exit_code = 0 if sinks.proc.returncode == 0 else 1
                 src = by_name["source"]
                 if source_failed is None and src.proc is not None and interrupted["at"] is None:
@@ -196,7 +197,7 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
                       file=sys.stderr)
                 if s.name not in ("stitch", "sinks", "source"):
                     send(control, {"kind": "crash", "stage": s.name, "at_ns": time.monotonic_ns()})
-                s.start()
+                s.start(*(["--resume"] if s.name == "sinks" else []))  # it asks the stitch stage for what it missed
             if interrupted["at"] is not None and time.monotonic() - interrupted["at"] > DRAIN_TIMEOUT_S:
                 print("run_pipeline: results did not drain in time; stopping anyway", file=sys.stderr)
                 exit_code = 1

@@ -155,6 +155,28 @@ def test_crashed_infer_worker_is_restarted_and_no_frame_is_lost(line, tmp_path):
     assert [r["frame_id"] for r in records] == list(range(10))
 
 
+def test_crashed_sinks_stage_is_restarted_and_keeps_the_results(line, tmp_path):
+    """A restarted sinks stage appends to the run's results file instead of starting it again, and
+    the records it had not written when it died are sent again: every frame keeps its one record."""
+    config, seq = line
+    slow = _retimed(seq, tmp_path / "slow", period_ns=300_000_000, repeat=2)
+    results, run_dir = tmp_path / "r.jsonl", tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "tools.run_pipeline", "--config", str(_realtime_config(config, tmp_path)),
+                             "--source", f"replay:{slow}", "--results", str(results), "--run-dir", str(run_dir)],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while (not results.is_file() or len(results.read_text().splitlines()) < 5) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in _stage_pids(run_dir, "sinks"):
+        os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "sinks exited with -9; restarting" in err and "sinks: resumed" in err and "again to the restarted" in err
+    # Whether records were in flight at the kill is timing; tests/test_sinks_resume.py makes sure of that path.
+    records = _records(results)
+    assert [r["frame_id"] for r in records] == list(range(20)), [r["frame_id"] for r in records]
+
+
 def test_killed_source_is_not_restarted_and_what_it_read_is_flushed(line, tmp_path):
     """A restarted source would read its frames again under new ids; the line ends instead, with a
     record for every frame the source registered, and says so."""

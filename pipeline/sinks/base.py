@@ -27,8 +27,6 @@ def build_sinks(cfg, results_path: str | None) -> list[Sink]:
     from pipeline.sinks.results_log import ResultsLog
 
     sinks: list[Sink] = []
-    if results_path:
-        sinks.append(ResultsLog(results_path))
     if cfg.sinks.overlays_dir:
         sinks.append(OverlaySink(cfg.sinks.overlays_dir, cfg.sinks.save_masks))
     m = cfg.sinks.modbus
@@ -39,4 +37,6 @@ def build_sinks(cfg, results_path: str | None) -> list[Sink]:
     h = cfg.sinks.http
     if h.enabled:
         sinks.append(HttpSink(h.url, h.spool_dir, h.timeout_s, h.retries, h.backoff_s))
+    if results_path:  # last: a record in the results file has been handled by every other sink
+        sinks.append(ResultsLog(results_path))
     return sinks

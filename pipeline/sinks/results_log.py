@@ -40,13 +40,38 @@ def utc_iso(unix_ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(unix_ns // 1_000_000_000)) + f".{unix_ns // 1_000_000 % 1000:03d}Z"
 
 
+def last_frame_id(path: str | Path) -> int:
+    """The frame id of the last complete line of a results file; -1 when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return -1
+    with path.open("rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - (1 << 20)))
+        tail = f.read()
+    for line in reversed(tail.split(b"\n")[:-1]):  # the piece after the last newline is incomplete
+        try:
+            return int(json.loads(line)["frame_id"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return -1
+
+
 class ResultsLog(Sink):
+    """Appends: run_pipeline sets an earlier run's file aside, and a restarted sinks stage goes on
+    with the file of its run. A line cut off by a crash is removed first."""
     name = "results"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = self.path.open("w")
+        if self.path.is_file() and self.path.stat().st_size:
+            with self.path.open("rb+") as f:
+                data = f.read()
+                if not data.endswith(b"\n"):
+                    f.truncate(data.rfind(b"\n") + 1)
+        self.file = self.path.open("a")
         self.count = 0
 
     def handle(self, record, arrays, H) -> None:

@@ -1,7 +1,13 @@
 """Stitch/alert stage: tile maps -> canonical map -> verdict and defects in camera pixels; exactly
-one record per frame, released in frame order to the sinks process."""
+one record per frame, released in frame order to the sinks process.
+
+The last ``RESEND_WINDOW`` messages sent to the sinks are kept, and a restarted sinks stage asks for
+those it had not handled (``{"kind": "resend", "from": FRAME_ID}``), so a sinks crash loses no
+record. For that the stage stays up after the end of the stream until it is told to stop.
+"""
 from __future__ import annotations
 
+import collections
 import sys
 import time
 
@@ -15,6 +21,10 @@ from pipeline.stages._common import POLL_MS, Stage, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, recv, send
 from pipeline.vision.tiling import NoveltyShare, TileGrid
 from pipeline.wire import WireError
+
+# Messages kept for a restarted sinks stage: at 10 frames/s, 25 s of results (NG records that carry
+# overlay arrays, a frame and an fp16 map, are the large ones).
+RESEND_WINDOW = 256
 
 
 def record_from_maps(header: dict, arrays: dict, cfg, pixel_t: float, image_t: float,
@@ -49,6 +59,8 @@ def run(stage: Stage) -> int:
     status = StatusReporter(stage.ctx, stage.ep("status"), "stitch")
     collector = Collector(int(cfg.frame_timeout_s * 1e9))
     extras: dict[int, dict] = {}
+    sent: collections.deque = collections.deque(maxlen=RESEND_WINDOW)  # (frame_id or None for the end, header, arrays)
+    ended = False
 
     def emit() -> None:
         now = time.monotonic_ns()
@@ -61,6 +73,7 @@ def run(stage: Stage) -> int:
                 header["H"] = arrays.pop("H").ravel().tolist()
                 arrays["anomaly_map"] = arrays["anomaly_map"].astype(np.float16)
             send(results, header, arrays)
+            sent.append((rec["frame_id"], header, arrays))
 
     novelty = meta.novelty_share()  # the model's rule, the same for every frame
     try:
@@ -101,11 +114,22 @@ def run(stage: Stage) -> int:
                     collector.end(header["count"])
                 elif kind == "source_gone":
                     collector.source_gone()
+                elif kind == "resend":  # a restarted sinks stage: what it had not handled, in order
+                    again = [(h, a) for fid, h, a in sent if fid is None or fid >= header["from"]]
+                    oldest = next((fid for fid, _, _ in sent if fid is not None), None)
+                    if oldest is not None and oldest > header["from"]:
+                        print(f"stitch: the sinks stage asked for records from frame {header['from']}, but only "
+                              f"those from frame {oldest} are kept (RESEND_WINDOW {RESEND_WINDOW})", file=sys.stderr)
+                    for h, a in again:
+                        send(results, h, a)
+                    print(f"stitch: sent {len(again)} record(s) again to the restarted sinks stage", file=sys.stderr)
             collector.expire(time.monotonic_ns())
             emit()
-            if collector.finished:
-                send(results, {"kind": "end", "count": collector.expected})
-                break
+            if collector.finished and not ended:
+                end = {"kind": "end", "count": collector.expected}
+                send(results, end)
+                sent.append((None, end, {}))
+                ended = True  # stays up for a sinks stage that may yet need records again
             status.flush()
     finally:
         status.close()
