@@ -3,7 +3,9 @@
 Frames are registered by the source. A result for a frame is kept until every earlier frame has
 one, then released, so results files are ordered by frame even with several inference workers.
 Frames pending when a stage crashes, or for longer than the timeout, get an ERROR record; a late
-result for a frame already closed is ignored.
+result for a frame already closed is ignored. A stitch stage restarted after a crash resumes after
+the last frame it released; frames that were registered with the crashed one only are found as
+gaps before later frames and closed with an ERROR record.
 """
 from __future__ import annotations
 
@@ -15,17 +17,20 @@ class Collector:
     timeout_ns: int
     registered: dict[int, dict] = field(default_factory=dict)   # frame_id -> {source_name, capture_ns}
     done: dict[int, dict] = field(default_factory=dict)         # frame_id -> record, not yet released
-    closed: set[int] = field(default_factory=set)               # released frame ids
-    next_id: int = 0
+    next_id: int = 0                                            # every frame before it is released
+    # Registrations come in frame order on one socket, so a frame still unknown while later ones are
+    # known was registered with a crashed stitch stage: closed after this, not the full timeout.
+    gap_timeout_ns: int = 2_000_000_000
+    gap_since_ns: int | None = None
     expected: int | None = None
     ignored_late: int = 0
 
     def register(self, frame_id: int, source_name: str, capture_ns: int) -> None:
-        if frame_id not in self.closed:
+        if frame_id >= self.next_id:
             self.registered.setdefault(frame_id, {"source_name": source_name, "capture_ns": capture_ns})
 
     def add(self, frame_id: int, record: dict) -> None:
-        if frame_id in self.closed or frame_id in self.done:
+        if frame_id < self.next_id or frame_id in self.done:
             self.ignored_late += 1
             return
         self.done[frame_id] = record
@@ -48,7 +53,7 @@ class Collector:
         """ERROR for every registered frame without a result (captured before ``before_ns``)."""
         n = 0
         for fid, info in self.registered.items():
-            if fid in self.done or fid in self.closed:
+            if fid in self.done or fid < self.next_id:
                 continue
             if before_ns is None or info["capture_ns"] <= before_ns:
                 self.done[fid] = self._error(fid, reason)
@@ -56,8 +61,31 @@ class Collector:
         return n
 
     def expire(self, now_ns: int) -> int:
-        return self.fail_pending(f"no result within {self.timeout_ns / 1e9:.0f} s (frame lost in the pipeline)",
-                                 now_ns - self.timeout_ns)
+        n = self.fail_pending(f"no result within {self.timeout_ns / 1e9:.0f} s (frame lost in the pipeline)",
+                              now_ns - self.timeout_ns)
+        return n + self._close_gap(now_ns)
+
+    def _close_gap(self, now_ns: int) -> int:
+        """Frames before the first one this collector knows, unknown for ``gap_timeout_ns``:
+        registered with a stitch stage that crashed, so nothing more will come for them."""
+        known = self.registered.keys() | self.done.keys()
+        if self.next_id in known or not known:
+            self.gap_since_ns = None
+            return 0
+        if self.gap_since_ns is None:
+            self.gap_since_ns = now_ns
+            return 0
+        if now_ns - self.gap_since_ns <= self.gap_timeout_ns:
+            return 0
+        first_known = min(known)
+        for fid in range(self.next_id, first_known):
+            self.done[fid] = self._error(fid, "record lost: the stitch stage crashed with the frame in flight")
+        self.gap_since_ns = None
+        return first_known - self.next_id
+
+    def resume(self, next_id: int) -> None:
+        """A restarted stitch stage: frames before ``next_id`` were released by the one before."""
+        self.next_id = next_id
 
     def release(self) -> list[dict]:
         """Records that can be emitted now, in frame order."""
@@ -65,7 +93,6 @@ class Collector:
         while self.next_id in self.done:
             out.append(self.done.pop(self.next_id))
             self.registered.pop(self.next_id, None)
-            self.closed.add(self.next_id)
             self.next_id += 1
         return out
 

@@ -1,7 +1,7 @@
 """run_pipeline's supervisor: starts every stage as its own process, shows a live status line,
 restarts a stage that crashes, and stops cleanly (flushing results) on Ctrl-C or end of source.
 
-A restarted sinks stage goes on after the last record it handled (``--resume``). The source is
+A restarted sinks or stitch stage goes on after the last record it handled (``--resume``). The source is
 never restarted: a new one would read its frames again under new ids. A source that
 fails (a camera lost for longer than ``source.reconnect_s``; it reconnects on its own before that)
 ends the run like the end of its stream, flushing the frames it read, and run_pipeline exits 1."""
@@ -197,7 +197,9 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
                       file=sys.stderr)
                 if s.name not in ("stitch", "sinks", "source"):
                     send(control, {"kind": "crash", "stage": s.name, "at_ns": time.monotonic_ns()})
-                s.start(*(["--resume"] if s.name == "sinks" else []))  # it asks the stitch stage for what it missed
+                s.start(*(["--resume"] if s.name in ("sinks", "stitch") else []))  # go on after what they finished
+                if s.name == "stitch" and by_name["source"].done:  # its end may have died with the old stitch stage
+                    send(control, {"kind": "source_gone"})
             if interrupted["at"] is not None and time.monotonic() - interrupted["at"] > DRAIN_TIMEOUT_S:
                 print("run_pipeline: results did not drain in time; stopping anyway", file=sys.stderr)
                 exit_code = 1

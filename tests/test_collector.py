@@ -57,3 +57,22 @@ def test_source_gone_ends_after_the_frames_it_registered():
     empty = Collector(timeout_ns=10**12)
     empty.source_gone()
     assert empty.finished
+
+
+def test_resumed_collector_closes_frames_only_the_crashed_stage_knew():
+    c = Collector(timeout_ns=10**12, gap_timeout_ns=1000)
+    c.resume(5)  # frames 0-4 were released by the stage before
+    c.register(3, "f3", 100)  # a late repeat from before: ignored
+    c.add(4, _rec(4))
+    assert c.release() == [] and c.registered == {} and c.done == {}
+    c.register(7, "f7", 107)  # 5 and 6 were registered with the crashed stage only
+    c.add(7, _rec(7))
+    assert c.expire(now_ns=10_000) == 0  # a gap is seen...
+    assert c.expire(now_ns=10_500) == 0  # ...and given its time, in case a registration is only late
+    assert c.expire(now_ns=11_001) == 2
+    out = c.release()
+    assert [r["frame_id"] for r in out] == [5, 6, 7]
+    assert all(r["verdict"] == "ERROR" and "stitch stage crashed" in r["reason"] for r in out[:2])
+    c.register(8, "f8", 108)
+    c.add(8, _rec(8))
+    assert [r["frame_id"] for r in c.release()] == [8] and c.expire(now_ns=10**9) == 0  # no gap, nothing closed

@@ -155,9 +155,11 @@ def test_crashed_infer_worker_is_restarted_and_no_frame_is_lost(line, tmp_path):
     assert [r["frame_id"] for r in records] == list(range(10))
 
 
-def test_crashed_sinks_stage_is_restarted_and_keeps_the_results(line, tmp_path):
+@pytest.mark.parametrize("stage", ["sinks", "stitch"])
+def test_crashed_sinks_or_stitch_stage_is_restarted_and_every_frame_keeps_one_record(line, tmp_path, stage):
     """A restarted sinks stage appends to the run's results file instead of starting it again, and
-    the records it had not written when it died are sent again: every frame keeps its one record."""
+    the records it had not written when it died are sent again. A restarted stitch stage goes on
+    after the last frame it released; a frame that died with it gets an ERROR record."""
     config, seq = line
     slow = _retimed(seq, tmp_path / "slow", period_ns=300_000_000, repeat=2)
     results, run_dir = tmp_path / "r.jsonl", tmp_path / "run"
@@ -167,14 +169,17 @@ def test_crashed_sinks_stage_is_restarted_and_keeps_the_results(line, tmp_path):
     deadline = time.monotonic() + 60
     while (not results.is_file() or len(results.read_text().splitlines()) < 5) and time.monotonic() < deadline:
         time.sleep(0.05)
-    for pid in _stage_pids(run_dir, "sinks"):
+    for pid in _stage_pids(run_dir, stage):
         os.kill(pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    assert "sinks exited with -9; restarting" in err and "sinks: resumed" in err and "again to the restarted" in err
-    # Whether records were in flight at the kill is timing; tests/test_sinks_resume.py makes sure of that path.
+    assert f"{stage} exited with -9; restarting" in err and f"{stage}: resumed" in err
+    # Whether records were in flight at the kill is timing; tests/test_sinks_resume.py and
+    # test_collector.py make sure of those paths.
     records = _records(results)
     assert [r["frame_id"] for r in records] == list(range(20)), [r["frame_id"] for r in records]
+    lost = [r for r in records if r["verdict"] == "ERROR" and "not a decodable image" not in r["reason"]]
+    assert all("stitch stage crashed" in r["reason"] for r in lost) and len(lost) <= 2
 
 
 def test_killed_source_is_not_restarted_and_what_it_read_is_flushed(line, tmp_path):

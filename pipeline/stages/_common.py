@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -51,3 +52,17 @@ def run_stage(parser: argparse.ArgumentParser, argv: list[str] | None,
         return loop(stage, args)
     finally:
         stage.close()
+
+
+def note_progress(path: Path, frame_id: int) -> None:
+    """The last frame id a stage has finished with, for a restarted stage (``--resume``); replaced
+    atomically, so a crash leaves the old note or the new one, never half of one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(frame_id))
+    os.replace(tmp, path)
+
+
+def read_progress(path: Path) -> int:
+    """The frame id noted by ``note_progress``; -1 when there is none."""
+    text = path.read_text().strip() if path.is_file() else ""
+    return int(text) if text else -1

@@ -8,7 +8,6 @@ can repeat a PLC or MES message, never drop one, and never write a results line 
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import zmq
 
 from pipeline.sinks.base import build_sinks
 from pipeline.sinks.results_log import last_frame_id, utc_iso
-from pipeline.stages._common import POLL_MS, Stage, run_stage, stage_parser
+from pipeline.stages._common import POLL_MS, Stage, note_progress, read_progress, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, recv, send
 from pipeline.wire import WireError
 
@@ -31,19 +30,10 @@ GAP_TIMEOUT_S = 10.0
 def resume_point(run_dir: Path, results_path: str | None) -> int:
     """The first frame id a restarted stage has not handled: after the noted progress, or after the
     results file's last line when that was written before the progress was noted."""
-    done = -1
-    progress = run_dir / PROGRESS
-    if progress.is_file() and progress.read_text().strip():
-        done = int(progress.read_text())
+    done = read_progress(run_dir / PROGRESS)
     if results_path:
         done = max(done, last_frame_id(results_path))
     return done + 1
-
-
-def _note(progress: Path, frame_id: int) -> None:
-    tmp = progress.with_suffix(".tmp")
-    tmp.write_text(str(frame_id))
-    os.replace(tmp, progress)
 
 
 def run(stage: Stage, results_path: str | None, resume: bool = False) -> int:
@@ -89,7 +79,7 @@ def run(stage: Stage, results_path: str | None, resume: bool = False) -> int:
                 t0 = time.monotonic_ns()
                 for s in sinks:
                     s.handle(record, arrays, H)
-                _note(progress, next_id)
+                note_progress(progress, next_id)
                 next_id += 1
                 last_progress = time.monotonic()
                 status.add(busy_ms=(time.monotonic_ns() - t0) / 1e6, **{f"v_{record['verdict']}": 1},

@@ -1,6 +1,10 @@
 """Stitch/alert stage: tile maps -> canonical map -> verdict and defects in camera pixels; exactly
 one record per frame, released in frame order to the sinks process.
 
+It notes the last frame it released in ``RUN_DIR/stitch.progress``; restarted with ``--resume``
+after a crash, it goes on from the next one (the collector closes the frames that only the crashed
+stage knew with an ERROR record).
+
 The last ``RESEND_WINDOW`` messages sent to the sinks are kept, and a restarted sinks stage asks for
 those it had not handled (``{"kind": "resend", "from": FRAME_ID}``), so a sinks crash loses no
 record. For that the stage stays up after the end of the stream until it is told to stop.
@@ -17,7 +21,7 @@ import zmq
 from engines.artifact import ModelMeta
 from pipeline.collector import Collector
 from pipeline.processing import decide
-from pipeline.stages._common import POLL_MS, Stage, run_stage, stage_parser
+from pipeline.stages._common import POLL_MS, Stage, note_progress, read_progress, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, recv, send
 from pipeline.vision.tiling import NoveltyShare, TileGrid
 from pipeline.wire import WireError
@@ -25,6 +29,7 @@ from pipeline.wire import WireError
 # Messages kept for a restarted sinks stage: at 10 frames/s, 25 s of results (NG records that carry
 # overlay arrays, a frame and an fp16 map, are the large ones).
 RESEND_WINDOW = 256
+PROGRESS = "stitch.progress"
 
 
 def record_from_maps(header: dict, arrays: dict, cfg, pixel_t: float, image_t: float,
@@ -49,7 +54,7 @@ def record_from_maps(header: dict, arrays: dict, cfg, pixel_t: float, image_t: f
     return record, extra
 
 
-def run(stage: Stage) -> int:
+def run(stage: Stage, resume: bool = False) -> int:
     cfg = stage.cfg
     meta = ModelMeta.load(cfg.inference.model)
     pixel_t = cfg.decision.pixel_threshold if cfg.decision.pixel_threshold is not None else meta.pixel_threshold
@@ -58,6 +63,10 @@ def run(stage: Stage) -> int:
     results = make_socket(stage.ctx, zmq.PUSH, stage.ep("results"), bind=False, hwm=10000)
     status = StatusReporter(stage.ctx, stage.ep("status"), "stitch")
     collector = Collector(int(cfg.frame_timeout_s * 1e9))
+    progress = stage.run_dir / PROGRESS
+    if resume:
+        collector.resume(read_progress(progress) + 1)
+        print(f"stitch: resumed from frame {collector.next_id}", file=sys.stderr, flush=True)
     extras: dict[int, dict] = {}
     sent: collections.deque = collections.deque(maxlen=RESEND_WINDOW)  # (frame_id or None for the end, header, arrays)
     ended = False
@@ -74,6 +83,7 @@ def run(stage: Stage) -> int:
                 arrays["anomaly_map"] = arrays["anomaly_map"].astype(np.float16)
             send(results, header, arrays)
             sent.append((rec["frame_id"], header, arrays))
+            note_progress(progress, rec["frame_id"])
 
     novelty = meta.novelty_share()  # the model's rule, the same for every frame
     try:
@@ -139,7 +149,9 @@ def run(stage: Stage) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(stage_parser("stitch"), argv, lambda stage, a: run(stage))
+    p = stage_parser("stitch")
+    p.add_argument("--resume", action="store_true", help="restarted after a crash: go on after the last frame released")
+    return run_stage(p, argv, lambda stage, a: run(stage, a.resume))
 
 
 if __name__ == "__main__":
