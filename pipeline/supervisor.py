@@ -1,5 +1,5 @@
 """run_pipeline's supervisor: starts every stage as its own process, shows a live status line,
-restarts a stage that crashes, and stops cleanly (flushing results) on Ctrl-C or end of source.
+restarts a stage that crashes (up to MAX_RESTARTS times in RESTART_WINDOW_S), and stops cleanly (flushing results) on Ctrl-C or end of source.
 
 A restarted sinks or stitch stage goes on after the last record it handled (``--resume``). The source is
 never restarted: a new one would read its frames again under new ids. A source that
@@ -21,7 +21,10 @@ from pipeline.config import VERDICTS, LineConfig, dump_config, load_config
 from pipeline.sinks.results_log import set_aside
 from pipeline.transport import endpoint, make_socket, recv, send
 
+# A stage is restarted up to MAX_RESTARTS times within any RESTART_WINDOW_S; one more crash in that
+# window ends the run. A line that runs for weeks may see a rare crash now and then without giving up.
 MAX_RESTARTS = 5
+RESTART_WINDOW_S = 600.0
 DRAIN_TIMEOUT_S = 60.0
 # The source starts once every other stage has reported in (an infer worker reports after loading
 # and warming its model), so the first parts do not wait behind start-up; after this long it starts
@@ -38,7 +41,17 @@ class StageProc:
     finite: bool = False
     proc: subprocess.Popen | None = None
     restarts: int = 0
+    restart_times: list[float] = field(default_factory=list)
     done: bool = False
+
+    def may_restart(self, now: float) -> bool:
+        """Fewer than MAX_RESTARTS restarts within the last RESTART_WINDOW_S; counts this one if so."""
+        self.restart_times = [t for t in self.restart_times if now - t < RESTART_WINDOW_S]
+        if len(self.restart_times) >= MAX_RESTARTS:
+            return False
+        self.restart_times.append(now)
+        self.restarts += 1
+        return True
 
     def start(self, *extra: str) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", *self.args, *extra])
@@ -188,13 +201,12 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
                           file=sys.stderr)
                     send(control, {"kind": "source_gone"})
                     continue
-                if s.restarts >= MAX_RESTARTS:
-                    print(f"\nrun_pipeline: {s.name} failed {s.restarts + 1} times (exit {code}); giving up",
-                          file=sys.stderr)
+                if not s.may_restart(time.monotonic()):
+                    print(f"\nrun_pipeline: {s.name} failed {MAX_RESTARTS + 1} times within {RESTART_WINDOW_S:.0f} s "
+                          f"(exit {code}); giving up", file=sys.stderr)
                     return 1
-                s.restarts += 1
-                print(f"\nrun_pipeline: {s.name} exited with {code}; restarting ({s.restarts}/{MAX_RESTARTS})",
-                      file=sys.stderr)
+                print(f"\nrun_pipeline: {s.name} exited with {code}; restarting ({len(s.restart_times)}/{MAX_RESTARTS} "
+                      f"within {RESTART_WINDOW_S:.0f} s)", file=sys.stderr)
                 if s.name not in ("stitch", "sinks", "source"):
                     send(control, {"kind": "crash", "stage": s.name, "at_ns": time.monotonic_ns()})
                 s.start(*(["--resume"] if s.name in ("sinks", "stitch") else []))  # go on after what they finished

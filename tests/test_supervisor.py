@@ -40,3 +40,13 @@ def test_infer_worker_warms_its_model_and_coarse_map_network_on_a_full_batch():
     calls.clear()
     warm_up(Fake(), 0)  # a config's max_batch of 0 still warms with one tile
     assert calls[0][1] == (1, 1, 128, 128)
+
+
+def test_restarts_are_limited_within_a_window_not_for_the_whole_run():
+    from pipeline.supervisor import MAX_RESTARTS, RESTART_WINDOW_S
+
+    s = StageProc("infer0", [])
+    assert all(s.may_restart(float(i)) for i in range(MAX_RESTARTS))  # a burst of crashes...
+    assert not s.may_restart(float(MAX_RESTARTS))  # ...one too many within the window: give up
+    later = RESTART_WINDOW_S + MAX_RESTARTS  # a week-long line with a crash now and then keeps going
+    assert s.may_restart(later) and s.may_restart(later + RESTART_WINDOW_S) and s.restarts == MAX_RESTARTS + 2
