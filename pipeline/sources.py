@@ -99,6 +99,11 @@ def ffmpeg_options(stream: StreamConfig) -> str:
     return "|".join(opts)
 
 
+def without_credentials(url: str) -> str:
+    """``rtsp://user:secret@host/path`` -> ``rtsp://host/path``."""
+    return re.sub(r"^([a-z]+://)[^/]*@", r"\1", url)
+
+
 class CaptureSource(Source):
     """OpenCV capture: a camera index, an RTSP/HTTP URL or a video file.
 
@@ -109,7 +114,7 @@ class CaptureSource(Source):
 
     def __init__(self, target: int | str, cfg: SourceConfig, live: bool) -> None:
         self.target, self.cfg, self.live = target, cfg, live
-        self.label = str(target)
+        self.label = without_credentials(str(target))  # frame names go to the results, the MES and the logs
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self.cap = self._open()

@@ -96,11 +96,11 @@ class StatusBoard:
 def run_pipeline(config: str | Path, source: str, results: str | Path | None = None, overlays: str | None = None,
                  run_dir: str | Path | None = None, show_status: bool = True, workers: int | None = None,
                  save_masks: bool = False) -> int:
-    from pipeline.sources import check_uri
+    from pipeline.sources import check_uri, without_credentials
 
     cfg: LineConfig = load_config(config)
     check_uri(source)
-    cfg.source.uri = source
+    cfg.source.uri = without_credentials(source)  # the config is written next to the results
     if overlays:
         cfg.sinks.overlays_dir = str(Path(overlays).resolve())
         cfg.sinks.save_masks = save_masks

@@ -123,6 +123,19 @@ def test_camera_that_appears_late_is_waited_for(camera_frames):
             s.stop()
 
 
+def test_camera_password_stays_out_of_frame_names(camera_frames):
+    """Frame names go to the results file, the MES and the logs; the camera's password must not."""
+    server = RtspServer(camera_frames, free_port(), fps=20)  # takes any credentials
+    try:
+        url = server.url.replace("rtsp://", "rtsp://inspector:s3cr@t@")
+        source = open_source(url, _cfg())
+        item = next(iter(source))
+        source.close()
+    finally:
+        server.stop()
+    assert item.frame is not None and item.name == f"{server.url}#000000" and "s3cr" not in source.label
+
+
 def test_stream_options():
     cfg = SourceConfig()
     assert ffmpeg_options(cfg.stream).startswith("rtsp_transport;tcp|")

@@ -168,3 +168,19 @@ def test_results_set_aside_not_overwritten(tmp_path):
     assert set_aside(results) == [tmp_path / f"r.{stamp}-2.jsonl"]  # same second: numbered, nothing replaced
     assert not results.exists() and len(list(tmp_path.glob("r.*.jsonl"))) == 2
     assert utc_iso(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123Z"
+
+
+def test_overlay_that_cannot_be_written_is_counted_not_raised(tmp_path, capsys):
+    import numpy as np
+
+    from pipeline.sinks.overlays import OverlaySink
+
+    sink = OverlaySink(tmp_path / "ov")
+    frame = {"frame": np.zeros((48, 64, 3), np.uint8)}
+    sink.handle(_record(0, "NG"), frame, None)
+    assert (tmp_path / "ov" / "000000_f0_overlay.png").is_file()
+    (tmp_path / "ov" / "000000_f0_overlay.png").unlink()
+    (tmp_path / "ov").rmdir()
+    (tmp_path / "ov").write_text("not a folder any more")  # as a full or vanished disk does
+    sink.handle(_record(1, "NG"), frame, None)
+    assert sink.failures == 1 and "cannot write" in capsys.readouterr().err

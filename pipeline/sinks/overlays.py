@@ -1,6 +1,7 @@
 """Overlay images (and optional masks) for NG frames, in camera coordinates."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import cv2
@@ -28,21 +29,35 @@ def draw_overlay(frame: np.ndarray, record: dict, anomaly_map: np.ndarray | None
 
 
 class OverlaySink(Sink):
+    """An image that cannot be written (disk full, folder gone) is counted and reported, not raised:
+    overlays are for people, and the verdict must still reach the PLC, the MES and the results."""
     name = "overlays"
 
     def __init__(self, folder: str | Path, save_masks: bool = False) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.save_masks = save_masks
+        self.failures = 0
+
+    def _write(self, path: Path, image: np.ndarray) -> None:
+        try:
+            ok = cv2.imwrite(str(path), image)
+        except cv2.error:
+            ok = False
+        if not ok:
+            self.failures += 1
+            if self.failures in (1, 10, 100) or self.failures % 1000 == 0:
+                print(f"overlays sink: cannot write {path} (disk full, or the folder gone?); {self.failures} image(s) "
+                      "not written so far", file=sys.stderr)
 
     def handle(self, record, arrays, H) -> None:
         if record["verdict"] != "NG" or "frame" not in arrays:
             return
         stem = f"{record['frame_id']:06d}_{Path(str(record['source_name'])).stem}"
         frame = arrays["frame"]
-        cv2.imwrite(str(self.folder / f"{stem}_overlay.png"), draw_overlay(frame, record, arrays.get("anomaly_map"), H))
+        self._write(self.folder / f"{stem}_overlay.png", draw_overlay(frame, record, arrays.get("anomaly_map"), H))
         if self.save_masks:
             mask = np.zeros(frame.shape[:2], np.uint8)
             for d in record.get("defects", []):
                 cv2.fillPoly(mask, [np.round(np.asarray(d["polygon"])).astype(np.int32)], 255)
-            cv2.imwrite(str(self.folder / f"{stem}_mask.png"), mask)
+            self._write(self.folder / f"{stem}_mask.png", mask)
