@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from engines.data import IMAGE_SUFFIXES
-from pipeline.config import SourceConfig, StreamConfig
+from pipeline.config import CameraConfig, SourceConfig, StreamConfig
 from pipeline.sequence import read_index
 
 
@@ -99,6 +99,19 @@ def ffmpeg_options(stream: StreamConfig) -> str:
     return "|".join(opts)
 
 
+def camera_mismatch(requested: CameraConfig, width: float, height: float, fps: float) -> str | None:
+    """What a camera gives instead of what ``source.camera`` asked for, or None. A camera that ignores
+    the requested size changes the part's size in pixels, so the line's calibration no longer fits."""
+    problems = []
+    if (int(width), int(height)) != (requested.width, requested.height):
+        problems.append(f"{int(width)}x{int(height)} px instead of source.camera.width/height "
+                        f"{requested.width}x{requested.height}; run calibrate_line on frames of this size, or set "
+                        "a size the camera supports")
+    if fps > 0 and abs(fps - requested.fps) > 0.5:
+        problems.append(f"{fps:g} frames/s instead of source.camera.fps {requested.fps:g}")
+    return "; ".join(problems) or None
+
+
 def without_credentials(url: str) -> str:
     """``rtsp://user:secret@host/path`` -> ``rtsp://host/path``."""
     return re.sub(r"^([a-z]+://)[^/]*@", r"\1", url)
@@ -135,6 +148,10 @@ class CaptureSource(Source):
                 cap.set(cv2.CAP_PROP_FPS, cam.fps)
                 if cam.exposure is not None:
                     cap.set(cv2.CAP_PROP_EXPOSURE, cam.exposure)
+                warning = camera_mismatch(cam, cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT),
+                                          cap.get(cv2.CAP_PROP_FPS))
+                if warning:
+                    print(f"source {self.label}: warning: {warning}", file=sys.stderr, flush=True)
         elif self.live:  # network camera: read when opening, by this process's FFmpeg
             stream = self.cfg.stream
             os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = ffmpeg_options(stream)

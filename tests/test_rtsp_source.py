@@ -141,3 +141,15 @@ def test_stream_options():
     assert ffmpeg_options(cfg.stream).startswith("rtsp_transport;tcp|")
     cfg.stream.transport, cfg.stream.low_latency = "udp", False
     assert ffmpeg_options(cfg.stream) == "rtsp_transport;udp"
+
+
+def test_camera_that_ignores_the_requested_size_is_reported():
+    from pipeline.config import CameraConfig
+    from pipeline.sources import camera_mismatch
+
+    cam = CameraConfig()  # 640x480 at 30 frames/s
+    assert camera_mismatch(cam, 640.0, 480.0, 30.0) is None
+    assert camera_mismatch(cam, 640.0, 480.0, 0.0) is None  # many cameras do not report a rate
+    msg = camera_mismatch(cam, 1280.0, 720.0, 15.0)
+    assert "1280x720 px instead of source.camera.width/height 640x480" in msg and "calibrate_line" in msg
+    assert "15 frames/s instead of source.camera.fps 30" in msg
