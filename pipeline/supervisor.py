@@ -1,10 +1,11 @@
 """run_pipeline's supervisor: starts every stage as its own process, shows a live status line,
-restarts a stage that crashes (up to MAX_RESTARTS times in RESTART_WINDOW_S), and stops cleanly (flushing results) on Ctrl-C or end of source.
+restarts a stage that crashes (up to MAX_RESTARTS times in RESTART_WINDOW_S), and stops cleanly
+(flushing results) on Ctrl-C or end of source.
 
-A restarted sinks or stitch stage goes on after the last record it handled (``--resume``). The source is
-never restarted: a new one would read its frames again under new ids. A source that
-fails (a camera lost for longer than ``source.reconnect_s``; it reconnects on its own before that)
-ends the run like the end of its stream, flushing the frames it read, and run_pipeline exits 1."""
+A restarted sinks or stitch stage goes on after the last record it handled (``--resume``). The
+source is never restarted: a new one would read its frames again under new ids. A source that fails
+(a camera lost for longer than ``source.reconnect_s``; it reconnects on its own before that) ends
+the run like the end of its stream, flushing the frames it read, and run_pipeline exits 1."""
 from __future__ import annotations
 
 import signal
@@ -173,9 +174,9 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
                           file=sys.stderr)
                 if not late or time.monotonic() - waiting_since > READY_TIMEOUT_S:
                     source.start()
-            sinks = by_name["sinks"]
-            if sinks.proc.poll() == 0 or (sinks.proc.poll() is not None and interrupted["at"] is not None):
-                exit_code = 0 if sinks.proc.returncode == 0 else 1
+            sinks_code = by_name["sinks"].proc.poll()  # a crash is restarted below, unless stopping anyway
+            if sinks_code == 0 or (sinks_code is not None and interrupted["at"] is not None):
+                exit_code = 0 if sinks_code == 0 else 1
                 src = by_name["source"]
                 if source_failed is None and src.proc is not None and interrupted["at"] is None:
                     try:  # it announced its end before exiting, so the sinks may finish first
