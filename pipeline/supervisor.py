@@ -9,6 +9,7 @@ the run like the end of its stream, flushing the frames it read, and run_pipelin
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -120,7 +121,9 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
             print(f"run_pipeline: kept the previous results as {kept}", file=sys.stderr)
         dump_config(cfg, Path(str(results) + ".config.yaml"), f"# config that produced {Path(results).name}")
     common = ["--config", str(final_cfg), "--run-dir", str(run_dir)]
-    stages = [StageProc("sinks", ["pipeline.stages.sinks", *common] + (["--results", str(results)] if results else [])),
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + socket.gethostname()
+    stages = [StageProc("sinks", ["pipeline.stages.sinks", *common, "--run-id", run_id]
+                        + (["--results", str(results)] if results else [])),
               StageProc("stitch", ["pipeline.stages.stitch", *common], finite=True)]
     stages += [StageProc(f"infer{i}", ["pipeline.stages.infer", *common, "--worker", str(i)])
                for i in range(cfg.inference.workers)]

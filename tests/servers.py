@@ -64,11 +64,13 @@ class MesServer:
 
     def __init__(self, port: int) -> None:
         received = self.received = []
+        keys = self.idempotency_keys = []
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 received.append(json.loads(body))
+                keys.append(self.headers.get("Idempotency-Key"))
                 self.send_response(201)
                 self.end_headers()
 

@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -66,6 +67,7 @@ def test_every_frame_gets_exactly_one_result(line, tmp_path):
             assert set(d) == {"bbox", "area_px", "score", "polygon"} and len(d["bbox"]) == 4
     stamps = [time.mktime(time.strptime(r["captured_at"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone for r in records]
     assert all(r["captured_at"].endswith("Z") for r in records)
+    assert len({r["run_id"] for r in records}) == 1 and records[0]["run_id"].endswith("-" + socket.gethostname())
     assert all(abs(t - time.time()) < 300 for t in stamps) and stamps == sorted(stamps)  # wall-clock capture times
     assert Path(str(results) + ".config.yaml").is_file()
     assert "out 10" in proc.stderr  # the live status line's final count

@@ -100,9 +100,11 @@ def test_http_sink_delivers_in_order(tmp_path):
     try:
         sink = HttpSink(f"http://127.0.0.1:{port}/parts", tmp_path / "spool", backoff_s=0.05)
         for i in range(5):
-            sink.handle(_record(i), {}, None)
+            sink.handle({**_record(i), "run_id": "20261127T180000Z-line1"} if i else _record(i), {}, None)
         assert _wait(lambda: len(mes.received) == 5)
         assert [r["frame_id"] for r in mes.received] == list(range(5))
+        # the key the MES can recognise a repeated POST by; none for a record without a run
+        assert mes.idempotency_keys == [None] + [f"20261127T180000Z-line1/{i}" for i in range(1, 5)]
         sink.close()
         assert sink.pending() == 0
     finally:

@@ -3,6 +3,10 @@
 Every record is first written to a spool folder (durable), then a background thread sends spooled
 records oldest first and deletes each one the MES accepted. When the MES is down, records wait on
 disk, also across restarts, and go out in order once it is back. The line never waits for the MES.
+
+Delivery is at least once: a POST whose answer was lost is sent again. Each one carries an
+``Idempotency-Key`` header, ``RUN_ID/FRAME_ID`` (also in the body as ``run_id`` and ``frame_id``),
+so the MES can recognise a record it already has.
 """
 from __future__ import annotations
 
@@ -45,7 +49,11 @@ class HttpSink(Sink):
         self.wake.set()
 
     def _post(self, body: bytes) -> None:
-        req = urllib.request.Request(self.url, data=body, method="POST", headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        record = json.loads(body)
+        if record.get("run_id"):
+            headers["Idempotency-Key"] = f"{record['run_id']}/{record['frame_id']}"
+        req = urllib.request.Request(self.url, data=body, method="POST", headers=headers)
         with urllib.request.urlopen(req, timeout=self.timeout) as resp:
             if resp.status >= 300:
                 raise urllib.error.HTTPError(self.url, resp.status, "unexpected status", resp.headers, None)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from pipeline.sinks.base import Sink
 
-PUBLIC_FIELDS = ("frame_id", "source_name", "captured_at", "verdict", "reason", "score", "defects", "latency_ms",
-                 "stage_ms")
+PUBLIC_FIELDS = ("run_id", "frame_id", "source_name", "captured_at", "verdict", "reason", "score", "defects",
+                 "latency_ms", "stage_ms")
 
 
 def set_aside(path: str | Path) -> list[Path]:

@@ -36,7 +36,7 @@ def resume_point(run_dir: Path, results_path: str | None) -> int:
     return done + 1
 
 
-def run(stage: Stage, results_path: str | None, resume: bool = False) -> int:
+def run(stage: Stage, results_path: str | None, resume: bool = False, run_id: str | None = None) -> int:
     progress = stage.run_dir / PROGRESS
     next_id = resume_point(stage.run_dir, results_path) if resume else 0
     sinks = build_sinks(stage.cfg, results_path)
@@ -74,6 +74,8 @@ def run(stage: Stage, results_path: str | None, resume: bool = False) -> int:
                 next_id = resumed_at
             while next_id in waiting:
                 record, arrays, H = waiting.pop(next_id)
+                if run_id:  # with frame_id, names the record across runs (the MES's idempotency key)
+                    record["run_id"] = run_id
                 if record.get("capture_ns") is not None:  # monotonic capture time -> wall clock, for the log and the MES
                     record["captured_at"] = utc_iso(time.time_ns() - (time.monotonic_ns() - record["capture_ns"]))
                 t0 = time.monotonic_ns()
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     p = stage_parser("sinks")
     p.add_argument("--results", help="results.jsonl path")
     p.add_argument("--resume", action="store_true", help="restarted after a crash: go on after the last record handled")
-    return run_stage(p, argv, lambda stage, a: run(stage, a.results, a.resume))
+    p.add_argument("--run-id", help="names this run in every record (run_pipeline: UTC start time and host)")
+    return run_stage(p, argv, lambda stage, a: run(stage, a.results, a.resume, a.run_id))
 
 
 if __name__ == "__main__":
