@@ -2,6 +2,7 @@
 1.0, Motion-JPEG in RTP over the RTSP connection): frames arrive as served, a lost stream becomes an
 error item and is reconnected, and a camera gone for longer than ``source.reconnect_s`` ends the
 source with an error that names the fix."""
+import threading
 import time
 from pathlib import Path
 
@@ -107,8 +108,6 @@ def test_camera_that_appears_late_is_waited_for(camera_frames):
     url = f"rtsp://127.0.0.1:{port}/line"
     with pytest.raises(ConnectionError, match="source.reconnect_s"):
         CaptureSource(url, _cfg(reconnect_s=0.0), live=True)  # nothing there and no patience: refused at once
-    import threading
-
     servers = []
     timer = threading.Timer(0.7, lambda: servers.append(RtspServer(camera_frames, port, fps=20)))
     timer.start()
