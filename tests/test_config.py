@@ -22,21 +22,18 @@ def test_unknown_key_names_file_and_key(tmp_path):
     assert str(p) in str(exc.value) and "inference.modle" in str(exc.value) and "model" in str(exc.value)
 
 
-def test_wrong_type_and_choice(tmp_path):
-    with pytest.raises(ConfigError, match=r"`inference.max_batch` = 'many'"):
-        load_config(_write(tmp_path, "inference:\n  max_batch: many\n"))
-    with pytest.raises(ConfigError, match=r"`inference.backend` = 'cuda'; expected one of"):
-        load_config(_write(tmp_path, "inference:\n  backend: cuda\n"))
-    with pytest.raises(ConfigError, match="tile_overlap"):
-        load_config(_write(tmp_path, "preprocess:\n  tile_overlap: 1.5\n"))
-    with pytest.raises(ConfigError, match="template"):
-        load_config(_write(tmp_path, "preprocess:\n  mode: template\n"))
-    with pytest.raises(ConfigError, match=r"`source.stream.transport` = 'http'; expected one of \['tcp', 'udp'\]"):
-        load_config(_write(tmp_path, "source:\n  stream:\n    transport: http\n"))
-    with pytest.raises(ConfigError, match=r"`sinks.modbus.reject_verdicts` has \['BAD'\]"):
-        load_config(_write(tmp_path, "sinks:\n  modbus:\n    reject_verdicts: [NG, BAD]\n"))
-    with pytest.raises(ConfigError, match="source.reconnect_s"):
-        load_config(_write(tmp_path, "source:\n  reconnect_s: -1\n"))
+@pytest.mark.parametrize("text, message", [
+    ("inference:\n  max_batch: many\n", r"`inference.max_batch` = 'many'"),
+    ("inference:\n  backend: cuda\n", r"`inference.backend` = 'cuda'; expected one of"),
+    ("preprocess:\n  tile_overlap: 1.5\n", "tile_overlap"),
+    ("preprocess:\n  mode: template\n", "template"),
+    ("source:\n  stream:\n    transport: http\n", r"`source.stream.transport` = 'http'; expected one of \['tcp', 'udp'\]"),
+    ("sinks:\n  modbus:\n    reject_verdicts: [NG, BAD]\n", r"`sinks.modbus.reject_verdicts` has \['BAD'\]"),
+    ("source:\n  reconnect_s: -1\n", "source.reconnect_s"),
+])
+def test_wrong_type_and_choice(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(_write(tmp_path, text))
 
 
 def test_not_yaml_and_missing(tmp_path):

@@ -157,28 +157,34 @@ def test_crashed_infer_worker_is_restarted_and_no_frame_is_lost(line, tmp_path):
     assert [r["frame_id"] for r in records] == list(range(10))
 
 
-@pytest.mark.parametrize("stage", ["sinks", "stitch"])
-def test_crashed_sinks_or_stitch_stage_is_restarted_and_every_frame_keeps_one_record(line, tmp_path, stage):
-    """A restarted sinks stage appends to the run's results file instead of starting it again, and
-    the records it had not written when it died are sent again. A restarted stitch stage goes on
-    after the last frame it released; a frame that died with it gets an ERROR record."""
+def _kill_stage_midway(line, tmp_path, stage, after_records, period_ns, repeat=1):
+    """run_pipeline over the line's frames at recorded pace; SIGKILL ``stage`` once ``after_records``
+    records are written. Returns the exit code, stderr and the records."""
     config, seq = line
-    slow = _retimed(seq, tmp_path / "slow", period_ns=300_000_000, repeat=2)
+    slow = _retimed(seq, tmp_path / "slow", period_ns=period_ns, repeat=repeat)
     results, run_dir = tmp_path / "r.jsonl", tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "tools.run_pipeline", "--config", str(_realtime_config(config, tmp_path)),
                              "--source", f"replay:{slow}", "--results", str(results), "--run-dir", str(run_dir)],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while (not results.is_file() or len(results.read_text().splitlines()) < 5) and time.monotonic() < deadline:
+    while (not results.is_file() or len(results.read_text().splitlines()) < after_records) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in _stage_pids(run_dir, stage):
         os.kill(pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    return proc.returncode, err, _records(results)
+
+
+@pytest.mark.parametrize("stage", ["sinks", "stitch"])
+def test_crashed_sinks_or_stitch_stage_is_restarted_and_every_frame_keeps_one_record(line, tmp_path, stage):
+    """A restarted sinks stage appends to the run's results file instead of starting it again, and
+    the records it had not written when it died are sent again. A restarted stitch stage goes on
+    after the last frame it released; a frame that died with it gets an ERROR record."""
+    code, err, records = _kill_stage_midway(line, tmp_path, stage, after_records=5, period_ns=300_000_000, repeat=2)
+    assert code == 0, err
     assert f"{stage} exited with -9; restarting" in err and f"{stage}: resumed" in err
     # Whether records were in flight at the kill is timing; tests/test_sinks_resume.py and
     # test_collector.py make sure of those paths.
-    records = _records(results)
     assert [r["frame_id"] for r in records] == list(range(20)), [r["frame_id"] for r in records]
     lost = [r for r in records if r["verdict"] == "ERROR" and "not a decodable image" not in r["reason"]]
     assert all("stitch stage crashed" in r["reason"] for r in lost) and len(lost) <= 2
@@ -187,21 +193,9 @@ def test_crashed_sinks_or_stitch_stage_is_restarted_and_every_frame_keeps_one_re
 def test_killed_source_is_not_restarted_and_what_it_read_is_flushed(line, tmp_path):
     """A restarted source would read its frames again under new ids; the line ends instead, with a
     record for every frame the source registered, and says so."""
-    config, seq = line
-    slow = _retimed(seq, tmp_path / "slow", period_ns=400_000_000)
-    results, run_dir = tmp_path / "r.jsonl", tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "tools.run_pipeline", "--config", str(_realtime_config(config, tmp_path)),
-                             "--source", f"replay:{slow}", "--results", str(results), "--run-dir", str(run_dir)],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while (not results.is_file() or len(results.read_text().splitlines()) < 3) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in _stage_pids(run_dir, "source"):
-        os.kill(pid, signal.SIGKILL)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1, err
+    code, err, records = _kill_stage_midway(line, tmp_path, "source", after_records=3, period_ns=400_000_000)
+    assert code == 1, err
     assert "the source failed (exit -9)" in err and "restarting" not in err
-    records = _records(results)
     assert 3 <= len(records) < 10
     assert [r["frame_id"] for r in records] == list(range(len(records)))
     assert len({r["source_name"] for r in records}) == len(records)  # no frame read twice

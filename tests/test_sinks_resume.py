@@ -22,6 +22,12 @@ def _record(fid):
                                          "verdict": "NO_PART", "reason": "", "score": None, "defects": []}}
 
 
+def _close(stage, *sockets):
+    for sock in sockets:
+        sock.close(linger=0)
+    stage.close()
+
+
 def _ids(path):
     return [json.loads(x)["frame_id"] for x in Path(path).read_text().splitlines()]
 
@@ -48,9 +54,7 @@ def test_resumed_sinks_stage_asks_for_what_it_missed_and_keeps_frame_order(tmp_p
         worker.join(timeout=10)
         assert not worker.is_alive()
     finally:
-        for sock in (stitch_in, to_sinks, status):
-            sock.close(linger=0)
-        stage.close()
+        _close(stage, stitch_in, to_sinks, status)
     assert _ids(results) == list(range(10))  # the cut-off line removed, each frame once, in order
     assert (run_dir / sinks_stage.PROGRESS).read_text() == "9"
 
@@ -89,6 +93,4 @@ def test_stitch_stage_sends_again_what_it_sent(tmp_path):
         worker.join(timeout=5)
         assert not worker.is_alive()
     finally:
-        for sock in (to_stitch, from_stitch, status):
-            sock.close(linger=0)
-        stage.close()
+        _close(stage, to_stitch, from_stitch, status)
