@@ -30,6 +30,7 @@ class SourceItem:
     frame: np.ndarray | None
     reason: str = ""
     recorded_ns: int | None = None
+    camera_lost: bool = False  # no frame: the camera stopped delivering (the PLC's heartbeat pauses)
 
 
 class Source:
@@ -205,7 +206,7 @@ class CaptureSource(Source):
             lost_at = time.monotonic()
             yield SourceItem(f"{self.label}#lost{lost:03d}", None,
                              f"camera lost: no frame from {self.label} after frame {n}; reconnecting for up to "
-                             f"{self.cfg.reconnect_s:.0f} s (source.reconnect_s)")
+                             f"{self.cfg.reconnect_s:.0f} s (source.reconnect_s)", camera_lost=True)
             with self._lock:
                 self.cap.release()
             self.cap = self._reopen(lost_at, "the stream stopped")

@@ -78,6 +78,7 @@ def test_lost_stream_is_recorded_and_reconnected(camera_frames):
         server.drop_clients()  # the camera reboots; it serves again at once
         lost = next(i for _, i in zip(range(60), items) if i.frame is None)
         assert lost.name.endswith("#lost001") and "camera lost" in lost.reason and "reconnecting" in lost.reason
+        assert lost.camera_lost
         after = [next(items) for _ in range(3)]
         assert all(i.frame is not None for i in after)
         assert max(_which(i.frame, camera_frames)[1] for i in after) < 4.0

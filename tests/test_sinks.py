@@ -186,3 +186,30 @@ def test_overlay_that_cannot_be_written_is_counted_not_raised(tmp_path, capsys):
     (tmp_path / "ov").write_text("not a folder any more")  # as a full or vanished disk does
     sink.handle(_record(1, "NG"), frame, None)
     assert sink.failures == 1 and "cannot write" in capsys.readouterr().err
+
+
+def test_modbus_heartbeat_pauses_while_the_camera_is_lost():
+    """The line runs but sees nothing: a PLC that watches the heartbeat can stop the belt."""
+    from pymodbus.client import ModbusTcpClient
+
+    port = free_port()
+    server = ModbusServer(port)
+    try:
+        sink = ModbusSink("127.0.0.1", port, 1, verdict_coil=0, defect_count_register=30, sequence_register=31,
+                          heartbeat_register=32, heartbeat_s=0.0)
+        reader = ModbusTcpClient("127.0.0.1", port=port)
+        assert reader.connect()
+
+        def beat():
+            sink.tick()
+            return reader.read_holding_registers(32, count=1, device_id=1).registers[0]
+
+        assert beat() == 1
+        sink.handle({**_record(0, "ERROR"), "camera_lost": True}, {}, None)
+        assert beat() == 1 and beat() == 1  # paused
+        sink.handle(_record(1, "OK"), {}, None)  # a frame again
+        assert beat() == 2
+        reader.close()
+        sink.close()
+    finally:
+        server.stop()

@@ -73,9 +73,12 @@ def test_stitch_stage_sends_again_what_it_sent(tmp_path):
     try:
         for fid in range(4):
             send(to_stitch, {"kind": "register", "frame_id": fid, "source_name": f"f{fid}.png", "capture_ns": time.monotonic_ns()})
+            lost = {"camera_lost": True} if fid == 1 else {}  # passed on to the sinks: the PLC's heartbeat pauses
             send(to_stitch, {"kind": "result", "frame_id": fid, "source_name": f"f{fid}.png",
-                             "capture_ns": time.monotonic_ns(), "verdict": "NO_PART", "reason": "no part in view"})
+                             "capture_ns": time.monotonic_ns(), "verdict": "NO_PART", "reason": "no part in view", **lost})
         send(to_stitch, {"kind": "end", "count": 4})
+
+        lost_flags = []
 
         def take(n):
             got = []
@@ -83,9 +86,11 @@ def test_stitch_stage_sends_again_what_it_sent(tmp_path):
                 msg = recv(from_stitch, 10_000)
                 assert msg is not None, got
                 got.append(msg[0]["record"]["frame_id"] if msg[0]["kind"] == "record" else "end")
+                lost_flags.append(msg[0].get("record", {}).get("camera_lost", False))
             return got
 
         assert take(5) == [0, 1, 2, 3, "end"]
+        assert lost_flags == [False, True, False, False, False]
         send(to_stitch, {"kind": "resend", "from": 2})  # the end is done, yet the stage is still there for this
         assert take(3) == [2, 3, "end"]
         assert worker.is_alive()

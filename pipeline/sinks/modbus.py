@@ -3,7 +3,9 @@ heartbeat registers. A PLC that is down is retried on the next record; the line 
 
 The coil is 1 when the verdict is one of ``reject_verdicts``: by default NG, and ERROR and DROPPED
 too, since a part that was not inspected must not pass as good. The verdict register tells the
-PLC which it was (``VERDICT_CODES``)."""
+PLC which it was (``VERDICT_CODES``). The heartbeat pauses from a "camera lost" record until the
+next frame arrives: the line runs but sees nothing, and a PLC that watches the heartbeat can stop
+the belt."""
 from __future__ import annotations
 
 import sys
@@ -34,6 +36,7 @@ class ModbusSink(Sink):
         self.last_beat = 0.0
         self.sequence = 0
         self.failures = 0
+        self.blind = False  # the camera is lost: no heartbeat until a frame comes again
 
     def _ok(self, response) -> bool:
         return response is not None and not response.isError()
@@ -53,6 +56,7 @@ class ModbusSink(Sink):
             return False
 
     def handle(self, record, arrays, H) -> None:
+        self.blind = bool(record.get("camera_lost"))
         self.sequence = (self.sequence + 1) & 0xFFFF
         reject = record["verdict"] in self.reject
         n = min(len(record.get("defects") or []), 0xFFFF)
@@ -66,6 +70,8 @@ class ModbusSink(Sink):
         self._write(lambda: self.client.write_register(self.seq_reg, self.sequence, device_id=self.unit))
 
     def tick(self) -> None:
+        if self.blind:
+            return
         now = time.monotonic()
         if now - self.last_beat >= self.heartbeat_s:
             self.last_beat = now

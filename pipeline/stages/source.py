@@ -70,9 +70,9 @@ def run(stage: Stage, uri: str) -> int:
     def register(fid: int, name: str, capture_ns: int) -> None:
         send(verdict, {"kind": "register", "frame_id": fid, "source_name": name, "capture_ns": capture_ns})
 
-    def result(fid: int, name: str, capture_ns: int, verdict_name: str, reason: str) -> None:
+    def result(fid: int, name: str, capture_ns: int, verdict_name: str, reason: str, camera_lost: bool = False) -> None:
         send(verdict, {"kind": "result", "frame_id": fid, "source_name": name, "capture_ns": capture_ns,
-                       "verdict": verdict_name, "reason": reason})
+                       "verdict": verdict_name, "reason": reason, **({"camera_lost": True} if camera_lost else {})})
 
     def drain(block: bool) -> None:
         while queue:
@@ -119,7 +119,7 @@ def run(stage: Stage, uri: str) -> int:
                 register(fid, item.name, capture_ns)
                 status.add(frames_in=1)
                 if item.frame is None:
-                    result(fid, item.name, capture_ns, "ERROR", item.reason)
+                    result(fid, item.name, capture_ns, "ERROR", item.reason, item.camera_lost)
                     continue
                 header = {"kind": "frame", "frame_id": fid, "source_name": item.name, "capture_ns": capture_ns,
                           "recorded_ns": item.recorded_ns}

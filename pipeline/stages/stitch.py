@@ -103,7 +103,8 @@ def run(stage: Stage, resume: bool = False) -> int:
                     collector.add(header["frame_id"], {
                         "frame_id": header["frame_id"], "source_name": header["source_name"],
                         "capture_ns": header["capture_ns"], "verdict": header["verdict"],
-                        "reason": header.get("reason", ""), "score": None, "defects": []})
+                        "reason": header.get("reason", ""), "score": None, "defects": [],
+                        **({"camera_lost": True} if header.get("camera_lost") else {})})
                 elif kind == "maps":
                     try:
                         record, extra = record_from_maps(header, arrays, cfg, pixel_t, image_t, meta.map_score_weight,
