@@ -99,3 +99,15 @@ def test_stitch_stage_sends_again_what_it_sent(tmp_path):
         assert not worker.is_alive()
     finally:
         _close(stage, to_stitch, from_stitch, status)
+
+
+def test_resend_buffer_keeps_verdicts_longer_than_overlay_arrays():
+    buf = stitch_stage.ResendBuffer(window=5, arrays=2)
+    for fid in range(6):
+        buf.add(fid, {"frame_id": fid}, {"frame": fid} if fid % 2 else None)
+    buf.add(None, {"kind": "end"})
+    again, oldest = buf.since(3)
+    assert oldest == 2  # frames 0 and 1 fell out of the window
+    assert [h.get("frame_id", "end") for h, _ in again] == [3, 4, 5, "end"]
+    assert [a for _, a in again] == [{"frame": 3}, {}, {"frame": 5}, {}]  # frame 1's arrays gave way first
+    assert len(buf.since(0)[0]) == 5

@@ -26,9 +26,35 @@ from pipeline.transport import StatusReporter, make_socket, recv, send
 from pipeline.vision.tiling import NoveltyShare, TileGrid
 from pipeline.wire import WireError
 
-# Messages kept for a restarted sinks stage: at 10 frames/s, 25 s of results (NG records that carry
-# overlay arrays, a frame and an fp16 map, are the large ones).
-RESEND_WINDOW = 256
+# Records kept for a restarted sinks stage: those the dead process had received but not handled,
+# a few normally, more when the sinks fell behind. Only the newest RESEND_ARRAYS keep their overlay
+# arrays (a camera frame and an fp16 map, about 1 MB at 640x480): an older one is sent again without
+# its overlay image, never without its verdict.
+RESEND_WINDOW = 2048
+RESEND_ARRAYS = 32
+
+
+class ResendBuffer:
+    """The messages sent to the sinks, newest ``window`` kept, the newest ``arrays`` of them with
+    their arrays; the end of the stream is kept as frame None."""
+
+    def __init__(self, window: int = RESEND_WINDOW, arrays: int = RESEND_ARRAYS) -> None:
+        self.sent: collections.deque = collections.deque(maxlen=window)  # (frame_id or None, header)
+        self.arrays: collections.OrderedDict = collections.OrderedDict()  # frame_id -> arrays
+        self.max_arrays = arrays
+
+    def add(self, frame_id: int | None, header: dict, arrays: dict | None = None) -> None:
+        self.sent.append((frame_id, header))
+        if arrays:
+            self.arrays[frame_id] = arrays
+            if len(self.arrays) > self.max_arrays:
+                self.arrays.popitem(last=False)
+
+    def since(self, frame_id: int) -> tuple[list[tuple[dict, dict]], int | None]:
+        """(header, arrays) of every message from ``frame_id`` on, and the oldest frame still kept."""
+        again = [(h, self.arrays.get(fid, {})) for fid, h in self.sent if fid is None or fid >= frame_id]
+        oldest = next((fid for fid, _ in self.sent if fid is not None), None)
+        return again, oldest
 PROGRESS = "stitch.progress"
 
 
@@ -68,7 +94,7 @@ def run(stage: Stage, resume: bool = False) -> int:
         collector.resume(read_progress(progress) + 1)
         print(f"stitch: resumed from frame {collector.next_id}", file=sys.stderr, flush=True)
     extras: dict[int, dict] = {}
-    sent: collections.deque = collections.deque(maxlen=RESEND_WINDOW)  # (frame_id or None for the end, header, arrays)
+    sent = ResendBuffer()
     ended = False
 
     def emit() -> None:
@@ -82,7 +108,7 @@ def run(stage: Stage, resume: bool = False) -> int:
                 header["H"] = arrays.pop("H").ravel().tolist()
                 arrays["anomaly_map"] = arrays["anomaly_map"].astype(np.float16)
             send(results, header, arrays)
-            sent.append((rec["frame_id"], header, arrays))
+            sent.add(rec["frame_id"], header, arrays)
             note_progress(progress, rec["frame_id"])
 
     novelty = meta.novelty_share()  # the model's rule, the same for every frame
@@ -126,8 +152,7 @@ def run(stage: Stage, resume: bool = False) -> int:
                 elif kind == "source_gone":
                     collector.source_gone()
                 elif kind == "resend":  # a restarted sinks stage: what it had not handled, in order
-                    again = [(h, a) for fid, h, a in sent if fid is None or fid >= header["from"]]
-                    oldest = next((fid for fid, _, _ in sent if fid is not None), None)
+                    again, oldest = sent.since(header["from"])
                     if oldest is not None and oldest > header["from"]:
                         print(f"stitch: the sinks stage asked for records from frame {header['from']}, but only "
                               f"those from frame {oldest} are kept (RESEND_WINDOW {RESEND_WINDOW})", file=sys.stderr)
@@ -139,7 +164,7 @@ def run(stage: Stage, resume: bool = False) -> int:
             if collector.finished and not ended:
                 end = {"kind": "end", "count": collector.expected}
                 send(results, end)
-                sent.append((None, end, {}))
+                sent.add(None, end)
                 ended = True  # stays up for a sinks stage that may yet need records again
             status.flush()
     finally:
