@@ -220,24 +220,36 @@ def test_ctrl_c_flushes_results_and_exits(line, tmp_path):
 
 
 def test_rtsp_camera_lost_reconnected_then_gone(line, tmp_path):
-    """A real RTSP camera (tests/rtsp_server.py) serving the line's part frames. It drops the
-    connection once and serves again: one ERROR record, then inspection goes on. Then it is gone
-    for longer than source.reconnect_s: the run flushes every frame read and exits 1, saying why."""
+    """A real RTSP camera (tests/rtsp_server.py) serving the line's part frames, and a real PLC
+    (pymodbus). The camera drops the connection once and serves again: one ERROR record, then
+    inspection goes on. Then it is gone for longer than source.reconnect_s: the PLC gets the loss
+    (reject coil, verdict ERROR) and its heartbeat pauses while the line still runs; then the run
+    flushes every frame read and exits 1, saying why."""
+    from pymodbus.client import ModbusTcpClient
+
     from tests.rtsp_server import RtspServer
-    from tests.servers import free_port
+    from tests.servers import ModbusServer, free_port
 
     config, seq = line
     truth = _truth(seq)
     frames = [cv2.imread(str(seq / name)) for name, t in sorted(truth.items()) if t["verdict"] in ("OK", "NG")]
     server = RtspServer(frames, free_port(), fps=5)
+    plc_port = free_port()
+    plc = ModbusServer(plc_port)
     cfg = tmp_path / "rtsp.yaml"
-    cfg.write_text(Path(config).read_text() + "\nsource:\n  reconnect_s: 2.0\n  stream:\n    read_timeout_s: 1.0\n")
+    cfg.write_text(Path(config).read_text() + "\nsource:\n  reconnect_s: 4.0\n  stream:\n    read_timeout_s: 1.0\n"
+                   f"sinks:\n  modbus:\n    enabled: true\n    port: {plc_port}\n    heartbeat_s: 0.1\n")
     results = tmp_path / "r.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "tools.run_pipeline", "--config", str(cfg), "--source", server.url,
                              "--results", str(results)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    reader = ModbusTcpClient("127.0.0.1", port=plc_port)
     try:
         def inspected():
             return [r for r in _records(results) if r["verdict"] in ("OK", "NG")] if results.is_file() else []
+
+        def plc_state():  # reject coil, verdict register, heartbeat register (the config's defaults)
+            return (reader.read_coils(0, count=1, device_id=1).bits[0],
+                    *reader.read_holding_registers(2, count=2, device_id=1).registers[::-1])
 
         deadline = time.monotonic() + 90
         while len(inspected()) < 4 and time.monotonic() < deadline:
@@ -248,10 +260,22 @@ def test_rtsp_camera_lost_reconnected_then_gone(line, tmp_path):
         seen = len(inspected())
         while len(inspected()) < seen + 4 and time.monotonic() < deadline:
             time.sleep(0.1)
+        assert reader.connect()
+        beat = plc_state()[2]
+        time.sleep(0.5)
+        assert plc_state()[2] > beat  # beating while frames come
         server.stop()
+        while plc_state()[1] != 4 and time.monotonic() < deadline:  # the loss reached the PLC
+            time.sleep(0.05)
+        coil, verdict, beat = plc_state()
+        time.sleep(0.6)
+        assert proc.poll() is None  # the line still runs, reconnecting...
+        assert (coil, verdict) == (True, 4) and plc_state()[2] == beat  # ...and the PLC knows it sees nothing
         _, err = proc.communicate(timeout=60)
     finally:
+        reader.close()
         server.stop()
+        plc.stop()
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 1, err
