@@ -1,5 +1,6 @@
-"""A real RTSP server for source tests: RTSP 1.0 on loopback, Motion-JPEG frames in RTP (RFC 2435)
-interleaved on the RTSP TCP connection, as an IP camera serves them.
+"""A real RTSP server for source tests: RTSP 1.0 on loopback, frames in RTP interleaved on the RTSP
+TCP connection, as an IP camera serves them: Motion-JPEG (RFC 2435) or H.264 (RFC 6184: single NAL
+unit and FU-A packets; encoded with PyAV's libx264, every frame an IDR frame with its SPS and PPS).
 
 It answers OPTIONS, DESCRIBE, SETUP (TCP interleaved only; a UDP request gets 461, as many cameras
 answer behind a firewall), PLAY, GET_PARAMETER (keep-alive) and TEARDOWN. After PLAY it sends the
@@ -7,10 +8,12 @@ given frames in a loop at ``fps``. ``drop_clients()`` cuts every connection, as 
 pulled cable does; ``stop()`` also closes the listening socket. Frames are BGR uint8 with both sides
 multiples of 8 (RFC 2435 sends the size in units of 8 px).
 
-Standard library and OpenCV only (for JPEG encoding), so tests can run it in a thread.
+Standard library, OpenCV (JPEG) and PyAV (H.264, test extra), so tests can run it in a thread.
 """
 from __future__ import annotations
 
+import base64
+import re
 import socket
 import struct
 import threading
@@ -20,6 +23,7 @@ import cv2
 import numpy as np
 
 PAYLOAD_JPEG = 26      # RTP static payload type for JPEG (RFC 3551)
+PAYLOAD_H264 = 96      # a dynamic payload type, named in the SDP
 CLOCK_HZ = 90_000      # RTP video clock
 MAX_FRAGMENT = 1400    # scan bytes per RTP packet
 
@@ -76,16 +80,74 @@ def rtp_packets(jpeg: bytes, seq: int, timestamp: int, ssrc: int = 0x7E57CA11) -
     return packets
 
 
+def h264_access_units(frames: list[np.ndarray], fps: float) -> list[bytes]:
+    """One H.264 access unit (Annex B) per BGR frame, each an IDR frame with its SPS and PPS in
+    band, so a stream can start at any frame and loop."""
+    from fractions import Fraction
+
+    import av
+
+    ctx = av.CodecContext.create("libx264", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+    ctx.time_base, ctx.framerate, ctx.gop_size = Fraction(1, 1000), Fraction(round(fps)), 1
+    ctx.options = {"preset": "ultrafast", "tune": "zerolatency", "crf": "16", "x264-params": "repeat-headers=1"}
+    units = []
+    for i, frame in enumerate(frames):
+        picture = av.VideoFrame.from_ndarray(frame, format="bgr24").reformat(format="yuv420p")
+        picture.pts = i
+        units += [bytes(p) for p in ctx.encode(picture)]
+    units += [bytes(p) for p in ctx.encode(None)]
+    if len(units) != len(frames):
+        raise RuntimeError(f"libx264 gave {len(units)} access units for {len(frames)} frames")
+    return units
+
+
+def nal_units(access_unit: bytes) -> list[bytes]:
+    """Annex B -> NAL units (emulation prevention keeps start codes out of NAL data)."""
+    return [n.rstrip(b"\x00") for n in re.split(b"\x00\x00\x00\x01|\x00\x00\x01", access_unit) if n.strip(b"\x00")]
+
+
+def rtp_h264_packets(access_unit: bytes, seq: int, timestamp: int, ssrc: int = 0x7E57CA11) -> list[bytes]:
+    """One access unit as RTP/H.264 packets: a NAL unit that fits goes whole, a larger one in FU-A
+    fragments; the marker bit is on the access unit's last packet."""
+    payloads = []
+    for nal in nal_units(access_unit):
+        if len(nal) <= MAX_FRAGMENT:
+            payloads.append(nal)
+            continue
+        indicator, kind, body = (nal[0] & 0xE0) | 28, nal[0] & 0x1F, nal[1:]
+        for off in range(0, len(body), MAX_FRAGMENT):
+            start, end = off == 0, off + MAX_FRAGMENT >= len(body)
+            payloads.append(bytes([indicator, (0x80 if start else 0) | (0x40 if end else 0) | kind])
+                            + body[off:off + MAX_FRAGMENT])
+    return [struct.pack(">BBHII", 0x80, (0x80 if i == len(payloads) - 1 else 0) | PAYLOAD_H264, (seq + i) & 0xFFFF,
+                        timestamp & 0xFFFFFFFF, ssrc) + p for i, p in enumerate(payloads)]
+
+
 class RtspServer:
     """Serves ``frames`` at ``rtsp://127.0.0.1:PORT/line`` until ``stop()``."""
 
-    def __init__(self, frames: list[np.ndarray], port: int, fps: float = 10.0, quality: int = 95) -> None:
-        self.jpegs = []
-        for f in frames:
-            ok, buf = cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            if not ok:
-                raise ValueError("JPEG encoding failed")
-            self.jpegs.append(buf.tobytes())
+    def __init__(self, frames: list[np.ndarray], port: int, fps: float = 10.0, quality: int = 95,
+                 codec: str = "jpeg") -> None:
+        if codec not in ("jpeg", "h264"):
+            raise ValueError(f"codec {codec!r}: expected jpeg or h264")
+        self.codec = codec
+        if codec == "h264":
+            self.units = h264_access_units(frames, fps)
+            sps, pps = (next(n for n in nal_units(self.units[0]) if n[0] & 0x1F == t) for t in (7, 8))
+            self.media = (f"m=video 0 RTP/AVP {PAYLOAD_H264}\r\na=rtpmap:{PAYLOAD_H264} H264/{CLOCK_HZ}\r\n"
+                          f"a=fmtp:{PAYLOAD_H264} packetization-mode=1;sprop-parameter-sets="
+                          f"{base64.b64encode(sps).decode()},{base64.b64encode(pps).decode()}\r\n")
+            self.packetise = rtp_h264_packets
+        else:
+            self.units = []
+            for f in frames:
+                ok, buf = cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, quality])
+                if not ok:
+                    raise ValueError("JPEG encoding failed")
+                self.units.append(buf.tobytes())
+            self.media = f"m=video 0 RTP/AVP {PAYLOAD_JPEG}\r\n"
+            self.packetise = rtp_packets
         self.port, self.period = port, 1.0 / fps
         self.url = f"rtsp://127.0.0.1:{port}/line"
         self.sent = 0              # frames sent, over all clients
@@ -127,7 +189,7 @@ class RtspServer:
                     extra = "Public: OPTIONS, DESCRIBE, SETUP, PLAY, GET_PARAMETER, TEARDOWN\r\n"
                 elif method == "DESCRIBE":
                     body = (f"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=tileguard test camera\r\nc=IN IP4 0.0.0.0\r\n"
-                            f"t=0 0\r\nm=video 0 RTP/AVP {PAYLOAD_JPEG}\r\na=control:track0\r\n").encode()
+                            f"t=0 0\r\n{self.media}a=control:track0\r\n").encode()
                     extra = f"Content-Base: {self.url}/\r\nContent-Type: application/sdp\r\n"
                 elif method == "SETUP":
                     if "RTP/AVP/TCP" not in headers.get("transport", ""):
@@ -176,7 +238,7 @@ class RtspServer:
     def _stream(self, conn: socket.socket, playing: threading.Event) -> None:
         seq, t0, n = 0, time.monotonic(), 0
         while playing.is_set() and not self._stopped.is_set():
-            packets = rtp_packets(self.jpegs[n % len(self.jpegs)], seq, int(n * self.period * CLOCK_HZ))
+            packets = self.packetise(self.units[n % len(self.units)], seq, int(n * self.period * CLOCK_HZ))
             seq += len(packets)
             try:
                 with self._lock:

@@ -1,5 +1,5 @@
 """The network-camera source against a real RTSP server on loopback (tests/rtsp_server.py: RTSP
-1.0, Motion-JPEG in RTP over the RTSP connection): frames arrive as served, a lost stream becomes an
+1.0, Motion-JPEG or H.264 in RTP over the RTSP connection): frames arrive as served, a lost stream becomes an
 error item and is reconnected, and a camera gone for longer than ``source.reconnect_s`` ends the
 source with an error that names the fix."""
 import threading
@@ -38,6 +38,28 @@ def _cfg(reconnect_s=5.0):
     return cfg
 
 
+def test_rtp_h264_packets_carry_the_nal_units(camera_frames):
+    from tests.rtsp_server import h264_access_units, nal_units, rtp_h264_packets
+
+    (unit,) = h264_access_units(camera_frames[:1], fps=10)
+    nals = nal_units(unit)
+    assert [n[0] & 0x1F for n in nals][:2] == [7, 8] and 5 in [n[0] & 0x1F for n in nals]  # SPS, PPS, IDR slice
+    packets = rtp_h264_packets(unit, seq=0, timestamp=0)
+    assert [p[1] >> 7 for p in packets] == [0] * (len(packets) - 1) + [1]
+    rebuilt, current = [], b""
+    for p in packets:  # undo the packetisation: single NAL units and FU-A fragments
+        payload = p[12:]
+        if payload[0] & 0x1F != 28:
+            rebuilt.append(payload)
+            continue
+        if payload[1] & 0x80:
+            current = bytes([(payload[0] & 0xE0) | (payload[1] & 0x1F)])
+        current += payload[2:]
+        if payload[1] & 0x40:
+            rebuilt.append(current)
+    assert rebuilt == nals
+
+
 def test_rtp_jpeg_packets_carry_the_scan_and_tables(camera_frames):
     ok, buf = cv2.imencode(".jpg", camera_frames[0], [cv2.IMWRITE_JPEG_QUALITY, 90])
     tables, scan, w, h, kind = jpeg_parts(buf.tobytes())
@@ -49,8 +71,9 @@ def test_rtp_jpeg_packets_carry_the_scan_and_tables(camera_frames):
     assert payload == tables + scan
 
 
-def test_rtsp_camera_frames_arrive_as_served(camera_frames):
-    server = RtspServer(camera_frames, free_port(), fps=20)
+@pytest.mark.parametrize("codec", ["jpeg", "h264"])
+def test_rtsp_camera_frames_arrive_as_served(camera_frames, codec):
+    server = RtspServer(camera_frames, free_port(), fps=20, codec=codec)
     try:
         source = open_source(server.url, _cfg())
         assert source.live
@@ -68,8 +91,9 @@ def test_rtsp_camera_frames_arrive_as_served(camera_frames):
     assert all((b - a) % 3 == 1 for a, b in zip(which, which[1:])), which  # in order, none skipped
 
 
-def test_lost_stream_is_recorded_and_reconnected(camera_frames):
-    server = RtspServer(camera_frames, free_port(), fps=20)
+@pytest.mark.parametrize("codec", ["jpeg", "h264"])
+def test_lost_stream_is_recorded_and_reconnected(camera_frames, codec):
+    server = RtspServer(camera_frames, free_port(), fps=20, codec=codec)
     try:
         source = open_source(server.url, _cfg())
         items = iter(source)
