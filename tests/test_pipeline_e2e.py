@@ -220,14 +220,14 @@ def test_ctrl_c_flushes_results_and_exits(line, tmp_path):
 
 
 def test_rtsp_camera_lost_reconnected_then_gone(line, tmp_path):
-    """A real RTSP camera (tests/rtsp_server.py) serving the line's part frames, and a real PLC
+    """A real RTSP camera (pipeline/rtsp_server.py) serving the line's part frames, and a real PLC
     (pymodbus). The camera drops the connection once and serves again: one ERROR record, then
     inspection goes on. Then it is gone for longer than source.reconnect_s: the PLC gets the loss
     (reject coil, verdict ERROR) and its heartbeat pauses while the line still runs; then the run
     flushes every frame read and exits 1, saying why."""
     from pymodbus.client import ModbusTcpClient
 
-    from tests.rtsp_server import RtspServer
+    from pipeline.rtsp_server import RtspServer
     from tests.servers import ModbusServer, free_port
 
     config, seq = line

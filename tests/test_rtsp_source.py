@@ -1,4 +1,4 @@
-"""The network-camera source against a real RTSP server on loopback (tests/rtsp_server.py: RTSP
+"""The network-camera source against a real RTSP server on loopback (pipeline/rtsp_server.py: RTSP
 1.0, Motion-JPEG or H.264 in RTP over the RTSP connection): frames arrive as served, a lost stream becomes an
 error item and is reconnected, and a camera gone for longer than ``source.reconnect_s`` ends the
 source with an error that names the fix."""
@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.config import SourceConfig
 from pipeline.sources import CaptureSource, ffmpeg_options, open_source
-from tests.rtsp_server import RtspServer, jpeg_parts, rtp_packets
+from pipeline.rtsp_server import RtspServer, jpeg_parts, rtp_packets
 from tests.servers import free_port
 
 DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo" / "sequence"
@@ -39,7 +39,7 @@ def _cfg(reconnect_s=5.0):
 
 
 def test_rtp_h264_packets_carry_the_nal_units(camera_frames):
-    from tests.rtsp_server import h264_access_units, nal_units, rtp_h264_packets
+    from pipeline.rtsp_server import h264_access_units, nal_units, rtp_h264_packets
 
     (unit,) = h264_access_units(camera_frames[:1], fps=10)
     nals = nal_units(unit)
@@ -177,3 +177,31 @@ def test_camera_that_ignores_the_requested_size_is_reported():
     msg = camera_mismatch(cam, 1280.0, 720.0, 15.0)
     assert "1280x720 px instead of source.camera.width/height 640x480" in msg and "calibrate_line" in msg
     assert "15 frames/s instead of source.camera.fps 30" in msg
+
+
+def test_serve_rtsp_serves_a_recorded_sequence_as_a_camera(tmp_path, capsys):
+    """serve_rtsp, to commission a line without its camera: the demo sequence's frames in order
+    (its two corrupt files left out, as a camera never sends them), and clear errors."""
+    from tools import serve_rtsp
+
+    port = free_port()
+    done = []
+    server = threading.Thread(target=lambda: done.append(serve_rtsp.main([str(DEMO), "--port", str(port), "--fps", "20",
+                                                                          "--seconds", "4"])))
+    server.start()
+    time.sleep(1.0)
+    source = open_source(f"rtsp://127.0.0.1:{port}/line", _cfg())
+    frames, _ = serve_rtsp.load_frames(str(DEMO))
+    got = [_which(item.frame, frames) for _, item in zip(range(4), source)]
+    source.close()
+    server.join(timeout=10)
+    assert done == [0] and len(frames) == 20
+    which = [i for i, _ in got]  # where a stream starts is the probe's business; then in order, none skipped
+    assert all((b - a) % len(frames) == 1 for a, b in zip(which, which[1:])) and max(d for _, d in got) < 4.0, got
+    assert "20 frames at 20.0 frames/s" in capsys.readouterr().out
+    assert serve_rtsp.main([str(tmp_path / "nothing")]) == 2
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    cv2.imwrite(str(odd / "a.png"), np.zeros((100, 130, 3), np.uint8))
+    assert serve_rtsp.main([str(odd), "--port", str(free_port()), "--seconds", "0.1"]) == 2
+    assert "multiples of 8" in capsys.readouterr().err

@@ -1,14 +1,15 @@
-"""A real RTSP server for source tests: RTSP 1.0 on loopback, frames in RTP interleaved on the RTSP
-TCP connection, as an IP camera serves them: Motion-JPEG (RFC 2435) or H.264 (RFC 6184: single NAL
-unit and FU-A packets; encoded with PyAV's libx264, every frame an IDR frame with its SPS and PPS).
+"""A small RTSP camera: serves frames as an IP camera does, for commissioning a line without one
+(``serve_rtsp``) and for the source tests. RTSP 1.0, frames in RTP interleaved on the RTSP TCP
+connection: Motion-JPEG (RFC 2435) or H.264 (RFC 6184: single NAL unit and FU-A packets; encoded
+with PyAV's libx264, every frame an IDR frame with its SPS and PPS, so a stream can start anywhere).
 
 It answers OPTIONS, DESCRIBE, SETUP (TCP interleaved only; a UDP request gets 461, as many cameras
 answer behind a firewall), PLAY, GET_PARAMETER (keep-alive) and TEARDOWN. After PLAY it sends the
 given frames in a loop at ``fps``. ``drop_clients()`` cuts every connection, as a camera reboot or a
-pulled cable does; ``stop()`` also closes the listening socket. Frames are BGR uint8 with both sides
-multiples of 8 (RFC 2435 sends the size in units of 8 px).
+pulled cable does; ``stop()`` also closes the listening socket. Frames are BGR uint8; for
+Motion-JPEG both sides must be multiples of 8 (RFC 2435 sends the size in units of 8 px).
 
-Standard library, OpenCV (JPEG) and PyAV (H.264, test extra), so tests can run it in a thread.
+Standard library and OpenCV; H.264 also needs PyAV (``pip install av``; in the test extra).
 """
 from __future__ import annotations
 
@@ -85,7 +86,10 @@ def h264_access_units(frames: list[np.ndarray], fps: float) -> list[bytes]:
     band, so a stream can start at any frame and loop."""
     from fractions import Fraction
 
-    import av
+    try:
+        import av
+    except ImportError as exc:
+        raise ValueError("H.264 needs PyAV: pip install av (or serve Motion-JPEG)") from exc
 
     ctx = av.CodecContext.create("libx264", "w")
     ctx.width, ctx.height, ctx.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
@@ -125,13 +129,17 @@ def rtp_h264_packets(access_unit: bytes, seq: int, timestamp: int, ssrc: int = 0
 
 
 class RtspServer:
-    """Serves ``frames`` at ``rtsp://127.0.0.1:PORT/line`` until ``stop()``."""
+    """Serves ``frames`` at ``rtsp://HOST:PORT/PATH`` until ``stop()``."""
 
     def __init__(self, frames: list[np.ndarray], port: int, fps: float = 10.0, quality: int = 95,
-                 codec: str = "jpeg") -> None:
+                 codec: str = "jpeg", host: str = "127.0.0.1", path: str = "line") -> None:
         if codec not in ("jpeg", "h264"):
             raise ValueError(f"codec {codec!r}: expected jpeg or h264")
         self.codec = codec
+        odd = {f"{f.shape[1]}x{f.shape[0]}" for f in frames if f.shape[0] % 8 or f.shape[1] % 8}
+        if codec == "jpeg" and odd:
+            raise ValueError(f"Motion-JPEG over RTP needs frame sides that are multiples of 8, got {sorted(odd)}; "
+                             "serve H.264 instead, or crop the frames")
         if codec == "h264":
             self.units = h264_access_units(frames, fps)
             sps, pps = (next(n for n in nal_units(self.units[0]) if n[0] & 0x1F == t) for t in (7, 8))
@@ -149,13 +157,13 @@ class RtspServer:
             self.media = f"m=video 0 RTP/AVP {PAYLOAD_JPEG}\r\n"
             self.packetise = rtp_packets
         self.port, self.period = port, 1.0 / fps
-        self.url = f"rtsp://127.0.0.1:{port}/line"
+        self.url = f"rtsp://{socket.gethostname() if host == '0.0.0.0' else host}:{port}/{path}"
         self.sent = 0              # frames sent, over all clients
         self.sessions = 0          # PLAY requests answered
         self._clients: list[socket.socket] = []
         self._lock = threading.Lock()
         self._stopped = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        self._listener = socket.create_server((host, port), reuse_port=False)
         self._listener.settimeout(0.1)
         threading.Thread(target=self._accept, daemon=True).start()
 
