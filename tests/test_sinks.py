@@ -26,64 +26,60 @@ def _wait(pred, timeout=10.0):
     return False
 
 
-def test_modbus_sink_against_real_server():
+@pytest.fixture
+def plc():
+    """A real pymodbus server on loopback and a client that reads it, as the PLC: (port, reader)."""
     from pymodbus.client import ModbusTcpClient
 
     port = free_port()
     server = ModbusServer(port)
-    try:
-        sink = ModbusSink("127.0.0.1", port, 1, verdict_coil=3, defect_count_register=10, sequence_register=11,
-                          heartbeat_register=12, heartbeat_s=0.0)
-        reader = ModbusTcpClient("127.0.0.1", port=port)
-        assert reader.connect()
-        sink.handle(_record(0, "NG", 2), {}, None)
-        assert reader.read_coils(3, count=1, device_id=1).bits[0] is True
-        regs = reader.read_holding_registers(10, count=2, device_id=1).registers
-        assert regs == [2, 1]
-        sink.handle(_record(1, "OK"), {}, None)
-        assert reader.read_coils(3, count=1, device_id=1).bits[0] is False
-        assert reader.read_holding_registers(10, count=2, device_id=1).registers == [0, 2]
-        sink.tick()
-        sink.tick()
-        assert reader.read_holding_registers(12, count=1, device_id=1).registers[0] == 2
-        reader.close()
-        sink.close()
-    finally:
-        server.stop()
+    reader = ModbusTcpClient("127.0.0.1", port=port)
+    assert reader.connect()
+    yield port, reader
+    reader.close()
+    server.stop()
 
 
-def test_modbus_rejects_parts_not_inspected_and_says_why():
+def test_modbus_sink_against_real_server(plc):
+    port, reader = plc
+    sink = ModbusSink("127.0.0.1", port, 1, verdict_coil=3, defect_count_register=10, sequence_register=11,
+                      heartbeat_register=12, heartbeat_s=0.0)
+    sink.handle(_record(0, "NG", 2), {}, None)
+    assert reader.read_coils(3, count=1, device_id=1).bits[0] is True
+    regs = reader.read_holding_registers(10, count=2, device_id=1).registers
+    assert regs == [2, 1]
+    sink.handle(_record(1, "OK"), {}, None)
+    assert reader.read_coils(3, count=1, device_id=1).bits[0] is False
+    assert reader.read_holding_registers(10, count=2, device_id=1).registers == [0, 2]
+    sink.tick()
+    sink.tick()
+    assert reader.read_holding_registers(12, count=1, device_id=1).registers[0] == 2
+    sink.close()
+
+
+def test_modbus_rejects_parts_not_inspected_and_says_why(plc):
     """Fail-safe by default: ERROR and DROPPED set the reject coil like NG (a part nobody inspected
     must not pass as good); NO_PART does not. The verdict register tells the PLC which it was."""
-    from pymodbus.client import ModbusTcpClient
-
     from pipeline.config import LineConfig
     from pipeline.sinks.base import build_sinks
 
-    port = free_port()
-    server = ModbusServer(port)
-    try:
-        cfg = LineConfig()
-        cfg.sinks.modbus.enabled, cfg.sinks.modbus.port, cfg.sinks.modbus.verdict_coil = True, port, 5
-        (sink,) = build_sinks(cfg, None)  # the config's defaults: verdict register 3, reject NG, ERROR, DROPPED
-        strict = ModbusSink("127.0.0.1", port, 1, verdict_coil=6, defect_count_register=20, sequence_register=21,
-                            heartbeat_register=22, reject_verdicts=["NG"], verdict_register=23)
-        reader = ModbusTcpClient("127.0.0.1", port=port)
-        assert reader.connect()
-        seen = {}
-        for verdict in ("OK", "NG", "NO_PART", "ERROR", "DROPPED"):
-            for s in (sink, strict):
-                s.handle(_record(0, verdict), {}, None)
-            seen[verdict] = (reader.read_coils(5, count=2, device_id=1).bits[:2],
-                             reader.read_holding_registers(3, count=1, device_id=1).registers[0],
-                             reader.read_holding_registers(23, count=1, device_id=1).registers[0])
-        assert seen == {"OK": ([False, False], 1, 1), "NG": ([True, True], 2, 2), "NO_PART": ([False, False], 3, 3),
-                        "ERROR": ([True, False], 4, 4), "DROPPED": ([True, False], 5, 5)}
-        reader.close()
-        sink.close()
-        strict.close()
-    finally:
-        server.stop()
+    port, reader = plc
+    cfg = LineConfig()
+    cfg.sinks.modbus.enabled, cfg.sinks.modbus.port, cfg.sinks.modbus.verdict_coil = True, port, 5
+    (sink,) = build_sinks(cfg, None)  # the config's defaults: verdict register 3, reject NG, ERROR, DROPPED
+    strict = ModbusSink("127.0.0.1", port, 1, verdict_coil=6, defect_count_register=20, sequence_register=21,
+                        heartbeat_register=22, reject_verdicts=["NG"], verdict_register=23)
+    seen = {}
+    for verdict in ("OK", "NG", "NO_PART", "ERROR", "DROPPED"):
+        for s in (sink, strict):
+            s.handle(_record(0, verdict), {}, None)
+        seen[verdict] = (reader.read_coils(5, count=2, device_id=1).bits[:2],
+                         reader.read_holding_registers(3, count=1, device_id=1).registers[0],
+                         reader.read_holding_registers(23, count=1, device_id=1).registers[0])
+    assert seen == {"OK": ([False, False], 1, 1), "NG": ([True, True], 2, 2), "NO_PART": ([False, False], 3, 3),
+                    "ERROR": ([True, False], 4, 4), "DROPPED": ([True, False], 5, 5)}
+    sink.close()
+    strict.close()
 
 
 def test_modbus_sink_survives_plc_down():
@@ -188,28 +184,19 @@ def test_overlay_that_cannot_be_written_is_counted_not_raised(tmp_path, capsys):
     assert sink.failures == 1 and "cannot write" in capsys.readouterr().err
 
 
-def test_modbus_heartbeat_pauses_while_the_camera_is_lost():
+def test_modbus_heartbeat_pauses_while_the_camera_is_lost(plc):
     """The line runs but sees nothing: a PLC that watches the heartbeat can stop the belt."""
-    from pymodbus.client import ModbusTcpClient
+    port, reader = plc
+    sink = ModbusSink("127.0.0.1", port, 1, verdict_coil=0, defect_count_register=30, sequence_register=31,
+                      heartbeat_register=32, heartbeat_s=0.0)
 
-    port = free_port()
-    server = ModbusServer(port)
-    try:
-        sink = ModbusSink("127.0.0.1", port, 1, verdict_coil=0, defect_count_register=30, sequence_register=31,
-                          heartbeat_register=32, heartbeat_s=0.0)
-        reader = ModbusTcpClient("127.0.0.1", port=port)
-        assert reader.connect()
+    def beat():
+        sink.tick()
+        return reader.read_holding_registers(32, count=1, device_id=1).registers[0]
 
-        def beat():
-            sink.tick()
-            return reader.read_holding_registers(32, count=1, device_id=1).registers[0]
-
-        assert beat() == 1
-        sink.handle({**_record(0, "ERROR"), "camera_lost": True}, {}, None)
-        assert beat() == 1 and beat() == 1  # paused
-        sink.handle(_record(1, "OK"), {}, None)  # a frame again
-        assert beat() == 2
-        reader.close()
-        sink.close()
-    finally:
-        server.stop()
+    assert beat() == 1
+    sink.handle({**_record(0, "ERROR"), "camera_lost": True}, {}, None)
+    assert beat() == 1 and beat() == 1  # paused
+    sink.handle(_record(1, "OK"), {}, None)  # a frame again
+    assert beat() == 2
+    sink.close()
