@@ -290,6 +290,21 @@ def test_rtsp_camera_lost_reconnected_then_gone(line, tmp_path):
     assert all(r["source_name"].startswith(server.url) for r in records)
 
 
+def test_camera_that_never_appears_ends_the_run_with_the_fix(line, tmp_path):
+    """Nothing at the camera's address for source.reconnect_s: the run ends, exit 1, naming the
+    address and the setting, with an empty results file rather than a hang."""
+    from tests.servers import free_port
+
+    config, _ = line
+    cfg = tmp_path / "nocam.yaml"
+    cfg.write_text(Path(config).read_text() + "\nsource:\n  reconnect_s: 1.0\n")
+    url = f"rtsp://127.0.0.1:{free_port()}/line"
+    proc = _run(["--config", str(cfg), "--source", url, "--results", str(tmp_path / "r.jsonl"), "--quiet"])
+    assert proc.returncode == 1, proc.stderr
+    assert url in proc.stderr and "source.reconnect_s" in proc.stderr and "the source failed" in proc.stderr
+    assert _records(tmp_path / "r.jsonl") == []
+
+
 def test_memory_fitted_on_ok_frames_as_the_line_sees_them(line, trained_model, mini_data, tmp_path, capsys):
     """simulate_line --ok-from train/good, then export_model --memory-data FRAMES --memory-line LINE."""
     from engines.artifact import ModelMeta
