@@ -205,3 +205,35 @@ def test_serve_rtsp_serves_a_recorded_sequence_as_a_camera(tmp_path, capsys):
     cv2.imwrite(str(odd / "a.png"), np.zeros((100, 130, 3), np.uint8))
     assert serve_rtsp.main([str(odd), "--port", str(free_port()), "--seconds", "0.1"]) == 2
     assert "multiples of 8" in capsys.readouterr().err
+
+
+def test_record_sequence_from_an_rtsp_camera_replays(camera_frames, tmp_path, capsys):
+    """record_sequence --source rtsp://...: the frames as served, in order, with rising capture
+    times, as a sequence that replays."""
+    from pipeline.sequence import read_index
+    from pipeline.sources import open_source as open_any
+    from tools import record_sequence
+
+    server = RtspServer(camera_frames, free_port(), fps=20)
+    try:
+        assert record_sequence.main(["--source", server.url, "--out", str(tmp_path / "seq"), "--frames", "6"]) == 0
+    finally:
+        server.stop()
+    index = read_index(tmp_path / "seq")
+    times = [e["capture_ns"] for e in index]
+    assert len(index) == 6 and times == sorted(times) and len(set(times)) == 6
+    replayed = [_which(item.frame, camera_frames) for item in open_any(f"replay:{tmp_path / 'seq'}")]
+    which = [i for i, _ in replayed]
+    assert all((b - a) % 3 == 1 for a, b in zip(which, which[1:])) and max(d for _, d in replayed) < 4.0
+    assert "wrote 6 frames" in capsys.readouterr().out
+
+
+def test_record_sequence_names_a_camera_that_is_not_there(tmp_path, capsys):
+    from tools import record_sequence
+
+    line = tmp_path / "line.yaml"
+    line.write_text("source:\n  reconnect_s: 0.5\n")  # the line's source settings, here its patience
+    url = f"rtsp://127.0.0.1:{free_port()}/line"
+    assert record_sequence.main(["--source", url, "--config", str(line), "--out", str(tmp_path / "seq")]) == 2
+    err = capsys.readouterr().err
+    assert f"record_sequence: error: source {url}" in err and "source.reconnect_s" in err

@@ -7,7 +7,8 @@ from typing import Callable
 from engines.artifact import ArtifactError
 from engines.data import DataError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ArtifactError, FileNotFoundError, ValueError)  # ConfigError is a ValueError
+# ConfigError is a ValueError; ConnectionError: a camera or stream that could not be (re)opened
+USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ArtifactError, FileNotFoundError, ValueError, ConnectionError)
 
 
 def run_cli(fn: Callable[[], int | None], prog: str) -> int:

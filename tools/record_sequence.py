@@ -11,6 +11,8 @@ from tools._cli import run_cli
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="record_sequence", description=__doc__)
     p.add_argument("--source", required=True, help="camera0, video:FILE, dir:DIR, rtsp://...")
+    p.add_argument("--config", help="line YAML whose source section to use (camera size, fps and exposure, stream "
+                                    "options, reconnect_s), so the frames are as the line will see them")
     p.add_argument("--out", required=True, help="sequence folder to write")
     p.add_argument("--frames", type=int, default=0, help="stop after N frames (0: until the source ends or Ctrl-C)")
     p.add_argument("--seconds", type=float, default=0, help="stop after this many seconds")
@@ -26,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.sequence import SequenceWriter
         from pipeline.sources import open_source
 
-        source = open_source(args.source)
+        from pipeline.config import load_config
+
+        source = open_source(args.source, load_config(args.config).source if args.config else None)
         writer = SequenceWriter(args.out)
         start = time.monotonic()
         skipped = 0
