@@ -68,16 +68,15 @@ class Collector:
     def _close_gap(self, now_ns: int) -> int:
         """Frames before the first one this collector knows, unknown for ``gap_timeout_ns``:
         registered with a stitch stage that crashed, so nothing more will come for them."""
-        known = self.registered.keys() | self.done.keys()
-        if self.next_id in known or not known:
-            self.gap_since_ns = None
+        if self.next_id in self.registered or self.next_id in self.done or not (self.registered or self.done):
+            self.gap_since_ns = None  # the usual case, checked on every poll: no set built
             return 0
         if self.gap_since_ns is None:
             self.gap_since_ns = now_ns
             return 0
         if now_ns - self.gap_since_ns <= self.gap_timeout_ns:
             return 0
-        first_known = min(known)
+        first_known = min(fid for known in (self.registered, self.done) for fid in known)
         for fid in range(self.next_id, first_known):
             self.done[fid] = self._error(fid, "record lost: the stitch stage crashed with the frame in flight")
         self.gap_since_ns = None

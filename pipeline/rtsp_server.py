@@ -141,21 +141,23 @@ class RtspServer:
             raise ValueError(f"Motion-JPEG over RTP needs frame sides that are multiples of 8, got {sorted(odd)}; "
                              "serve H.264 instead, or crop the frames")
         if codec == "h264":
-            self.units = h264_access_units(frames, fps)
-            sps, pps = (next(n for n in nal_units(self.units[0]) if n[0] & 0x1F == t) for t in (7, 8))
+            units = h264_access_units(frames, fps)
+            sps, pps = (next(n for n in nal_units(units[0]) if n[0] & 0x1F == t) for t in (7, 8))
             self.media = (f"m=video 0 RTP/AVP {PAYLOAD_H264}\r\na=rtpmap:{PAYLOAD_H264} H264/{CLOCK_HZ}\r\n"
                           f"a=fmtp:{PAYLOAD_H264} packetization-mode=1;sprop-parameter-sets="
                           f"{base64.b64encode(sps).decode()},{base64.b64encode(pps).decode()}\r\n")
-            self.packetise = rtp_h264_packets
+            packetise = rtp_h264_packets
         else:
-            self.units = []
+            units = []
             for f in frames:
                 ok, buf = cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, quality])
                 if not ok:
                     raise ValueError("JPEG encoding failed")
-                self.units.append(buf.tobytes())
+                units.append(buf.tobytes())
             self.media = f"m=video 0 RTP/AVP {PAYLOAD_JPEG}\r\n"
-            self.packetise = rtp_packets
+            packetise = rtp_packets
+        # Each frame's packets are made once; sending only stamps their sequence numbers and time.
+        self.packets = [packetise(unit, 0, 0) for unit in units]
         self.port, self.period = port, 1.0 / fps
         self.url = f"rtsp://{socket.gethostname() if host == '0.0.0.0' else host}:{port}/{path}"
         self.sent = 0              # frames sent, over all clients
@@ -246,12 +248,14 @@ class RtspServer:
     def _stream(self, conn: socket.socket, playing: threading.Event) -> None:
         seq, t0, n = 0, time.monotonic(), 0
         while playing.is_set() and not self._stopped.is_set():
-            packets = self.packetise(self.units[n % len(self.units)], seq, int(n * self.period * CLOCK_HZ))
-            seq += len(packets)
+            timestamp = int(n * self.period * CLOCK_HZ) & 0xFFFFFFFF
             try:
                 with self._lock:
-                    for p in packets:
+                    for p in self.packets[n % len(self.packets)]:
+                        p = bytearray(p)
+                        struct.pack_into(">HI", p, 2, seq & 0xFFFF, timestamp)
                         conn.sendall(b"$\x00" + struct.pack(">H", len(p)) + p)
+                        seq += 1
             except OSError:
                 return
             self.sent += 1

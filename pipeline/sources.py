@@ -169,15 +169,12 @@ class CaptureSource(Source):
         cap.release()
         return None
 
-    def _reopen(self, lost_at: float, what: str) -> cv2.VideoCapture:
+    def _reopen(self, lost_at: float, what: str) -> cv2.VideoCapture | None:
+        """The capture opened again, or None when the source is closed meanwhile."""
         attempts = 0
-        while not self._closed.is_set():
-            left = lost_at + self.cfg.reconnect_s - time.monotonic()
-            if left <= 0:
-                break
-            self._closed.wait(min(RECONNECT_WAITS_S[min(attempts, len(RECONNECT_WAITS_S) - 1)], left))
-            if self._closed.is_set():
-                break
+        while (left := lost_at + self.cfg.reconnect_s - time.monotonic()) > 0:
+            if self._closed.wait(min(RECONNECT_WAITS_S[min(attempts, len(RECONNECT_WAITS_S) - 1)], left)):
+                return None
             attempts += 1
             with self._lock:
                 cap = None if self._closed.is_set() else self._open()
@@ -185,8 +182,6 @@ class CaptureSource(Source):
                 print(f"source {self.label}: reconnected after {time.monotonic() - lost_at:.1f} s ({attempts} attempt(s))",
                       file=sys.stderr, flush=True)
                 return cap
-        if self._closed.is_set():
-            raise ConnectionError(f"source {self.label}: closed while reconnecting")
         raise ConnectionError(f"source {self.label}: {what}, and {attempts} attempt(s) to reopen it over "
                               f"{self.cfg.reconnect_s:.0f} s failed; check the camera's power, cable and network "
                               f"(or the URL), or raise source.reconnect_s in the line config")
@@ -209,7 +204,10 @@ class CaptureSource(Source):
                              f"{self.cfg.reconnect_s:.0f} s (source.reconnect_s)", camera_lost=True)
             with self._lock:
                 self.cap.release()
-            self.cap = self._reopen(lost_at, "the stream stopped")
+            cap = self._reopen(lost_at, "the stream stopped")
+            if cap is None:
+                return
+            self.cap = cap
 
     def close(self) -> None:
         self._closed.set()

@@ -38,9 +38,15 @@ READY_TIMEOUT_S = 120.0
 class StageProc:
     name: str
     args: list[str]
-    # Ends on its own when the stream does (source: input exhausted; stitch: end passed on to the
-    # sinks), so exiting 0 is finishing, not a crash. The others run until told to stop.
+    # Ends on its own when the stream does (the source, its input exhausted), so exiting 0 is
+    # finishing, not a crash. The others run until told to stop; the stitch stage too, since the end
+    # of the stream, so that it can still send records again to a restarted sinks stage.
     finite: bool = False
+    # Restarted after a crash with --resume: it goes on after what it had finished (sinks, stitch).
+    # Otherwise the collector closes the frames it had in flight with ERROR records (infer, preprocess).
+    resumes: bool = False
+    # False for the source: a new one would read its frames again, under new ids.
+    restartable: bool = True
     proc: subprocess.Popen | None = None
     restarts: int = 0
     restart_times: list[float] = field(default_factory=list)
@@ -123,12 +129,13 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
     common = ["--config", str(final_cfg), "--run-dir", str(run_dir)]
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + socket.gethostname()
     stages = [StageProc("sinks", ["pipeline.stages.sinks", *common, "--run-id", run_id]
-                        + (["--results", str(results)] if results else [])),
-              StageProc("stitch", ["pipeline.stages.stitch", *common], finite=True)]
+                        + (["--results", str(results)] if results else []), resumes=True),
+              StageProc("stitch", ["pipeline.stages.stitch", *common], resumes=True)]
     stages += [StageProc(f"infer{i}", ["pipeline.stages.infer", *common, "--worker", str(i)])
                for i in range(cfg.inference.workers)]
     stages += [StageProc("preprocess", ["pipeline.stages.preprocess", *common]),
-               StageProc("source", ["pipeline.stages.source", *common, "--source", source], finite=True)]
+               StageProc("source", ["pipeline.stages.source", *common, "--source", source], finite=True,
+                         restartable=False)]
     by_name = {s.name: s for s in stages}
 
     ctx = zmq.Context()
@@ -180,10 +187,9 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
             sinks_code = by_name["sinks"].proc.poll()  # a crash is restarted below, unless stopping anyway
             if sinks_code == 0 or (sinks_code is not None and interrupted["at"] is not None):
                 exit_code = 0 if sinks_code == 0 else 1
-                src = by_name["source"]
-                if source_failed is None and src.proc is not None and interrupted["at"] is None:
+                if source_failed is None and source.proc is not None and interrupted["at"] is None:
                     try:  # it announced its end before exiting, so the sinks may finish first
-                        code = src.proc.wait(timeout=5)
+                        code = source.proc.wait(timeout=5)
                     except subprocess.TimeoutExpired:
                         code = 0
                     if code != 0:
@@ -198,7 +204,7 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
                 if s.finite and (code == 0 or interrupted["at"] is not None):
                     s.done = True
                     continue
-                if s.name == "source":  # never restarted: it would read its frames again, under new ids
+                if not s.restartable:
                     s.done = True
                     source_failed = code
                     print(f"\nrun_pipeline: the source failed (exit {code}); flushing the frames it read, then stopping",
@@ -211,10 +217,10 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
                     return 1
                 print(f"\nrun_pipeline: {s.name} exited with {code}; restarting ({len(s.restart_times)}/{MAX_RESTARTS} "
                       f"within {RESTART_WINDOW_S:.0f} s)", file=sys.stderr)
-                if s.name not in ("stitch", "sinks", "source"):
+                if not s.resumes:
                     send(control, {"kind": "crash", "stage": s.name, "at_ns": time.monotonic_ns()})
-                s.start(*(["--resume"] if s.name in ("sinks", "stitch") else []))  # go on after what they finished
-                if s.name == "stitch" and by_name["source"].done:  # its end may have died with the old stitch stage
+                s.start(*(["--resume"] if s.resumes else []))
+                if s.name == "stitch" and source.done:  # the end of the stream may have died with the old one
                     send(control, {"kind": "source_gone"})
             if interrupted["at"] is not None and time.monotonic() - interrupted["at"] > DRAIN_TIMEOUT_S:
                 print("run_pipeline: results did not drain in time; stopping anyway", file=sys.stderr)

@@ -21,29 +21,22 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def load_frames(folder: str) -> tuple[list, float | None]:
-    """The frames in order, and the recorded rate when the folder is a recorded sequence. Files that
-    do not decode are left out, as a camera would never send them."""
+    """The frames in order, and the recorded rate when the folder is a recorded sequence, read by the
+    line's own replay and dir sources. Files that do not decode are left out, as a camera would
+    never send them."""
     from pathlib import Path
 
-    import cv2
-
-    from engines.data import IMAGE_SUFFIXES
-    from pipeline.sequence import INDEX, read_index
+    from pipeline.sequence import INDEX
+    from pipeline.sources import DirSource, ReplaySource
 
     root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder")
-    if (root / INDEX).is_file():
-        entries = read_index(root)
-        files = [root / e["file"] for e in entries]
-        span_s = (entries[-1]["capture_ns"] - entries[0]["capture_ns"]) / 1e9 if len(entries) > 1 else 0.0
-        fps = (len(entries) - 1) / span_s if span_s > 0 else None
-    else:
-        files, fps = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES), None
-    frames = [f for f in (cv2.imread(str(p)) for p in files) if f is not None]
+    items = list(ReplaySource(root) if (root / INDEX).is_file() else DirSource(root))
+    frames = [i.frame for i in items if i.frame is not None]
     if not frames:
         raise ValueError(f"{folder}: no decodable frames to serve")
-    return frames, fps
+    times = [i.recorded_ns for i in items if i.recorded_ns is not None]
+    span_s = (times[-1] - times[0]) / 1e9 if len(times) > 1 else 0.0
+    return frames, (len(times) - 1) / span_s if span_s > 0 else None
 
 
 def main(argv: list[str] | None = None) -> int:

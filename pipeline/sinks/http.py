@@ -48,11 +48,7 @@ class HttpSink(Sink):
         self.counter += 1
         self.wake.set()
 
-    def _post(self, body: bytes) -> None:
-        headers = {"Content-Type": "application/json"}
-        record = json.loads(body)
-        if record.get("run_id"):
-            headers["Idempotency-Key"] = f"{record['run_id']}/{record['frame_id']}"
+    def _post(self, body: bytes, headers: dict[str, str]) -> None:
         req = urllib.request.Request(self.url, data=body, method="POST", headers=headers)
         with urllib.request.urlopen(req, timeout=self.timeout) as resp:
             if resp.status >= 300:
@@ -60,10 +56,14 @@ class HttpSink(Sink):
 
     def _send_one(self, path: Path) -> bool:
         body = path.read_bytes()
+        headers = {"Content-Type": "application/json"}
+        record = json.loads(body)
+        if record.get("run_id"):
+            headers["Idempotency-Key"] = f"{record['run_id']}/{record['frame_id']}"
         delay = self.backoff
         for attempt in range(self.retries + 1):
             try:
-                self._post(body)
+                self._post(body, headers)
                 path.unlink()
                 self.sent += 1
                 return True

@@ -15,6 +15,9 @@ PUBLIC_FIELDS = ("run_id", "frame_id", "source_name", "captured_at", "verdict", 
                  "latency_ms", "stage_ms")
 
 
+TAIL_BYTES = 1 << 20  # enough for the last records of a results file; more than any one line
+
+
 def set_aside(path: str | Path) -> list[Path]:
     """Rename a non-empty ``path`` and its ``.config.yaml`` to ``NAME.YYYYmmdd-HHMMSS.SUFFIX`` (the
     time it was last written, local time, with ``-2``, ``-3`` ... on a clash); returns the new names."""
@@ -46,9 +49,7 @@ def last_frame_id(path: str | Path) -> int:
     if not path.is_file():
         return -1
     with path.open("rb") as f:
-        f.seek(0, 2)
-        size = f.tell()
-        f.seek(max(0, size - (1 << 20)))
+        f.seek(max(0, f.seek(0, 2) - TAIL_BYTES))
         tail = f.read()
     for line in reversed(tail.split(b"\n")[:-1]):  # the piece after the last newline is incomplete
         try:
@@ -67,10 +68,12 @@ class ResultsLog(Sink):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_file() and self.path.stat().st_size:
-            with self.path.open("rb+") as f:
-                data = f.read()
-                if not data.endswith(b"\n"):
-                    f.truncate(data.rfind(b"\n") + 1)
+            with self.path.open("rb+") as f:  # only the tail is read: the file may hold days of records
+                size = f.seek(0, 2)
+                f.seek(max(0, size - TAIL_BYTES))
+                tail = f.read()
+                if not tail.endswith(b"\n"):  # keep up to the last newline (none: the whole tail goes)
+                    f.truncate(size - len(tail) + tail.rfind(b"\n") + 1)
         self.file = self.path.open("a")
         self.count = 0
 

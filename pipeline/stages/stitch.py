@@ -99,7 +99,8 @@ def run(stage: Stage, resume: bool = False) -> int:
 
     def emit() -> None:
         now = time.monotonic_ns()
-        for rec in collector.release():
+        released = collector.release()
+        for rec in released:
             if rec.get("capture_ns") is not None:
                 rec["latency_ms"] = round((now - rec["capture_ns"]) / 1e6, 2)
             arrays = extras.pop(rec["frame_id"], {})
@@ -109,7 +110,8 @@ def run(stage: Stage, resume: bool = False) -> int:
                 arrays["anomaly_map"] = arrays["anomaly_map"].astype(np.float16)
             send(results, header, arrays)
             sent.add(rec["frame_id"], header, arrays)
-            note_progress(progress, rec["frame_id"])
+        if released:  # once per batch: a resumed stage skips what was sent after it (the sinks drop repeats)
+            note_progress(progress, released[-1]["frame_id"])
 
     novelty = meta.novelty_share()  # the model's rule, the same for every frame
     try:
