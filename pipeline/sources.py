@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import cv2
 import numpy as np
@@ -111,6 +111,25 @@ def camera_mismatch(requested: CameraConfig, width: float, height: float, fps: f
     if fps > 0 and abs(fps - requested.fps) > 0.5:
         problems.append(f"{fps:g} frames/s instead of source.camera.fps {requested.fps:g}")
     return "; ".join(problems) or None
+
+
+# The source stage reads its URI from this environment variable, not from its command line, which
+# every user of the machine can read (``ps``); a camera URL may carry a password.
+SOURCE_ENV = "TILEGUARD_SOURCE"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(uri: str, environ: Mapping[str, str] | None = None) -> str:
+    """``rtsp://${CAM_USER}:${CAM_PASS}@host/path`` with the values from the environment, so that a
+    camera's password need not be typed on a command line or into a unit file."""
+    env = os.environ if environ is None else environ
+    missing = sorted({name for name in _ENV_REF.findall(uri) if name not in env})
+    if missing:
+        several = len(missing) > 1
+        raise ValueError(f"source {uri!r}: environment variable{'s' if several else ''} {', '.join(missing)} "
+                         f"{'are' if several else 'is'} not set; set {'them' if several else 'it'} "
+                         "(a service: in its EnvironmentFile) or write the value into the address")
+    return _ENV_REF.sub(lambda m: env[m.group(1)], uri)
 
 
 def without_credentials(url: str) -> str:

@@ -8,6 +8,7 @@ source is never restarted: a new one would read its frames again under new ids. 
 the run like the end of its stream, flushing the frames it read, and run_pipeline exits 1."""
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -47,6 +48,7 @@ class StageProc:
     resumes: bool = False
     # False for the source: a new one would read its frames again, under new ids.
     restartable: bool = True
+    env: dict[str, str] = field(default_factory=dict)  # added to the supervisor's environment
     proc: subprocess.Popen | None = None
     restarts: int = 0
     restart_times: list[float] = field(default_factory=list)
@@ -62,7 +64,8 @@ class StageProc:
         return True
 
     def start(self, *extra: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", *self.args, *extra])
+        self.proc = subprocess.Popen([sys.executable, "-m", *self.args, *extra],
+                                     env={**os.environ, **self.env} if self.env else None)
 
 
 @dataclass
@@ -104,9 +107,10 @@ class StatusBoard:
 def run_pipeline(config: str | Path, source: str, results: str | Path | None = None, overlays: str | None = None,
                  run_dir: str | Path | None = None, show_status: bool = True, workers: int | None = None,
                  save_masks: bool = False) -> int:
-    from pipeline.sources import check_uri, without_credentials
+    from pipeline.sources import SOURCE_ENV, check_uri, expand_env, without_credentials
 
     cfg: LineConfig = load_config(config)
+    source = expand_env(source)
     check_uri(source)
     cfg.source.uri = without_credentials(source)  # the config is written next to the results
     if overlays:
@@ -134,8 +138,8 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
     stages += [StageProc(f"infer{i}", ["pipeline.stages.infer", *common, "--worker", str(i)])
                for i in range(cfg.inference.workers)]
     stages += [StageProc("preprocess", ["pipeline.stages.preprocess", *common]),
-               StageProc("source", ["pipeline.stages.source", *common, "--source", source], finite=True,
-                         restartable=False)]
+               StageProc("source", ["pipeline.stages.source", *common], finite=True, restartable=False,
+                         env={SOURCE_ENV: source})]  # not in argv, where ps shows a camera's password
     by_name = {s.name: s for s in stages}
 
     ctx = zmq.Context()

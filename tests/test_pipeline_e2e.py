@@ -224,7 +224,8 @@ def test_rtsp_camera_lost_reconnected_then_gone(line, tmp_path):
     (pymodbus). The camera drops the connection once and serves again: one ERROR record, then
     inspection goes on. Then it is gone for longer than source.reconnect_s: the PLC gets the loss
     (reject coil, verdict ERROR) and its heartbeat pauses while the line still runs; then the run
-    flushes every frame read and exits 1, saying why."""
+    flushes every frame read and exits 1, saying why. The camera's password comes from the
+    environment (${CAM_PASS} in --source) and no process of the line shows it on its command line."""
     from pymodbus.client import ModbusTcpClient
 
     from pipeline.rtsp_server import RtspServer
@@ -240,8 +241,11 @@ def test_rtsp_camera_lost_reconnected_then_gone(line, tmp_path):
     cfg.write_text(Path(config).read_text() + "\nsource:\n  reconnect_s: 4.0\n  stream:\n    read_timeout_s: 1.0\n"
                    f"sinks:\n  modbus:\n    enabled: true\n    port: {plc_port}\n    heartbeat_s: 0.1\n")
     results = tmp_path / "r.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "tools.run_pipeline", "--config", str(cfg), "--source", server.url,
-                             "--results", str(results)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    password = "pw-" + os.urandom(6).hex()  # the server takes any credentials
+    url = server.url.replace("rtsp://", "rtsp://inspector:${CAM_PASS}@")
+    proc = subprocess.Popen([sys.executable, "-m", "tools.run_pipeline", "--config", str(cfg), "--source", url,
+                             "--results", str(results)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CAM_PASS": password})
     reader = ModbusTcpClient("127.0.0.1", port=plc_port)
     try:
         def inspected():
@@ -254,6 +258,7 @@ def test_rtsp_camera_lost_reconnected_then_gone(line, tmp_path):
         deadline = time.monotonic() + 90
         while len(inspected()) < 4 and time.monotonic() < deadline:
             time.sleep(0.1)
+        assert _command_lines_with(password) == []  # ps shows no process with it
         server.drop_clients()
         while server.sessions < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -288,6 +293,21 @@ def test_rtsp_camera_lost_reconnected_then_gone(line, tmp_path):
     first_loss = records.index(lost[0])
     assert sum(r["verdict"] in ("OK", "NG") for r in records[first_loss:]) >= 4  # inspection went on after it
     assert all(r["source_name"].startswith(server.url) for r in records)
+    assert password not in results.read_text() and password not in err
+    assert password not in Path(str(results) + ".config.yaml").read_text()
+
+
+def _command_lines_with(text: str) -> list[str]:
+    """The command lines of this machine's processes that contain ``text`` (what ``ps`` shows)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # the process has ended
+            continue
+        if any(text in a for a in args):
+            found.append(" ".join(args))
+    return found
 
 
 def test_camera_that_never_appears_ends_the_run_with_the_fix(line, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import SourceConfig
-from pipeline.sources import CaptureSource, ffmpeg_options, open_source
+from pipeline.sources import CaptureSource, expand_env, ffmpeg_options, open_source
 from pipeline.rtsp_server import RtspServer, jpeg_parts, rtp_packets
 from tests.servers import free_port
 
@@ -158,6 +158,14 @@ def test_camera_password_stays_out_of_frame_names(camera_frames):
     finally:
         server.stop()
     assert item.frame is not None and item.name == f"{server.url}#000000" and "s3cr" not in source.label
+
+
+def test_source_address_reads_its_secrets_from_the_environment():
+    env = {"CAM_USER": "inspector", "CAM_PASS": "s3cr@t"}
+    assert expand_env("rtsp://${CAM_USER}:${CAM_PASS}@10.0.0.5/line", env) == "rtsp://inspector:s3cr@t@10.0.0.5/line"
+    assert expand_env("replay:runs/$HOME/seq", env) == "replay:runs/$HOME/seq"  # only ${NAME} is read
+    with pytest.raises(ValueError, match="environment variables CAM_HOST, CAM_PORT are not set"):
+        expand_env("rtsp://${CAM_USER}@${CAM_HOST}:${CAM_PORT}/line", env)
 
 
 def test_stream_options():

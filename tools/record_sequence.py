@@ -10,7 +10,8 @@ from tools._cli import run_cli
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="record_sequence", description=__doc__)
-    p.add_argument("--source", required=True, help="camera0, video:FILE, dir:DIR, rtsp://...")
+    p.add_argument("--source", required=True, help="camera0, video:FILE, dir:DIR, rtsp://...; ${VAR} is read from the environment "
+                   "(rtsp://${CAM_USER}:${CAM_PASS}@host/...)")
     p.add_argument("--config", help="line YAML whose source section to use (camera size, fps and exposure, stream "
                                     "options, reconnect_s), so the frames are as the line will see them")
     p.add_argument("--out", required=True, help="sequence folder to write")
@@ -26,11 +27,11 @@ def main(argv: list[str] | None = None) -> int:
         from tqdm import tqdm
 
         from pipeline.sequence import SequenceWriter
-        from pipeline.sources import open_source
+        from pipeline.sources import expand_env, open_source
 
         from pipeline.config import load_config
 
-        source = open_source(args.source, load_config(args.config).source if args.config else None)
+        source = open_source(expand_env(args.source), load_config(args.config).source if args.config else None)
         writer = SequenceWriter(args.out)
         start = time.monotonic()
         skipped = 0

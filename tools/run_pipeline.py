@@ -12,7 +12,9 @@ DEMO_CONFIG = "configs/demo_line.yaml"
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_pipeline", description=__doc__)
     p.add_argument("--config", default=DEMO_CONFIG, help=f"line YAML (default: {DEMO_CONFIG})")
-    p.add_argument("--source", required=True, help="camera0, video:FILE, dir:DIR, replay:SEQ or rtsp://...")
+    p.add_argument("--source", required=True, help="camera0, video:FILE, dir:DIR, replay:SEQ or rtsp://...; ${VAR} is read from the "
+                   "environment, so a camera's password stays off the command line: "
+                   "'rtsp://${CAM_USER}:${CAM_PASS}@host/...' in single quotes")
     p.add_argument("--results", help="write one JSON record per frame here (.jsonl)")
     p.add_argument("--save-overlays", metavar="DIR", help="overlay images for NG frames")
     p.add_argument("--save-masks", action="store_true", help="with --save-overlays: defect masks in camera px")

@@ -7,7 +7,9 @@ them, not only when the camera delivers its next frame.
 """
 from __future__ import annotations
 
+import argparse
 import collections
+import os
 import queue as queue_mod
 import sys
 import threading
@@ -16,7 +18,7 @@ from collections.abc import Iterator
 
 import zmq
 
-from pipeline.sources import Source, SourceItem, open_source
+from pipeline.sources import SOURCE_ENV, Source, SourceItem, open_source
 from pipeline.stages._common import POLL_MS, Stage, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, send
 
@@ -150,8 +152,16 @@ def run(stage: Stage, uri: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = stage_parser("source")
-    p.add_argument("--source", required=True)
-    return run_stage(p, argv, lambda stage, a: run(stage, a.source))
+    p.add_argument("--source", help=f"the source URI (default: the environment variable {SOURCE_ENV}, as "
+                   "run_pipeline passes it, so that a camera's password stays off the command line)")
+
+    def go(stage: Stage, a: argparse.Namespace) -> int:
+        uri = a.source or os.environ.get(SOURCE_ENV)
+        if not uri:
+            p.error(f"--source or the environment variable {SOURCE_ENV} is required")
+        return run(stage, uri)
+
+    return run_stage(p, argv, go)
 
 
 if __name__ == "__main__":
