@@ -1,10 +1,10 @@
 """A small RTSP camera: serves frames as an IP camera does, for commissioning a line without one
-(``serve_rtsp``) and for the source tests. RTSP 1.0, frames in RTP interleaved on the RTSP TCP
-connection: Motion-JPEG (RFC 2435) or H.264 (RFC 6184: single NAL unit and FU-A packets; encoded
+(``serve_rtsp``) and for the source tests. RTSP 1.0, frames in RTP over the RTSP TCP
+connection or over UDP: Motion-JPEG (RFC 2435) or H.264 (RFC 6184: single NAL unit and FU-A packets; encoded
 with PyAV's libx264, every frame an IDR frame with its SPS and PPS, so a stream can start anywhere).
 
-It answers OPTIONS, DESCRIBE, SETUP (TCP interleaved only; a UDP request gets 461, as many cameras
-answer behind a firewall), PLAY, GET_PARAMETER (keep-alive) and TEARDOWN. After PLAY it sends the
+It answers OPTIONS, DESCRIBE, SETUP (RTP interleaved on the RTSP connection, or unicast UDP to the
+client's RTP port; anything else gets 461), PLAY, GET_PARAMETER (keep-alive) and TEARDOWN. After PLAY it sends the
 given frames in a loop at ``fps``. ``drop_clients()`` cuts every connection, as a camera reboot or a
 pulled cable does; ``stop()`` also closes the listening socket. Frames are BGR uint8; for
 Motion-JPEG both sides must be multiples of 8 (RFC 2435 sends the size in units of 8 px).
@@ -162,7 +162,9 @@ class RtspServer:
         self.url = f"rtsp://{socket.gethostname() if host == '0.0.0.0' else host}:{port}/{path}"
         self.sent = 0              # frames sent, over all clients
         self.sessions = 0          # PLAY requests answered
+        self.transports: list[str] = []  # "tcp" or "udp", per session set up
         self._clients: list[socket.socket] = []
+        self._udp_socks: dict[socket.socket, socket.socket] = {}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._listener = socket.create_server((host, port), reuse_port=False)
@@ -185,6 +187,7 @@ class RtspServer:
         reader = conn.makefile("rb")
         streaming: threading.Thread | None = None
         playing = threading.Event()
+        send = None  # how the session's RTP packets go out, once set up
         try:
             while not self._stopped.is_set():
                 request = self._read_request(reader)
@@ -202,10 +205,21 @@ class RtspServer:
                             f"t=0 0\r\n{self.media}a=control:track0\r\n").encode()
                     extra = f"Content-Base: {self.url}/\r\nContent-Type: application/sdp\r\n"
                 elif method == "SETUP":
-                    if "RTP/AVP/TCP" not in headers.get("transport", ""):
-                        status = "461 Unsupported Transport"
+                    transport = headers.get("transport", "")
+                    ports = re.search(r"client_port=(\d+)-(\d+)", transport)
+                    if "RTP/AVP/TCP" in transport:
+                        send = self._interleaved(conn)
+                        extra = "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n"
+                        self.transports.append("tcp")
+                    elif ports:
+                        send, server_port = self._udp(conn, int(ports.group(1)))
+                        extra = (f"Transport: RTP/AVP;unicast;client_port={ports.group(1)}-{ports.group(2)};"
+                                 f"server_port={server_port}-{server_port + 1}\r\n")
+                        self.transports.append("udp")
                     else:
-                        extra = "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\nSession: 7e57ca11;timeout=60\r\n"
+                        status = "461 Unsupported Transport"
+                    if send is not None:
+                        extra += "Session: 7e57ca11;timeout=60\r\n"
                 elif method == "PLAY":
                     extra = "Session: 7e57ca11\r\nRange: npt=0.000-\r\n"
                 elif method in ("GET_PARAMETER", "TEARDOWN"):
@@ -216,10 +230,10 @@ class RtspServer:
                     extra += f"Content-Length: {len(body)}\r\n"
                 with self._lock:
                     conn.sendall(f"RTSP/1.0 {status}\r\nCSeq: {cseq}\r\n{extra}\r\n".encode() + body)
-                if method == "PLAY" and streaming is None:
+                if method == "PLAY" and streaming is None and send is not None:
                     self.sessions += 1
                     playing.set()
-                    streaming = threading.Thread(target=self._stream, args=(conn, playing), daemon=True)
+                    streaming = threading.Thread(target=self._stream, args=(send, playing), daemon=True)
                     streaming.start()
                 if method == "TEARDOWN":
                     break
@@ -245,17 +259,38 @@ class RtspServer:
             reader.read(int(headers["content-length"]))
         return method, headers
 
-    def _stream(self, conn: socket.socket, playing: threading.Event) -> None:
+    def _interleaved(self, conn: socket.socket):
+        """RTP packets on the RTSP connection, each behind '$', channel 0 and its length (RFC 2326 10.12)."""
+        def send(packet: bytes) -> None:
+            with self._lock:  # not between the RTSP answers on the same connection
+                conn.sendall(b"$\x00" + struct.pack(">H", len(packet)) + packet)
+        return send
+
+    def _udp(self, conn: socket.socket, client_port: int):
+        """RTP packets as UDP datagrams to the client's RTP port, from a port of the server's own; the
+        socket is closed with the RTSP connection, so a dropped client stops receiving, as it would
+        from a camera that went away."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((conn.getsockname()[0], 0))
+        target = (conn.getpeername()[0], client_port)
+        with self._lock:
+            self._udp_socks[conn] = sock
+
+        def send(packet: bytes) -> None:
+            sock.sendto(packet, target)
+            time.sleep(0)  # let the receiver drain its socket buffer between datagrams
+        return send, sock.getsockname()[1]
+
+    def _stream(self, send, playing: threading.Event) -> None:
         seq, t0, n = 0, time.monotonic(), 0
         while playing.is_set() and not self._stopped.is_set():
             timestamp = int(n * self.period * CLOCK_HZ) & 0xFFFFFFFF
             try:
-                with self._lock:
-                    for p in self.packets[n % len(self.packets)]:
-                        p = bytearray(p)
-                        struct.pack_into(">HI", p, 2, seq & 0xFFFF, timestamp)
-                        conn.sendall(b"$\x00" + struct.pack(">H", len(p)) + p)
-                        seq += 1
+                for p in self.packets[n % len(self.packets)]:
+                    p = bytearray(p)
+                    struct.pack_into(">HI", p, 2, seq & 0xFFFF, timestamp)
+                    send(bytes(p))
+                    seq += 1
             except OSError:
                 return
             self.sent += 1
@@ -266,6 +301,9 @@ class RtspServer:
         with self._lock:
             if conn in self._clients:
                 self._clients.remove(conn)
+            udp = self._udp_socks.pop(conn, None)
+        if udp is not None:
+            udp.close()
         try:
             conn.shutdown(socket.SHUT_RDWR)
         except OSError:

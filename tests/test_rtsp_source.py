@@ -71,11 +71,17 @@ def test_rtp_jpeg_packets_carry_the_scan_and_tables(camera_frames):
     assert payload == tables + scan
 
 
-@pytest.mark.parametrize("codec", ["jpeg", "h264"])
-def test_rtsp_camera_frames_arrive_as_served(camera_frames, codec):
+def _over(transport, reconnect_s=5.0):
+    cfg = _cfg(reconnect_s)
+    cfg.stream.transport = transport
+    return cfg
+
+
+@pytest.mark.parametrize("codec,transport", [("jpeg", "tcp"), ("h264", "tcp"), ("jpeg", "udp"), ("h264", "udp")])
+def test_rtsp_camera_frames_arrive_as_served(camera_frames, codec, transport):
     server = RtspServer(camera_frames, free_port(), fps=20, codec=codec)
     try:
-        source = open_source(server.url, _cfg())
+        source = open_source(server.url, _over(transport))
         assert source.live
         got = []
         for item in source:
@@ -86,16 +92,17 @@ def test_rtsp_camera_frames_arrive_as_served(camera_frames, codec):
         source.close()
     finally:
         server.stop()
+    assert server.transports == [transport]  # source.stream.transport is what the camera was asked for
     which = [i for i, _ in got]
     assert max(d for _, d in got) < 4.0  # the served images, not a torn or grey frame
     assert all((b - a) % 3 == 1 for a, b in zip(which, which[1:])), which  # in order, none skipped
 
 
-@pytest.mark.parametrize("codec", ["jpeg", "h264"])
-def test_lost_stream_is_recorded_and_reconnected(camera_frames, codec):
+@pytest.mark.parametrize("codec,transport", [("jpeg", "tcp"), ("h264", "tcp"), ("jpeg", "udp")])
+def test_lost_stream_is_recorded_and_reconnected(camera_frames, codec, transport):
     server = RtspServer(camera_frames, free_port(), fps=20, codec=codec)
     try:
-        source = open_source(server.url, _cfg())
+        source = open_source(server.url, _over(transport))
         items = iter(source)
         for _ in range(3):
             assert next(items).frame is not None
@@ -106,7 +113,7 @@ def test_lost_stream_is_recorded_and_reconnected(camera_frames, codec):
         after = [next(items) for _ in range(3)]
         assert all(i.frame is not None for i in after)
         assert max(_which(i.frame, camera_frames)[1] for i in after) < 4.0
-        assert server.sessions == 2
+        assert server.sessions == 2 and server.transports == [transport] * 2
         source.close()
     finally:
         server.stop()
