@@ -63,7 +63,8 @@ def load_model_folder(folder: str | Path) -> tuple[torch.nn.Module, dict]:
         raise FileNotFoundError(f"{weights}: missing; re-exporting a model folder needs the state dict export_model writes")
     model = load_weights(build_model(meta.arch, meta.in_channels, meta.width),
                          torch.load(weights, map_location="cpu", weights_only=True), str(weights))
-    cfg = {"arch": meta.arch, "width": meta.width, "channels": meta.in_channels, "command": meta.training_command}
+    cfg = {"arch": meta.arch, "width": meta.width, "channels": meta.in_channels, "command": meta.training_command,
+           "init_command": meta.extra.get("init_training_command", "")}
     return model.eval(), {"config": cfg, "step": meta.extra.get("train_steps", 0),
                           "training_data_hash": meta.training_data_hash, "meta": meta}
 
@@ -175,6 +176,8 @@ def export_model(source: str | Path, out: str | Path, opset: int = 17,
     source_meta: ModelMeta | None = state.get("meta")  # a model folder's sidecar; None for a checkpoint
     extra = {"train_steps": int(state["step"])}
     cfg = state["config"]
+    if cfg.get("init_command"):  # a fine-tune: how the weights it started from were trained
+        extra["init_training_command"] = cfg["init_command"]
     if memory_line is not None and memory_data is None:
         raise ValueError("--memory-line needs --memory-data: a folder of camera frames of OK parts on that line")
     if memory_canonical is not None and (memory_data is None or memory_line is not None):

@@ -63,6 +63,9 @@ class TrainConfig:
     # the part (README, "A map made at half scale"). 1: the images as they are.
     image_scale: float = 1.0
     command: str = ""
+    # How the --init weights were trained (their own command, and what they started from in turn):
+    # the exported sidecar names a fine-tuned model's whole recipe (extra.init_training_command).
+    init_command: str = ""
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -259,6 +262,19 @@ def initial_weights(path: str | Path) -> dict:
     return {k: v for k, v in weights.items() if k.split(".", 1)[0] not in MEMORY_NAMES}
 
 
+def initial_command(path: str | Path) -> str:
+    """The training command of the weights ``train --init`` starts from, followed by what those
+    started from in turn: a model folder's sidecar, or a checkpoint's run config."""
+    path = Path(path)
+    if path.is_dir():
+        meta = ModelMeta.load(path)
+        command, before = meta.training_command, meta.extra.get("init_training_command", "")
+    else:
+        run = torch.load(path, map_location="cpu", weights_only=True).get("config", {})
+        command, before = run.get("command", ""), run.get("init_command", "")
+    return command + (f" (started from: {before})" if before else "")
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -293,6 +309,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if cfg.init and resume:
         raise ValueError(f"--init {cfg.init} and --resume both given: --resume continues {ckpt_path} as it is; drop --init")
     if cfg.init:
+        cfg = replace(cfg, init_command=initial_command(cfg.init))
         try:
             model.load_state_dict(initial_weights(cfg.init))
         except RuntimeError as e:  # another architecture, width or channel count: other names or shapes

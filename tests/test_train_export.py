@@ -432,16 +432,34 @@ def test_bf16_keeps_the_first_and_last_blocks_fp32():
 def test_init_starts_from_the_given_weights(tmp_path, mini_data, trained_model):
     """``--init`` loads a model folder's network (not its memories) with a fresh optimizer: at a
     learning rate too small to move them, the run ends where the weights it started from were."""
+    from engines.artifact import ModelMeta
+    from engines.export import export_model
+
     torch = pytest.importorskip("torch")
     start = {k: v for k, v in torch.load(trained_model / "model.pt", weights_only=True).items()
              if k.endswith("weight") and "memory" not in k}
+    origin = shutil.copytree(trained_model, tmp_path / "origin")
+    meta = ModelMeta.load(origin)
+    meta.training_command = "train --data GOOD --out first"
+    meta.save(origin)
     cfg = TrainConfig(data=str(mini_data), out=str(tmp_path / "ft"), width=8, epochs=1, steps_per_epoch=2,
                       batch_size=2, lr=1e-9, warmup_steps=1, workers=0, threads=1, memory=False,
-                      init=str(trained_model))
+                      init=str(origin), command="train --init origin --out ft")
     train(cfg, progress=False)
     tuned = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)["model"]
     assert max(float((tuned[k] - v).abs().max()) for k, v in start.items()) < 1e-6
-    assert json.loads((tmp_path / "ft" / "train_config.json").read_text())["init"] == str(trained_model)
+    run = json.loads((tmp_path / "ft" / "train_config.json").read_text())
+    assert run["init"] == str(origin) and run["init_command"] == "train --data GOOD --out first"
+    # the exported sidecar names what the fine-tune started from, and a re-export keeps it
+    folder = export_model(tmp_path / "ft" / "last.pt", tmp_path / "m_ft", progress=False)
+    assert ModelMeta.load(folder).extra["init_training_command"] == "train --data GOOD --out first"
+    assert ModelMeta.load(export_model(folder, tmp_path / "m_again", progress=False)).extra == \
+        {**ModelMeta.load(folder).extra, "onnx_vs_torch_max_abs_diff": pytest.approx(0, abs=1e-3)}
+    # a fine-tune of the fine-tune (from its checkpoint) names both
+    train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "ft2"), "init": str(tmp_path / "ft" / "last.pt")}),
+          progress=False)
+    assert json.loads((tmp_path / "ft2" / "train_config.json").read_text())["init_command"] == \
+        "train --init origin --out ft (started from: train --data GOOD --out first)"
     fresh = TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "fresh"), "init": "", "seed": 1})
     train(fresh, progress=False)
     other = torch.load(tmp_path / "fresh" / "last.pt", weights_only=True)["model"]
