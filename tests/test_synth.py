@@ -86,6 +86,22 @@ def test_uneven_step_is_a_band_with_a_sharp_straight_edge_across_the_grain(ok_im
     assert hits >= 6, f"uneven_step made a measurable band in only {hits} crops"
 
 
+def test_grain_crack_is_a_thin_line_along_the_grain(ok_images):
+    """Mostly along the crop's own grain (vertical in these images), nearly straight, a few px wide."""
+    crops = [c for c in _crops(ok_images) if _grain_is_vertical(c)]
+    along, drawn = 0, 0
+    for seed in range(20):
+        out, mask = GENERATORS["grain_crack"](crops[seed % len(crops)], np.random.default_rng(seed), 0.8)
+        ys, xs = np.nonzero(mask)
+        if len(ys) < 10:
+            continue
+        drawn += 1
+        height, width = np.ptp(ys) + 1, np.ptp(xs) + 1
+        assert mask.sum() <= 6 * max(height, width)  # a line a few px wide (its soft edge counts), not a region
+        along += height > 4 * width
+    assert drawn >= 15 and along >= 0.7 * drawn, (drawn, along)
+
+
 def test_grain_direction():
     stripes = np.tile((np.arange(64) % 4 < 2).astype(np.float32) * 0.3 + 0.3, (64, 1))  # vertical lines
     assert _grain_is_vertical(stripes)
@@ -94,7 +110,7 @@ def test_grain_direction():
 
 def test_default_generators_weight_uneven(ok_images):
     # every generator but the opt-in uneven_step (README, "A straight-edged uneven band": not a clear gain)
-    assert set(DEFAULT_GENERATORS) == set(GENERATORS) - {"uneven_step"} and DEFAULT_GENERATORS.count("uneven") == 3
+    assert set(DEFAULT_GENERATORS) == set(GENERATORS) - {"uneven_step", "grain_crack"} and DEFAULT_GENERATORS.count("uneven") == 3
     crop = _crops(ok_images, 1)[0]
     drawn = [synthesize(crop, np.random.default_rng(s), 0.7, donors=[crop])[2] for s in range(200)]
     assert 0.12 < drawn.count("uneven") / len(drawn) < 0.4 and len(set(drawn)) >= 8  # 3 of 11 draws, some retried
