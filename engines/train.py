@@ -58,6 +58,10 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"  # or bf16: autocast, faster on a CPU with native bf16 but weaker maps (README)
     init: str = ""  # start from these weights (a checkpoint or a model folder) with a fresh optimizer and schedule
+    # With init: train the decoder and the heads only. The encoder, whose bottleneck embedding the
+    # tile memories hold, stays as it was (weights and BatchNorm statistics), so the memories and
+    # the image score they give do not change; only the map does.
+    freeze_encoder: bool = False
     # Train (and fit the memories) on every image downscaled by this factor, as the detector's coarse
     # pass downscales (pipeline.vision.tiling.downscale): a network whose tiles see 1/scale more of
     # the part (README, "A map made at half scale"). 1: the images as they are.
@@ -262,6 +266,23 @@ def initial_weights(path: str | Path) -> dict:
     return {k: v for k, v in weights.items() if k.split(".", 1)[0] not in MEMORY_NAMES}
 
 
+ENCODER = ("inc", "down1", "down2", "down3", "down4")  # a tiny_unet's encoder, the bottleneck last
+
+
+def frozen_encoder(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.nn.Module]:
+    """The encoder's modules, made untrainable, when ``cfg.freeze_encoder``; else nothing."""
+    if not cfg.freeze_encoder:
+        return []
+    if not cfg.init:
+        raise ValueError("--freeze-encoder keeps the encoder of the weights --init starts from: give --init WEIGHTS")
+    if cfg.arch != "tiny_unet":
+        raise ValueError(f"--freeze-encoder: only a tiny_unet's encoder can be kept, not a {cfg.arch}'s")
+    modules = [getattr(model, name) for name in ENCODER]
+    for module in modules:
+        module.requires_grad_(False)
+    return modules
+
+
 def initial_command(path: str | Path) -> str:
     """The training command of the weights ``train --init`` starts from, followed by what those
     started from in turn: a model folder's sidecar, or a checkpoint's run config."""
@@ -300,7 +321,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     images = load_images(files, cfg.channels, sample_cfg.tile, cfg.image_scale)
     model = build_model(cfg.arch, cfg.channels, cfg.width).to(device)
     model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    frozen = frozen_encoder(model, cfg)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
     total = cfg.epochs * cfg.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, cfg.warmup_steps))
     step = 0
@@ -347,6 +370,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.workers,
                         persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
     model.train()
+    for module in frozen:  # BatchNorm keeps the statistics it was trained with
+        module.eval()
     bar = tqdm(total=total, initial=step, disable=not progress, desc=f"train {cfg.arch} w{cfg.width} {cfg.precision}",
                unit="step", dynamic_ncols=True)
     log = (out / "train_log.jsonl").open("a")

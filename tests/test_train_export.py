@@ -466,6 +466,26 @@ def test_init_starts_from_the_given_weights(tmp_path, mini_data, trained_model):
     assert max(float((other[k] - v).abs().max()) for k, v in start.items()) > 1e-2  # a fresh start is elsewhere
 
 
+def test_freeze_encoder_keeps_the_encoder_and_trains_the_rest(tmp_path, mini_data, trained_model):
+    """--freeze-encoder: the encoder's weights and BatchNorm statistics stay as --init gave them (so
+    the tile memories' embedding does not move), the decoder learns; without --init it is refused."""
+    from engines.train import ENCODER
+
+    start = torch.load(trained_model / "model.pt", weights_only=True)
+    cfg = TrainConfig(data=str(mini_data), out=str(tmp_path / "ft"), width=8, epochs=1, steps_per_epoch=3,
+                      batch_size=2, lr=1e-2, warmup_steps=1, workers=0, threads=1, memory=False, ema=0.9,
+                      init=str(trained_model), freeze_encoder=True)
+    train(cfg, progress=False)
+    tuned = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)["model"]
+    encoder = [k for k in tuned if k.split(".", 1)[0] in ENCODER]
+    assert any("running_mean" in k for k in encoder)
+    assert all(torch.equal(tuned[k], start[k]) for k in encoder)
+    assert max(float((tuned[k] - start[k]).abs().max()) for k in tuned
+               if k.startswith("up1.") and tuned[k].is_floating_point()) > 1e-4
+    with pytest.raises(ValueError, match="give --init"):
+        train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "b"), "init": ""}), progress=False)
+
+
 def test_init_errors_name_the_fix(tmp_path, mini_data, trained_model, capsys):
     base = ["--data", str(mini_data), "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2",
             "--workers", "0", "--no-memory"]

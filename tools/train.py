@@ -39,6 +39,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="", metavar="WEIGHTS",
                    help="start from these weights (a last.pt checkpoint or a model folder) with a fresh optimizer and "
                         "schedule, e.g. to fine-tune the shipped model with a lower --lr")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="with --init: train the decoder and heads only; the encoder, and so the tile memories and the "
+                        "image score, stay as they were (README, 'Cracks along the grain')")
     p.add_argument("--image-scale", type=float, default=1.0, metavar="S",
                    help="train on every image downscaled by S (e.g. 0.5), as the detector's coarse pass downscales: "
                         "a network whose tiles see 1/S more of the part (README, 'A map made at half scale')")
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                           lr=args.lr, generators=args.generators, curriculum=not args.no_curriculum, ema=args.ema, memory=not args.no_memory, seed=args.seed,
                           workers=args.workers,
                           threads=args.threads, device=args.device, precision=args.precision, init=args.init,
+                          freeze_encoder=args.freeze_encoder,
                           image_scale=args.image_scale, command=command,
                           warmup_steps=min(100, args.epochs * args.steps_per_epoch // 10))
         out = train(cfg, resume=args.resume)
