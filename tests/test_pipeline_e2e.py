@@ -325,6 +325,24 @@ def test_camera_that_never_appears_ends_the_run_with_the_fix(line, tmp_path):
     assert _records(tmp_path / "r.jsonl") == []
 
 
+def test_make_demo_builds_the_demo_and_rebuilds_it_in_place(trained_model, mini_data, tmp_path):
+    """make_demo: calibration frames, a line config, a sequence with truth and golden results whose
+    verdicts are the line's; run again, the golden file is replaced (not set aside as a run's
+    results would be) and the same."""
+    from tools import make_demo
+
+    out, config = tmp_path / "demo", tmp_path / "demo_line.yaml"
+    args = ["--data", str(mini_data), "--model", str(trained_model), "--out", str(out), "--config", str(config),
+            "--ok", "2", "--ng", "2", "--empty", "1"]
+    assert make_demo.main(args) == 0
+    golden = _records(out / "golden.jsonl")
+    assert len(golden) == len(_truth(out / "sequence")) > 0 and "image_threshold" in config.read_text()
+    assert {r["verdict"] for r in golden} <= {"OK", "NG", "NO_PART", "ERROR"}
+    assert make_demo.main(args) == 0
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("golden")) == ["golden.jsonl"]
+    assert [r["verdict"] for r in _records(out / "golden.jsonl")] == [r["verdict"] for r in golden]
+
+
 def test_memory_fitted_on_ok_frames_as_the_line_sees_them(line, trained_model, mini_data, tmp_path, capsys):
     """simulate_line --ok-from train/good, then export_model --memory-data FRAMES --memory-line LINE."""
     from engines.artifact import ModelMeta

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             print(note)
         frames = simulate(args.data, args.ok, args.ng, args.empty, seed=args.seed + 1)
         seq = write_sequence(frames, out / "sequence", fps=5.0, corrupt_every=11, ext=".jpg")
+        (out / "golden.jsonl").unlink(missing_ok=True)  # rebuilt, not a run's results to keep aside
         code = run_pipeline(args.config, f"replay:{seq}", out / "golden.jsonl", show_status=False)
         (out / "golden.jsonl.config.yaml").unlink(missing_ok=True)
         print(f"wrote {args.config}, {seq} ({len(frames)} frames) and {out / 'golden.jsonl'} (exit {code})")
