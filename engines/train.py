@@ -332,12 +332,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if cfg.init and resume:
         raise ValueError(f"--init {cfg.init} and --resume both given: --resume continues {ckpt_path} as it is; drop --init")
     if cfg.init:
-        cfg = replace(cfg, init_command=initial_command(cfg.init))
         try:
             model.load_state_dict(initial_weights(cfg.init))
         except RuntimeError as e:  # another architecture, width or channel count: other names or shapes
             raise ValueError(f"{cfg.init}: its weights do not fit --arch {cfg.arch} --width {cfg.width} "
                              f"--channels {cfg.channels} ({(str(e).splitlines()[1:] or [str(e)])[0].strip()})") from None
+        cfg = replace(cfg, init_command=initial_command(cfg.init))
     if resume:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"{ckpt_path}: nothing to resume; start without --resume")
