@@ -269,11 +269,11 @@ def initial_weights(path: str | Path) -> dict:
 ENCODER = ("inc", "down1", "down2", "down3", "down4")  # a tiny_unet's encoder, the bottleneck last
 
 
-def frozen_encoder(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.nn.Module]:
+def frozen_encoder(model: torch.nn.Module, cfg: TrainConfig, resume: bool = False) -> list[torch.nn.Module]:
     """The encoder's modules, made untrainable, when ``cfg.freeze_encoder``; else nothing."""
     if not cfg.freeze_encoder:
         return []
-    if not cfg.init:
+    if not (cfg.init or resume):
         raise ValueError("--freeze-encoder keeps the encoder of the weights --init starts from: give --init WEIGHTS")
     if cfg.arch != "tiny_unet":
         raise ValueError(f"--freeze-encoder: only a tiny_unet's encoder can be kept, not a {cfg.arch}'s")
@@ -321,7 +321,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     images = load_images(files, cfg.channels, sample_cfg.tile, cfg.image_scale)
     model = build_model(cfg.arch, cfg.channels, cfg.width).to(device)
     model = model.to(memory_format=torch.channels_last)
-    frozen = frozen_encoder(model, cfg)
+    frozen = frozen_encoder(model, cfg, resume)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     total = cfg.epochs * cfg.steps_per_epoch
@@ -348,6 +348,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         if state["config"].get("image_scale", 1.0) != cfg.image_scale:
             raise ValueError(f"{ckpt_path}: checkpoint was trained with --image-scale "
                              f"{state['config'].get('image_scale', 1.0)}, but {cfg.image_scale} was asked; resume with that")
+        if state["config"].get("freeze_encoder", False) != cfg.freeze_encoder:
+            flag = "with" if state["config"].get("freeze_encoder") else "without"
+            raise ValueError(f"{ckpt_path}: checkpoint was trained {flag} --freeze-encoder; resume {flag} --freeze-encoder")
         saved = state["config"].get("generators")
         if saved and saved != cfg.generators:
             raise ValueError(f"{ckpt_path}: checkpoint was trained with --generators {saved}, but "

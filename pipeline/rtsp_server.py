@@ -274,7 +274,10 @@ class RtspServer:
         sock.bind((conn.getsockname()[0], 0))
         target = (conn.getpeername()[0], client_port)
         with self._lock:
+            earlier = self._udp_socks.pop(conn, None)  # a second SETUP on the same connection
             self._udp_socks[conn] = sock
+        if earlier is not None:
+            earlier.close()
 
         def send(packet: bytes) -> None:
             sock.sendto(packet, target)

@@ -484,6 +484,13 @@ def test_freeze_encoder_keeps_the_encoder_and_trains_the_rest(tmp_path, mini_dat
                if k.startswith("up1.") and tuned[k].is_floating_point()) > 1e-4
     with pytest.raises(ValueError, match="give --init"):
         train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "b"), "init": ""}), progress=False)
+    # a frozen run resumes frozen (--resume without --init), and only so
+    more = TrainConfig(**{**cfg.__dict__, "init": "", "epochs": 2})
+    with pytest.raises(ValueError, match="resume with --freeze-encoder"):
+        train(TrainConfig(**{**more.__dict__, "freeze_encoder": False}), resume=True, progress=False)
+    train(more, resume=True, progress=False)
+    resumed = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)
+    assert resumed["step"] == 6 and all(torch.equal(resumed["model"][k], start[k]) for k in encoder)
 
 
 def test_init_errors_name_the_fix(tmp_path, mini_data, trained_model, capsys):

@@ -10,8 +10,8 @@ from tools._cli import run_cli
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="record_sequence", description=__doc__)
-    p.add_argument("--source", required=True, help="camera0, video:FILE, dir:DIR, rtsp://...; ${VAR} is read from the environment "
-                   "(rtsp://${CAM_USER}:${CAM_PASS}@host/...)")
+    p.add_argument("--source", required=True, help="camera0, video:FILE, dir:DIR, rtsp://...; ${VAR} is read from "
+                   "the environment (rtsp://${CAM_USER}:${CAM_PASS}@host/...)")
     p.add_argument("--config", help="line YAML whose source section to use (camera size, fps and exposure, stream "
                                     "options, reconnect_s), so the frames are as the line will see them")
     p.add_argument("--out", required=True, help="sequence folder to write")
