@@ -42,7 +42,15 @@ class ExportError(RuntimeError):
     pass
 
 
-def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
+def load_checkpoint(path: str | Path | list[str | Path]) -> tuple[torch.nn.Module, dict]:
+    """A run's ``last.pt``, or several runs' averaged (:func:`average_checkpoints`)."""
+    if isinstance(path, (list, tuple)):
+        if len(path) > 1:
+            state = average_checkpoints(path)
+            cfg = state["config"]
+            model = load_weights(build_model(cfg["arch"], cfg["channels"], cfg["width"]), state["model"], str(path[0]))
+            return model.eval(), state
+        path = path[0]
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found (train writes OUT/last.pt)")
@@ -50,6 +58,39 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
     cfg = state["config"]
     model = load_weights(build_model(cfg["arch"], cfg["channels"], cfg["width"]), state["model"], str(path))
     return model.eval(), state
+
+
+def average_checkpoints(paths: list[str | Path]) -> dict:
+    """A checkpoint-like state whose network is the weight-by-weight mean of several runs' networks.
+    Only fine-tunes of one network average into a network that works (say, seeds of a
+    ``--freeze-encoder`` run): the runs must share the architecture, width, channels, training data
+    and starting weights (``train --init``), else this refuses naming the file. Integer buffers
+    come from the first run; tile memories are left out (``--memory-data`` fits new ones)."""
+    paths = [Path(p) for p in paths]
+    states = []
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: checkpoint not found (train writes OUT/last.pt)")
+        states.append(torch.load(path, map_location="cpu", weights_only=True))
+    first = states[0]["config"]
+    if not first.get("init"):
+        raise ValueError(f"{paths[0]}: not a fine-tune (trained without --init); only runs that start from the same "
+                         "weights average into one network")
+    for path, state in zip(paths[1:], states[1:]):
+        for key in ("arch", "width", "channels", "init", "init_command"):
+            if state["config"].get(key) != first.get(key):
+                raise ValueError(f"{path}: its {key} differs from {paths[0]}'s ({state['config'].get(key)!r} against "
+                                 f"{first.get(key)!r}); only runs that start from the same weights average into one network")
+        if state.get("training_data_hash") != states[0].get("training_data_hash"):
+            raise ValueError(f"{path}: trained on other images than {paths[0]} (training data hash); average runs on the same data")
+    weights = {}
+    for key, value in states[0]["model"].items():
+        if key.split(".", 1)[0] in MEMORY_NAMES:
+            continue
+        weights[key] = (torch.stack([s["model"][key] for s in states]).mean(0) if value.is_floating_point() else value)
+    commands = " | ".join(s["config"].get("command", "") for s in states)
+    return {"model": weights, "config": {**first, "command": f"average of {len(paths)} runs: {commands}"},
+            "step": max(int(s["step"]) for s in states), "training_data_hash": states[0].get("training_data_hash", "")}
 
 
 def load_model_folder(folder: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -151,7 +192,7 @@ def compact_state(model: torch.nn.Module) -> dict:
     return state
 
 
-def export_model(source: str | Path, out: str | Path, opset: int = 17,
+def export_model(source: str | Path | list[str | Path], out: str | Path, opset: int = 17,
                  thresholds: tuple[float, float] | None = None, memory_data: str | Path | None = None,
                  memory_line: str | Path | None = None, progress: bool = True,
                  memory_canonical: str | Path | None = None, coarse_map: str | Path | None = None,
@@ -172,7 +213,8 @@ def export_model(source: str | Path, out: str | Path, opset: int = 17,
     whose tiles, as the line preprocesses them, are pooled with the images' (README, "Train on your
     own OK images"). ``coarse_map``: a run's checkpoint to add as the coarse-map network
     (:func:`add_coarse_map_net`)."""
-    model, state = load_model_folder(source) if Path(source).is_dir() else load_checkpoint(source)
+    folder = not isinstance(source, (list, tuple)) and Path(source).is_dir()
+    model, state = load_model_folder(source) if folder else load_checkpoint(source)
     source_meta: ModelMeta | None = state.get("meta")  # a model folder's sidecar; None for a checkpoint
     extra = {"train_steps": int(state["step"])}
     cfg = state["config"]

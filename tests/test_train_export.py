@@ -493,6 +493,40 @@ def test_freeze_encoder_keeps_the_encoder_and_trains_the_rest(tmp_path, mini_dat
     assert resumed["step"] == 6 and all(torch.equal(resumed["model"][k], start[k]) for k in encoder)
 
 
+def test_export_averages_fine_tunes_of_one_network(tmp_path, mini_data, trained_model, capsys):
+    """export_model --checkpoint A B: two seeds of a --freeze-encoder fine-tune averaged weight by
+    weight; the encoder stays the shared one, the sidecar names both runs and their start. Runs
+    that do not start from the same weights are refused, naming the file."""
+    from engines.artifact import ModelMeta
+    from tools import export_model as export_cli
+
+    runs = []
+    for seed in (0, 1):
+        cfg = TrainConfig(data=str(mini_data), out=str(tmp_path / f"s{seed}"), width=8, epochs=1, steps_per_epoch=2,
+                          batch_size=2, lr=1e-2, warmup_steps=1, workers=0, threads=1, memory=False, seed=seed,
+                          init=str(trained_model), freeze_encoder=True, command=f"train seed {seed}")
+        train(cfg, progress=False)
+        runs.append(tmp_path / f"s{seed}" / "last.pt")
+    assert export_cli.main(["--checkpoint", *map(str, runs), "--out", str(tmp_path / "avg")]) == 0
+    a, b = (torch.load(r, weights_only=True)["model"] for r in runs)
+    got = torch.load(tmp_path / "avg" / "model.pt", weights_only=True)
+    assert torch.allclose(got["up1.conv.0.weight"], (a["up1.conv.0.weight"] + b["up1.conv.0.weight"]) / 2)
+    assert not torch.allclose(a["up1.conv.0.weight"], b["up1.conv.0.weight"])  # the seeds did differ
+    assert torch.equal(got["inc.0.weight"], a["inc.0.weight"])
+    meta = ModelMeta.load(tmp_path / "avg")
+    assert meta.training_command == "average of 2 runs: train seed 0 | train seed 1"
+    assert meta.extra.get("init_training_command", "") == ModelMeta.load(trained_model).training_command
+    scratch = tmp_path / "scratch"
+    train(TrainConfig(data=str(mini_data), out=str(scratch), width=8, epochs=1, steps_per_epoch=1, batch_size=2,
+                      warmup_steps=1, workers=0, threads=1, memory=False), progress=False)
+    capsys.readouterr()
+    assert export_cli.main(["--checkpoint", str(scratch / "last.pt"), str(runs[0]), "--out", str(tmp_path / "x")]) == 2
+    assert "not a fine-tune" in capsys.readouterr().err
+    assert export_cli.main(["--checkpoint", str(runs[0]), str(scratch / "last.pt"), "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert str(scratch / "last.pt") in err and "its init differs" in err
+
+
 def test_init_errors_name_the_fix(tmp_path, mini_data, trained_model, capsys):
     base = ["--data", str(mini_data), "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2",
             "--workers", "0", "--no-memory"]

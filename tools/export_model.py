@@ -10,7 +10,9 @@ from tools._cli import run_cli
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="export_model", description=__doc__)
-    p.add_argument("--checkpoint", help="OUT/last.pt written by train")
+    p.add_argument("--checkpoint", nargs="+", metavar="RUN/last.pt",
+                   help="OUT/last.pt written by train; several: their networks averaged weight by weight, for fine-tunes "
+                        "of one network (e.g. seeds of a --freeze-encoder run; README, 'Cracks along the grain')")
     p.add_argument("--from-model", metavar="MODEL",
                    help="a model folder (e.g. the shipped one) instead of --checkpoint: with --coarse-map, add that "
                         "network to a copy of it (OUT); with --memory-data, refit its memories into OUT (thresholds, "
