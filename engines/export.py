@@ -42,21 +42,20 @@ class ExportError(RuntimeError):
     pass
 
 
-def load_checkpoint(path: str | Path | list[str | Path]) -> tuple[torch.nn.Module, dict]:
-    """A run's ``last.pt``, or several runs' averaged (:func:`average_checkpoints`)."""
-    if isinstance(path, (list, tuple)):
-        if len(path) > 1:
-            state = average_checkpoints(path)
-            cfg = state["config"]
-            model = load_weights(build_model(cfg["arch"], cfg["channels"], cfg["width"]), state["model"], str(path[0]))
-            return model.eval(), state
-        path = path[0]
+def read_checkpoint(path: str | Path) -> dict:
+    """A run's ``last.pt`` as train wrote it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found (train writes OUT/last.pt)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_checkpoint(path: str | Path | list[str | Path]) -> tuple[torch.nn.Module, dict]:
+    """The network of a run's ``last.pt``, or of several runs' averaged (:func:`average_checkpoints`)."""
+    paths = list(path) if isinstance(path, (list, tuple)) else [path]
+    state = average_checkpoints(paths) if len(paths) > 1 else read_checkpoint(paths[0])
     cfg = state["config"]
-    model = load_weights(build_model(cfg["arch"], cfg["channels"], cfg["width"]), state["model"], str(path))
+    model = load_weights(build_model(cfg["arch"], cfg["channels"], cfg["width"]), state["model"], str(paths[0]))
     return model.eval(), state
 
 
@@ -67,11 +66,7 @@ def average_checkpoints(paths: list[str | Path]) -> dict:
     and starting weights (``train --init``), else this refuses naming the file. Integer buffers
     come from the first run; tile memories are left out (``--memory-data`` fits new ones)."""
     paths = [Path(p) for p in paths]
-    states = []
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: checkpoint not found (train writes OUT/last.pt)")
-        states.append(torch.load(path, map_location="cpu", weights_only=True))
+    states = [read_checkpoint(p) for p in paths]
     first = states[0]["config"]
     if not first.get("init"):
         raise ValueError(f"{paths[0]}: not a fine-tune (trained without --init); only runs that start from the same "

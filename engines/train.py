@@ -252,18 +252,27 @@ def budget_warning(seconds_per_step: float, steps_left: int, elapsed_s: float, m
             f"{advice}")
 
 
-def initial_weights(path: str | Path) -> dict:
+def initial_weights(path: str | Path) -> tuple[dict, str]:
     """The network weights to start a run from (``train --init``): those ``export_model`` would read
     from a ``last.pt`` checkpoint (the average once an ``--ema`` run has finished, the raw weights of
     one still running) or a model folder's ``model.pt``. The tile memories are left out: a run fits
-    its own after training."""
+    its own after training. Also how those weights were trained: their training command, followed
+    by what they started from in turn (a model folder's sidecar, or a checkpoint's run config)."""
     path = Path(path)
     file = path / "model.pt" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"{path}: --init needs a checkpoint (last.pt) or a model folder with model.pt")
     state = torch.load(file, map_location="cpu", weights_only=True)
-    weights = state["model"] if isinstance(state.get("model"), dict) else state  # a checkpoint, or a bare state dict
-    return {k: v for k, v in weights.items() if k.split(".", 1)[0] not in MEMORY_NAMES}
+    checkpoint = isinstance(state.get("model"), dict)  # else a bare state dict, as a model folder's model.pt
+    weights = state["model"] if checkpoint else state
+    if path.is_dir():  # the sidecar says how it was trained
+        meta = ModelMeta.load(path)
+        command, before = meta.training_command, meta.extra.get("init_training_command", "")
+    else:
+        run = state.get("config", {}) if checkpoint else {}
+        command, before = run.get("command", ""), run.get("init_command", "")
+    weights = {k: v for k, v in weights.items() if k.split(".", 1)[0] not in MEMORY_NAMES}
+    return weights, command + (f" (started from: {before})" if before else "")
 
 
 ENCODER = ("inc", "down1", "down2", "down3", "down4")  # a tiny_unet's encoder, the bottleneck last
@@ -281,19 +290,6 @@ def frozen_encoder(model: torch.nn.Module, cfg: TrainConfig, resume: bool = Fals
     for module in modules:
         module.requires_grad_(False)
     return modules
-
-
-def initial_command(path: str | Path) -> str:
-    """The training command of the weights ``train --init`` starts from, followed by what those
-    started from in turn: a model folder's sidecar, or a checkpoint's run config."""
-    path = Path(path)
-    if path.is_dir():
-        meta = ModelMeta.load(path)
-        command, before = meta.training_command, meta.extra.get("init_training_command", "")
-    else:
-        run = torch.load(path, map_location="cpu", weights_only=True).get("config", {})
-        command, before = run.get("command", ""), run.get("init_command", "")
-    return command + (f" (started from: {before})" if before else "")
 
 
 def pick_device(name: str) -> torch.device:
@@ -332,12 +328,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if cfg.init and resume:
         raise ValueError(f"--init {cfg.init} and --resume both given: --resume continues {ckpt_path} as it is; drop --init")
     if cfg.init:
+        weights, init_command = initial_weights(cfg.init)  # an unreadable path: the error naming the fix
         try:
-            model.load_state_dict(initial_weights(cfg.init))
+            model.load_state_dict(weights)
         except RuntimeError as e:  # another architecture, width or channel count: other names or shapes
             raise ValueError(f"{cfg.init}: its weights do not fit --arch {cfg.arch} --width {cfg.width} "
                              f"--channels {cfg.channels} ({(str(e).splitlines()[1:] or [str(e)])[0].strip()})") from None
-        cfg = replace(cfg, init_command=initial_command(cfg.init))
+        cfg = replace(cfg, init_command=init_command)
     if resume:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"{ckpt_path}: nothing to resume; start without --resume")

@@ -261,7 +261,7 @@ class RtspServer:
 
     def _interleaved(self, conn: socket.socket):
         """RTP packets on the RTSP connection, each behind '$', channel 0 and its length (RFC 2326 10.12)."""
-        def send(packet: bytes) -> None:
+        def send(packet: bytes | bytearray) -> None:
             with self._lock:  # not between the RTSP answers on the same connection
                 conn.sendall(b"$\x00" + struct.pack(">H", len(packet)) + packet)
         return send
@@ -279,7 +279,7 @@ class RtspServer:
         if earlier is not None:
             earlier.close()
 
-        def send(packet: bytes) -> None:
+        def send(packet: bytes | bytearray) -> None:
             sock.sendto(packet, target)
             time.sleep(0)  # let the receiver drain its socket buffer between datagrams
         return send, sock.getsockname()[1]
@@ -292,7 +292,7 @@ class RtspServer:
                 for p in self.packets[n % len(self.packets)]:
                     p = bytearray(p)
                     struct.pack_into(">HI", p, 2, seq & 0xFFFF, timestamp)
-                    send(bytes(p))
+                    send(p)
                     seq += 1
             except OSError:
                 return

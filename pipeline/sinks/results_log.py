@@ -43,14 +43,20 @@ def utc_iso(unix_ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(unix_ns // 1_000_000_000)) + f".{unix_ns // 1_000_000 % 1000:03d}Z"
 
 
+def _tail(f) -> tuple[int, bytes]:
+    """The file's size and its last TAIL_BYTES: a results file may hold days of records."""
+    size = f.seek(0, 2)
+    f.seek(max(0, size - TAIL_BYTES))
+    return size, f.read()
+
+
 def last_frame_id(path: str | Path) -> int:
     """The frame id of the last complete line of a results file; -1 when there is none."""
     path = Path(path)
     if not path.is_file():
         return -1
     with path.open("rb") as f:
-        f.seek(max(0, f.seek(0, 2) - TAIL_BYTES))
-        tail = f.read()
+        _, tail = _tail(f)
     for line in reversed(tail.split(b"\n")[:-1]):  # the piece after the last newline is incomplete
         try:
             return int(json.loads(line)["frame_id"])
@@ -68,10 +74,8 @@ class ResultsLog(Sink):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_file() and self.path.stat().st_size:
-            with self.path.open("rb+") as f:  # only the tail is read: the file may hold days of records
-                size = f.seek(0, 2)
-                f.seek(max(0, size - TAIL_BYTES))
-                tail = f.read()
+            with self.path.open("rb+") as f:
+                size, tail = _tail(f)
                 if not tail.endswith(b"\n"):  # keep up to the last newline (none: the whole tail goes)
                     f.truncate(size - len(tail) + tail.rfind(b"\n") + 1)
         self.file = self.path.open("a")

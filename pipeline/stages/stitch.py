@@ -32,6 +32,7 @@ from pipeline.wire import WireError
 # its overlay image, never without its verdict.
 RESEND_WINDOW = 2048
 RESEND_ARRAYS = 32
+PROGRESS = "stitch.progress"
 
 
 class ResendBuffer:
@@ -55,7 +56,6 @@ class ResendBuffer:
         again = [(h, self.arrays.get(fid, {})) for fid, h in self.sent if fid is None or fid >= frame_id]
         oldest = next((fid for fid, _ in self.sent if fid is not None), None)
         return again, oldest
-PROGRESS = "stitch.progress"
 
 
 def record_from_maps(header: dict, arrays: dict, cfg, pixel_t: float, image_t: float,
