@@ -26,7 +26,9 @@ launch() {  # name, workers, width, epochs, extra train args
     --steps-per-epoch "$STEPS" --ema 0.999 --no-memory --device "$DEVICE" --threads 1 --workers "$workers" "$@" \
     > "$RUNS/$name.log" 2>&1 &
 }
-# Runs as name:seed:batch:workers[:generators[:width[:epochs[:scale]]]] (generators as for train --generators, empty for
+# Runs as name:seed:batch:workers[:generators[:width[:epochs[:scale[:extra]]]]] (extra: more train arguments, comma-separated,
+# each as --name=value, e.g. --init=.gpudata/m_gpu,--freeze-encoder,--lr=5e-4 with the starting weights carried beside the
+# data: a model folder's model.json and its model.pt without the memories; generators as for train --generators, empty for
 # train's default; width 16 and $EPOCHS unless given; scale: train --image-scale, e.g. 0.5 for the half-scale map of
 # README "A map made at half scale": SPEC="h64s0:0:64:5:::30:0.5 h64s1:1:64:5:::30:0.5"). The first two calls ran SEEDS="0 1" and SEEDS="2 3";
 # the third SPEC="b64s0:0:64:10 b32s4:4:32:5" LIMIT=250 (seconds per training, for the time left);
@@ -41,9 +43,10 @@ SEEDS=${SEEDS:-0 1}
 SPEC=${SPEC:-$(for s in $SEEDS; do echo "s$s:$s:16:3 b32s$s:$s:32:5"; done)}
 NAMES=""
 for run in $SPEC; do
-  IFS=: read -r name seed batch workers generators width epochs scale <<< "$run"
+  IFS=: read -r name seed batch workers generators width epochs scale extra <<< "$run"
+  # shellcheck disable=SC2046  # extra splits into its arguments on purpose
   launch "$name" "$workers" "${width:-16}" "${epochs:-$EPOCHS}" --seed "$seed" --batch-size "$batch" \
-    ${generators:+--generators "$generators"} ${scale:+--image-scale "$scale"}
+    ${generators:+--generators "$generators"} ${scale:+--image-scale "$scale"} $(tr , ' ' <<< "$extra")
   NAMES="$NAMES $name"
 done
 
@@ -60,6 +63,10 @@ while pgrep -f "tools.train" > /dev/null; do
   echo "$line"
 done
 wait
+
+# BENCH=1: the shipped folder (coarse-map network and memories included) timed with the torch CUDA backend, fp16
+[ "${BENCH:-0}" = 1 ] && timeout 120 python3 -m tools.benchmark --model engines/models/magnetic_tile --backend torch \
+  --device "$DEVICE" --batch 16,64,256 --cuda-graph --no-peak --seconds 1 --json "$OUT/shipped_torch.json" 2>&1 | tail -n 6
 
 python3 - "$RUNS" "$OUT" $NAMES <<'PY'
 import sys, torch
