@@ -43,9 +43,8 @@ class ModelMeta:
     # strongest fine and the strongest coarse tile score. 0: one pass, one score per tile.
     coarse_scale: float = 0.0
     # The fine part of the image score is the mean of the ``fine_top_k`` strongest full-scale tile
-    # scores (1: the strongest). A defect shows in every overlapping tile that holds it; a good part's
-    # odd tile is often alone. 2 on the shipped model: NG recall at <= 5 % false alarms on the
-    # simulated line 0.84 -> 0.88 over six sequences, development split within 0.001 (README).
+    # scores (1: the strongest; folders from before the field). Export sets 2 for a model with both
+    # memories (``engines.tile_memory.FINE_TOP_K``).
     fine_top_k: int = 1
     # Share of the coarse tiles' novelty added to the stitched map, outside the graph (a coarse tile
     # covers several fine ones, so its score is spread over its area and resized; see

@@ -438,11 +438,10 @@ def test_line_maps_coarse_tiles_with_the_coarse_map_network(line, trained_model,
     whose score is the map's peak, and the line's peaks are those of decide() in process on the
     coarse-map network's maps, not on the model's own maps of those tiles. The coarse-map
     network's output bias is raised so that its map (near 0.5 from a barely trained network, as the
-    model's own is) reads near 1 and the two cannot be confused. The folder's ``fine_top_k`` is set
-    to 2, and the line's part scores must be decide()'s with it, not with the strongest tile alone,
-    and with the two scales' agreement (``both_scales_score_weight``, export's default), not without."""
-    from dataclasses import replace
-
+    model's own is) reads near 1 and the two cannot be confused. The folder's ``fine_top_k`` is 2
+    (export's default with both memories), and the line's part scores must be decide()'s with it, not
+    with the strongest tile alone, and with the two scales' agreement (``both_scales_score_weight``,
+    export's default), not without."""
     import yaml
 
     from engines.artifact import ModelMeta
@@ -460,9 +459,9 @@ def test_line_maps_coarse_tiles_with_the_coarse_map_network(line, trained_model,
     run["model"]["out_conv.bias"].fill_(4.0)
     torch.save(run, tmp_path / "bright.pt")
     model = export_model(trained_model.parent / "last.pt", tmp_path / "model", coarse_map=tmp_path / "bright.pt")
-    meta = replace(ModelMeta.load(model), fine_top_k=2)  # the stitch stage must read it too
+    meta = ModelMeta.load(model)
+    assert meta.fine_top_k == 2  # the stitch stage must read it
     assert meta.both_scales_score_weight > 0  # and this
-    meta.save(model)
     raw = yaml.safe_load(config.read_text())
     raw["inference"]["model"] = str(model)
     raw["decision"]["pixel_threshold"] = raw["decision"]["image_threshold"] = 0.0

@@ -9,7 +9,7 @@ from engines.detector import Detector, image_score, split_scores  # noqa: E402
 from engines.export import export_model  # noqa: E402
 from engines.quantize import output_head_nodes  # noqa: E402
 from engines.tile_memory import (BOTH_SCALES_MAP_SHARE, BOTH_SCALES_SCORE_WEIGHT, COARSE_SCALE, MEMORY_NAMES,  # noqa: E402
-                                 NOVELTY_SPREAD, fit_memory, k_center, memory_from_images, novelty_rule)
+                                 FINE_TOP_K, NOVELTY_SPREAD, fit_memory, k_center, memory_from_images, novelty_rule)
 from engines.tiny_unet import TinyUNet  # noqa: E402
 
 
@@ -79,8 +79,10 @@ def test_trained_model_carries_memory_through_every_backend(trained_model):
     # score reads where they agree.
     assert (meta.fine_map_share, meta.coarse_map_share, meta.both_scales_map_share) == (0.0, 0.0, BOTH_SCALES_MAP_SHARE)
     assert meta.both_scales_score_weight == BOTH_SCALES_SCORE_WEIGHT > 0 and BOTH_SCALES_MAP_SHARE > 0
-    one = novelty_rule(True, False)  # one memory: its own spread, nothing to agree with
+    assert meta.fine_top_k == FINE_TOP_K == 2  # and the fine part of it is the two strongest tiles
+    one = novelty_rule(True, False)  # one memory: its own spread, nothing to agree with, the strongest tile
     assert one["fine_map_share"] > 0 and one["both_scales_map_share"] == one["both_scales_score_weight"] == 0
+    assert one["fine_top_k"] == 1
     assert meta.extra["coarse_memory_tiles"] > 0
     assert meta.extra["coarse_memory_center"] != meta.extra["memory_center"]
 
@@ -293,7 +295,7 @@ def test_model_json_without_the_spread_fields_reads_as_before(trained_model, tmp
         (old / "model.json").write_text(json.dumps({**raw, name: -0.01}))
         with pytest.raises(ArtifactError, match=f"{name} is -0.01; use a number of at least 0"):
             ModelMeta.load(old)
-    del raw["both_scales_score_weight"]
+    del raw["both_scales_score_weight"], raw["fine_top_k"]
     (old / "model.json").write_text(json.dumps(raw))
     assert ModelMeta.load(old).novelty_share().score_weight == 0.0  # the tile scores alone, as before
     for bad in (-0.1, 1.5, True):
