@@ -5,7 +5,8 @@ one, then released, so results files are ordered by frame even with several infe
 Frames pending when a stage crashes, or for longer than the timeout, get an ERROR record; a late
 result for a frame already closed is ignored. A stitch stage restarted after a crash resumes after
 the last frame it released; frames that were registered with the crashed one only are found as
-gaps before later frames and closed with an ERROR record.
+gaps before later frames and closed with an ERROR record, named from the crashed stage's
+registration journal (``recall``) where it holds them.
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ class Collector:
     gap_since_ns: int | None = None
     expected: int | None = None
     ignored_late: int = 0
+    # What a crashed stitch stage had registered (its journal, read on resume): names the frames
+    # closed as gaps. Not registrations: they wait for no result.
+    recalled: dict[int, dict] = field(default_factory=dict)
 
     def register(self, frame_id: int, source_name: str, capture_ns: int) -> None:
         if frame_id >= self.next_id:
@@ -45,7 +49,7 @@ class Collector:
             self.expected = max([*self.registered, self.next_id - 1], default=-1) + 1
 
     def _error(self, frame_id: int, reason: str) -> dict:
-        info = self.registered.get(frame_id, {})
+        info = self.registered.get(frame_id) or self.recalled.get(frame_id, {})
         return {"frame_id": frame_id, "source_name": info.get("source_name"), "capture_ns": info.get("capture_ns"),
                 "verdict": "ERROR", "reason": reason, "score": None, "defects": []}
 
@@ -82,9 +86,11 @@ class Collector:
         self.gap_since_ns = None
         return first_known - self.next_id
 
-    def resume(self, next_id: int) -> None:
-        """A restarted stitch stage: frames before ``next_id`` were released by the one before."""
+    def resume(self, next_id: int, journal: dict[int, dict] | None = None) -> None:
+        """A restarted stitch stage: frames before ``next_id`` were released by the one before;
+        ``journal`` holds what that one registered (frame_id -> {source_name, capture_ns})."""
         self.next_id = next_id
+        self.recalled = {fid: info for fid, info in (journal or {}).items() if fid >= next_id}
 
     def release(self) -> list[dict]:
         """Records that can be emitted now, in frame order."""
@@ -92,6 +98,7 @@ class Collector:
         while self.next_id in self.done:
             out.append(self.done.pop(self.next_id))
             self.registered.pop(self.next_id, None)
+            self.recalled.pop(self.next_id, None)
             self.next_id += 1
         return out
 

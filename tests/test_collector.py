@@ -76,3 +76,28 @@ def test_resumed_collector_closes_frames_only_the_crashed_stage_knew():
     c.register(8, "f8", 108)
     c.add(8, _rec(8))
     assert [r["frame_id"] for r in c.release()] == [8] and c.expire(now_ns=10**9) == 0  # no gap, nothing closed
+
+
+def test_frames_lost_with_a_crashed_stitch_stage_keep_their_names(tmp_path):
+    """The crashed stage's journal names the frames it alone had registered; a frame it never wrote
+    down (or a torn last line) still gets its record, without a name."""
+    from pipeline.stages.stitch import FrameJournal
+
+    journal = FrameJournal(tmp_path / "stitch.frames", resume=False, lines=3)
+    for fid in range(7):  # rotated twice: frames 0-2 dropped, 3-5 in stitch.frames.1, 6 in the journal
+        journal.add(fid, 100 + fid, f"cam0#{fid:06d}")
+    # not closed, as a killed stage leaves it; then half a line, as a crash mid-write would
+    (tmp_path / "stitch.frames").open("a").write('[7, 107, "cam')
+    names = FrameJournal.read(tmp_path / "stitch.frames")
+    assert sorted(names) == [3, 4, 5, 6] and names[6] == {"source_name": "cam0#000006", "capture_ns": 106}
+    c = Collector(timeout_ns=10**12, gap_timeout_ns=1000)
+    c.resume(4, names)  # frame 3 was released before the crash
+    c.register(8, "cam0#000008", 108)
+    c.add(8, _rec(8))
+    c.expire(now_ns=0)
+    assert c.expire(now_ns=2000) == 4  # 4, 5, 6, 7
+    out = c.release()
+    assert [(r["frame_id"], r["source_name"]) for r in out[:4]] == [
+        (4, "cam0#000004"), (5, "cam0#000005"), (6, "cam0#000006"), (7, None)]
+    assert out[0]["capture_ns"] == 104 and all("stitch stage crashed" in r["reason"] for r in out[:4])
+    assert c.recalled == {}

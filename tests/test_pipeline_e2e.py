@@ -188,6 +188,7 @@ def test_crashed_sinks_or_stitch_stage_is_restarted_and_every_frame_keeps_one_re
     assert [r["frame_id"] for r in records] == list(range(20)), [r["frame_id"] for r in records]
     lost = [r for r in records if r["verdict"] == "ERROR" and "not a decodable image" not in r["reason"]]
     assert all("stitch stage crashed" in r["reason"] for r in lost) and len(lost) <= 2
+    assert all(r["source_name"] for r in records)  # a lost frame too is named (the stitch stage's journal)
 
 
 def test_killed_source_is_not_restarted_and_what_it_read_is_flushed(line, tmp_path):

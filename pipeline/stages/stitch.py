@@ -1,9 +1,10 @@
 """Stitch/alert stage: tile maps -> canonical map -> verdict and defects in camera pixels; exactly
 one record per frame, released in frame order to the sinks process.
 
-It notes the last frame it released in ``RUN_DIR/stitch.progress``; restarted with ``--resume``
-after a crash, it goes on from the next one (the collector closes the frames that only the crashed
-stage knew with an ERROR record).
+It notes the last frame it released in ``RUN_DIR/stitch.progress``, and every frame registered in
+``RUN_DIR/stitch.frames``; restarted with ``--resume`` after a crash, it goes on from the next one
+(the collector closes the frames that only the crashed stage knew with an ERROR record, named from
+that journal).
 
 The last ``RESEND_WINDOW`` messages sent to the sinks are kept, and a restarted sinks stage asks for
 those it had not handled (``{"kind": "resend", "from": FRAME_ID}``), so a sinks crash loses no
@@ -12,8 +13,11 @@ record. For that the stage stays up after the end of the stream until it is told
 from __future__ import annotations
 
 import collections
+import json
+import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import zmq
@@ -33,6 +37,48 @@ from pipeline.wire import WireError
 RESEND_WINDOW = 2048
 RESEND_ARRAYS = 32
 PROGRESS = "stitch.progress"
+# The frames registered, one JSON line each, so that a restarted stage can name those lost with
+# this one; rotated every JOURNAL_LINES lines (the file before kept as stitch.frames.1). Frames in
+# flight are far fewer.
+JOURNAL = "stitch.frames"
+JOURNAL_LINES = 4096
+
+
+class FrameJournal:
+    """``[frame_id, capture_ns, source_name]`` per registered frame, appended line by line: a line
+    written is the OS's, so a killed stage leaves every whole line behind."""
+
+    def __init__(self, path: Path, resume: bool, lines: int = JOURNAL_LINES) -> None:
+        self.path, self.lines, self.n = path, lines, 0
+        self.file = open(path, "a" if resume else "w", encoding="utf-8", buffering=1)  # line-buffered
+
+    def add(self, frame_id: int, capture_ns: int, source_name: str) -> None:
+        if self.n >= self.lines:
+            self.file.close()
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            self.file = open(self.path, "w", encoding="utf-8", buffering=1)
+            self.n = 0
+        self.file.write(json.dumps([frame_id, capture_ns, source_name]) + "\n")
+        self.n += 1
+
+    def close(self) -> None:
+        self.file.close()
+
+    @staticmethod
+    def read(path: Path) -> dict[int, dict]:
+        """frame_id -> {source_name, capture_ns} from the journal and the file before it; a torn
+        or unreadable line (a crash mid-write) is skipped."""
+        out: dict[int, dict] = {}
+        for file in (path.with_name(path.name + ".1"), path):
+            if not file.is_file():
+                continue
+            for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    fid, capture_ns, name = json.loads(line)
+                    out[int(fid)] = {"source_name": str(name), "capture_ns": int(capture_ns)}
+                except (ValueError, TypeError):
+                    continue
+        return out
 
 
 class ResendBuffer:
@@ -91,8 +137,9 @@ def run(stage: Stage, resume: bool = False) -> int:
     collector = Collector(int(cfg.frame_timeout_s * 1e9))
     progress = stage.run_dir / PROGRESS
     if resume:
-        collector.resume(read_progress(progress) + 1)
+        collector.resume(read_progress(progress) + 1, FrameJournal.read(stage.run_dir / JOURNAL))
         print(f"stitch: resumed from frame {collector.next_id}", file=sys.stderr, flush=True)
+    journal = FrameJournal(stage.run_dir / JOURNAL, resume)
     extras: dict[int, dict] = {}
     sent = ResendBuffer()
     ended = False
@@ -127,6 +174,7 @@ def run(stage: Stage, resume: bool = False) -> int:
                 t0 = time.monotonic_ns()
                 if kind == "register":
                     collector.register(header["frame_id"], header["source_name"], header["capture_ns"])
+                    journal.add(header["frame_id"], header["capture_ns"], header["source_name"])
                 elif kind == "result":
                     collector.add(header["frame_id"], {
                         "frame_id": header["frame_id"], "source_name": header["source_name"],
@@ -170,6 +218,7 @@ def run(stage: Stage, resume: bool = False) -> int:
                 ended = True  # stays up for a sinks stage that may yet need records again
             status.flush()
     finally:
+        journal.close()
         status.close()
         inbox.close()
         results.close()
