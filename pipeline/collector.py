@@ -6,7 +6,7 @@ Frames pending when a stage crashes, or for longer than the timeout, get an ERRO
 result for a frame already closed is ignored. A stitch stage restarted after a crash resumes after
 the last frame it released; frames that were registered with the crashed one only are found as
 gaps before later frames and closed with an ERROR record, named from the crashed stage's
-registration journal (``recall``) where it holds them.
+registration journal (handed to ``resume``) where it holds them.
 """
 from __future__ import annotations
 

@@ -86,9 +86,11 @@ def test_frames_lost_with_a_crashed_stitch_stage_keep_their_names(tmp_path):
     journal = FrameJournal(tmp_path / "stitch.frames", resume=False, lines=3)
     for fid in range(7):  # rotated twice: frames 0-2 dropped, 3-5 in stitch.frames.1, 6 in the journal
         journal.add(fid, 100 + fid, f"cam0#{fid:06d}")
-    # not closed, as a killed stage leaves it; then half a line, as a crash mid-write would
-    (tmp_path / "stitch.frames").open("a").write('[7, 107, "cam')
+    # read while still open, as a killed stage leaves it, after half a line, as a crash mid-write would
+    with (tmp_path / "stitch.frames").open("a") as torn:
+        torn.write('[7, 107, "cam')
     names = FrameJournal.read(tmp_path / "stitch.frames")
+    journal.close()
     assert sorted(names) == [3, 4, 5, 6] and names[6] == {"source_name": "cam0#000006", "capture_ns": 106}
     c = Collector(timeout_ns=10**12, gap_timeout_ns=1000)
     c.resume(4, names)  # frame 3 was released before the crash
