@@ -103,3 +103,5 @@ def test_frames_lost_with_a_crashed_stitch_stage_keep_their_names(tmp_path):
         (4, "cam0#000004"), (5, "cam0#000005"), (6, "cam0#000006"), (7, None)]
     assert out[0]["capture_ns"] == 104 and all("stitch stage crashed" in r["reason"] for r in out[:4])
     assert c.recalled == {}
+    FrameJournal(tmp_path / "stitch.frames", resume=False).close()  # the run folder used for a new run
+    assert FrameJournal.read(tmp_path / "stitch.frames") == {}

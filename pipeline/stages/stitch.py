@@ -50,12 +50,18 @@ class FrameJournal:
 
     def __init__(self, path: Path, resume: bool, lines: int = JOURNAL_LINES) -> None:
         self.path, self.lines, self.n = path, lines, 0
+        if not resume:  # a run folder used again: an earlier run's frames must not name this run's
+            self.rotated.unlink(missing_ok=True)
         self.file = open(path, "a" if resume else "w", encoding="utf-8", buffering=1)  # line-buffered
+
+    @property
+    def rotated(self) -> Path:
+        return self.path.with_name(self.path.name + ".1")
 
     def add(self, frame_id: int, capture_ns: int, source_name: str) -> None:
         if self.n >= self.lines:
             self.file.close()
-            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            os.replace(self.path, self.rotated)
             self.file = open(self.path, "w", encoding="utf-8", buffering=1)
             self.n = 0
         self.file.write(json.dumps([frame_id, capture_ns, source_name]) + "\n")
