@@ -121,6 +121,13 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, backend: str 
         sel = [i for i, ty in enumerate(types) if ty in ("good", t)]
         result["per_type"][t] = _type_metrics(labels[sel], scores_arr[sel], [masks[i] for i in sel],
                                               [maps[i] for i in sel], pixel_t, fpr_limit)
+    # The same on the even- and odd-numbered images (the split's order): a choice made on the split
+    # should gain on both halves, not on one.
+    result["halves"] = {}
+    for name, start in (("even", 0), ("odd", 1)):
+        sel = list(range(start, len(types), 2))
+        result["halves"][name] = _type_metrics(labels[sel], scores_arr[sel], [masks[i] for i in sel],
+                                               [maps[i] for i in sel], pixel_t, fpr_limit)
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     _plots(out, labels, scores_arr, types)
 
@@ -151,4 +158,6 @@ def format_table(result: dict) -> str:
     for t, r in result["per_type"].items():
         rows.append(fmt(t, r))
     rows.append(fmt("all", result))
+    for name, r in result.get("halves", {}).items():
+        rows.append(fmt(f"all, {name}", r))
     return "\n".join(rows)

@@ -244,6 +244,10 @@ def test_evaluate_cli_writes_metrics_plots_overlays(tmp_path, trained_model, min
     for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_f1", "ms_per_tile"):
         assert isinstance(result[key], float), key
     assert set(result["per_type"]) == {"blowhole", "break", "crack"}
+    halves = result["halves"]  # the even- and odd-numbered images, together all of them
+    assert halves["even"]["n_images"] + halves["odd"]["n_images"] == result["n_images"]
+    assert halves["even"]["n_defective"] + halves["odd"]["n_defective"] == result["n_defective"]
+    assert all(0.0 <= h["pixel_auroc"] <= 1.0 for h in halves.values())
     assert 0.0 <= result["pixel_auroc"] <= 1.0 and result["ms_per_tile"] > 0
     assert (out / "roc_pr.png").stat().st_size > 1000
     assert len(list((out / "overlays").glob("*.png"))) == 6 + 3
