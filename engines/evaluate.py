@@ -117,17 +117,16 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, backend: str 
         "backend_device": engine.device,
         "per_type": {},
     }
+
+    def subset(sel: list[int]) -> dict:
+        return _type_metrics(labels[sel], scores_arr[sel], [masks[i] for i in sel], [maps[i] for i in sel],
+                             pixel_t, fpr_limit)
+
     for t in sorted(set(types) - {"good"}):
-        sel = [i for i, ty in enumerate(types) if ty in ("good", t)]
-        result["per_type"][t] = _type_metrics(labels[sel], scores_arr[sel], [masks[i] for i in sel],
-                                              [maps[i] for i in sel], pixel_t, fpr_limit)
+        result["per_type"][t] = subset([i for i, ty in enumerate(types) if ty in ("good", t)])
     # The same on the even- and odd-numbered images (the split's order): a choice made on the split
     # should gain on both halves, not on one.
-    result["halves"] = {}
-    for name, start in (("even", 0), ("odd", 1)):
-        sel = list(range(start, len(types), 2))
-        result["halves"][name] = _type_metrics(labels[sel], scores_arr[sel], [masks[i] for i in sel],
-                                               [maps[i] for i in sel], pixel_t, fpr_limit)
+    result["halves"] = {name: subset(list(range(start, len(types), 2))) for name, start in (("even", 0), ("odd", 1))}
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     _plots(out, labels, scores_arr, types)
 

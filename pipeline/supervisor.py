@@ -141,6 +141,7 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
                StageProc("source", ["pipeline.stages.source", *common], finite=True, restartable=False,
                          env={SOURCE_ENV: source})]  # not in argv, where ps shows a camera's password
     by_name = {s.name: s for s in stages}
+    source_stage = by_name["source"]
 
     ctx = zmq.Context()
     status_sock = make_socket(ctx, zmq.PULL, endpoint(cfg.endpoints.status, run_dir), bind=True, hwm=1000)
@@ -167,7 +168,7 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
     last_print = 0.0
     try:
         for s in stages:
-            if s.name != "source":
+            if s is not source_stage:
                 s.start()
         waiting_since = time.monotonic()
         while True:
@@ -178,8 +179,7 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
             while msg is not None:
                 board.update(msg[0])
                 msg = recv(status_sock, 0)
-            source = by_name["source"]
-            if source.proc is None:
+            if source_stage.proc is None:
                 if interrupted["at"] is not None:  # Ctrl-C before any frame was read: nothing to flush
                     break
                 late = board.not_ready(stages)
@@ -187,13 +187,13 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
                     print(f"run_pipeline: {', '.join(late)} not ready after {READY_TIMEOUT_S:.0f} s; starting the source anyway",
                           file=sys.stderr)
                 if not late or time.monotonic() - waiting_since > READY_TIMEOUT_S:
-                    source.start()
+                    source_stage.start()
             sinks_code = by_name["sinks"].proc.poll()  # a crash is restarted below, unless stopping anyway
             if sinks_code == 0 or (sinks_code is not None and interrupted["at"] is not None):
                 exit_code = 0 if sinks_code == 0 else 1
-                if source_failed is None and source.proc is not None and interrupted["at"] is None:
+                if source_failed is None and source_stage.proc is not None and interrupted["at"] is None:
                     try:  # it announced its end before exiting, so the sinks may finish first
-                        code = source.proc.wait(timeout=5)
+                        code = source_stage.proc.wait(timeout=5)
                     except subprocess.TimeoutExpired:
                         code = 0
                     if code != 0:
@@ -224,7 +224,7 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
                 if not s.resumes:
                     send(control, {"kind": "crash", "stage": s.name, "at_ns": time.monotonic_ns()})
                 s.start(*(["--resume"] if s.resumes else []))
-                if s.name == "stitch" and source.done:  # the end of the stream may have died with the old one
+                if s.name == "stitch" and source_stage.done:  # the end of the stream may have died with the old one
                     send(control, {"kind": "source_gone"})
             if interrupted["at"] is not None and time.monotonic() - interrupted["at"] > DRAIN_TIMEOUT_S:
                 print("run_pipeline: results did not drain in time; stopping anyway", file=sys.stderr)
@@ -232,7 +232,7 @@ def run_pipeline(config: str | Path, source: str, results: str | Path | None = N
                 break
             if show_status and time.monotonic() - last_print > 0.5:
                 last_print = time.monotonic()
-                waiting = board.not_ready(stages) if by_name["source"].proc is None else []
+                waiting = board.not_ready(stages) if source_stage.proc is None else []
                 text = f"starting: waiting for {', '.join(waiting)}" if waiting else board.line()
                 print("\r" + text + "   ", end="", file=sys.stderr, flush=True)
         if show_status:

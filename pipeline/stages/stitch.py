@@ -44,6 +44,11 @@ JOURNAL = "stitch.frames"
 JOURNAL_LINES = 4096
 
 
+def _rotated(path: Path) -> Path:
+    """Where the journal before the current one is kept."""
+    return path.with_name(path.name + ".1")
+
+
 class FrameJournal:
     """``[frame_id, capture_ns, source_name]`` per registered frame, appended line by line: a line
     written is the OS's, so a killed stage leaves every whole line behind."""
@@ -51,17 +56,13 @@ class FrameJournal:
     def __init__(self, path: Path, resume: bool, lines: int = JOURNAL_LINES) -> None:
         self.path, self.lines, self.n = path, lines, 0
         if not resume:  # a run folder used again: an earlier run's frames must not name this run's
-            self.rotated.unlink(missing_ok=True)
+            _rotated(path).unlink(missing_ok=True)
         self.file = open(path, "a" if resume else "w", encoding="utf-8", buffering=1)  # line-buffered
-
-    @property
-    def rotated(self) -> Path:
-        return self.path.with_name(self.path.name + ".1")
 
     def add(self, frame_id: int, capture_ns: int, source_name: str) -> None:
         if self.n >= self.lines:
             self.file.close()
-            os.replace(self.path, self.rotated)
+            os.replace(self.path, _rotated(self.path))
             self.file = open(self.path, "w", encoding="utf-8", buffering=1)
             self.n = 0
         self.file.write(json.dumps([frame_id, capture_ns, source_name]) + "\n")
@@ -75,7 +76,7 @@ class FrameJournal:
         """frame_id -> {source_name, capture_ns} from the journal and the file before it; a torn
         or unreadable line (a crash mid-write) is skipped."""
         out: dict[int, dict] = {}
-        for file in (path.with_name(path.name + ".1"), path):
+        for file in (_rotated(path), path):
             if not file.is_file():
                 continue
             for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
