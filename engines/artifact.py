@@ -69,6 +69,10 @@ class ModelMeta:
     # (the peak of the lower of the two spread novelty maps); the rest is the tile score
     # (``engines.detector.image_score``). 0 for models exported before this field existed.
     both_scales_score_weight: float = 0.0
+    # Sigma (px) of the Gaussian that smooths the finished defect map, before the pixel threshold,
+    # the defects and the image score read it (``pipeline.vision.tiling.blur_map``). Export writes
+    # ``engines.export.MAP_BLUR_SIGMA`` (2); 0 for folders exported before this field existed.
+    map_blur_sigma: float = 0.0
     training_data_hash: str = ""
     training_command: str = ""
     precision: str = "fp32"
@@ -107,6 +111,10 @@ class ModelMeta:
             value = getattr(meta, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ArtifactError(f"{path}: {name} is {value!r}; use a number of at least 0 (0: no share)")
+        sigma = meta.map_blur_sigma
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma <= 32:
+            raise ArtifactError(f"{path}: map_blur_sigma is {sigma!r}; use a number of pixels from 0 to 32 "
+                                "(0: the map is not smoothed; 2 is export's default)")
         w = meta.both_scales_score_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
             raise ArtifactError(f"{path}: both_scales_score_weight is {w!r}; use a number from 0 to 1 "

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from engines.backends.base import Backend, map_coarse_tiles
-from pipeline.vision.tiling import add_coarse_map, scaled_tiles, stitch
+from pipeline.vision.tiling import add_coarse_map, blur_map, scaled_tiles, stitch
 
 SCORE_SMOOTH_SIGMA = 4.0  # px; the image score ignores single-pixel spikes
 
@@ -107,6 +107,7 @@ class Detector:
         anomaly_map, agreement = novelty.blend(stitch(maps[:n_fine], grid), grid, fine, coarse_grid=coarse_grid,
                                                coarse_scores=coarse)
         anomaly_map = add_coarse_map(anomaly_map, maps[n_fine:], coarse_grid, self.meta.coarse_map_weight)
+        anomaly_map = blur_map(anomaly_map, self.meta.map_blur_sigma)
         score = image_score(anomaly_map, fine, self.meta.map_score_weight, coarse, self.meta.fine_top_k, agreement,
                             novelty.score_weight)
         return Prediction(anomaly_map, score, fine, coarse)

@@ -47,7 +47,7 @@ def overhead_per_frame(seq: str | Path, config: str | Path, max_frames: int = 50
             wire.decode(wire.encode({"kind": "maps"}, {"maps": maps, "scores": scores, "part_mask": p.part_mask}))
             decide(maps.astype(np.float32), scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision,
                    meta.pixel_threshold, meta.image_threshold, meta.map_score_weight, p.coarse_grid,
-                   novelty, meta.coarse_map_weight, meta.fine_top_k)
+                   novelty, meta.coarse_map_weight, meta.fine_top_k, meta.map_blur_sigma)
             times.append((time.perf_counter() - t0) * 1000.0)
     return times
 

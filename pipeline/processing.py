@@ -12,8 +12,8 @@ from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects
 from pipeline.vision.locate import locate_silhouette, locate_template, refine_ecc, small_to_full
 from pipeline.vision.rectify import homography_to_canonical, rectify
-from pipeline.vision.tiling import (NoveltyShare, TileGrid, add_coarse_map, downscale, extract_tiles, scaled_shape,
-                                   stitch, tile_grid)
+from pipeline.vision.tiling import (NoveltyShare, TileGrid, add_coarse_map, blur_map, downscale, extract_tiles,
+                                   scaled_shape, stitch, tile_grid)
 
 
 @dataclass
@@ -119,7 +119,8 @@ class Verdict:
 def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarray, grid: TileGrid,
            part_mask: np.ndarray, H: np.ndarray, cfg: DecisionConfig, pixel_threshold: float,
            image_threshold: float, map_score_weight: float = 0.5, coarse_grid: TileGrid | None = None,
-           novelty: NoveltyShare = NoveltyShare(), coarse_map_weight: float = 0.0, fine_top_k: int = 1) -> Verdict:
+           novelty: NoveltyShare = NoveltyShare(), coarse_map_weight: float = 0.0, fine_top_k: int = 1,
+           map_blur_sigma: float = 0.0) -> Verdict:
     """Stitch kept tiles (skipped tiles count as 0), mask non-part pixels, score, find defects.
     Tiles of a coarse pass (``tile_index >= len(grid)``, after the fine ones) add their scores.
     ``novelty`` (``ModelMeta.novelty_share()``) says what share of the fine and coarse tile scores
@@ -128,7 +129,8 @@ def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarra
     (``ModelMeta.coarse_map_weight``), what share of the coarse tiles' maps is added (those of the
     coarse-map network, when the model has one: ``engines.backends.base.map_coarse_tiles``);
     ``fine_top_k`` (``ModelMeta.fine_top_k``), how many of the strongest fine tile scores the image
-    score averages."""
+    score averages; ``map_blur_sigma`` (``ModelMeta.map_blur_sigma``), the Gaussian that smooths the
+    finished map before the part mask, the score and the defects read it."""
     t = grid.tile
     n_fine = int((tile_index < len(grid)).sum())
     fine_scores, coarse_scores = split_scores(tile_scores, n_fine)
@@ -137,6 +139,8 @@ def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarra
     anomaly, agreement = novelty.blend(stitch(full, grid), grid, fine_scores, tile_index[:n_fine], coarse_grid,
                                        coarse_scores, tile_index[n_fine:] - len(grid))
     anomaly = add_coarse_map(anomaly, tile_maps[n_fine:], coarse_grid, coarse_map_weight, tile_index[n_fine:] - len(grid))
+    sharp = anomaly
+    anomaly = blur_map(anomaly, map_blur_sigma)
     inspect = part_mask > 0
     if cfg.part_erode_px > 0:
         k = 2 * cfg.part_erode_px + 1
@@ -147,4 +151,4 @@ def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarra
     if score < image_threshold:
         return Verdict("OK", score, [], anomaly)
     return Verdict("NG", score, find_defects(anomaly, inspect, H, pixel_threshold, cfg.min_defect_area,
-                                                      cfg.merge_gap_px), anomaly)
+                                             cfg.merge_gap_px, score_map=sharp), anomaly)

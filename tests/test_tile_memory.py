@@ -140,7 +140,7 @@ def test_detector_adds_the_novelty_shares_to_the_map(trained_model, ok_images, t
     The image score never reads the map."""
     import shutil
 
-    from pipeline.vision.tiling import scaled_tiles, spread_scores, tile_grid
+    from pipeline.vision.tiling import blur_map, scaled_tiles, spread_scores, tile_grid
 
     img = ok_images[0]
     with_share = Detector(load_backend("onnxruntime", trained_model), overlap=0.25).predict(img)
@@ -159,10 +159,11 @@ def test_detector_adds_the_novelty_shares_to_the_map(trained_model, ok_images, t
     _, coarse_grid = scaled_tiles(img, 128, 0.25, own.coarse_scale)
     c = spread_scores(coarse, np.arange(len(coarse)), coarse_grid, img.shape, "min")
     added = with_share.anomaly_map - plain.anomaly_map
-    np.testing.assert_allclose(added, BOTH_SCALES_MAP_SHARE * np.minimum(f, c), atol=1e-5)
+    sigma = own.map_blur_sigma  # the finished map is smoothed, and smoothing is linear
+    np.testing.assert_allclose(added, blur_map(BOTH_SCALES_MAP_SHARE * np.minimum(f, c), sigma), atol=1e-5)
     assert added.max() > 0 and (np.minimum(f, c) < np.maximum(f, c)).any()
     older = predict(0.01, 0.02, 0.0).anomaly_map - plain.anomaly_map
-    np.testing.assert_allclose(older, 0.01 * f + 0.02 * c, atol=1e-5)
+    np.testing.assert_allclose(older, blur_map(0.01 * f + 0.02 * c, sigma), atol=1e-5)
     assert with_share.score == pytest.approx(plain.score)
 
 
@@ -171,7 +172,7 @@ def test_detector_adds_the_coarse_map_networks_map(trained_model, coarse_map_mod
     own plus its weight x those maps stitched on the coarse grid; the scores are unchanged."""
     import cv2
 
-    from pipeline.vision.tiling import scaled_tiles, stitch
+    from pipeline.vision.tiling import blur_map, scaled_tiles, stitch
 
     img = ok_images[1]
     plain = Detector(load_backend("onnxruntime", trained_model), overlap=0.25).predict(img)
@@ -180,8 +181,34 @@ def test_detector_adds_the_coarse_map_networks_map(trained_model, coarse_map_mod
     tiles, grid = scaled_tiles(img, 128, 0.25, backend.meta.coarse_scale)
     half_maps = backend.coarse_map.infer(backend.meta.normalise(tiles))[0]
     expect = cv2.resize(stitch(half_maps, grid), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
-    np.testing.assert_allclose(both.anomaly_map - plain.anomaly_map, 0.25 * expect, atol=1e-5)
+    np.testing.assert_allclose(both.anomaly_map - plain.anomaly_map, blur_map(0.25 * expect, backend.meta.map_blur_sigma),
+                               atol=1e-5)
     assert both.score == pytest.approx(plain.score, abs=1e-6)
+
+
+def test_detector_smooths_the_finished_map(trained_model, ok_images, tmp_path):
+    """Export writes MAP_BLUR_SIGMA; the detector's map is then the unsmoothed map (a folder with
+    map_blur_sigma 0, as folders from before the field read) smoothed with that Gaussian. The image
+    score of a model with tile memories does not read the map, so it does not move."""
+    import json
+    import shutil
+
+    import cv2
+
+    from engines.export import MAP_BLUR_SIGMA
+
+    assert ModelMeta.load(trained_model).map_blur_sigma == MAP_BLUR_SIGMA == 2.0
+    folder = shutil.copytree(trained_model, tmp_path / "sharp")
+    raw = json.loads((folder / "model.json").read_text())
+    del raw["map_blur_sigma"]  # a folder from before the field
+    (folder / "model.json").write_text(json.dumps(raw))
+    assert ModelMeta.load(folder).map_blur_sigma == 0.0
+    img = ok_images[2]
+    sharp = Detector(load_backend("onnxruntime", folder), overlap=0.25).predict(img)
+    smooth = Detector(load_backend("onnxruntime", trained_model), overlap=0.25).predict(img)
+    np.testing.assert_allclose(smooth.anomaly_map, cv2.GaussianBlur(sharp.anomaly_map, (0, 0), 2.0), atol=1e-6)
+    assert np.abs(smooth.anomaly_map - sharp.anomaly_map).max() > 1e-4  # it did smooth
+    assert smooth.score == pytest.approx(sharp.score, abs=1e-6)
 
 
 def test_split_scores_reads_the_column_of_each_pass():
@@ -307,6 +334,10 @@ def test_model_json_without_the_spread_fields_reads_as_before(trained_model, tmp
     with pytest.raises(ArtifactError, match="novelty_spread is 'median'; use one of"):
         ModelMeta.load(old)
     raw["novelty_spread"] = "min"
+    for bad in (-1.0, 40, "2", True):
+        (old / "model.json").write_text(json.dumps({**raw, "map_blur_sigma": bad}))
+        with pytest.raises(ArtifactError, match="map_blur_sigma is .*; use a number of pixels from 0 to 32"):
+            ModelMeta.load(old)
     (old / "model.json").write_text(json.dumps(raw))
     assert ModelMeta.load(old).fine_top_k == 1  # folders from before the field read the strongest tile
     for bad in (0, 1.5, True):

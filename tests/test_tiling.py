@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.vision.tiling import blend_window, downscale, extract_tiles, scaled_shape, stitch, tile_grid
+from pipeline.vision.tiling import blend_window, blur_map, downscale, extract_tiles, scaled_shape, stitch, tile_grid
 
 
 @pytest.mark.parametrize("h,w", [(300, 270), (128, 128), (100, 260), (129, 500)])
@@ -56,3 +56,13 @@ def test_downscale_halves_a_real_image_by_area(ok_images):
     # area averaging: the mean grey level is kept, unlike nearest-neighbour subsampling of a textured surface
     assert abs(float(small.mean()) - float(img.mean())) < 1.0
     assert scaled_shape(3, 1, 0.25) == (1, 1)  # never zero-sized
+
+
+def test_blur_map_spreads_a_spike_by_sigma_and_keeps_its_mass():
+    spike = np.zeros((65, 65), np.float32)
+    spike[32, 32] = 1.0
+    assert blur_map(spike, 0.0) is spike  # 0: the map as it is
+    smooth = blur_map(spike, 2.0)
+    assert smooth.dtype == np.float32 and smooth.sum() == pytest.approx(1.0, abs=1e-3)
+    assert smooth.max() == pytest.approx(1 / (2 * np.pi * 2.0 ** 2), rel=0.05)  # a 2D Gaussian's peak
+    assert smooth[32, 36] == pytest.approx(smooth[32, 32] * np.exp(-0.5 * (4 / 2.0) ** 2), rel=0.05)

@@ -127,6 +127,7 @@ def test_coarse_map_network_is_a_model_folder_the_backends_open_beside_the_model
     meta, sub = ModelMeta.load(coarse_map_model), ModelMeta.load(coarse_map_model / "coarse_map")
     assert meta.coarse_map_weight == 0.25 and meta.coarse_scale == 0.5
     assert (sub.width, sub.coarse_scale, sub.extra["image_scale"], sub.extra["train_steps"]) == (8, 0.0, 0.5, 3)
+    assert meta.map_blur_sigma == 2.0 and sub.map_blur_sigma == 0.0  # its tile maps are read, not a finished map
     assert onnx_operators(coarse_map_model / "coarse_map" / "model.onnx") <= TENSORRT_NATIVE_OPS
 
 
@@ -145,7 +146,7 @@ def test_from_model_refits_memories_and_keeps_the_rest(tmp_path, trained_model, 
     meta = ModelMeta.load(src)
     meta.pixel_threshold, meta.image_threshold, meta.coarse_map_weight, meta.fine_top_k = 0.123, 0.456, 0.3, 2
     meta.fine_map_share, meta.coarse_map_share, meta.both_scales_map_share = 0.004, 0.005, 0.006
-    meta.both_scales_score_weight = 0.25
+    meta.both_scales_score_weight, meta.map_blur_sigma = 0.25, 1.5
     meta.save(src)
     out = tmp_path / "out"
     assert export_cli.main(["--from-model", str(src), "--memory-data", str(mini_data), "--out", str(out)]) == 0
@@ -153,7 +154,7 @@ def test_from_model_refits_memories_and_keeps_the_rest(tmp_path, trained_model, 
     new = ModelMeta.load(out)
     assert (new.pixel_threshold, new.image_threshold, new.coarse_map_weight, new.fine_top_k) == (0.123, 0.456, 0.3, 2)
     assert (new.fine_map_share, new.coarse_map_share, new.both_scales_map_share) == (0.004, 0.005, 0.006)
-    assert new.both_scales_score_weight == 0.25
+    assert (new.both_scales_score_weight, new.map_blur_sigma) == (0.25, 1.5)
     assert new.training_command == meta.training_command and new.extra["train_steps"] == meta.extra["train_steps"]
     assert new.extra["memory_data"] == str(mini_data)
     x = np.random.default_rng(3).normal(0, 1, (4, 1, 128, 128)).astype(np.float32)
@@ -172,6 +173,26 @@ def test_from_model_refits_memories_and_keeps_the_rest(tmp_path, trained_model, 
     assert export_cli.main(["--from-model", str(src), "--checkpoint", str(trained_model.parent / "last.pt"),
                             "--memory-data", str(mini_data), "--out", str(tmp_path / "y")]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_from_model_sets_the_map_blur(tmp_path, trained_model, capsys):
+    """export_model --from-model MODEL --map-blur-sigma PX: a copy of the folder whose sidecar alone
+    changes (the pixel threshold said to need setting again); a sigma out of range is refused with
+    the range and the default."""
+    import filecmp
+
+    from engines.artifact import ModelMeta
+    from tools import export_model as export_cli
+
+    out = tmp_path / "out"
+    assert export_cli.main(["--from-model", str(trained_model), "--map-blur-sigma", "3", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "sigma 3 px" in err and "evaluate --set-thresholds" in err
+    old, new = ModelMeta.load(trained_model), ModelMeta.load(out)
+    assert new == old.__class__(**{**old.__dict__, "map_blur_sigma": 3.0})
+    assert all(filecmp.cmp(trained_model / f, out / f, shallow=False) for f in ("model.onnx", "model.pt"))
+    assert export_cli.main(["--from-model", str(trained_model), "--map-blur-sigma", "-1", "--out", str(tmp_path / "b")]) == 2
+    assert "from 0 to 32" in capsys.readouterr().err and not (tmp_path / "b").exists()  # refused before any copy
 
 
 def test_from_model_adds_a_coarse_map_to_a_copy(tmp_path, trained_model, coarse_map_model, capsys):

@@ -68,6 +68,22 @@ def test_find_defects_in_camera_coordinates():
     assert defects[0]["score"] == pytest.approx(0.9) and 500 < defects[0]["area_px"] < 700
 
 
+def test_find_defects_scores_and_orders_by_the_score_map():
+    """Regions come from the (smoothed) map; with a score map (the map before smoothing) each is
+    scored by its peak there, strongest first: a small sharp defect ahead of a broad faint region."""
+    amap = np.zeros((320, 256), np.float32)
+    amap[20:80, 20:120] = 0.6  # broad, faint
+    amap[200:206, 100:106] = 0.55  # small: its sharp peak was smoothed away
+    sharp = amap.copy()
+    sharp[203, 103] = 1.0
+    mask = np.ones_like(amap, np.uint8)
+    plain = find_defects(amap, mask, np.eye(3), 0.5, 20)
+    assert [d["score"] for d in plain] == pytest.approx([0.6, 0.55])
+    by_peak = find_defects(amap, mask, np.eye(3), 0.5, 20, score_map=sharp)
+    assert [d["score"] for d in by_peak] == pytest.approx([1.0, 0.6])
+    assert by_peak[0]["bbox"] == plain[1]["bbox"] and by_peak[1]["bbox"] == plain[0]["bbox"]
+
+
 def test_find_defects_merges_regions_closer_than_the_gap():
     H = np.eye(3)
     amap = np.zeros((200, 200), np.float32)
@@ -168,6 +184,33 @@ def test_decide_outlines_defect_through_homography(frames, belt):
     cx, cy = expected.mean(axis=0)
     x, y, w, h = v.defects[0]["bbox"]
     assert x <= cx <= x + w and y <= cy <= y + h
+
+
+def test_decide_smooths_the_map_before_the_threshold(frames, belt):
+    """With the model's map_blur_sigma the stitched map is smoothed before the part mask, the pixel
+    threshold and the defects read it: a one-pixel spike that is a defect unsmoothed spreads to
+    below the threshold."""
+    from pipeline.vision.tiling import blur_map
+
+    prep = Preprocessor(PreprocessConfig(belt=BeltConfig(**belt.to_config())))
+    p = prep(next(f for f in frames if f.truth["verdict"] == "OK").frame)
+    maps = np.zeros((len(p.tiles), 1, 128, 128), np.float32)
+    for k, idx in enumerate(p.tile_index):  # a spike at canonical (x 130, y 160) in every tile that covers it
+        y, x = p.grid.origins[idx]
+        if y <= 160 < y + 128 and x <= 130 < x + 128:
+            maps[k, 0, 160 - y, 130 - x] = 1.0
+    args = (maps, np.ones(len(maps), np.float32), p.tile_index, p.grid, p.part_mask, p.H, DecisionConfig(min_defect_area=1),
+            0.5, 0.5)
+    sharp, smooth = decide(*args), decide(*args, map_blur_sigma=2.0)
+    assert sharp.verdict == smooth.verdict == "NG"
+    assert float(sharp.anomaly_map.max()) == pytest.approx(1.0) and len(sharp.defects) == 1
+    np.testing.assert_allclose(smooth.anomaly_map[140:180, 110:150], blur_map(sharp.anomaly_map, 2.0)[140:180, 110:150],
+                               atol=1e-6)
+    assert float(smooth.anomaly_map.max()) < 0.05 and smooth.defects == []
+    # Above a lower threshold the spread spike is one defect, scored by the spike's own peak.
+    low = decide(*args[:-2], 0.01, 0.5, map_blur_sigma=2.0)
+    assert len(low.defects) == 1 and low.defects[0]["score"] == pytest.approx(1.0)
+    assert low.defects[0]["area_px"] > sharp.defects[0]["area_px"]
 
 
 def test_decide_score_follows_the_models_map_weight(frames, belt):

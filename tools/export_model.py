@@ -40,6 +40,10 @@ def get_parser() -> argparse.ArgumentParser:
                         "to the defect map (README, 'A map made at half scale')")
     p.add_argument("--coarse-map-weight", type=float, default=None,
                    help="with --coarse-map: its weight in the map (default: the tested 0.25, engines.export.COARSE_NET_MAP_WEIGHT)")
+    p.add_argument("--map-blur-sigma", type=float, default=None, metavar="PX",
+                   help="sigma in pixels of the Gaussian that smooths the finished defect map (default: the tested 2 "
+                        "for a --checkpoint, a --from-model folder's own otherwise; 0: no smoothing; README, "
+                        "'Smoothing the map')")
     return p
 
 
@@ -48,10 +52,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> None:
         from engines.artifact import ModelMeta, model_paths
-        from engines.export import COARSE_NET_MAP_WEIGHT, add_coarse_map_net, copy_model, export_model, export_untrained
+        from engines.export import (COARSE_NET_MAP_WEIGHT, add_coarse_map_net, check_map_blur_sigma, copy_model,
+                                    export_model, export_untrained, set_map_blur)
         from engines.tile_memory import LINE_MEMORY_MIN_FRAMES
 
         weight = COARSE_NET_MAP_WEIGHT if args.coarse_map_weight is None else args.coarse_map_weight
+        if args.map_blur_sigma is not None:
+            check_map_blur_sigma(args.map_blur_sigma)  # before anything is written
         if args.untrained:
             out = export_untrained(args.arch, args.width, args.channels, args.out)
         elif args.from_model and args.checkpoint:
@@ -62,30 +69,38 @@ def main(argv: list[str] | None = None) -> int:
                                memory_line=args.memory_line, memory_canonical=args.memory_canonical,
                                coarse_map=args.coarse_map, coarse_map_weight=weight, memory_frames=args.memory_frames)
         elif args.from_model:
-            if not args.coarse_map:
+            if not args.coarse_map and args.map_blur_sigma is None:
                 raise ValueError("--from-model MODEL: nothing to do; give --coarse-map RUN/last.pt to add a coarse-map "
-                                 "network, or --memory-data OK_IMAGES to refit its memories")
+                                 "network, --memory-data OK_IMAGES to refit its memories, or --map-blur-sigma PX to "
+                                 "smooth its map")
             out = args.out
             model_paths(args.from_model)  # a model folder, or an error naming what is missing
             if Path(args.from_model).resolve() != Path(out).resolve():
                 copy_model(args.from_model, out)
-            add_coarse_map_net(out, args.coarse_map, weight)
+            if args.coarse_map:
+                add_coarse_map_net(out, args.coarse_map, weight)
         elif args.checkpoint:
             out = export_model(args.checkpoint, args.out, args.opset, memory_data=args.memory_data,
                                memory_line=args.memory_line, memory_canonical=args.memory_canonical,
                                coarse_map=args.coarse_map, coarse_map_weight=weight, memory_frames=args.memory_frames)
         else:
-            raise ValueError("give --checkpoint OUT/last.pt, --from-model MODEL with --coarse-map or --memory-data, or --untrained for "
-                             "a speed-only model")
+            raise ValueError("give --checkpoint OUT/last.pt, --from-model MODEL with --coarse-map, --memory-data or "
+                             "--map-blur-sigma, or --untrained for a speed-only model")
+        if args.map_blur_sigma is not None:
+            set_map_blur(out, args.map_blur_sigma)
         meta = ModelMeta.load(out)
         print(f"wrote {out}: onnx vs torch max abs diff {meta.extra['onnx_vs_torch_max_abs_diff']:.2e}")
         if args.from_model and args.memory_data:
             print(f"export_model: the thresholds in {out} are those of {args.from_model} before the refit, set for its "
                   "old memories: `evaluate --set-thresholds` on labelled images, then `calibrate_line`, set them again",
                   file=sys.stderr)
-        elif args.from_model:
+        elif args.from_model and args.coarse_map:
             print(f"export_model: the map now adds {meta.coarse_map_weight} x the coarse-map network's map; its pixel "
                   "threshold was set for the map without it: `evaluate --set-thresholds` on labelled images sets it again",
+                  file=sys.stderr)
+        elif args.from_model:
+            print(f"export_model: the map is now smoothed with a Gaussian of sigma {meta.map_blur_sigma:g} px; its pixel "
+                  "threshold was set for the map as it was: `evaluate --set-thresholds` on labelled images sets it again",
                   file=sys.stderr)
         frames = meta.extra.get("memory_frames")
         if frames is not None and frames < LINE_MEMORY_MIN_FRAMES:

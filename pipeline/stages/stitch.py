@@ -113,12 +113,14 @@ class ResendBuffer:
 
 def record_from_maps(header: dict, arrays: dict, cfg, pixel_t: float, image_t: float,
                      map_weight: float = 0.5, novelty: NoveltyShare = NoveltyShare(),
-                     coarse_map_weight: float = 0.0, fine_top_k: int = 1) -> tuple[dict, dict]:
+                     coarse_map_weight: float = 0.0, fine_top_k: int = 1,
+                     map_blur_sigma: float = 0.0) -> tuple[dict, dict]:
     grid = TileGrid.from_dict(header["grid"])
     coarse_grid = TileGrid.from_dict(header["coarse_grid"]) if "coarse_grid" in header else None
     H = np.asarray(header["H"], np.float64).reshape(3, 3)
     v = decide(arrays["maps"].astype(np.float32), arrays["scores"], arrays["tile_index"], grid, arrays["part_mask"],
-               H, cfg.decision, pixel_t, image_t, map_weight, coarse_grid, novelty, coarse_map_weight, fine_top_k)
+               H, cfg.decision, pixel_t, image_t, map_weight, coarse_grid, novelty, coarse_map_weight, fine_top_k,
+               map_blur_sigma)
     t_done = time.monotonic_ns()
     stage_ms = {"preprocess": (header["t_pre_ns"][1] - header["t_pre_ns"][0]) / 1e6,
                 "queue_to_infer": (header["t_infer_ns"][0] - header["t_pre_ns"][1]) / 1e6,
@@ -191,7 +193,8 @@ def run(stage: Stage, resume: bool = False) -> int:
                 elif kind == "maps":
                     try:
                         record, extra = record_from_maps(header, arrays, cfg, pixel_t, image_t, meta.map_score_weight,
-                                                         novelty, meta.coarse_map_weight, meta.fine_top_k)
+                                                         novelty, meta.coarse_map_weight, meta.fine_top_k,
+                                                         meta.map_blur_sigma)
                     except Exception as exc:  # one bad frame must not stop the line
                         record, extra = {"frame_id": header["frame_id"], "source_name": header["source_name"],
                                          "capture_ns": header["capture_ns"], "verdict": "ERROR",

@@ -8,12 +8,15 @@ from pipeline.vision.rectify import to_camera
 
 
 def find_defects(anomaly_map: np.ndarray, part_mask: np.ndarray, H: np.ndarray, pixel_threshold: float,
-                 min_area: int, merge_gap: int = 0) -> list[dict]:
+                 min_area: int, merge_gap: int = 0, score_map: np.ndarray | None = None) -> list[dict]:
     """Connected regions of ``anomaly_map >= pixel_threshold`` inside the part, at least ``min_area``
     canonical px, each as ``{"bbox": [x, y, w, h], "area_px", "score", "polygon"}`` in camera px.
     Regions less than ``merge_gap`` canonical px apart are one defect (a morphological closing of
     the thresholded map, kept inside the part): its outline encloses them all, its area is that of
-    the outline, its score the peak of the map over its above-threshold pixels."""
+    the outline, its score the peak of the map over its above-threshold pixels (of ``score_map``
+    there, when given: the map before smoothing, whose peaks keep a small, sharp defect ahead of a
+    broad, faint region). Strongest first."""
+    score_map = anomaly_map if score_map is None else score_map
     inside = part_mask > 0
     binary = ((anomaly_map >= pixel_threshold) & inside).astype(np.uint8)
     grouped = binary
@@ -37,7 +40,7 @@ def find_defects(anomaly_map: np.ndarray, part_mask: np.ndarray, H: np.ndarray, 
         x, y, w, h = cv2.boundingRect(np.round(poly).astype(np.int32))
         area = float(cv2.contourArea(poly)) if len(poly) >= 3 else 0.0
         defects.append({"bbox": [int(x), int(y), int(w), int(h)], "area_px": round(max(area, 1.0), 1),
-                        "score": round(float(anomaly_map[box][hot].max()), 4),
+                        "score": round(float(score_map[box][hot].max()), 4),
                         "polygon": [[round(float(px), 1), round(float(py), 1)] for px, py in poly]})
     defects.sort(key=lambda d: -d["score"])
     return defects

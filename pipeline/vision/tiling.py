@@ -201,6 +201,17 @@ def add_coarse_map(anomaly: np.ndarray, coarse_maps: np.ndarray, coarse_grid: Ti
     return anomaly + weight * small
 
 
+def blur_map(anomaly: np.ndarray, sigma: float) -> np.ndarray:
+    """The finished defect map smoothed with a Gaussian of ``sigma`` px (``ModelMeta.map_blur_sigma``;
+    0: as it is). The network answers pixel by pixel, so a real defect's region is covered in
+    patches; smoothing evens its cover before the pixel threshold and the metrics read it. On the
+    shipped model's development split, sigma 2: AUPRO 0.846 -> 0.856 (both halves of the split, every
+    defect type but uneven regions, -0.002), pixel AUROC unchanged (README, "Smoothing the map")."""
+    if sigma <= 0:
+        return anomaly
+    return cv2.GaussianBlur(np.ascontiguousarray(anomaly, np.float32), (0, 0), float(sigma))
+
+
 def blend_window(tile: int) -> np.ndarray:
     """Smooth 2D weighting window (separable Hann with a floor): overlapping tiles fade into each
     other, so stitched maps show no seams where plain averaging would."""
