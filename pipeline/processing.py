@@ -9,7 +9,7 @@ import numpy as np
 from engines.detector import image_score, split_scores
 from pipeline.config import DecisionConfig, PreprocessConfig
 from pipeline.vision.belt import BeltModel
-from pipeline.vision.defects import find_defects
+from pipeline.vision.defects import find_defects, strongest_region
 from pipeline.vision.locate import locate_silhouette, locate_template, refine_ecc, small_to_full
 from pipeline.vision.rectify import homography_to_canonical, rectify
 from pipeline.vision.tiling import (NoveltyShare, TileGrid, add_coarse_map, blur_map, downscale, extract_tiles,
@@ -121,7 +121,8 @@ def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarra
            image_threshold: float, map_score_weight: float = 0.5, coarse_grid: TileGrid | None = None,
            novelty: NoveltyShare = NoveltyShare(), coarse_map_weight: float = 0.0, fine_top_k: int = 1,
            map_blur_sigma: float = 0.0) -> Verdict:
-    """Stitch kept tiles (skipped tiles count as 0), mask non-part pixels, score, find defects.
+    """Stitch kept tiles (skipped tiles count as 0), mask non-part pixels, score, find defects (an NG
+    part with no region at the pixel threshold gets its strongest region, marked as below it).
     Tiles of a coarse pass (``tile_index >= len(grid)``, after the fine ones) add their scores.
     ``novelty`` (``ModelMeta.novelty_share()``) says what share of the fine and coarse tile scores
     (the coarse ones on ``coarse_grid``) is spread over the map, and how, and what share of the
@@ -150,5 +151,7 @@ def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarra
                         novelty.score_weight)
     if score < image_threshold:
         return Verdict("OK", score, [], anomaly)
-    return Verdict("NG", score, find_defects(anomaly, inspect, H, pixel_threshold, cfg.min_defect_area,
-                                             cfg.merge_gap_px, score_map=sharp), anomaly)
+    defects = find_defects(anomaly, inspect, H, pixel_threshold, cfg.min_defect_area, cfg.merge_gap_px, score_map=sharp)
+    if not defects:  # NG on its score, nothing at the pixel threshold: still say where to look
+        defects = strongest_region(anomaly, inspect, H, cfg.merge_gap_px, score_map=sharp)
+    return Verdict("NG", score, defects, anomaly)

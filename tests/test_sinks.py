@@ -147,6 +147,19 @@ def test_results_log_and_overlays(tmp_path):
     assert (tmp_path / "ov" / "000000_f0_overlay.png").is_file() and (tmp_path / "ov" / "000000_f0_mask.png").is_file()
 
 
+def test_overlay_draws_a_weak_outline_in_its_own_colour():
+    """A defect below the pixel threshold (an NG part's strongest region) is drawn orange, the others red."""
+    from pipeline.sinks.overlays import DEFECT_BGR, WEAK_BGR, draw_overlay
+
+    square = [[10.0, 10.0], [30.0, 10.0], [30.0, 30.0], [10.0, 30.0]]
+    frame = np.zeros((60, 80, 3), np.uint8)
+    record = {"verdict": "NG", "score": 0.5, "source_name": "f.png",
+              "defects": [{"bbox": [10, 10, 20, 20], "score": 0.4, "polygon": square}]}
+    assert tuple(draw_overlay(frame, record, None, None)[20, 10]) == DEFECT_BGR
+    record["defects"][0]["below_pixel_threshold"] = True
+    assert tuple(draw_overlay(frame, record, None, None)[20, 10]) == WEAK_BGR
+
+
 def test_results_set_aside_not_overwritten(tmp_path):
     import os
 

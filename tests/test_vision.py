@@ -84,6 +84,23 @@ def test_find_defects_scores_and_orders_by_the_score_map():
     assert by_peak[0]["bbox"] == plain[1]["bbox"] and by_peak[1]["bbox"] == plain[0]["bbox"]
 
 
+def test_strongest_region_outlines_where_the_map_peaks():
+    """An NG part with nothing at the pixel threshold: the region at or above half the map's peak on
+    the part, however small, marked as below the threshold; a fainter bump elsewhere is left out."""
+    from pipeline.vision.defects import strongest_region
+
+    amap = np.zeros((320, 256), np.float32)
+    amap[100:103, 60:63] = 0.03  # 9 px: under min_defect_area, and under any useful pixel threshold
+    amap[250:270, 200:230] = 0.01
+    mask = np.ones_like(amap, np.uint8)
+    assert find_defects(amap, mask, np.eye(3), 0.05, 20) == []
+    [weak] = strongest_region(amap, mask, np.eye(3))
+    assert weak["below_pixel_threshold"] is True and weak["score"] == pytest.approx(0.03)
+    assert box_iou(weak["bbox"], [60, 100, 3, 3]) > 0.3
+    assert strongest_region(np.zeros_like(amap), mask, np.eye(3)) == []
+    assert strongest_region(amap, np.zeros_like(mask), np.eye(3)) == []  # no part
+
+
 def test_find_defects_merges_regions_closer_than_the_gap():
     H = np.eye(3)
     amap = np.zeros((200, 200), np.float32)
@@ -189,7 +206,8 @@ def test_decide_outlines_defect_through_homography(frames, belt):
 def test_decide_smooths_the_map_before_the_threshold(frames, belt):
     """With the model's map_blur_sigma the stitched map is smoothed before the part mask, the pixel
     threshold and the defects read it: a one-pixel spike that is a defect unsmoothed spreads to
-    below the threshold."""
+    below the threshold, and the NG part is then outlined at its strongest region, marked as below
+    the threshold."""
     from pipeline.vision.tiling import blur_map
 
     prep = Preprocessor(PreprocessConfig(belt=BeltConfig(**belt.to_config())))
@@ -206,10 +224,16 @@ def test_decide_smooths_the_map_before_the_threshold(frames, belt):
     assert float(sharp.anomaly_map.max()) == pytest.approx(1.0) and len(sharp.defects) == 1
     np.testing.assert_allclose(smooth.anomaly_map[140:180, 110:150], blur_map(sharp.anomaly_map, 2.0)[140:180, 110:150],
                                atol=1e-6)
-    assert float(smooth.anomaly_map.max()) < 0.05 and smooth.defects == []
-    # Above a lower threshold the spread spike is one defect, scored by the spike's own peak.
+    assert float(smooth.anomaly_map.max()) < 0.05
+    [weak] = smooth.defects
+    assert weak["below_pixel_threshold"] is True and weak["score"] == pytest.approx(1.0)  # the spike's own peak
+    expected = to_camera(np.array([[130, 160]], np.float32), p.H)[0]
+    x, y, w, h = weak["bbox"]
+    assert x <= expected[0] <= x + w and y <= expected[1] <= y + h
+    # Above a lower threshold the spread spike is one defect as any other, scored by its own peak.
     low = decide(*args[:-2], 0.01, 0.5, map_blur_sigma=2.0)
     assert len(low.defects) == 1 and low.defects[0]["score"] == pytest.approx(1.0)
+    assert "below_pixel_threshold" not in low.defects[0] and "below_pixel_threshold" not in sharp.defects[0]
     assert low.defects[0]["area_px"] > sharp.defects[0]["area_px"]
 
 

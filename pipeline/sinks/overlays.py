@@ -10,6 +10,10 @@ import numpy as np
 from pipeline.sinks.base import Sink
 
 
+DEFECT_BGR = (0, 0, 255)  # red: a region at the pixel threshold
+WEAK_BGR = (0, 165, 255)  # orange: an NG part's strongest region below it (pipeline.vision.defects.strongest_region)
+
+
 def draw_overlay(frame: np.ndarray, record: dict, anomaly_map: np.ndarray | None, H: np.ndarray | None) -> np.ndarray:
     out = frame.copy() if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
     if anomaly_map is not None and H is not None:
@@ -19,10 +23,13 @@ def draw_overlay(frame: np.ndarray, record: dict, anomaly_map: np.ndarray | None
         on = heat > 25
         out[on] = (0.55 * out[on] + 0.45 * colour[on]).astype(np.uint8)
     for d in record.get("defects", []):
+        weak = bool(d.get("below_pixel_threshold"))
+        colour = WEAK_BGR if weak else DEFECT_BGR
         poly = np.round(np.asarray(d["polygon"])).astype(np.int32)
-        cv2.polylines(out, [poly], True, (0, 0, 255), 2)
+        cv2.polylines(out, [poly], True, colour, 2)
         x, y, w, h = d["bbox"]
-        cv2.putText(out, f"{d['score']:.2f}", (x, max(10, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 255), 1)
+        label = f"{d['score']:.2f}" + (" weak" if weak else "")
+        cv2.putText(out, label, (x, max(10, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1)
     cv2.putText(out, f"{record['verdict']} {record.get('score') or 0:.3f} {record.get('source_name')}", (8, 20),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 255), 2)
     return out

@@ -46,6 +46,25 @@ def find_defects(anomaly_map: np.ndarray, part_mask: np.ndarray, H: np.ndarray, 
     return defects
 
 
+# An NG part with no region at the pixel threshold is outlined where its map is at least this share
+# of the map's peak on the part (strongest_region).
+WEAK_REGION_SHARE = 0.5
+
+
+def strongest_region(anomaly_map: np.ndarray, part_mask: np.ndarray, H: np.ndarray, merge_gap: int = 0,
+                     score_map: np.ndarray | None = None, share: float = WEAK_REGION_SHARE) -> list[dict]:
+    """For a part flagged NG on its score with no region at the pixel threshold (a small defect
+    whose map stays faint): the strongest region where the map is at least ``share`` x its peak on
+    the part, as one defect marked ``"below_pixel_threshold": True``, so that every NG part says
+    where to look. Empty when the map is 0 over the part."""
+    inside = part_mask > 0
+    peak = float(anomaly_map[inside].max()) if inside.any() else 0.0
+    if peak <= 0:
+        return []
+    regions = find_defects(anomaly_map, part_mask, H, share * peak, 1, merge_gap, score_map)
+    return [{**regions[0], "below_pixel_threshold": True}] if regions else []
+
+
 def box_iou(a: list[float], b: list[float]) -> float:
     ax, ay, aw, ah = a
     bx, by, bw, bh = b
