@@ -25,7 +25,8 @@ from pipeline.vision.rectify import canonical_view
 COARSE_NET_MAP_WEIGHT = 0.25
 # The Gaussian (sigma, px) that smooths a new folder's finished map (ModelMeta.map_blur_sigma). Of
 # 1, 1.5, 2, 3, 4 and 8 on the shipped model's development split, 1.5 to 2 gave the best AUPRO
-# (0.846 -> 0.856), on both halves of the split and on a second folder (README, "Smoothing the map").
+# (0.846 -> 0.856), on both halves of the split; 2 was the best of 1, 2 and 4 on three other folders
+# (README, "Smoothing the map").
 MAP_BLUR_SIGMA = 2.0
 
 # Operators TensorRT parses natively; a graph outside this set fails `build_engine` later.
