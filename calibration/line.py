@@ -97,8 +97,7 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
         maps, tile_scores = engine.infer(meta.normalise(p.tiles))
         maps = map_coarse_tiles(engine, p.tiles, maps, p.tile_index >= len(p.grid))
         v = decide(maps, tile_scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision, meta.pixel_threshold, 1.0,
-                   meta.map_score_weight, p.coarse_grid, meta.novelty_share(), meta.coarse_map_weight,
-                   meta.fine_top_k)
+                   p.coarse_grid, meta.map_rule())
         scores.append(v.score)
     threshold = min(0.99, max(meta.image_threshold, max(scores) + THRESHOLD_MARGIN))
     cfg.decision.image_threshold = round(float(threshold), 4)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.vision.tiling import SPREADS, NoveltyShare
+from pipeline.vision.tiling import SPREADS, MapRule, NoveltyShare
 
 ONNX_NAME = "model.onnx"
 META_NAME = "model.json"
@@ -128,6 +128,12 @@ class ModelMeta:
         two scales' agreement the image score reads."""
         return NoveltyShare(self.fine_map_share, self.coarse_map_share, self.novelty_spread, self.both_scales_map_share,
                             self.both_scales_score_weight)
+
+    def map_rule(self) -> MapRule:
+        """How this model's tile maps and scores become a part's map and score (the detector and
+        the line read it alike)."""
+        return MapRule(self.map_score_weight, self.novelty_share(), self.coarse_map_weight, self.fine_top_k,
+                       self.map_blur_sigma)
 
 
 def model_paths(folder: str | Path) -> tuple[Path, ModelMeta]:

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from engines.backends.base import Backend, map_coarse_tiles
-from pipeline.vision.tiling import add_coarse_map, blur_map, scaled_tiles, stitch
+from pipeline.vision.tiling import scaled_tiles, stitch
 
 SCORE_SMOOTH_SIGMA = 4.0  # px; the image score ignores single-pixel spikes
 
@@ -103,13 +103,11 @@ class Detector:
         maps, scores = self.infer_tiles(tiles, n_mapped=n_fine)
         maps = map_coarse_tiles(self.backend, tiles, maps, np.arange(len(tiles)) >= n_fine)
         fine, coarse = split_scores(scores, n_fine)
-        novelty = self.meta.novelty_share()
-        anomaly_map, agreement = novelty.blend(stitch(maps[:n_fine], grid), grid, fine, coarse_grid=coarse_grid,
-                                               coarse_scores=coarse)
-        anomaly_map = add_coarse_map(anomaly_map, maps[n_fine:], coarse_grid, self.meta.coarse_map_weight)
-        anomaly_map = blur_map(anomaly_map, self.meta.map_blur_sigma)
-        score = image_score(anomaly_map, fine, self.meta.map_score_weight, coarse, self.meta.fine_top_k, agreement,
-                            novelty.score_weight)
+        rule = self.meta.map_rule()
+        anomaly_map, _, agreement = rule.finish(stitch(maps[:n_fine], grid), grid, fine, maps[n_fine:],
+                                                coarse_grid=coarse_grid, coarse_scores=coarse)
+        score = image_score(anomaly_map, fine, rule.map_score_weight, coarse, rule.fine_top_k, agreement,
+                            rule.novelty.score_weight)
         return Prediction(anomaly_map, score, fine, coarse)
 
 

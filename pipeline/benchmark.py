@@ -29,7 +29,7 @@ def overhead_per_frame(seq: str | Path, config: str | Path, max_frames: int = 50
     cfg = load_config(config)
     meta = ModelMeta.load(cfg.inference.model)
     prep = Preprocessor.for_model(cfg.preprocess, meta)
-    novelty = meta.novelty_share()
+    rule = meta.map_rule()
     times = []
     for i, (_name, _ns, path) in enumerate(iter_sequence(seq)):
         if i >= max_frames:
@@ -46,8 +46,7 @@ def overhead_per_frame(seq: str | Path, config: str | Path, max_frames: int = 50
             scores = np.zeros((len(maps), 2) if meta.coarse_scale > 0 else len(maps), np.float32)
             wire.decode(wire.encode({"kind": "maps"}, {"maps": maps, "scores": scores, "part_mask": p.part_mask}))
             decide(maps.astype(np.float32), scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision,
-                   meta.pixel_threshold, meta.image_threshold, meta.map_score_weight, p.coarse_grid,
-                   novelty, meta.coarse_map_weight, meta.fine_top_k, meta.map_blur_sigma)
+                   meta.pixel_threshold, meta.image_threshold, p.coarse_grid, rule)
             times.append((time.perf_counter() - t0) * 1000.0)
     return times
 

@@ -12,8 +12,7 @@ from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects, strongest_region
 from pipeline.vision.locate import locate_silhouette, locate_template, refine_ecc, small_to_full
 from pipeline.vision.rectify import homography_to_canonical, rectify
-from pipeline.vision.tiling import (NoveltyShare, TileGrid, add_coarse_map, blur_map, downscale, extract_tiles,
-                                   scaled_shape, stitch, tile_grid)
+from pipeline.vision.tiling import MapRule, TileGrid, downscale, extract_tiles, scaled_shape, stitch, tile_grid
 
 
 @dataclass
@@ -118,37 +117,29 @@ class Verdict:
 
 def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarray, grid: TileGrid,
            part_mask: np.ndarray, H: np.ndarray, cfg: DecisionConfig, pixel_threshold: float,
-           image_threshold: float, map_score_weight: float = 0.5, coarse_grid: TileGrid | None = None,
-           novelty: NoveltyShare = NoveltyShare(), coarse_map_weight: float = 0.0, fine_top_k: int = 1,
-           map_blur_sigma: float = 0.0) -> Verdict:
-    """Stitch kept tiles (skipped tiles count as 0), mask non-part pixels, score, find defects (an NG
-    part with no region at the pixel threshold gets its strongest region, marked as below it).
-    Tiles of a coarse pass (``tile_index >= len(grid)``, after the fine ones) add their scores.
-    ``novelty`` (``ModelMeta.novelty_share()``) says what share of the fine and coarse tile scores
-    (the coarse ones on ``coarse_grid``) is spread over the map, and how, and what share of the
-    image score their agreement takes; ``coarse_map_weight``
-    (``ModelMeta.coarse_map_weight``), what share of the coarse tiles' maps is added (those of the
-    coarse-map network, when the model has one: ``engines.backends.base.map_coarse_tiles``);
-    ``fine_top_k`` (``ModelMeta.fine_top_k``), how many of the strongest fine tile scores the image
-    score averages; ``map_blur_sigma`` (``ModelMeta.map_blur_sigma``), the Gaussian that smooths the
-    finished map before the part mask, the score and the defects read it."""
+           image_threshold: float, coarse_grid: TileGrid | None = None, rule: MapRule = MapRule()) -> Verdict:
+    """Stitch kept tiles (skipped tiles count as 0), finish the map as the model's ``rule`` says
+    (``ModelMeta.map_rule()``: the tile novelty shares, the coarse tiles' maps, the smoothing), mask
+    non-part pixels, score, find defects (an NG part with no region at the pixel threshold gets its
+    strongest region, marked as below it). Tiles of a coarse pass (``tile_index >= len(grid)``,
+    after the fine ones) lie on ``coarse_grid``; their scores join the image score and the novelty
+    shares, their maps the coarse-map share (those of the coarse-map network, when the model has
+    one: ``engines.backends.base.map_coarse_tiles``)."""
     t = grid.tile
     n_fine = int((tile_index < len(grid)).sum())
     fine_scores, coarse_scores = split_scores(tile_scores, n_fine)
     full = np.zeros((len(grid), 1, t, t), np.float32)
     full[tile_index[:n_fine]] = tile_maps[:n_fine].reshape(-1, 1, t, t)
-    anomaly, agreement = novelty.blend(stitch(full, grid), grid, fine_scores, tile_index[:n_fine], coarse_grid,
-                                       coarse_scores, tile_index[n_fine:] - len(grid))
-    anomaly = add_coarse_map(anomaly, tile_maps[n_fine:], coarse_grid, coarse_map_weight, tile_index[n_fine:] - len(grid))
-    sharp = anomaly
-    anomaly = blur_map(anomaly, map_blur_sigma)
+    anomaly, sharp, agreement = rule.finish(stitch(full, grid), grid, fine_scores, tile_maps[n_fine:],
+                                            tile_index[:n_fine], coarse_grid, coarse_scores,
+                                            tile_index[n_fine:] - len(grid))
     inspect = part_mask > 0
     if cfg.part_erode_px > 0:
         k = 2 * cfg.part_erode_px + 1
         inspect = cv2.erode(inspect.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
     anomaly = anomaly * inspect
-    score = image_score(anomaly, fine_scores, map_score_weight, coarse_scores, fine_top_k, agreement,
-                        novelty.score_weight)
+    score = image_score(anomaly, fine_scores, rule.map_score_weight, coarse_scores, rule.fine_top_k, agreement,
+                        rule.novelty.score_weight)
     if score < image_threshold:
         return Verdict("OK", score, [], anomaly)
     defects = find_defects(anomaly, inspect, H, pixel_threshold, cfg.min_defect_area, cfg.merge_gap_px, score_map=sharp)

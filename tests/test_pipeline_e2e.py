@@ -481,9 +481,8 @@ def test_line_maps_coarse_tiles_with_the_coarse_map_network(line, trained_model,
         p = prep(item.frame)
         maps, scores = engine.infer(meta.normalise(p.tiles))
         for out, m in ((right, map_coarse_tiles(engine, p.tiles, maps, p.tile_index >= len(p.grid))), (wrong, maps)):
-            v = decide(m, scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision, 0.0, 0.0,
-                       meta.map_score_weight, p.coarse_grid, meta.novelty_share(), meta.coarse_map_weight,
-                       meta.fine_top_k, meta.map_blur_sigma)
+            v = decide(m, scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision, 0.0, 0.0, p.coarse_grid,
+                       meta.map_rule())
             out.append(max(d["score"] for d in v.defects))
         fine, coarse = split_scores(scores, int((p.tile_index < len(p.grid)).sum()))
         scores_k.append(v.score)

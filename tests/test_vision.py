@@ -9,7 +9,7 @@ from pipeline.vision.belt import belt_mask, fit_belt
 from pipeline.vision.defects import box_iou, find_defects
 from pipeline.vision.locate import locate_silhouette, locate_template, order_corners
 from pipeline.vision.rectify import homography_to_canonical, rectify, to_camera
-from pipeline.vision.tiling import NoveltyShare
+from pipeline.vision.tiling import MapRule, NoveltyShare
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +219,7 @@ def test_decide_smooths_the_map_before_the_threshold(frames, belt):
             maps[k, 0, 160 - y, 130 - x] = 1.0
     args = (maps, np.ones(len(maps), np.float32), p.tile_index, p.grid, p.part_mask, p.H, DecisionConfig(min_defect_area=1),
             0.5, 0.5)
-    sharp, smooth = decide(*args), decide(*args, map_blur_sigma=2.0)
+    sharp, smooth = decide(*args), decide(*args, rule=MapRule(map_blur_sigma=2.0))
     assert sharp.verdict == smooth.verdict == "NG"
     assert float(sharp.anomaly_map.max()) == pytest.approx(1.0) and len(sharp.defects) == 1
     np.testing.assert_allclose(smooth.anomaly_map[140:180, 110:150], blur_map(sharp.anomaly_map, 2.0)[140:180, 110:150],
@@ -231,7 +231,7 @@ def test_decide_smooths_the_map_before_the_threshold(frames, belt):
     x, y, w, h = weak["bbox"]
     assert x <= expected[0] <= x + w and y <= expected[1] <= y + h
     # Above a lower threshold the spread spike is one defect as any other, scored by its own peak.
-    low = decide(*args[:-2], 0.01, 0.5, map_blur_sigma=2.0)
+    low = decide(*args[:-2], 0.01, 0.5, rule=MapRule(map_blur_sigma=2.0))
     assert len(low.defects) == 1 and low.defects[0]["score"] == pytest.approx(1.0)
     assert "below_pixel_threshold" not in low.defects[0] and "below_pixel_threshold" not in sharp.defects[0]
     assert low.defects[0]["area_px"] > sharp.defects[0]["area_px"]
@@ -244,9 +244,9 @@ def test_decide_score_follows_the_models_map_weight(frames, belt):
     maps = np.full((len(p.tiles), 1, 128, 128), 0.9, np.float32)  # a hot map everywhere
     quiet = np.full(len(maps), 0.2, np.float32)
     args = (maps, quiet, p.tile_index, p.grid, p.part_mask, p.H, DecisionConfig(), 0.5, 0.5)
-    assert decide(*args, map_score_weight=0.0).verdict == "OK"
-    assert decide(*args, map_score_weight=0.0).score == pytest.approx(0.2)
-    assert decide(*args, map_score_weight=0.5).verdict == "NG"
+    assert decide(*args, rule=MapRule(map_score_weight=0.0)).verdict == "OK"
+    assert decide(*args, rule=MapRule(map_score_weight=0.0)).score == pytest.approx(0.2)
+    assert decide(*args, rule=MapRule(map_score_weight=0.5)).verdict == "NG"
 
 
 def test_coarse_pass_tiles_follow_and_score_without_touching_the_map(frames, belt):
@@ -266,17 +266,18 @@ def test_coarse_pass_tiles_follow_and_score_without_touching_the_map(frames, bel
     scores[:n, 0] = 0.2
     scores[n:, 1] = 0.8
     scores[:n, 1] = scores[n:, 0] = 1.0  # the other column of each pass is ignored
-    v = decide(maps, scores, both.tile_index, both.grid, both.part_mask, both.H, DecisionConfig(), 0.5, 0.6, 0.0)
+    v = decide(maps, scores, both.tile_index, both.grid, both.part_mask, both.H, DecisionConfig(), 0.5, 0.6,
+               rule=MapRule(0.0))
     assert v.score == pytest.approx(0.5) and v.verdict == "OK" and float(v.anomaly_map.max()) == 0.0
     # With the coarse grid and a share, the coarse scores (0.8) reach the map at that share, on the part only.
-    v = decide(maps, scores, both.tile_index, both.grid, both.part_mask, both.H, DecisionConfig(), 0.5, 0.6, 0.0,
-               both.coarse_grid, NoveltyShare(coarse=0.1))
+    v = decide(maps, scores, both.tile_index, both.grid, both.part_mask, both.H, DecisionConfig(), 0.5, 0.6,
+               both.coarse_grid, MapRule(0.0, NoveltyShare(coarse=0.1)))
     assert v.score == pytest.approx(0.5) and float(v.anomaly_map.max()) == pytest.approx(0.08, abs=1e-4)
     assert float(v.anomaly_map[both.part_mask == 0].max()) == 0.0
     # With a coarse map weight, the coarse tiles' own maps (1.0) reach the map at that weight; the
     # score (no map share in it) does not move.
-    v = decide(maps, scores, both.tile_index, both.grid, both.part_mask, both.H, DecisionConfig(), 0.5, 0.6, 0.0,
-               both.coarse_grid, NoveltyShare(), coarse_map_weight=0.25)
+    v = decide(maps, scores, both.tile_index, both.grid, both.part_mask, both.H, DecisionConfig(), 0.5, 0.6,
+               both.coarse_grid, MapRule(0.0, coarse_map_weight=0.25))
     assert v.score == pytest.approx(0.5) and float(v.anomaly_map.max()) == pytest.approx(0.25, abs=1e-4)
     assert float(v.anomaly_map[both.part_mask == 0].max()) == 0.0
 

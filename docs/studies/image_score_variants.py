@@ -77,8 +77,7 @@ def line_tile_scores(model: Path, config: Path, seq: Path) -> list[tuple[str, st
         maps, scores = backend.infer(meta.normalise(p.tiles))
         maps = map_coarse_tiles(backend, p.tiles, maps, p.tile_index >= len(p.grid))
         own = decide(maps, scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision, meta.pixel_threshold,
-                     meta.image_threshold, meta.map_score_weight, p.coarse_grid, meta.novelty_share(),
-                     meta.coarse_map_weight, meta.fine_top_k, meta.map_blur_sigma).score
+                     meta.image_threshold, p.coarse_grid, meta.map_rule()).score
         fine, coarse = split_scores(scores, int((p.tile_index < len(p.grid)).sum()))
         parts.append((t["verdict"], t["defect_type"], fine, coarse, own))
     return parts

@@ -27,7 +27,7 @@ from pipeline.collector import Collector
 from pipeline.processing import decide
 from pipeline.stages._common import POLL_MS, Stage, note_progress, read_progress, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, recv, send
-from pipeline.vision.tiling import NoveltyShare, TileGrid
+from pipeline.vision.tiling import MapRule, TileGrid
 from pipeline.wire import WireError
 
 # Records kept for a restarted sinks stage: those the dead process had received but not handled,
@@ -112,15 +112,12 @@ class ResendBuffer:
 
 
 def record_from_maps(header: dict, arrays: dict, cfg, pixel_t: float, image_t: float,
-                     map_weight: float = 0.5, novelty: NoveltyShare = NoveltyShare(),
-                     coarse_map_weight: float = 0.0, fine_top_k: int = 1,
-                     map_blur_sigma: float = 0.0) -> tuple[dict, dict]:
+                     rule: MapRule = MapRule()) -> tuple[dict, dict]:
     grid = TileGrid.from_dict(header["grid"])
     coarse_grid = TileGrid.from_dict(header["coarse_grid"]) if "coarse_grid" in header else None
     H = np.asarray(header["H"], np.float64).reshape(3, 3)
     v = decide(arrays["maps"].astype(np.float32), arrays["scores"], arrays["tile_index"], grid, arrays["part_mask"],
-               H, cfg.decision, pixel_t, image_t, map_weight, coarse_grid, novelty, coarse_map_weight, fine_top_k,
-               map_blur_sigma)
+               H, cfg.decision, pixel_t, image_t, coarse_grid, rule)
     t_done = time.monotonic_ns()
     stage_ms = {"preprocess": (header["t_pre_ns"][1] - header["t_pre_ns"][0]) / 1e6,
                 "queue_to_infer": (header["t_infer_ns"][0] - header["t_pre_ns"][1]) / 1e6,
@@ -169,7 +166,7 @@ def run(stage: Stage, resume: bool = False) -> int:
         if released:  # once per batch: a resumed stage skips what was sent after it (the sinks drop repeats)
             note_progress(progress, released[-1]["frame_id"])
 
-    novelty = meta.novelty_share()  # the model's rule, the same for every frame
+    rule = meta.map_rule()  # the same for every frame
     try:
         while not stage.stopping:
             try:
@@ -192,9 +189,7 @@ def run(stage: Stage, resume: bool = False) -> int:
                         **({"camera_lost": True} if header.get("camera_lost") else {})})
                 elif kind == "maps":
                     try:
-                        record, extra = record_from_maps(header, arrays, cfg, pixel_t, image_t, meta.map_score_weight,
-                                                         novelty, meta.coarse_map_weight, meta.fine_top_k,
-                                                         meta.map_blur_sigma)
+                        record, extra = record_from_maps(header, arrays, cfg, pixel_t, image_t, rule)
                     except Exception as exc:  # one bad frame must not stop the line
                         record, extra = {"frame_id": header["frame_id"], "source_name": header["source_name"],
                                          "capture_ns": header["capture_ns"], "verdict": "ERROR",

@@ -181,6 +181,32 @@ class NoveltyShare:
         return out, peak
 
 
+@dataclass(frozen=True)
+class MapRule:
+    """How a model turns its tiles' maps and scores into a part's defect map and image score: the
+    fields of its sidecar that say so (``ModelMeta.map_rule()``), read alike by the detector and
+    the line (``pipeline.processing.decide``). The defaults are a folder's without a tile memory,
+    from before any of the later fields existed."""
+
+    map_score_weight: float = 0.5  # ModelMeta.map_score_weight: the map's peak's share of the image score
+    novelty: NoveltyShare = NoveltyShare()  # ModelMeta.novelty_share()
+    coarse_map_weight: float = 0.0  # ModelMeta.coarse_map_weight
+    fine_top_k: int = 1  # ModelMeta.fine_top_k
+    map_blur_sigma: float = 0.0  # ModelMeta.map_blur_sigma
+
+    def finish(self, stitched: np.ndarray, grid: TileGrid, fine_scores: np.ndarray, coarse_maps: np.ndarray,
+               fine_positions: np.ndarray | None = None, coarse_grid: TileGrid | None = None,
+               coarse_scores: np.ndarray | None = None,
+               coarse_positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+        """The stitched full-scale map plus the novelty shares and the coarse tiles' maps ->
+        (the finished map, smoothed; the same before smoothing; the agreement peak). Positions are
+        the scored tiles' indices in their grid (default: every tile, in grid order)."""
+        anomaly, agreement = self.novelty.blend(stitched, grid, fine_scores, fine_positions, coarse_grid,
+                                                coarse_scores, coarse_positions)
+        anomaly = add_coarse_map(anomaly, coarse_maps, coarse_grid, self.coarse_map_weight, coarse_positions)
+        return blur_map(anomaly, self.map_blur_sigma), anomaly, agreement
+
+
 def add_coarse_map(anomaly: np.ndarray, coarse_maps: np.ndarray, coarse_grid: TileGrid | None, weight: float,
                    positions: np.ndarray | None = None) -> np.ndarray:
     """``anomaly`` plus ``weight`` x the coarse pass's tiles' defect maps (a model's coarse-map
