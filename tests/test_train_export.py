@@ -565,34 +565,3 @@ def test_init_errors_name_the_fix(tmp_path, mini_data, trained_model, capsys):
     assert train_cli.main(base + ["--out", str(tmp_path / "c"), "--width", "8", "--resume",
                                   "--init", str(trained_model)]) == 2
     assert "drop --init" in capsys.readouterr().err
-
-
-def test_edge_chips_are_cut_from_the_image_border_after_the_flips(monkeypatch):
-    """A crop aligned to an image border is flipped by the augmentation half of the time; the sides
-    handed to the generators (where edge_chip cuts) must follow the flips, so that a chip is cut
-    from the image's own border, not from the part's interior. The image's top-left corner is
-    marked; in every crop that holds it, the sides named must be the two edges beside it."""
-    import engines.train_data as td
-
-    seen = []
-    monkeypatch.setattr(td, "synthesize", lambda tile01, rng, strength, **kw: (seen.append((tile01, kw["edge_sides"])),
-                                                                               (tile01, np.zeros(tile01.shape[:2], np.float32),
-                                                                                "edge_chip"))[1])
-    image = np.full((300, 260), 100, np.uint8)
-    image[:8, :8] = 255  # the image's top-left corner
-    rng = np.random.default_rng(0)
-    cfg = td.SampleConfig(defect_prob=1.0, border_prob=1.0, generators=("edge_chip",))
-    for _ in range(400):
-        td.make_sample(rng, [image], cfg, (0.5, 1.0))
-    held = set()
-    for tile01, sides in seen:
-        ys, xs = np.nonzero(tile01 > 0.5 * (tile01.max() + np.median(tile01)))
-        if len(ys) == 0 or np.ptp(ys) != 7 or np.ptp(xs) != 7:
-            continue  # the whole marked corner is not in this crop
-        corner = ("top" if ys.min() == 0 else "bottom" if ys.max() == 127 else None,
-                  "left" if xs.min() == 0 else "right" if xs.max() == 127 else None)
-        if None in corner:
-            continue
-        held.add(corner)
-        assert set(corner) <= set(sides), (corner, sides)
-    assert len(held) == 4  # the corner crops were seen under every combination of flips
