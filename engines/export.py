@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.artifact import COARSE_MAP_DIR, MEMORY_SCOPES, META_NAME, ONNX_NAME, ModelMeta, model_paths
+from engines.artifact import (COARSE_MAP_DIR, MAP_BLUR_SIGMA, MEMORY_SCOPES, META_NAME, ONNX_NAME, ModelMeta,
+                              map_blur_sigma_problem, model_paths)
 from engines.data import files_hash, read_image, training_images
 from engines.tile_memory import (COARSE_SCALE, GRAPH_MAP_SHARE, MEMORY_NAMES, NOVELTY_RULE_FIELDS, attach_memories,
                                  line_frame_embeddings, memory_from_line_frames, novelty_rule)
@@ -23,11 +24,6 @@ from pipeline.vision.rectify import canonical_view
 # network's map); at it, three width-8 seeds each raised both pixel AUROC and AUPRO on the
 # magnetic-tile split (docs/bench/coarse_scale_map.txt).
 COARSE_NET_MAP_WEIGHT = 0.25
-# The Gaussian (sigma, px) that smooths a new folder's finished map (ModelMeta.map_blur_sigma). Of
-# 1, 1.5, 2, 3, 4 and 8 on the shipped model's development split, 1.5 to 2 gave the best AUPRO
-# (0.846 -> 0.856), on both halves of the split; 2 was the best of 1, 2 and 4 on three other folders
-# (README, "Smoothing the map").
-MAP_BLUR_SIGMA = 2.0
 
 # Operators TensorRT parses natively; a graph outside this set fails `build_engine` later.
 TENSORRT_NATIVE_OPS = {
@@ -373,9 +369,9 @@ def export_module(model: torch.nn.Module, cfg: dict, out: str | Path, opset: int
 
 
 def check_map_blur_sigma(sigma: float) -> None:
-    if not 0 <= sigma <= 32:
-        raise ValueError(f"--map-blur-sigma {sigma:g}: use a number of pixels from 0 to 32 (0: no smoothing; "
-                         f"{MAP_BLUR_SIGMA:g} is the tested default)")
+    problem = map_blur_sigma_problem(sigma)
+    if problem:
+        raise ValueError(f"--map-blur-sigma {sigma:g}: {problem}")
 
 
 def set_map_blur(model_dir: str | Path, sigma: float) -> ModelMeta:

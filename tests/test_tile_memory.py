@@ -195,7 +195,7 @@ def test_detector_smooths_the_finished_map(trained_model, ok_images, tmp_path):
 
     import cv2
 
-    from engines.export import MAP_BLUR_SIGMA
+    from engines.artifact import MAP_BLUR_SIGMA
 
     assert ModelMeta.load(trained_model).map_blur_sigma == MAP_BLUR_SIGMA == 2.0
     folder = shutil.copytree(trained_model, tmp_path / "sharp")
