@@ -102,6 +102,24 @@ def test_grain_crack_is_a_thin_line_along_the_grain(ok_images):
     assert drawn >= 15 and along >= 0.7 * drawn, (drawn, along)
 
 
+def test_border_blob_is_a_small_spot_at_the_given_side(ok_images):
+    """Blowholes at a part's border lie in the outermost pixels of their inference tile; ``border_blob``
+    puts a small blob there, on the side handed to it as an image border, mostly darker."""
+    rng = np.random.default_rng(4)
+    darker = 0
+    for i, crop in enumerate(_crops(ok_images) * 4):
+        side = ("top", "bottom", "left", "right")[i % 4]
+        out, mask = GENERATORS["border_blob"](crop, rng, 0.5, edge_sides=[side])
+        ys, xs = np.nonzero(mask)
+        assert len(ys) >= 4, "a visible spot"
+        assert mask.sum() < 500  # a blowhole, not a region (radius <= 8 px)
+        gap = {"top": ys.min(), "bottom": 127 - ys.max(), "left": xs.min(), "right": 127 - xs.max()}[side]
+        assert gap <= 12, f"spot {gap} px from the {side} side"
+        assert max(ys.max() - ys.min(), xs.max() - xs.min()) <= 24
+        darker += (out - crop)[mask > 0].mean() < 0
+    assert darker >= 16  # 85 % dark; 24 draws
+
+
 def test_grain_direction():
     stripes = np.tile((np.arange(64) % 4 < 2).astype(np.float32) * 0.3 + 0.3, (64, 1))  # vertical lines
     assert _grain_is_vertical(stripes)
@@ -109,8 +127,9 @@ def test_grain_direction():
 
 
 def test_default_generators_weight_uneven(ok_images):
-    # every generator but the opt-in uneven_step (README, "A straight-edged uneven band": not a clear gain)
-    assert set(DEFAULT_GENERATORS) == set(GENERATORS) - {"uneven_step", "grain_crack"} and DEFAULT_GENERATORS.count("uneven") == 3
+    # every generator but the opt-in ones (README: "A straight-edged uneven band", "Cracks along the
+    # grain", "Blowholes at the border")
+    assert set(DEFAULT_GENERATORS) == set(GENERATORS) - {"uneven_step", "grain_crack", "border_blob"} and DEFAULT_GENERATORS.count("uneven") == 3
     crop = _crops(ok_images, 1)[0]
     drawn = [synthesize(crop, np.random.default_rng(s), 0.7, donors=[crop])[2] for s in range(200)]
     assert 0.12 < drawn.count("uneven") / len(drawn) < 0.4 and len(set(drawn)) >= 8  # 3 of 11 draws, some retried
