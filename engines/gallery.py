@@ -21,7 +21,7 @@ def gallery(images: Sequence[np.ndarray], rng: np.random.Generator, per_row: int
         cells = []
         for k in range(per_row):
             strength = k / max(1, per_row - 1)  # left faint, right strong
-            for _try in range(4):  # another crop when the generator declines this one (too little to change)
+            for _try in range(16):  # another crop when the generator declines this one (too little to change)
                 img = images[int(rng.integers(len(images)))]
                 h, w = img.shape[:2]
                 y, x = int(rng.integers(0, h - tile + 1)), int(rng.integers(0, w - tile + 1))
