@@ -109,8 +109,8 @@ def border_blob(image: np.ndarray, rng: np.random.Generator, strength: float = 0
     """A small blob (blowhole) touching or within a few px of one side of the crop, mostly dark.
     Real blowholes near a part's border sit in the outermost pixels of the inference tile that holds
     them; ``bezier_blob`` keeps its centre a tenth of the crop inside, so training never shows one
-    there and the network's map does not mark them (README, "Blowholes at the border"). A side that
-    lies on an image border (``edge_sides``) is taken when there is one."""
+    there, and the network's map marks them less surely than inner ones (README, "Blowholes at the
+    border"). A side that lies on an image border (``edge_sides``) is taken when there is one."""
     h, w = image.shape[:2]
     side = str(rng.choice(list(edge_sides) or ["top", "bottom", "left", "right"]))
     radius = float(rng.uniform(2.0, 8.0))
@@ -494,7 +494,8 @@ GENERATORS: dict[str, Generator] = {
 # seeds and lowered crack AUPRO (README, "A straight-edged uneven band"). ``grain_crack`` is not in it
 # either: added to this mix in fine-tunes of the shipped weights it raised AUPRO by 0.021 / 0.026 over
 # two seeds, but from scratch it has not been measured (README, "Cracks along the grain"). ``border_blob``
-# is not in it: no shipped network has been trained with it (README, "Blowholes at the border").
+# is not in it: it was drawn only in the shipped decoder's last fine-tune (500 steps, encoder frozen);
+# from scratch it has not been measured (README, "Blowholes at the border").
 DEFAULT_GENERATORS: tuple[str, ...] = ("bezier_blob", "bezier_scratch", "elastic", "gradient", "point_cloud",
                                        "perlin", "cutpaste", "edge_chip", "uneven", "uneven", "uneven")
 
