@@ -106,8 +106,8 @@ def bezier_blob(image: np.ndarray, rng: np.random.Generator, strength: float = 0
 
 def border_blob(image: np.ndarray, rng: np.random.Generator, strength: float = 0.5,
                 edge_sides: Sequence[str] = (), **_: object):
-    """A small blob (blowhole) touching or within a few px of one side of the crop, mostly dark.
-    Real blowholes near a part's border sit in the outermost pixels of the inference tile that holds
+    """A small blob (blowhole, radius 2-8 px) touching one side of the crop or at most about 15 px
+    from it, mostly dark. Real blowholes near a part's border sit in the outermost pixels of the inference tile that holds
     them; ``bezier_blob`` keeps its centre a tenth of the crop inside, so training never shows one
     there, and the network's map marks them less surely than inner ones (README, "Blowholes at the
     border"). A side that lies on an image border (``edge_sides``) is taken when there is one."""
