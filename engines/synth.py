@@ -494,7 +494,7 @@ GENERATORS: dict[str, Generator] = {
 # seeds and lowered crack AUPRO (README, "A straight-edged uneven band"). ``grain_crack`` is not in it
 # either: added to this mix in fine-tunes of the shipped weights it raised AUPRO by 0.021 / 0.026 over
 # two seeds, but from scratch it has not been measured (README, "Cracks along the grain"). ``border_blob``
-# is not in it: it was drawn only in the shipped decoder's last fine-tune (500 steps, encoder frozen);
+# is not in it: it was drawn only in the shipped decoder's last fine-tune (3 of 15 draws, 500 steps, encoder frozen);
 # from scratch it has not been measured (README, "Blowholes at the border").
 DEFAULT_GENERATORS: tuple[str, ...] = ("bezier_blob", "bezier_scratch", "elastic", "gradient", "point_cloud",
                                        "perlin", "cutpaste", "edge_chip", "uneven", "uneven", "uneven")
