@@ -75,11 +75,16 @@ def _texture(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return 1.0 + 0.25 * tex
 
 
+def _signed_change(rng: np.random.Generator, strength: float, shape: tuple[int, int], dark: float) -> np.ndarray:
+    """A textured intensity change of ``strength``'s contrast, darker with probability ``dark``."""
+    polarity = -1.0 if rng.random() < dark else 1.0
+    return polarity * _contrast(rng, strength) * _texture(rng, shape)
+
+
 def _shade(image: np.ndarray, alpha: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     """Darken or brighten under a soft alpha matte, with texture."""
     img = _as_hwc(image)
-    polarity = -1.0 if rng.random() < 0.6 else 1.0  # real defects on tiles are mostly darker
-    delta = polarity * _contrast(rng, strength) * _texture(rng, alpha.shape)
+    delta = _signed_change(rng, strength, alpha.shape, dark=0.6)  # real defects on tiles are mostly darker
     out = np.clip(img + (alpha * delta)[..., None], 0.0, 1.0)
     return _like(out, image)
 
@@ -120,8 +125,7 @@ def border_blob(image: np.ndarray, rng: np.random.Generator, strength: float = 0
               "left": (inward, along), "right": (w - 1 - inward, along)}[side]
     region = np.zeros((h, w), np.uint8)
     cv2.fillPoly(region, [np.round(_closed_bezier_polygon(rng, np.array([cx, cy]), radius)).astype(np.int32)], 1)
-    polarity = -1.0 if rng.random() < 0.85 else 1.0  # blowholes are holes: dark
-    delta = polarity * _contrast(rng, min(1.0, strength + 0.3)) * _texture(rng, (h, w))
+    delta = _signed_change(rng, min(1.0, strength + 0.3), (h, w), dark=0.85)  # blowholes are holes: dark
     out = _like(np.clip(_as_hwc(image) + (_soft(region, rng) * delta)[..., None], 0.0, 1.0), image)
     return out, _changed(image, out)
 
@@ -461,8 +465,7 @@ def grain_crack(image: np.ndarray, rng: np.random.Generator, strength: float = 0
     centre, half = start_along + 0.5 * length * np.cos(tilt), 0.5 * length
     fade = np.clip(1.3 - np.abs(coord - centre) / max(half, 1.0), 0.15, 1.0)
     alpha *= fade[:, None] if vertical else fade[None, :]
-    polarity = -1.0 if rng.random() < 0.85 else 1.0  # cracks are dark gaps
-    delta = polarity * _contrast(rng, min(1.0, strength + 0.3)) * _texture(rng, (h, w))
+    delta = _signed_change(rng, min(1.0, strength + 0.3), (h, w), dark=0.85)  # cracks are dark gaps
     out = _like(np.clip(_as_hwc(image) + (alpha * delta)[..., None], 0.0, 1.0), image)
     return out, _changed(image, out)
 
