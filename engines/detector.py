@@ -3,13 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from engines.backends.base import Backend, map_coarse_tiles
 from pipeline.vision.tiling import scaled_tiles, stitch
-
-SCORE_SMOOTH_SIGMA = 4.0  # px; the image score ignores single-pixel spikes
 
 
 @dataclass
@@ -18,25 +15,6 @@ class Prediction:
     score: float             # image-level defect score in [0, 1]
     tile_scores: np.ndarray  # (N,)
     coarse_scores: np.ndarray | None = None  # (M,) tiles of the coarse pass, when the model has one
-
-
-def image_score(anomaly_map: np.ndarray, tile_scores: np.ndarray, map_weight: float = 0.5,
-                coarse_scores: np.ndarray | None = None, fine_top_k: int = 1, agreement_peak: float = 0.0,
-                agreement_weight: float = 0.0) -> float:
-    """``map_weight`` x peak of the smoothed map + the rest x the tile score: the mean of the
-    ``fine_top_k`` strongest tile scores (``ModelMeta.fine_top_k``). With coarse tile scores, the
-    tile part is the mean of that and the strongest coarse score, and ``agreement_weight`` of it
-    (``ModelMeta.both_scales_score_weight``) is replaced by ``agreement_peak``, the strongest place
-    novel at both scales (``NoveltyShare.blend``)."""
-    tiles = float(np.sort(tile_scores.ravel())[-fine_top_k:].mean()) if tile_scores.size else 0.0
-    if coarse_scores is not None and coarse_scores.size:
-        tiles = 0.5 * (tiles + float(coarse_scores.max()))
-        if agreement_weight > 0:
-            tiles = (1.0 - agreement_weight) * tiles + agreement_weight * agreement_peak
-    if map_weight <= 0.0:
-        return tiles
-    smooth = cv2.GaussianBlur(anomaly_map, (0, 0), SCORE_SMOOTH_SIGMA)
-    return map_weight * float(smooth.max()) + (1.0 - map_weight) * tiles
 
 
 def run_batched(backend: Backend, tiles: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -106,8 +84,7 @@ class Detector:
         rule = self.meta.map_rule()
         anomaly_map, _, agreement = rule.finish(stitch(maps[:n_fine], grid), grid, fine, maps[n_fine:],
                                                 coarse_grid=coarse_grid, coarse_scores=coarse)
-        score = image_score(anomaly_map, fine, rule.map_score_weight, coarse, rule.fine_top_k, agreement,
-                            rule.novelty.score_weight)
+        score = rule.score(anomaly_map, fine, coarse, agreement)
         return Prediction(anomaly_map, score, fine, coarse)
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from engines.detector import image_score, split_scores
+from engines.detector import split_scores
 from pipeline.config import DecisionConfig, PreprocessConfig
 from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects, strongest_region
@@ -138,8 +138,7 @@ def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarra
         k = 2 * cfg.part_erode_px + 1
         inspect = cv2.erode(inspect.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
     anomaly = anomaly * inspect
-    score = image_score(anomaly, fine_scores, rule.map_score_weight, coarse_scores, rule.fine_top_k, agreement,
-                        rule.novelty.score_weight)
+    score = rule.score(anomaly, fine_scores, coarse_scores, agreement)
     if score < image_threshold:
         return Verdict("OK", score, [], anomaly)
     defects = find_defects(anomaly, inspect, H, pixel_threshold, cfg.min_defect_area, cfg.merge_gap_px, score_map=sharp)

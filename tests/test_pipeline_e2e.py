@@ -448,7 +448,8 @@ def test_line_maps_coarse_tiles_with_the_coarse_map_network(line, trained_model,
     from engines.artifact import ModelMeta
     from engines.backends import load_backend
     from engines.backends.base import map_coarse_tiles
-    from engines.detector import image_score, split_scores
+    from engines.detector import split_scores
+    from pipeline.vision.tiling import image_score
     from pipeline.processing import Preprocessor, decide
     from pipeline.sources import DirSource
 

@@ -5,7 +5,8 @@ torch = pytest.importorskip("torch")
 
 from engines.artifact import ModelMeta  # noqa: E402
 from engines.backends import load_backend  # noqa: E402
-from engines.detector import Detector, image_score, split_scores  # noqa: E402
+from engines.detector import Detector, split_scores  # noqa: E402
+from pipeline.vision.tiling import image_score  # noqa: E402
 from engines.export import export_model  # noqa: E402
 from engines.quantize import output_head_nodes  # noqa: E402
 from engines.tile_memory import (BOTH_SCALES_MAP_SHARE, BOTH_SCALES_SCORE_WEIGHT, COARSE_SCALE, MEMORY_NAMES,  # noqa: E402

@@ -366,7 +366,7 @@ def test_both_scales_share_marks_only_pixels_novel_at_both_scales():
 def test_image_score_averages_the_strongest_full_scale_tiles():
     """fine_top_k: the fine part of the image score is the mean of the k strongest full-scale tile
     scores (all of them when there are fewer), averaged with the strongest coarse one."""
-    from engines.detector import image_score
+    from pipeline.vision.tiling import image_score
 
     fine, coarse, blank = np.array([0.2, 0.9, 0.5], np.float32), np.array([0.4, 0.6], np.float32), np.zeros((4, 4))
     assert image_score(blank, fine, 0.0, coarse) == pytest.approx(0.5 * (0.9 + 0.6))

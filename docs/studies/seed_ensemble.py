@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from engines import metrics  # noqa: E402
 from engines.backends.base import load_backend  # noqa: E402
 from engines.data import mvtec_test_set, read_image, read_mask  # noqa: E402
-from engines.detector import Detector, image_score, split_scores  # noqa: E402
+from engines.detector import Detector, split_scores  # noqa: E402
 from pipeline.benchmark import FALSE_ALARM_BUDGET, score_ranking  # noqa: E402
-from pipeline.vision.tiling import scaled_tiles, stitch  # noqa: E402
+from pipeline.vision.tiling import image_score, scaled_tiles, stitch  # noqa: E402
 
 RECALL = f"ng_recall_at_fa_{FALSE_ALARM_BUDGET:g}"
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+SCORE_SMOOTH_SIGMA = 4.0  # px; the image score ignores single-pixel spikes
 WINDOW_FLOOR = 1e-3  # keeps image borders (covered by one tile edge only) well defined
 
 
@@ -181,6 +182,25 @@ class NoveltyShare:
         return out, peak
 
 
+def image_score(anomaly_map: np.ndarray, tile_scores: np.ndarray, map_weight: float = 0.5,
+                coarse_scores: np.ndarray | None = None, fine_top_k: int = 1, agreement_peak: float = 0.0,
+                agreement_weight: float = 0.0) -> float:
+    """``map_weight`` x peak of the smoothed map + the rest x the tile score: the mean of the
+    ``fine_top_k`` strongest tile scores (``ModelMeta.fine_top_k``). With coarse tile scores, the
+    tile part is the mean of that and the strongest coarse score, and ``agreement_weight`` of it
+    (``ModelMeta.both_scales_score_weight``) is replaced by ``agreement_peak``, the strongest place
+    novel at both scales (``NoveltyShare.blend``)."""
+    tiles = float(np.sort(tile_scores.ravel())[-fine_top_k:].mean()) if tile_scores.size else 0.0
+    if coarse_scores is not None and coarse_scores.size:
+        tiles = 0.5 * (tiles + float(coarse_scores.max()))
+        if agreement_weight > 0:
+            tiles = (1.0 - agreement_weight) * tiles + agreement_weight * agreement_peak
+    if map_weight <= 0.0:
+        return tiles
+    smooth = cv2.GaussianBlur(anomaly_map, (0, 0), SCORE_SMOOTH_SIGMA)
+    return map_weight * float(smooth.max()) + (1.0 - map_weight) * tiles
+
+
 @dataclass(frozen=True)
 class MapRule:
     """How a model turns its tiles' maps and scores into a part's defect map and image score: the
@@ -205,6 +225,13 @@ class MapRule:
                                                 coarse_scores, coarse_positions)
         anomaly = add_coarse_map(anomaly, coarse_maps, coarse_grid, self.coarse_map_weight, coarse_positions)
         return blur_map(anomaly, self.map_blur_sigma), anomaly, agreement
+
+    def score(self, anomaly: np.ndarray, fine_scores: np.ndarray, coarse_scores: np.ndarray | None,
+              agreement: float) -> float:
+        """The image score of a finished map (:meth:`finish`) and the part's tile scores, with this
+        rule's weights (:func:`image_score`)."""
+        return image_score(anomaly, fine_scores, self.map_score_weight, coarse_scores, self.fine_top_k, agreement,
+                           self.novelty.score_weight)
 
 
 def add_coarse_map(anomaly: np.ndarray, coarse_maps: np.ndarray, coarse_grid: TileGrid | None, weight: float,
