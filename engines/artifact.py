@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.vision.tiling import SPREADS, MapRule, NoveltyShare
+from pipeline.vision.tiling import SPREADS, LinePositions, MapRule, NoveltyShare
 
 ONNX_NAME = "model.onnx"
 META_NAME = "model.json"
@@ -17,7 +17,10 @@ META_VERSION = 1
 # The tile memories: model attributes, state-dict prefixes and ONNX node-name scopes (engines.tile_memory).
 # Here, without torch, so that the TensorRT builder can select their layers.
 MEMORY_NAMES = ("memory", "coarse_memory")
-MEMORY_SCOPES = tuple(f"/{name}/" for name in MEMORY_NAMES)
+# ... and the per-position memory of one line's grid (engines.tile_memory.PositionMemory).
+POSITION_MEMORY_NAME = "position_memory"
+ALL_MEMORY_NAMES = MEMORY_NAMES + (POSITION_MEMORY_NAME,)  # fitted after training, never trained or averaged
+MEMORY_SCOPES = tuple(f"/{name}/" for name in ALL_MEMORY_NAMES)
 
 
 # The Gaussian (sigma, px) that smooths a new folder's finished map (ModelMeta.map_blur_sigma). Of
@@ -90,6 +93,10 @@ class ModelMeta:
     # the defects and the image score read it (``pipeline.vision.tiling.blur_map``). Export writes
     # ``MAP_BLUR_SIGMA`` (2); 0 for folders exported before this field existed.
     map_blur_sigma: float = 0.0
+    # The line tile grids ({"fine": TileGrid dict, "coarse": ...}) of a per-position memory
+    # (``export_model --memory-positions``): on a line with exactly these grids each tile is scored
+    # against its own position's OK tiles (``pipeline.vision.tiling.LinePositions``). Empty: none.
+    line_grids: dict = field(default_factory=dict)
     training_data_hash: str = ""
     training_command: str = ""
     precision: str = "fp32"
@@ -135,6 +142,12 @@ class ModelMeta:
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
             raise ArtifactError(f"{path}: both_scales_score_weight is {w!r}; use a number from 0 to 1 "
                                 "(0: the image score reads the tile scores alone)")
+        if meta.line_grids:
+            try:
+                LinePositions.from_dict(meta.line_grids)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ArtifactError(f"{path}: line_grids is not a pair of tile grids ({exc}); re-export with "
+                                    "`export_model --memory-positions` or set it to {{}}") from None
         if meta.novelty_spread not in SPREADS:
             raise ArtifactError(f"{path}: novelty_spread is {meta.novelty_spread!r}; use one of {list(SPREADS)}")
         return meta
@@ -149,7 +162,11 @@ class ModelMeta:
         """How this model's tile maps and scores become a part's map and score (the detector and
         the line read it alike)."""
         return MapRule(self.map_score_weight, self.novelty_share(), self.coarse_map_weight, self.fine_top_k,
-                       self.map_blur_sigma)
+                       self.map_blur_sigma, self.line_positions())
+
+    def line_positions(self) -> LinePositions | None:
+        """The grids of this model's per-position memory, or None without one."""
+        return LinePositions.from_dict(self.line_grids) if self.line_grids else None
 
 
 def model_paths(folder: str | Path) -> tuple[Path, ModelMeta]:

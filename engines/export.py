@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.artifact import (COARSE_MAP_DIR, MAP_BLUR_SIGMA, MEMORY_SCOPES, META_NAME, ONNX_NAME, ModelMeta,
-                              map_blur_sigma_problem, model_paths)
+from engines.artifact import (ALL_MEMORY_NAMES, COARSE_MAP_DIR, MAP_BLUR_SIGMA, MEMORY_SCOPES, META_NAME, ONNX_NAME,
+                              POSITION_MEMORY_NAME, ModelMeta, map_blur_sigma_problem, model_paths)
 from engines.data import files_hash, read_image, training_images
 from engines.tile_memory import (COARSE_SCALE, GRAPH_MAP_SHARE, MEMORY_NAMES, NOVELTY_RULE_FIELDS, attach_memories,
-                                 line_frame_embeddings, memory_from_line_frames, novelty_rule)
+                                 fit_position_memory, line_frame_embeddings, memory_from_line_frames, novelty_rule)
 from engines.backends.torch_backend import WEIGHTS_NAME
 from engines.inference_model import build_model, inference_module, load_weights
 from pipeline.vision.rectify import canonical_view
@@ -81,7 +81,7 @@ def average_checkpoints(paths: list[str | Path]) -> dict:
             raise ValueError(f"{path}: trained on other images than {paths[0]} (training data hash); average runs on the same data")
     weights = {}
     for key, value in states[0]["model"].items():
-        if key.split(".", 1)[0] in MEMORY_NAMES:
+        if key.split(".", 1)[0] in ALL_MEMORY_NAMES:
             continue
         weights[key] = (torch.stack([s["model"][key] for s in states]).mean(0) if value.is_floating_point() else value)
     commands = " | ".join(s["config"].get("command", "") for s in states)
@@ -182,9 +182,9 @@ def compact_state(model: torch.nn.Module) -> dict:
     """State dict with the tile-memory banks stored in fp16 (half the bytes; ``load_state_dict``
     copies it back into the model's fp32 buffer, and distances move by < 1e-3)."""
     state = model.state_dict()
-    for name in MEMORY_NAMES:
-        if f"{name}.bank" in state:
-            state[f"{name}.bank"] = state[f"{name}.bank"].half()
+    for key in [f"{name}.bank" for name in MEMORY_NAMES] + [f"{POSITION_MEMORY_NAME}.{b}" for b in ("fine_bank", "coarse_bank")]:
+        if key in state:
+            state[key] = state[key].half()
     return state
 
 
@@ -192,7 +192,8 @@ def export_model(source: str | Path | list[str | Path], out: str | Path, opset: 
                  thresholds: tuple[float, float] | None = None, memory_data: str | Path | None = None,
                  memory_line: str | Path | None = None, progress: bool = True,
                  memory_canonical: str | Path | None = None, coarse_map: str | Path | None = None,
-                 coarse_map_weight: float = COARSE_NET_MAP_WEIGHT, memory_frames: str | Path | None = None) -> Path:
+                 coarse_map_weight: float = COARSE_NET_MAP_WEIGHT, memory_frames: str | Path | None = None,
+                 memory_positions: bool = False, memory_position_rows: int | None = None) -> Path:
     """Write ``out/model.onnx``, ``out/model.pt`` and ``out/model.json``; return ``out``.
 
     ``source`` is a training checkpoint (``train``'s ``last.pt``) or an exported model folder; a
@@ -207,8 +208,10 @@ def export_model(source: str | Path | list[str | Path], out: str | Path, opset: 
     geometry without recorded frames, while images at their own size (``evaluate``) keep their
     match. ``memory_frames`` (with ``memory_canonical``): camera frames of OK parts on that line,
     whose tiles, as the line preprocesses them, are pooled with the images' (README, "Train on your
-    own OK images"). ``coarse_map``: a run's checkpoint to add as the coarse-map network
-    (:func:`add_coarse_map_net`)."""
+    own OK images"). ``memory_positions`` (with ``memory_canonical`` and ``memory_frames``): also fit
+    a memory per position of that line's tile grids on the same images' canonical views and frames
+    (``tile_memory.PositionMemory``; README, "A memory per tile position"). ``coarse_map``: a run's
+    checkpoint to add as the coarse-map network (:func:`add_coarse_map_net`)."""
     folder = not isinstance(source, (list, tuple)) and Path(source).is_dir()
     model, state = load_model_folder(source) if folder else load_checkpoint(source)
     source_meta: ModelMeta | None = state.get("meta")  # a model folder's sidecar; None for a checkpoint
@@ -221,11 +224,19 @@ def export_model(source: str | Path | list[str | Path], out: str | Path, opset: 
     if memory_canonical is not None and (memory_data is None or memory_line is not None):
         raise ValueError("--memory-canonical needs --memory-data (OK part images such as train/good) and "
                          "cannot be combined with --memory-line (camera frames already have the line's geometry)")
+    if memory_position_rows is not None and (not memory_positions or memory_position_rows < 1):
+        raise ValueError(f"--memory-position-rows {memory_position_rows}: give a whole number of at least 1, "
+                         "with --memory-positions")
+    if memory_positions and (memory_canonical is None or memory_frames is None):
+        raise ValueError("--memory-positions fits a memory per tile position of one line: give --memory-data OK_IMAGES "
+                         "--memory-canonical LINE.yaml --memory-frames OK_FRAMES with it")
     if memory_frames is not None and memory_canonical is None:
         raise ValueError("--memory-frames adds OK line frames to the fit on part images: give --memory-data "
                          "OK_IMAGES --memory-canonical LINE.yaml with it (for frames alone: --memory-data FRAMES "
                          "--memory-line LINE.yaml)")
+    line_grids: dict = {}
     if memory_data is not None:
+        model.position_memory = None  # fitted on the memories it replaces, if the source had one
         if cfg["arch"] != "tiny_unet":
             raise ValueError(f"--memory-data: only a tiny_unet has a tile memory, {source} is {cfg['arch']}")
         files = training_images(memory_data)
@@ -236,6 +247,7 @@ def export_model(source: str | Path | list[str | Path], out: str | Path, opset: 
             extra.update(memory_line=str(memory_line), memory_frames=used)
         else:
             images = [read_image(f, cfg["channels"]) for f in files]
+            part_images = images
             part_ids, pooled = None, None
             if memory_canonical is not None:
                 wh = canonical_size(memory_canonical)
@@ -249,9 +261,16 @@ def export_model(source: str | Path | list[str | Path], out: str | Path, opset: 
                 extra.update(memory_line_frames=str(memory_frames), memory_line_frames_used=pooled.frames,
                              memory_line_frames_hash=files_hash(frame_files))
             attach_memories(model, images, meta, progress=progress, part_ids=part_ids, pooled=pooled)
+            if memory_positions:
+                model.position_memory, line_grids = fit_position_memory(
+                    model, part_images, [f.name for f in files], frame_files, memory_canonical, meta, progress=progress,
+                    rows=memory_position_rows)
+                extra["memory_positions_rows"] = int(model.position_memory.rows)
         extra.update(memory_data=str(memory_data), memory_data_hash=files_hash(files))
     elif source_meta is not None:  # memories as they were: so is their provenance
         extra.update({k: v for k, v in source_meta.extra.items() if k.startswith("memory_")})
+        if getattr(model, "position_memory", None) is not None:
+            line_grids = source_meta.line_grids
     for name in MEMORY_NAMES:
         memory = getattr(model, name, None)
         if memory is not None:
@@ -269,7 +288,8 @@ def export_model(source: str | Path | list[str | Path], out: str | Path, opset: 
             if coarse_map is None and (Path(source) / COARSE_MAP_DIR).is_dir():
                 # Copied aside first: export_module clears OUT's coarse_map/, and OUT may be the source.
                 kept_net = shutil.copytree(Path(source) / COARSE_MAP_DIR, Path(keep) / COARSE_MAP_DIR)
-        out = export_module(model, cfg, out, opset, thresholds, data_hash=state.get("training_data_hash", ""), extra=extra)
+        out = export_module(model, cfg, out, opset, thresholds, data_hash=state.get("training_data_hash", ""), extra=extra,
+                            line_grids=line_grids)
         if source_meta is not None:  # the folder's own image-score rule and coarse-map network stay
             meta_out = replace(ModelMeta.load(out), fine_top_k=source_meta.fine_top_k,
                                map_blur_sigma=source_meta.map_blur_sigma)
@@ -333,7 +353,7 @@ def export_untrained(arch: str, width: int, channels: int, out: str | Path, seed
 
 def export_module(model: torch.nn.Module, cfg: dict, out: str | Path, opset: int = 17,
                   thresholds: tuple[float, float] | None = None, data_hash: str = "", extra: dict | None = None,
-                  map_blur_sigma: float = MAP_BLUR_SIGMA) -> Path:
+                  map_blur_sigma: float = MAP_BLUR_SIGMA, line_grids: dict | None = None) -> Path:
     if opset < 17:
         raise ValueError(f"opset must be >= 17, got {opset}")
     out = Path(out)
@@ -358,7 +378,8 @@ def export_module(model: torch.nn.Module, cfg: dict, out: str | Path, opset: int
         arch=cfg["arch"], width=cfg["width"], in_channels=cfg["channels"], pixel_threshold=pixel_t,
         map_score_weight=0.0 if has_memory else 0.5, coarse_scale=COARSE_SCALE if has_coarse else 0.0,
         **novelty_rule(has_memory, has_coarse),
-        image_threshold=image_t, map_blur_sigma=map_blur_sigma, training_data_hash=data_hash,
+        image_threshold=image_t, map_blur_sigma=map_blur_sigma, line_grids=dict(line_grids or {}),
+        training_data_hash=data_hash,
         training_command=cfg.get("command", ""), opset=opset,
         extra={**extra, "onnx_vs_torch_max_abs_diff": diff},
     )

@@ -2,7 +2,8 @@
 
 Both architectures are wrapped to the one backend contract: input ``(N, C, 128, 128)`` float32,
 outputs ``map (N, 1, 128, 128)`` in [0, 1] and ``score (N,)`` in [0, 1]; a model with a coarse tile
-memory gives ``score (N, 2)``: novelty against the fine and against the coarse memory.
+memory gives ``score (N, 2)``: novelty against the fine and against the coarse memory, and one with
+a per-position memory ``(N, 2 + P)``: then the novelty against each of its P positions' OK tiles.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ class SegmentationHead(nn.Module):
     """Defect probability map and tile score. With a tile memory the score is the tile's novelty and
     the map carries a small share of it (:meth:`TileMemory.blend`); without, the score is the head's.
     With a coarse memory as well, the score has a second column, the novelty against that memory,
-    which the caller reads for tiles of its coarse pass (their map and first column go unused)."""
+    which the caller reads for tiles of its coarse pass (their map and first column go unused); a
+    per-position memory adds one column per position of its line's grids after those two."""
 
     def __init__(self, model: TinyUNet) -> None:
         super().__init__()
@@ -49,7 +51,12 @@ class SegmentationHead(nn.Module):
             prob = memory.blend(torch.sigmoid(map_logits), novelty)
             coarse = self.model.coarse_memory
             if coarse is not None:
-                return prob, torch.stack([novelty, coarse(embedding)], dim=1)
+                scores = torch.stack([novelty, coarse(embedding)], dim=1)
+                positions = getattr(self.model, "position_memory", None)
+                if positions is not None:
+                    emb = embedding.to(memory.bank.dtype)
+                    scores = torch.cat([scores, positions(memory.project(emb), coarse.project(emb))], dim=1)
+                return prob, scores
             return prob, novelty
         return torch.sigmoid(map_logits), torch.sigmoid(tile_logits)
 

@@ -337,4 +337,159 @@ def attach_memory_from_state(model: nn.Module, state: dict, source: str = "state
             continue
         size, dim = state[f"{name}.bank"].shape
         setattr(model, name, TileMemory(int(dim), int(size)))
+    attach_position_memory_from_state(model, state)
     return state
+
+
+# Rows kept per position in a per-position memory (PositionMemory), by greedy k-centre. On the demo
+# line (1,406 OK tiles per position: 703 frames, 703 canonical views), NG recall at <= 5 % false
+# alarms over 16 simulated sequences: all 1,406 rows 0.985, 512 rows 0.983, 256 rows 0.923, 128 rows
+# 0.798 (the shared memories: 0.899; 512 at random: 0.881; docs/studies/position_memory.py). 8 positions x
+# 512 rows x 256 values in fp16 are 2.1 MB in each of model.onnx and model.pt (README, "A memory per
+# tile position").
+POSITION_MEMORY_ROWS = 512
+
+
+class PositionMemory(nn.Module):
+    """A tile memory per position of one line's tile grids (``ModelMeta.line_grids``).
+
+    On a line every part reaches the model rectified to the same canonical frame, so the tile at a
+    given grid position always shows the same region of the part: a corner, an edge, the middle.
+    The shared memories compare a tile with OK tiles of every position and of every framing; this
+    one compares it with the OK tiles of its own position only (as PaDiM keeps statistics per
+    position), in the shared memories' projected space (the fine memory's projection for the
+    ``n_fine`` full-scale positions, the coarse memory's for the ``n_coarse`` half-scale ones), each
+    position calibrated on its own. ``forward(fine_z, coarse_z)`` takes a tile's two projections and
+    gives ``(N, n_fine + n_coarse)``: its novelty against every position's bank (the caller keeps the
+    column of the tile's own position: ``pipeline.vision.tiling.LinePositions``). Scoring every
+    position costs 8 x 128 rows per tile on the demo line, nothing beside the network."""
+
+    def __init__(self, dim: int, n_fine: int, n_coarse: int, rows: int) -> None:
+        super().__init__()
+        self.n_fine, self.n_coarse, self.rows = n_fine, n_coarse, rows
+        self.register_buffer("layout", torch.tensor([n_fine, n_coarse, rows]))
+        self.register_buffer("fine_bank", torch.zeros(n_fine * rows, dim))
+        self.register_buffer("fine_bank_sq", torch.zeros(n_fine * rows))
+        self.register_buffer("coarse_bank", torch.zeros(n_coarse * rows, dim))
+        self.register_buffer("coarse_bank_sq", torch.zeros(n_coarse * rows))
+        self.register_buffer("center", torch.ones(n_fine + n_coarse))
+        self.register_buffer("scale", torch.ones(n_fine + n_coarse))
+
+    def _nearest(self, z: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, positions: int) -> torch.Tensor:
+        d2 = (z * z).sum(dim=1, keepdim=True) - 2.0 * (z @ bank.t()) + bank_sq[None]
+        return torch.amin(d2.reshape(-1, positions, self.rows), dim=2)
+
+    def forward(self, fine_z: torch.Tensor, coarse_z: torch.Tensor) -> torch.Tensor:
+        d2 = torch.cat([self._nearest(fine_z, self.fine_bank, self.fine_bank_sq, self.n_fine),
+                        self._nearest(coarse_z, self.coarse_bank, self.coarse_bank_sq, self.n_coarse)], dim=1)
+        return torch.sigmoid((torch.sqrt(torch.clamp(d2, min=0.0)) - self.center[None]) / self.scale[None])
+
+
+def fit_position_banks(z: np.ndarray, positions: np.ndarray, parts: np.ndarray, n_positions: int,
+                       rows: int = POSITION_MEMORY_ROWS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Projected OK tiles ``z`` at grid ``positions`` (0..n_positions-1) of ``parts`` -> per position a
+    bank of ``rows`` rows (greedy k-centre; a position with fewer tiles repeats them, which moves no
+    nearest distance) rounded to fp16, and its calibration: every OK tile's distance to the nearest
+    kept row of another part, whose 0.99 quantile maps to 0.5 (as :func:`calibrate`). Returns
+    ``(banks (n_positions * rows, D), centers, scales)``."""
+    banks, centers, scales = [], [], []
+    for p in range(n_positions):
+        at = positions == p
+        if at.sum() < 2 or len(np.unique(parts[at])) < 2:
+            raise ValueError(f"grid position {p}: OK tiles of at least two parts are needed, got {int(at.sum())}; "
+                             "the line keeps too few tiles there (preprocess.min_tile_part_fraction)")
+        zp = z[at].astype(np.float32)
+        keep = k_center(zp, rows)
+        keep = np.resize(keep, rows)  # repeats when the position has fewer tiles than rows
+        bank = torch.from_numpy(zp[keep]).half().float().numpy()
+        bank_sq = (bank.astype(np.float64) ** 2).sum(1)
+        exclude = parts[at][:, None] == parts[at][keep][None]
+        d = nearest_distance(zp.astype(np.float64), bank.astype(np.float64), bank_sq, exclude)
+        d = d[np.isfinite(d)]
+        q50, qhi = np.quantile(d, [0.5, CALIBRATION_QUANTILE])
+        banks.append(bank)
+        centers.append(float(qhi))
+        scales.append(float(max(qhi - q50, 1e-3)))
+    return np.concatenate(banks), np.array(centers, np.float32), np.array(scales, np.float32)
+
+
+def frame_parts(frames: Sequence[Path]) -> list[str]:
+    """Which part each camera frame shows: the ``source_image`` that a simulated sequence's
+    ``truth.jsonl`` names beside it (frames of one part are one part to the calibration), else the
+    frame's own name."""
+    import json
+
+    names: dict[str, str] = {}
+    for truth in {Path(f).parent / "truth.jsonl" for f in frames}:
+        if truth.is_file():
+            for line in truth.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    names[str(truth.parent / row["file"])] = str(row.get("source_image") or row["file"])
+    return [names.get(str(Path(f)), Path(f).name) for f in frames]
+
+
+@torch.no_grad()  # not inference_mode: the memory's buffers go on into export's traced graph
+def fit_position_memory(model: nn.Module, images: Sequence[np.ndarray], image_names: Sequence[str],
+                        frames: Sequence[Path], line_config: str | Path, meta: ModelMeta,
+                        progress: bool = True, rows: int | None = None) -> tuple[PositionMemory, dict]:
+    """Fit a :class:`PositionMemory` for the line of ``line_config`` on OK part images as that line
+    rectifies them (``canonical_view``: the whole canonical part, every position) and OK camera
+    frames as it preprocesses them (the tiles it keeps); a frame and the image it shows are one part
+    (:func:`frame_parts`). ``model`` must hold both shared memories (their projections are used).
+    Returns the memory and the grids (``ModelMeta.line_grids``)."""
+    from pipeline.config import load_config
+    from pipeline.processing import Preprocessor
+    from pipeline.sources import _decode
+    from pipeline.vision.rectify import canonical_view
+    from pipeline.vision.tiling import LinePositions, downscale, extract_tiles
+
+    rows = POSITION_MEMORY_ROWS if rows is None else rows
+    if getattr(model, "memory", None) is None or getattr(model, "coarse_memory", None) is None:
+        raise ValueError("--memory-positions needs both shared tile memories (fine and coarse) in the model")
+    prep = Preprocessor.for_model(load_config(line_config).preprocess, replace(meta, coarse_scale=COARSE_SCALE))
+    n_fine = len(prep.grid)
+    tiles_by_part: list[tuple[np.ndarray, np.ndarray, str]] = []  # (tiles, tile_index, part)
+    for img, name in zip(images, image_names):
+        view = canonical_view(img, prep.wh)
+        fine = extract_tiles(view, prep.grid)
+        coarse = extract_tiles(downscale(view, COARSE_SCALE), prep.coarse_grid)
+        tiles_by_part.append((np.concatenate([fine, coarse]), np.arange(n_fine + len(coarse)), name))
+    for path, part in zip(tqdm(frames, desc="position memory (line)", unit="frame", disable=not progress),
+                          frame_parts(frames)):
+        frame, reason = _decode(Path(path))
+        if frame is None:
+            raise ValueError(f"{path}: {reason}; --memory-frames takes camera frames of OK parts on the line")
+        prepared = prep(frame)
+        if prepared.verdict is None:
+            tiles_by_part.append((prepared.tiles, prepared.tile_index, part))
+    device = next(model.parameters()).device
+    zs, positions, parts = [], [], []
+    for tiles, index, part in tiles_by_part:
+        emb = model.embed(torch.from_numpy(meta.normalise(tiles)).to(device)).float()
+        coarse = torch.from_numpy(index >= n_fine).to(device)[:, None]
+        z = torch.where(coarse, model.coarse_memory.project(emb), model.memory.project(emb))
+        zs.append(z.cpu().numpy())
+        positions.append(index)
+        parts += [part] * len(index)
+    z, positions, parts = np.concatenate(zs), np.concatenate(positions), np.array(parts)
+    n_coarse = len(prep.coarse_grid)
+    fine_bank, fine_c, fine_s = fit_position_banks(z[positions < n_fine], positions[positions < n_fine],
+                                                   parts[positions < n_fine], n_fine, rows)
+    coarse_bank, coarse_c, coarse_s = fit_position_banks(z[positions >= n_fine], positions[positions >= n_fine] - n_fine,
+                                                         parts[positions >= n_fine], n_coarse, rows)
+    memory = PositionMemory(z.shape[1], n_fine, n_coarse, rows)
+    memory.fine_bank.copy_(torch.from_numpy(fine_bank))
+    memory.fine_bank_sq.copy_(memory.fine_bank.pow(2).sum(1))
+    memory.coarse_bank.copy_(torch.from_numpy(coarse_bank))
+    memory.coarse_bank_sq.copy_(memory.coarse_bank.pow(2).sum(1))
+    memory.center.copy_(torch.from_numpy(np.concatenate([fine_c, coarse_c])))
+    memory.scale.copy_(torch.from_numpy(np.concatenate([fine_s, coarse_s])))
+    return memory.to(device), LinePositions(prep.grid, prep.coarse_grid).to_dict()
+
+
+def attach_position_memory_from_state(model: nn.Module, state: dict) -> None:
+    """Give ``model`` an empty :class:`PositionMemory` of the shape ``state`` holds, if it holds one."""
+    if "position_memory.layout" in state:
+        n_fine, n_coarse, rows = (int(v) for v in state["position_memory.layout"])
+        model.position_memory = PositionMemory(int(state["position_memory.fine_bank"].shape[1]), n_fine, n_coarse, rows)

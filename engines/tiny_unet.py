@@ -78,6 +78,8 @@ class TinyUNet(nn.Module):
         self.head = nn.Sequential(nn.Linear(16 * w, 64), nn.ReLU(inplace=True), nn.Linear(64, 1))
         self.memory: nn.Module | None = None
         self.coarse_memory: nn.Module | None = None
+        # Per-position memory of one line's grids (engines.tile_memory.PositionMemory), on top of both.
+        self.position_memory: nn.Module | None = None
 
     @property
     def embedding_dim(self) -> int:

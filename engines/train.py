@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from engines.ae_ssim import ssim_map
-from engines.artifact import MEMORY_NAMES, ModelMeta
+from engines.artifact import ALL_MEMORY_NAMES, ModelMeta
 from engines.data import files_hash, training_images
 from engines.inference_model import build_model, load_weights
 from engines.synth import DEFAULT_GENERATORS, GENERATORS
@@ -271,7 +271,7 @@ def initial_weights(path: str | Path) -> tuple[dict, str]:
     else:
         run = state.get("config", {}) if checkpoint else {}
         command, before = run.get("command", ""), run.get("init_command", "")
-    weights = {k: v for k, v in weights.items() if k.split(".", 1)[0] not in MEMORY_NAMES}
+    weights = {k: v for k, v in weights.items() if k.split(".", 1)[0] not in ALL_MEMORY_NAMES}
     return weights, command + (f" (started from: {before})" if before else "")
 
 

@@ -1,6 +1,7 @@
 """The per-frame work of the preprocess and stitch stages, as pure functions (no sockets)."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import cv2
@@ -53,8 +54,17 @@ class Preprocessor:
     def for_model(cls, cfg: PreprocessConfig, meta) -> "Preprocessor":
         """The preprocessing a line runs for the model ``meta`` (an ``engines.artifact.ModelMeta``):
         its tile size, channels and coarse pass. Everything that scores parts as the line does
-        builds it here, so calibration, benchmarks and the stage cannot drift apart."""
-        return cls(cfg, meta.tile_size, meta.in_channels, meta.coarse_scale)
+        builds it here, so calibration, benchmarks and the stage cannot drift apart. A model whose
+        per-position memory was fitted on other grids than this line's is said so on stderr: the
+        line then scores tiles against the shared memories."""
+        prep = cls(cfg, meta.tile_size, meta.in_channels, meta.coarse_scale)
+        positions = meta.line_positions()
+        if positions is not None and not positions.matches(prep.grid, prep.coarse_grid):
+            print(f"note: the model's per-position memory was fitted for a {positions.fine.width}x"
+                  f"{positions.fine.height} canonical part, this line's is {prep.wh[0]}x{prep.wh[1]} (or its tile "
+                  "overlap differs): tiles are scored against the shared memories; refit with export_model "
+                  "--memory-positions for this line", file=sys.stderr)
+        return prep
 
     def __call__(self, frame: np.ndarray) -> Prepared:
         if frame is None or frame.size == 0 or frame.ndim not in (2, 3) or frame.dtype != np.uint8:
@@ -124,10 +134,11 @@ def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarra
     strongest region, marked as below it). Tiles of a coarse pass (``tile_index >= len(grid)``,
     after the fine ones) lie on ``coarse_grid``; their scores join the image score and the novelty
     shares, their maps the coarse-map share (those of the coarse-map network, when the model has
-    one: ``engines.backends.base.map_coarse_tiles``)."""
+    one: ``engines.backends.base.map_coarse_tiles``). A model with a per-position memory fitted on
+    this grid scores each tile against its own position's OK tiles (``MapRule.line_scores``)."""
     t = grid.tile
     n_fine = int((tile_index < len(grid)).sum())
-    fine_scores, coarse_scores = split_scores(tile_scores, n_fine)
+    fine_scores, coarse_scores = split_scores(rule.line_scores(tile_scores, tile_index, grid, coarse_grid), n_fine)
     full = np.zeros((len(grid), 1, t, t), np.float32)
     full[tile_index[:n_fine]] = tile_maps[:n_fine].reshape(-1, 1, t, t)
     anomaly, sharp, agreement = rule.finish(stitch(full, grid), grid, fine_scores, tile_maps[n_fine:],

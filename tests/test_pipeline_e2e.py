@@ -495,3 +495,60 @@ def test_line_maps_coarse_tiles_with_the_coarse_map_network(line, trained_model,
     assert len(line_peaks) == len(right) == 5
     assert np.allclose(line_peaks, right, atol=5e-3)  # the maps travel as fp16
     assert np.abs(np.array(wrong) - np.array(right)).min() > 2e-2  # the test tells the two maps apart
+
+
+def test_memory_positions_score_each_tile_against_its_own_position(line, trained_model, mini_data, tmp_path, capsys):
+    """export_model ... --memory-positions: model.json holds the line's two tile grids, the graph
+    scores every tile against each position's bank after the two shared columns (ONNX Runtime and
+    torch alike), and decide() on that line judges each tile by its own position's column. Without
+    --memory-frames it is refused naming the fix; refitting the shared memories drops it."""
+    from dataclasses import replace
+
+    from engines.artifact import ModelMeta
+    from engines.backends import load_backend
+    from pipeline.processing import Preprocessor, decide
+    from pipeline.sources import DirSource
+    from pipeline.vision.tiling import LinePositions
+    from tools import export_model as export_cli
+    from tools import simulate_line as simulate_cli
+
+    pytest.importorskip("torch")
+    config, seq = line
+    frames = tmp_path / "ok_frames"
+    assert simulate_cli.main(["--data", str(mini_data), "--out", str(frames), "--ok", "3", "--ng", "0", "--empty", "0",
+                              "--ok-from", "train/good", "--seed", "7"]) == 0
+    base = ["--checkpoint", str(trained_model.parent / "last.pt"), "--memory-data", str(mini_data),
+            "--memory-canonical", str(config)]
+    out = tmp_path / "positions"
+    assert export_cli.main([*base, "--memory-frames", str(frames), "--memory-positions", "--out", str(out)]) == 0
+    meta = ModelMeta.load(out)
+    cfg = load_config(config)
+    prep = Preprocessor.for_model(cfg.preprocess, meta)
+    positions = LinePositions(prep.grid, prep.coarse_grid)
+    assert meta.line_grids == positions.to_dict() and meta.map_rule().positions == positions
+    ort, tch = load_backend("onnxruntime", out), load_backend("torch", out)
+    judged = 0
+    for item in DirSource(seq):
+        if item.frame is None:
+            continue
+        p = prep(item.frame)
+        if p.verdict is not None:
+            continue
+        x = meta.normalise(p.tiles)
+        maps, scores = ort.infer(x)
+        assert scores.shape == (len(p.tiles), positions.columns)
+        assert np.allclose(tch.infer(x)[1], scores, atol=1e-3)
+        args = (p.part_mask, p.H, cfg.decision, meta.pixel_threshold, meta.image_threshold, p.coarse_grid)
+        own = scores[np.arange(len(scores)), 2 + p.tile_index]
+        by_hand = decide(maps, np.stack([own, own], 1), p.tile_index, p.grid, *args,
+                         replace(meta.map_rule(), positions=None)).score
+        assert decide(maps, scores, p.tile_index, p.grid, *args, meta.map_rule()).score == pytest.approx(by_hand)
+        judged += 1
+    assert judged >= 4
+    capsys.readouterr()
+    assert export_cli.main([*base, "--memory-positions", "--out", str(tmp_path / "x")]) == 2
+    assert "--memory-frames OK_FRAMES" in capsys.readouterr().err
+    again = tmp_path / "refit"
+    assert export_cli.main(["--from-model", str(out), "--memory-data", str(mini_data), "--out", str(again)]) == 0
+    assert ModelMeta.load(again).line_grids == {}
+    assert load_backend("onnxruntime", again).infer(x)[1].shape == (len(x), 2)

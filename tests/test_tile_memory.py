@@ -340,6 +340,12 @@ def test_model_json_without_the_spread_fields_reads_as_before(trained_model, tmp
         with pytest.raises(ArtifactError, match="map_blur_sigma is .*; use a number of pixels from 0 to 32"):
             ModelMeta.load(old)
     (old / "model.json").write_text(json.dumps(raw))
+    assert ModelMeta.load(old).line_grids == {} and ModelMeta.load(old).map_rule().positions is None
+    for bad in ({"fine": {"height": 1}}, {"coarse": {}}):
+        (old / "model.json").write_text(json.dumps({**raw, "line_grids": bad}))
+        with pytest.raises(ArtifactError, match="line_grids is not a pair of tile grids"):
+            ModelMeta.load(old)
+    (old / "model.json").write_text(json.dumps(raw))
     assert ModelMeta.load(old).fine_top_k == 1  # folders from before the field read the strongest tile
     for bad in (0, 1.5, True):
         raw["fine_top_k"] = bad
@@ -412,3 +418,38 @@ def test_fp16_storage_takes_only_exact_constants_read_in_the_memory_scope(tmp_pa
         "listed": TensorProto.FLOAT}
     assert g.node[0].op_type == "Cast" and g.node[0].name.startswith("/memory/") and list(g.node[0].output) == ["bank"]
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def test_position_memory_scores_each_tile_against_each_positions_own_ok_tiles():
+    """fit_position_banks + PositionMemory: column p is the calibrated nearest distance to position p's
+    kept rows (numpy, computed here); a tile like position 0's OK tiles is familiar at position 0 and
+    novel at position 1; the calibration leaves a tile's own part out; a position with fewer OK
+    tiles than rows repeats them (nearest distances unchanged)."""
+    from engines.tile_memory import PositionMemory, fit_position_banks
+
+    rng = np.random.default_rng(3)
+    dim, rows = 6, 8
+    centres = np.stack([np.zeros(dim), np.full(dim, 6.0)])  # position 0 around 0, position 1 around 6
+    z = np.concatenate([centres[p] + rng.normal(0, 0.5, (20, dim)) for p in (0, 1)]).astype(np.float32)
+    positions = np.repeat([0, 1], 20)
+    parts = np.tile(np.repeat(np.arange(10), 2), 2)  # two tiles per part and position
+    bank, centre, scale = fit_position_banks(z, positions, parts, 2, rows)
+    assert bank.shape == (2 * rows, dim) and np.array_equal(bank, bank.astype(np.float16).astype(np.float32))
+    few, *_ = fit_position_banks(z[:5], positions[:5], parts[:5], 1, rows)  # 5 tiles, 8 rows
+    assert len(np.unique(few, axis=0)) == 5
+    memory = PositionMemory(dim, 1, 1, rows)
+    memory.fine_bank.copy_(torch.from_numpy(bank[:rows]))
+    memory.fine_bank_sq.copy_(memory.fine_bank.pow(2).sum(1))
+    memory.coarse_bank.copy_(torch.from_numpy(bank[rows:]))
+    memory.coarse_bank_sq.copy_(memory.coarse_bank.pow(2).sum(1))
+    memory.center.copy_(torch.from_numpy(centre))
+    memory.scale.copy_(torch.from_numpy(scale))
+    query = (centres[0] + rng.normal(0, 0.5, (4, dim))).astype(np.float32)
+    q = torch.from_numpy(query)
+    got = memory(q, q).numpy()
+    for p in (0, 1):
+        d = np.sqrt(((query[:, None] - bank[p * rows:(p + 1) * rows][None]) ** 2).sum(-1).min(1))
+        assert np.allclose(got[:, p], 1 / (1 + np.exp(-(d - centre[p]) / scale[p])), atol=1e-5)
+    assert got[:, 0].max() < 0.9 and got[:, 1].min() > 0.99
+    with pytest.raises(ValueError, match="grid position 1"):
+        fit_position_banks(z[:20], positions[:20], parts[:20], 2, rows)  # no OK tile at position 1

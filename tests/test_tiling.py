@@ -66,3 +66,25 @@ def test_blur_map_spreads_a_spike_by_sigma_and_keeps_its_mass():
     assert smooth.dtype == np.float32 and smooth.sum() == pytest.approx(1.0, abs=1e-3)
     assert smooth.max() == pytest.approx(1 / (2 * np.pi * 2.0 ** 2), rel=0.05)  # a 2D Gaussian's peak
     assert smooth[32, 36] == pytest.approx(smooth[32, 32] * np.exp(-0.5 * (4 / 2.0) ** 2), rel=0.05)
+
+
+def test_line_positions_pick_each_tiles_own_column_only_on_their_own_grid():
+    """MapRule.line_scores: with a per-position memory fitted on this grid, a tile's score is column
+    2 + its tile_index (full-scale positions, then half-scale ones) in both columns; on another grid,
+    or with scores of another width, the shared memories' scores are used as they are."""
+    from pipeline.vision.tiling import LinePositions, MapRule, tile_grid
+
+    fine, coarse = tile_grid(296, 224), tile_grid(148, 112)
+    positions = LinePositions(fine, coarse)
+    assert positions.columns == 2 + 6 + 2 and LinePositions.from_dict(positions.to_dict()) == positions
+    scores = np.arange(4 * positions.columns, dtype=np.float32).reshape(4, -1)
+    index = np.array([0, 5, 6, 7])  # two full-scale tiles, then both half-scale ones
+    rule = MapRule(positions=positions)
+    picked = rule.line_scores(scores, index, fine, coarse)
+    assert picked.shape == (4, 2) and np.array_equal(picked[:, 0], picked[:, 1])
+    assert picked[:, 0].tolist() == [scores[0, 2], scores[1, 7], scores[2, 8], scores[3, 9]]
+    other = tile_grid(300, 224)
+    assert rule.line_scores(scores, index, other, coarse) is scores
+    assert rule.line_scores(scores[:, :2], index, fine, coarse) is not None
+    assert np.array_equal(rule.line_scores(scores[:, :2], index, fine, coarse), scores[:, :2])
+    assert MapRule().line_scores(scores, index, fine, coarse) is scores

@@ -34,6 +34,13 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-frames", metavar="DIR",
                    help="with --memory-canonical: camera frames of OK parts on that line (hundreds; empty-belt "
                         "frames are skipped); their tiles, as the line preprocesses them, join the memories")
+    p.add_argument("--memory-positions", action="store_true",
+                   help="with --memory-canonical and --memory-frames: also fit a memory per tile position of that "
+                        "line's grid, so that on that line each tile is compared with the OK tiles of its own "
+                        "position (README, 'A memory per tile position')")
+    p.add_argument("--memory-position-rows", type=int, default=None, metavar="N",
+                   help="with --memory-positions: OK tiles kept per position (default 512, "
+                        "engines.tile_memory.POSITION_MEMORY_ROWS; 8 positions x 512 rows add 4.2 MB to the folder)")
     p.add_argument("--coarse-map", metavar="RUN/last.pt",
                    help="export the network of this run (train --image-scale 0.5 --width 8) as the model's coarse-map "
                         "network, OUT/coarse_map/: the backends run it on the coarse pass's tiles, and its map is added "
@@ -67,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             model_paths(args.from_model)  # a model folder, or an error naming what is missing
             out = export_model(args.from_model, args.out, args.opset, memory_data=args.memory_data,
                                memory_line=args.memory_line, memory_canonical=args.memory_canonical,
-                               coarse_map=args.coarse_map, coarse_map_weight=weight, memory_frames=args.memory_frames)
+                               coarse_map=args.coarse_map, coarse_map_weight=weight, memory_frames=args.memory_frames,
+                               memory_positions=args.memory_positions, memory_position_rows=args.memory_position_rows)
         elif args.from_model:
             if not args.coarse_map and args.map_blur_sigma is None:
                 raise ValueError("--from-model MODEL: nothing to do; give --coarse-map RUN/last.pt to add a coarse-map "
@@ -82,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.checkpoint:
             out = export_model(args.checkpoint, args.out, args.opset, memory_data=args.memory_data,
                                memory_line=args.memory_line, memory_canonical=args.memory_canonical,
-                               coarse_map=args.coarse_map, coarse_map_weight=weight, memory_frames=args.memory_frames)
+                               coarse_map=args.coarse_map, coarse_map_weight=weight, memory_frames=args.memory_frames,
+                               memory_positions=args.memory_positions, memory_position_rows=args.memory_position_rows)
         else:
             raise ValueError("give --checkpoint OUT/last.pt, --from-model MODEL with --coarse-map, --memory-data or "
                              "--map-blur-sigma, or --untrained for a speed-only model")

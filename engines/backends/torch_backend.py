@@ -26,6 +26,7 @@ class TorchBackend(Backend):
         except ImportError as exc:
             raise BackendUnavailable("torch is not installed; pip install -e .[train]") from exc
         from engines.inference_model import build_model, inference_module, load_weights
+        from engines.artifact import ALL_MEMORY_NAMES
         from engines.tile_memory import MEMORY_NAMES
 
         self.torch = torch
@@ -56,7 +57,7 @@ class TorchBackend(Backend):
         # The memories stay fp32 under fp16 (never cast, so their buffers keep every bit):
         # |z|^2 - 2 z.b + |b|^2 cancels, and fp16 keeps 11 bits of terms in the hundreds.
         for name, child in net.named_children():
-            if name not in MEMORY_NAMES:
+            if name not in ALL_MEMORY_NAMES:
                 child.to(self.dtype)
         self.module = module
         self.graph_batch = cuda_graph_batch if self._device.type == "cuda" else 0

@@ -202,6 +202,39 @@ def image_score(anomaly_map: np.ndarray, tile_scores: np.ndarray, map_weight: fl
 
 
 @dataclass(frozen=True)
+class LinePositions:
+    """The line's tile grids that a model's per-position memory was fitted on (``ModelMeta.line_grids``,
+    ``engines.tile_memory.PositionMemory``). Such a model's graph scores each tile against every
+    position's bank: score columns ``2 + p`` for the ``len(fine)`` full-scale positions, then the
+    ``len(coarse)`` half-scale ones, after the two shared memories' columns. A tile's own position is
+    its ``tile_index`` (coarse tiles count from ``len(fine)``), so its column is ``2 + tile_index``."""
+
+    fine: TileGrid
+    coarse: TileGrid
+
+    @property
+    def columns(self) -> int:
+        return 2 + len(self.fine) + len(self.coarse)
+
+    def matches(self, grid: TileGrid, coarse_grid: TileGrid | None) -> bool:
+        return grid == self.fine and coarse_grid == self.coarse
+
+    def scores(self, tile_scores: np.ndarray, tile_index: np.ndarray) -> np.ndarray:
+        """``(N, columns)`` scores -> ``(N, 2)``: each tile's novelty against its own position's
+        bank, in both columns (``split_scores`` reads the first for full-scale tiles, the second for
+        half-scale ones)."""
+        picked = tile_scores[np.arange(len(tile_scores)), 2 + np.asarray(tile_index, np.int64)]
+        return np.stack([picked, picked], axis=1)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LinePositions":
+        return cls(TileGrid.from_dict(d["fine"]), TileGrid.from_dict(d["coarse"]))
+
+    def to_dict(self) -> dict:
+        return {"fine": self.fine.to_dict(), "coarse": self.coarse.to_dict()}
+
+
+@dataclass(frozen=True)
 class MapRule:
     """How a model turns its tiles' maps and scores into a part's defect map and image score: the
     fields of its sidecar that say so (``ModelMeta.map_rule()``), read alike by the detector and
@@ -213,6 +246,18 @@ class MapRule:
     coarse_map_weight: float = 0.0  # ModelMeta.coarse_map_weight
     fine_top_k: int = 1  # ModelMeta.fine_top_k
     map_blur_sigma: float = 0.0  # ModelMeta.map_blur_sigma
+    positions: LinePositions | None = None  # ModelMeta.line_grids: a per-position memory's grids
+
+    def line_scores(self, tile_scores: np.ndarray, tile_index: np.ndarray, grid: TileGrid,
+                    coarse_grid: TileGrid | None) -> np.ndarray:
+        """The tile scores a part on a line is judged by: with a per-position memory fitted on this
+        very grid, each tile's novelty against the OK tiles of its own position
+        (:meth:`LinePositions.scores`); otherwise the shared memories' scores as they are."""
+        p = self.positions
+        if (p is None or tile_scores.ndim != 2 or tile_scores.shape[1] != p.columns
+                or not p.matches(grid, coarse_grid)):
+            return tile_scores
+        return p.scores(tile_scores, tile_index)
 
     def finish(self, stitched: np.ndarray, grid: TileGrid, fine_scores: np.ndarray, coarse_maps: np.ndarray,
                fine_positions: np.ndarray | None = None, coarse_grid: TileGrid | None = None,
