@@ -75,11 +75,29 @@ def split_report(model: Path, data: Path) -> dict[str, int]:
     return {name: d for name, d, _, _ in holes}
 
 
+def line_part_scores(backend, meta, cfg, prep, seq: Path) -> list[tuple[dict, float | None]]:
+    """Each part of a simulated sequence: its truth row and the score the line gives it (``prep``,
+    the line's preprocessing, then ``decide`` with the model's rule; None where no part is found)."""
+    from pipeline.processing import decide
+    from pipeline.sim import sequence_parts
+
+    parts = []
+    for t, frame in sequence_parts(seq):
+        p = prep(frame)
+        score = None
+        if p.verdict is None:
+            maps, scores = backend.infer(meta.normalise(p.tiles))
+            maps = map_coarse_tiles(backend, p.tiles, maps, p.tile_index >= len(p.grid))
+            score = decide(maps, scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision, meta.pixel_threshold,
+                           meta.image_threshold, p.coarse_grid, meta.map_rule()).score
+        parts.append((t, score))
+    return parts
+
+
 def line_report(model: Path, config: Path, seqs: list[Path], distance: dict[str, int]) -> None:
     from engines.artifact import ModelMeta
     from pipeline.config import load_config
-    from pipeline.processing import Preprocessor, decide
-    from pipeline.sim import sequence_parts
+    from pipeline.processing import Preprocessor
 
     meta = ModelMeta.load(model)
     cfg = load_config(config)
@@ -88,16 +106,7 @@ def line_report(model: Path, config: Path, seqs: list[Path], distance: dict[str,
     missed: dict[str, int] = {}
     total: dict[str, int] = {}
     for seq in seqs:
-        parts = []
-        for t, frame in sequence_parts(seq):
-            p = prep(frame)
-            score = None
-            if p.verdict is None:
-                maps, scores = backend.infer(meta.normalise(p.tiles))
-                maps = map_coarse_tiles(backend, p.tiles, maps, p.tile_index >= len(p.grid))
-                score = decide(maps, scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision, meta.pixel_threshold,
-                               meta.image_threshold, p.coarse_grid, meta.map_rule()).score
-            parts.append((t, score))
+        parts = line_part_scores(backend, meta, cfg, prep, seq)
         bar = false_alarm_bar([s for t, s in parts if t["verdict"] == "OK"])
         for t, score in parts:
             if t["defect_type"] != "blowhole":

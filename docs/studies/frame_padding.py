@@ -29,15 +29,14 @@ import engines.tile_memory as tile_memory  # noqa: E402
 import pipeline.processing as processing  # noqa: E402
 from engines import metrics  # noqa: E402
 from engines.artifact import ModelMeta  # noqa: E402
-from engines.backends.base import load_backend, map_coarse_tiles  # noqa: E402
+from docs.studies.border_blowholes import BANDS, border_distance, line_part_scores  # noqa: E402
+from engines.backends.base import load_backend  # noqa: E402
 from engines.data import mvtec_test_set, read_image, read_mask  # noqa: E402
 from engines.detector import Detector  # noqa: E402
 from pipeline.benchmark import false_alarm_bar  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.sim import sequence_parts  # noqa: E402
 from pipeline.vision.tiling import extract_tiles, scaled_shape, tile_grid  # noqa: E402
 
-BANDS = ((0, 4), (5, 15), (16, 10_000))
 _plain_tiles_at_scale = tile_memory.tiles_at_scale
 
 
@@ -88,12 +87,6 @@ def install(pad: int) -> None:
     processing.Preprocessor = padded_preprocessor(pad)
 
 
-def border_distance(mask: np.ndarray) -> int:
-    ys, xs = np.nonzero(mask)
-    h, w = mask.shape
-    return int(min(xs.min(), ys.min(), w - 1 - xs.max(), h - 1 - ys.max()))
-
-
 def split_report(model: Path, data: Path, pad: int) -> dict[str, int]:
     det = Detector(load_backend("onnxruntime", model))
     samples = mvtec_test_set(data)
@@ -116,17 +109,7 @@ def line_report(model: Path, config: Path, seqs: list[Path], distance: dict[str,
     backend = load_backend("onnxruntime", model)
     recalls, missed, total = [], {}, {}
     for seq in seqs:
-        parts = []
-        for t, frame in sequence_parts(seq):
-            p = prep(frame)
-            score = None
-            if p.verdict is None:
-                maps, scores = backend.infer(meta.normalise(p.tiles))
-                maps = map_coarse_tiles(backend, p.tiles, maps, p.tile_index >= len(p.grid))
-                score = processing.decide(maps, scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision,
-                                          meta.pixel_threshold, meta.image_threshold, p.coarse_grid,
-                                          meta.map_rule()).score
-            parts.append((t, score))
+        parts = line_part_scores(backend, meta, cfg, prep, seq)
         bar = false_alarm_bar([s for t, s in parts if t["verdict"] == "OK"])
         ng = [(t, s) for t, s in parts if t["verdict"] == "NG"]
         recalls.append(sum(s is not None and s > bar for _, s in ng) / len(ng))

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from docs.studies.border_blowholes import BANDS, border_distance  # noqa: E402
 from engines.artifact import ModelMeta  # noqa: E402
 from engines.backends.base import load_backend, map_coarse_tiles  # noqa: E402
 from engines.data import mvtec_test_set, read_image, read_mask, training_images  # noqa: E402
@@ -42,7 +43,6 @@ from pipeline.sources import _decode  # noqa: E402
 from pipeline.vision.rectify import canonical_view  # noqa: E402
 from pipeline.vision.tiling import downscale, extract_tiles  # noqa: E402
 
-BANDS = ((0, 4), (5, 15), (16, 10_000))
 
 
 class PositionMemory:
@@ -71,7 +71,7 @@ class PositionMemory:
             zp = z[at].astype(np.float64)
             pp = parts[at]
             for form in self.forms:
-                if form == "shared":
+                if form == "shared" or form.startswith("top"):
                     continue
                 if form.startswith(("gauss", "ppca")):
                     self.banks[(form, int(pos))] = self._gaussian(form, zp)
@@ -120,17 +120,36 @@ class PositionMemory:
         came from tiles at that position (``runs``-side replay of the fit: z, positions, parts and
         the kept rows per scale), calibrated against them like the others."""
         data = np.load(npz)
+        tops = [f for f in self.forms if f.startswith("top")]
         for tag, offset in (("fine", 0), ("coarse", n_fine)):
             z, pos, parts, keep = (data[f"{tag}_{k}"] for k in ("z", "pos", "parts", "keep"))
             for p in np.unique(pos[pos >= 0]):
-                rows = keep[pos[keep] == p]
                 at = np.nonzero(pos == p)[0]
-                bank = z[rows].astype(np.float16).astype(np.float64)
-                sq = (bank ** 2).sum(1)
-                d = nearest_distance(z[at].astype(np.float64), bank, sq, parts[at][:, None] == parts[rows][None])
-                d = d[np.isfinite(d)]
-                q50, qhi = np.quantile(d, [0.5, CALIBRATION_QUANTILE])
-                self.banks[("shared", int(p) + offset)] = (bank, sq, float(qhi), float(max(qhi - q50, 1e-3)))
+                shared = keep[pos[keep] == p]
+                for form in ["shared"] + tops:
+                    rows = shared if form == "shared" else self._top_up(z, at, shared, int(form[3:]))
+                    bank = z[rows].astype(np.float16).astype(np.float64)
+                    sq = (bank ** 2).sum(1)
+                    d = nearest_distance(z[at].astype(np.float64), bank, sq, parts[at][:, None] == parts[rows][None])
+                    d = d[np.isfinite(d)]
+                    q50, qhi = np.quantile(d, [0.5, CALIBRATION_QUANTILE])
+                    self.banks[(form, int(p) + offset)] = (bank, sq, float(qhi), float(max(qhi - q50, 1e-3)))
+
+    @staticmethod
+    def _top_up(z: np.ndarray, at: np.ndarray, chosen: np.ndarray, rows: int) -> np.ndarray:
+        """Form ``topR``: the shared bank's rows of this position, then greedy k-centre continued
+        from them over the position's tiles until ``rows``: what a folder would store beside the
+        shared bank (the extra rows only)."""
+        pts = z[at].astype(np.float32)
+        picked = [int(np.nonzero(at == c)[0][0]) for c in chosen]
+        dmin = np.full(len(pts), np.inf, np.float32)
+        for i in picked:
+            dmin = np.minimum(dmin, ((pts - pts[i]) ** 2).sum(1))
+        while len(picked) < rows and dmin.max() > 0:
+            i = int(dmin.argmax())
+            picked.append(i)
+            dmin = np.minimum(dmin, ((pts - pts[i]) ** 2).sum(1))
+        return at[np.array(picked)]
 
     def score(self, form: str, z: np.ndarray, positions: np.ndarray) -> np.ndarray:
         out = np.zeros(len(z))
@@ -146,14 +165,8 @@ class PositionMemory:
 
 
 def border_distances(data: Path) -> dict[str, int]:
-    out = {}
-    for s in mvtec_test_set(data):
-        if s.defect_type == "blowhole":
-            mask = read_mask(s.mask_path, read_image(s.image_path).shape[:2])
-            ys, xs = np.nonzero(mask)
-            h, w = mask.shape
-            out[Path(s.image_path).name] = int(min(xs.min(), ys.min(), w - 1 - xs.max(), h - 1 - ys.max()))
-    return out
+    return {Path(s.image_path).name: border_distance(read_mask(s.mask_path, read_image(s.image_path).shape[:2]))
+            for s in mvtec_test_set(data) if s.defect_type == "blowhole"}
 
 
 def main() -> int:
@@ -164,8 +177,10 @@ def main() -> int:
     p.add_argument("--line", type=Path, nargs="+", required=True, metavar="SEQ")
     p.add_argument("--config", type=Path, default=Path("configs/demo_line.yaml"))
     p.add_argument("--forms", nargs="+", default=["all"],
-                   help="bank forms: all, kcN (N rows by k-centre), rndN (N rows at random)")
-    p.add_argument("--shared-npz", type=Path, help="for form shared: the replayed fit of the folder's shared banks")
+                   help="bank forms: all, kcN (N rows by k-centre), rndN (N rows at random), gauss, ppcaR, shared "
+                        "(the shared banks' rows of each position), topN (those topped up to N by k-centre)")
+    p.add_argument("--shared-npz", type=Path, help="for forms shared and topR: the replayed fit of the folder's "
+                   "shared banks (z, positions, parts, kept rows per scale)")
     p.add_argument("--canonical", type=Path, help="OK part images (or an MVTec folder's train/good) whose "
                    "canonical views join the banks, as --memory-canonical joins them to the shipped memories")
     a = p.parse_args()
@@ -202,7 +217,7 @@ def main() -> int:
             poss.append(index)
             parts += [path.name] * len(tiles)
     memory.fit(np.concatenate(zs), np.concatenate(poss), np.array(parts))
-    if "shared" in a.forms:
+    if any(f == "shared" or f.startswith("top") for f in a.forms):
         memory.fit_shared(a.shared_npz, len(prep.grid))
         print("shared rows per position: " + ", ".join(f"{k[1]}: {len(v[0])}" for k, v in sorted(memory.banks.items())
                                                        if k[0] == "shared"))
