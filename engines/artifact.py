@@ -147,7 +147,7 @@ class ModelMeta:
                 LinePositions.from_dict(meta.line_grids)
             except (KeyError, TypeError, ValueError) as exc:
                 raise ArtifactError(f"{path}: line_grids is not a pair of tile grids ({exc}); re-export with "
-                                    "`export_model --memory-positions` or set it to {{}}") from None
+                                    "`export_model --memory-positions` or set it to {}") from None
         if meta.novelty_spread not in SPREADS:
             raise ArtifactError(f"{path}: novelty_spread is {meta.novelty_spread!r}; use one of {list(SPREADS)}")
         return meta

@@ -362,7 +362,8 @@ class PositionMemory(nn.Module):
     position calibrated on its own. ``forward(fine_z, coarse_z)`` takes a tile's two projections and
     gives ``(N, n_fine + n_coarse)``: its novelty against every position's bank (the caller keeps the
     column of the tile's own position: ``pipeline.vision.tiling.LinePositions``). Scoring every
-    position costs 8 x 128 rows per tile on the demo line, nothing beside the network."""
+    position costs 8 x 512 rows per tile on the demo line, as many as the shared memories' banks
+    hold together: little beside the network."""
 
     def __init__(self, dim: int, n_fine: int, n_coarse: int, rows: int) -> None:
         super().__init__()
