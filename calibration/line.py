@@ -99,10 +99,17 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
         v = decide(maps, tile_scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision, meta.pixel_threshold, 1.0,
                    p.coarse_grid, meta.map_rule())
         scores.append(v.score)
-    threshold = min(0.99, max(meta.image_threshold, max(scores) + THRESHOLD_MARGIN))
+    # The model's own threshold was set for its shared memories' scores (evaluate --set-thresholds). A
+    # per-position memory fitted on this line's grid scores the line's parts on its own scale, for which
+    # only these OK parts speak.
+    positions = meta.line_positions()
+    own_scale = positions is not None and positions.matches(prep.grid, prep.coarse_grid)
+    floor = 0.0 if own_scale else meta.image_threshold
+    threshold = min(0.99, max(floor, max(scores) + THRESHOLD_MARGIN))
     cfg.decision.image_threshold = round(float(threshold), 4)
-    notes.append(f"OK scores {min(scores):.3f}..{max(scores):.3f}; model threshold {meta.image_threshold:.3f} -> "
-                 f"image_threshold {threshold:.3f}")
+    source = ("the per-position memory's scores: the model threshold does not apply" if own_scale
+              else f"model threshold {meta.image_threshold:.3f}")
+    notes.append(f"OK scores {min(scores):.3f}..{max(scores):.3f}; {source} -> image_threshold {threshold:.3f}")
     write_commented(cfg, out_yaml, notes, len(frames), str(frames_dir))
     return Calibration(cfg, scores, ncc, notes)
 

@@ -13,7 +13,8 @@ import torch
 from engines.artifact import (ALL_MEMORY_NAMES, COARSE_MAP_DIR, MAP_BLUR_SIGMA, MEMORY_SCOPES, META_NAME, ONNX_NAME,
                               POSITION_MEMORY_NAME, ModelMeta, map_blur_sigma_problem, model_paths)
 from engines.data import files_hash, read_image, training_images
-from engines.tile_memory import (COARSE_SCALE, GRAPH_MAP_SHARE, MEMORY_NAMES, NOVELTY_RULE_FIELDS, attach_memories,
+from engines.tile_memory import (COARSE_SCALE, GRAPH_MAP_SHARE, MEMORY_NAMES, NOVELTY_RULE_FIELDS, POSITION_MEMORY_ROWS,
+                                 attach_memories,
                                  fit_position_memory, line_frame_embeddings, memory_from_line_frames, novelty_rule)
 from engines.backends.torch_backend import WEIGHTS_NAME
 from engines.inference_model import build_model, inference_module, load_weights
@@ -182,7 +183,7 @@ def compact_state(model: torch.nn.Module) -> dict:
     """State dict with the tile-memory banks stored in fp16 (half the bytes; ``load_state_dict``
     copies it back into the model's fp32 buffer, and distances move by < 1e-3)."""
     state = model.state_dict()
-    for key in [f"{name}.bank" for name in MEMORY_NAMES] + [f"{POSITION_MEMORY_NAME}.{b}" for b in ("fine_bank", "coarse_bank")]:
+    for key in [f"{name}.bank" for name in MEMORY_NAMES] + [f"{POSITION_MEMORY_NAME}.{b}" for b in ("fine_extra", "coarse_extra")]:
         if key in state:
             state[key] = state[key].half()
     return state
@@ -260,12 +261,15 @@ def export_model(source: str | Path | list[str | Path], out: str | Path, opset: 
                 pooled = line_frame_embeddings(model, frame_files, memory_canonical, meta, progress=progress)
                 extra.update(memory_line_frames=str(memory_frames), memory_line_frames_used=pooled.frames,
                              memory_line_frames_hash=files_hash(frame_files))
-            attach_memories(model, images, meta, progress=progress, part_ids=part_ids, pooled=pooled)
+            fitted: dict | None = {} if memory_positions else None
+            attach_memories(model, images, meta, progress=progress, part_ids=part_ids, pooled=pooled, fitted=fitted)
             if memory_positions:
                 model.position_memory, line_grids = fit_position_memory(
-                    model, part_images, [f.name for f in files], frame_files, memory_canonical, meta, progress=progress,
+                    model, fitted, part_images, [f.name for f in files], frame_files, pooled, memory_canonical, meta,
                     rows=memory_position_rows)
-                extra["memory_positions_rows"] = int(model.position_memory.rows)
+                extra["memory_positions_rows"] = memory_position_rows or POSITION_MEMORY_ROWS
+                extra["memory_positions_extra_rows"] = int(model.position_memory.fine_extra.shape[0]
+                                                           + model.position_memory.coarse_extra.shape[0])
         extra.update(memory_data=str(memory_data), memory_data_hash=files_hash(files))
     elif source_meta is not None:  # memories as they were: so is their provenance
         extra.update({k: v for k, v in source_meta.extra.items() if k.startswith("memory_")})

@@ -55,7 +55,8 @@ class SegmentationHead(nn.Module):
                 positions = getattr(self.model, "position_memory", None)
                 if positions is not None:
                     emb = embedding.to(memory.bank.dtype)
-                    scores = torch.cat([scores, positions(memory.project(emb), coarse.project(emb))], dim=1)
+                    scores = torch.cat([scores, positions(memory.project(emb), coarse.project(emb), memory, coarse)],
+                                       dim=1)
                 return prob, scores
             return prob, novelty
         return torch.sigmoid(map_logits), torch.sigmoid(tile_logits)

@@ -200,6 +200,7 @@ def fit_memory(embeddings: np.ndarray, image_ids: np.ndarray, max_tiles: int = M
     memory.bank_sq.copy_((bank * bank).sum(1))
     memory.center.fill_(center)
     memory.scale.fill_(scale)
+    memory.kept_rows = keep  # which embeddings the bank holds, in order (fit_position_memory reads it)
     return memory
 
 
@@ -249,7 +250,8 @@ def memory_from_images(model: nn.Module, images: Sequence[np.ndarray], meta: Mod
 
 
 def attach_memories(model: nn.Module, images: Sequence[np.ndarray], meta: ModelMeta, progress: bool = True,
-                    part_ids: Sequence[int] | None = None, pooled: LineFrameEmbeddings | None = None) -> nn.Module:
+                    part_ids: Sequence[int] | None = None, pooled: LineFrameEmbeddings | None = None,
+                    fitted: dict | None = None) -> nn.Module:
     """Fit the fine and the coarse tile memory on uint8 OK images (``part_ids``: see
     :func:`memory_from_images`) and attach both to ``model``. ``pooled``: tiles of OK line frames
     (:func:`line_frame_embeddings`) fitted together with the images' tiles, each frame its own part."""
@@ -263,6 +265,8 @@ def attach_memories(model: nn.Module, images: Sequence[np.ndarray], meta: ModelM
             embeddings = np.concatenate([embeddings, frame_embeddings])
             image_ids = np.concatenate([image_ids, frame_ids + first_frame_id])
         setattr(model, name, fit_memory(embeddings, image_ids, max_tiles).to(device))
+        if fitted is not None:  # what fit_position_memory builds on: every embedding and the kept rows
+            fitted[name] = (embeddings, getattr(model, name).kept_rows)
     return model
 
 
@@ -273,6 +277,8 @@ class LineFrameEmbeddings:
     fine: tuple[np.ndarray, np.ndarray]
     coarse: tuple[np.ndarray, np.ndarray]
     frames: int
+    # the grid position of each fine and each coarse tile (coarse ones counted from 0)
+    positions: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def line_frame_embeddings(model: nn.Module, frames: Sequence[Path], line_config: str | Path, meta: ModelMeta,
@@ -285,6 +291,8 @@ def line_frame_embeddings(model: nn.Module, frames: Sequence[Path], line_config:
     from pipeline.sources import _decode
 
     prep = Preprocessor.for_model(load_config(line_config).preprocess, replace(meta, coarse_scale=COARSE_SCALE))
+    fine_pos: list[np.ndarray] = []
+    coarse_pos: list[np.ndarray] = []
 
     def tiles_per_frame() -> Iterator[tuple[np.ndarray, int]]:
         for frame_id, path in enumerate(tqdm(frames, desc="tile memory (line)", unit="frame", disable=not progress)):
@@ -296,8 +304,10 @@ def line_frame_embeddings(model: nn.Module, frames: Sequence[Path], line_config:
             if prepared.verdict is None:
                 # The coarse tiles follow the fine ones; an id of -1 - frame marks them apart.
                 coarse = prepared.tile_index >= len(prepared.grid)
+                fine_pos.append(prepared.tile_index[~coarse])
                 yield prepared.tiles[~coarse], frame_id
                 if coarse.any():
+                    coarse_pos.append(prepared.tile_index[coarse] - len(prepared.grid))
                     yield prepared.tiles[coarse], -1 - frame_id
 
     embeddings, ids = collect_embeddings(model, tiles_per_frame(), meta)
@@ -309,7 +319,7 @@ def line_frame_embeddings(model: nn.Module, frames: Sequence[Path], line_config:
         raise ValueError(f"{line_config}: no frame gave a coarse tile with enough part "
                          "(preprocess.min_tile_part_fraction); the part is too small for a coarse pass")
     return LineFrameEmbeddings((embeddings[fine], ids[fine]), (embeddings[~fine], -1 - ids[~fine]),
-                               len(np.unique(ids[fine])))
+                               len(np.unique(ids[fine])), (np.concatenate(fine_pos), np.concatenate(coarse_pos)))
 
 
 def memory_from_line_frames(model: nn.Module, frames: Sequence[Path], line_config: str | Path, meta: ModelMeta,
@@ -341,13 +351,16 @@ def attach_memory_from_state(model: nn.Module, state: dict, source: str = "state
     return state
 
 
-# Rows kept per position in a per-position memory (PositionMemory), by greedy k-centre. On the demo
+# Rows per position in a per-position memory (PositionMemory): the shared bank's rows that came from
+# that position's tiles, topped up to this many by greedy k-centre continued from them. On the demo
 # line (1,406 OK tiles per position: 703 frames, 703 canonical views), NG recall at <= 5 % false
-# alarms over 16 simulated sequences: all 1,406 rows 0.985, 512 rows 0.983, 256 rows 0.923, 128 rows
-# 0.798 (the shared memories: 0.899; 512 at random: 0.881; docs/studies/position_memory.py). 8 positions x
-# 512 rows x 256 values in fp16 are 2.1 MB in each of model.onnx and model.pt (README, "A memory per
-# tile position").
-POSITION_MEMORY_ROWS = 512
+# alarms, study over sequences 7-22 / 23-30: every OK tile as the bank 0.985 / 0.968, topped up to 480
+# 0.983 / 0.976, to 512 0.977 / 0.976, the shared rows alone (230-408) 0.914 / 0.903, 256 rows by
+# k-centre alone 0.923 (the shared memories: 0.899 / 0.885; docs/studies/position_memory.py). Only the
+# extra rows are stored: about 1,200 on the demo line, 1.2 MB in model.onnx and model.pt together
+# (README, "A memory per tile position").
+POSITION_MEMORY_ROWS = 480
+_MASKED = 1e6  # added to the squared distance of rows of other positions: never the nearest
 
 
 class PositionMemory(nn.Module):
@@ -357,61 +370,95 @@ class PositionMemory(nn.Module):
     given grid position always shows the same region of the part: a corner, an edge, the middle.
     The shared memories compare a tile with OK tiles of every position and of every framing; this
     one compares it with the OK tiles of its own position only (as PaDiM keeps statistics per
-    position), in the shared memories' projected space (the fine memory's projection for the
-    ``n_fine`` full-scale positions, the coarse memory's for the ``n_coarse`` half-scale ones), each
-    position calibrated on its own. ``forward(fine_z, coarse_z)`` takes a tile's two projections and
-    gives ``(N, n_fine + n_coarse)``: its novelty against every position's bank (the caller keeps the
-    column of the tile's own position: ``pipeline.vision.tiling.LinePositions``). Scoring every
-    position costs 8 x 512 rows per tile on the demo line, as many as the shared memories' banks
-    hold together: little beside the network."""
+    position), in the shared memories' projected space, each position calibrated on its own. A
+    position's rows are the shared bank's rows that came from its tiles (``*_tags``: each shared
+    row's position, -1 for tiles of images as they are) plus its own extra rows (``*_extra``), so
+    only the extra rows take room. ``forward(fine_z, coarse_z, fine_memory, coarse_memory)`` takes a
+    tile's two projections and the two shared memories and gives ``(N, n_fine + n_coarse)``: its
+    novelty against every position (the caller keeps the column of the tile's own position:
+    ``pipeline.vision.tiling.LinePositions``)."""
 
-    def __init__(self, dim: int, n_fine: int, n_coarse: int, rows: int) -> None:
+    def __init__(self, dim: int, n_fine: int, n_coarse: int, shared_fine: int, shared_coarse: int,
+                 extra_fine: int, extra_coarse: int) -> None:
         super().__init__()
-        self.n_fine, self.n_coarse, self.rows = n_fine, n_coarse, rows
-        self.register_buffer("layout", torch.tensor([n_fine, n_coarse, rows]))
-        self.register_buffer("fine_bank", torch.zeros(n_fine * rows, dim))
-        self.register_buffer("fine_bank_sq", torch.zeros(n_fine * rows))
-        self.register_buffer("coarse_bank", torch.zeros(n_coarse * rows, dim))
-        self.register_buffer("coarse_bank_sq", torch.zeros(n_coarse * rows))
+        self.n_fine, self.n_coarse = n_fine, n_coarse
+        self.register_buffer("layout", torch.tensor([n_fine, n_coarse]))
+        self.register_buffer("fine_extra", torch.zeros(extra_fine, dim))
+        self.register_buffer("fine_extra_sq", torch.zeros(extra_fine))
+        self.register_buffer("fine_tags", torch.full((shared_fine + extra_fine,), -1.0))
+        self.register_buffer("coarse_extra", torch.zeros(extra_coarse, dim))
+        self.register_buffer("coarse_extra_sq", torch.zeros(extra_coarse))
+        self.register_buffer("coarse_tags", torch.full((shared_coarse + extra_coarse,), -1.0))
         self.register_buffer("center", torch.ones(n_fine + n_coarse))
         self.register_buffer("scale", torch.ones(n_fine + n_coarse))
 
-    def _nearest(self, z: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, positions: int) -> torch.Tensor:
-        d2 = (z * z).sum(dim=1, keepdim=True) - 2.0 * (z @ bank.t()) + bank_sq[None]
-        return torch.amin(d2.reshape(-1, positions, self.rows), dim=2)
+    @staticmethod
+    def _nearest(z: torch.Tensor, memory: "TileMemory", extra: torch.Tensor, extra_sq: torch.Tensor,
+                 tags: torch.Tensor, positions: int) -> torch.Tensor:
+        if positions == 0:
+            return z.new_zeros((z.shape[0], 0))
+        zz = (z * z).sum(dim=1, keepdim=True)
+        d2 = zz - 2.0 * (z @ memory.bank.t()) + memory.bank_sq[None]
+        if extra.shape[0]:
+            d2 = torch.cat([d2, zz - 2.0 * (z @ extra.t()) + extra_sq[None]], dim=1)
+        ids = torch.arange(positions, dtype=tags.dtype, device=tags.device)
+        diff = tags[None, :] - ids[:, None]  # whole numbers: 0 on the position's own rows
+        masked = _MASKED * torch.clamp(diff * diff, max=1.0)  # (positions, rows)
+        return torch.amin(d2[:, None, :] + masked[None], dim=2)
 
-    def forward(self, fine_z: torch.Tensor, coarse_z: torch.Tensor) -> torch.Tensor:
-        d2 = torch.cat([self._nearest(fine_z, self.fine_bank, self.fine_bank_sq, self.n_fine),
-                        self._nearest(coarse_z, self.coarse_bank, self.coarse_bank_sq, self.n_coarse)], dim=1)
+    def forward(self, fine_z: torch.Tensor, coarse_z: torch.Tensor, fine_memory: "TileMemory",
+                coarse_memory: "TileMemory") -> torch.Tensor:
+        d2 = torch.cat([self._nearest(fine_z, fine_memory, self.fine_extra, self.fine_extra_sq, self.fine_tags, self.n_fine),
+                        self._nearest(coarse_z, coarse_memory, self.coarse_extra, self.coarse_extra_sq, self.coarse_tags,
+                                      self.n_coarse)], dim=1)
         return torch.sigmoid((torch.sqrt(torch.clamp(d2, min=0.0)) - self.center[None]) / self.scale[None])
 
 
-def fit_position_banks(z: np.ndarray, positions: np.ndarray, parts: np.ndarray, n_positions: int,
-                       rows: int = POSITION_MEMORY_ROWS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Projected OK tiles ``z`` at grid ``positions`` (0..n_positions-1) of ``parts`` -> per position a
-    bank of ``rows`` rows (greedy k-centre; a position with fewer tiles repeats them, which moves no
-    nearest distance) rounded to fp16, and its calibration: every OK tile's distance to the nearest
-    kept row of another part, whose 0.99 quantile maps to 0.5 (as :func:`calibrate`). Returns
-    ``(banks (n_positions * rows, D), centers, scales)``."""
-    banks, centers, scales = [], [], []
+def top_up_rows(z: np.ndarray, positions: np.ndarray, parts: np.ndarray, kept: np.ndarray, bank: np.ndarray,
+                n_positions: int, rows: int = POSITION_MEMORY_ROWS
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One scale's per-position rows. ``z``: every projected OK tile the shared memory was fitted on,
+    ``positions`` (-1: not a line position), ``parts``; ``kept``: the tiles the shared ``bank`` holds,
+    in its row order. Each position keeps the bank's rows from its tiles and adds tiles by greedy
+    k-centre continued from them until it has ``rows`` (rounded to fp16, as the banks are). Each
+    position is calibrated on all its OK tiles' distances to its rows of other parts (0.99 quantile
+    -> 0.5, as :func:`calibrate`). Returns ``(tags of the bank's rows, extra rows, their tags, centres,
+    scales)``."""
+    bank_tags = positions[kept].astype(np.float32)
+    bank_tags[bank_tags < 0] = -1.0
+    extra, extra_tags, centres, scales = [], [], [], []
     for p in range(n_positions):
-        at = positions == p
-        if at.sum() < 2 or len(np.unique(parts[at])) < 2:
-            raise ValueError(f"grid position {p}: OK tiles of at least two parts are needed, got {int(at.sum())}; "
+        at = np.nonzero(positions == p)[0]
+        if len(at) < 2 or len(np.unique(parts[at])) < 2:
+            raise ValueError(f"grid position {p}: OK tiles of at least two parts are needed, got {len(at)}; "
                              "the line keeps too few tiles there (preprocess.min_tile_part_fraction)")
-        zp = z[at].astype(np.float32)
-        keep = k_center(zp, rows)
-        keep = np.resize(keep, rows)  # repeats when the position has fewer tiles than rows
-        bank = torch.from_numpy(zp[keep]).half().float().numpy()
-        bank_sq = (bank.astype(np.float64) ** 2).sum(1)
-        exclude = parts[at][:, None] == parts[at][keep][None]
-        d = nearest_distance(zp.astype(np.float64), bank.astype(np.float64), bank_sq, exclude)
+        pts = z[at].astype(np.float32)
+        mine = np.nonzero(bank_tags == p)[0]  # bank rows of this position
+        local = {int(t): i for i, t in enumerate(at)}
+        chosen = [local[int(kept[r])] for r in mine]
+        dmin = np.full(len(pts), np.inf, np.float32)
+        for i in chosen:
+            dmin = np.minimum(dmin, ((pts - pts[i]) ** 2).sum(1))
+        added = []
+        while len(chosen) + len(added) < rows and (not np.isfinite(dmin).all() or dmin.max() > 0):
+            i = int(np.argmax(np.where(np.isfinite(dmin), dmin, np.float32(3e38))))
+            added.append(i)
+            dmin = np.minimum(dmin, ((pts - pts[i]) ** 2).sum(1))
+        added = np.asarray(added, np.int64)
+        new = torch.from_numpy(pts[added]).half().float().numpy()
+        own = np.concatenate([bank[mine], new]).astype(np.float64)
+        own_parts = np.concatenate([parts[kept[mine]], parts[at[added]]])
+        d = nearest_distance(pts.astype(np.float64), own, (own ** 2).sum(1), parts[at][:, None] == own_parts[None])
         d = d[np.isfinite(d)]
         q50, qhi = np.quantile(d, [0.5, CALIBRATION_QUANTILE])
-        banks.append(bank)
-        centers.append(float(qhi))
+        extra.append(new)
+        extra_tags += [float(p)] * len(added)
+        centres.append(float(qhi))
         scales.append(float(max(qhi - q50, 1e-3)))
-    return np.concatenate(banks), np.array(centers, np.float32), np.array(scales, np.float32)
+    dim = z.shape[1]
+    extra_rows = np.concatenate(extra) if extra else np.zeros((0, dim), np.float32)
+    return bank_tags, extra_rows.reshape(-1, dim), np.array(extra_tags, np.float32), np.array(centres, np.float32), \
+        np.array(scales, np.float32)
 
 
 def frame_parts(frames: Sequence[Path]) -> list[str]:
@@ -430,67 +477,66 @@ def frame_parts(frames: Sequence[Path]) -> list[str]:
     return [names.get(str(Path(f)), Path(f).name) for f in frames]
 
 
-@torch.no_grad()  # not inference_mode: the memory's buffers go on into export's traced graph
-def fit_position_memory(model: nn.Module, images: Sequence[np.ndarray], image_names: Sequence[str],
-                        frames: Sequence[Path], line_config: str | Path, meta: ModelMeta,
-                        progress: bool = True, rows: int | None = None) -> tuple[PositionMemory, dict]:
-    """Fit a :class:`PositionMemory` for the line of ``line_config`` on OK part images as that line
-    rectifies them (``canonical_view``: the whole canonical part, every position) and OK camera
-    frames as it preprocesses them (the tiles it keeps); a frame and the image it shows are one part
-    (:func:`frame_parts`). ``model`` must hold both shared memories (their projections are used).
-    Returns the memory and the grids (``ModelMeta.line_grids``)."""
+def _project(memory: "TileMemory", embeddings: np.ndarray) -> np.ndarray:
+    """:meth:`TileMemory.project` in numpy."""
+    mean, std, whiten = (memory.mean.cpu().numpy(), memory.std.cpu().numpy(), memory.whiten.cpu().numpy())
+    return (((np.sqrt(np.maximum(embeddings, 0.0)) - mean) / std) @ whiten).astype(np.float32)
+
+
+def fit_position_memory(model: nn.Module, fitted: dict, images: Sequence[np.ndarray], image_names: Sequence[str],
+                        frames: Sequence[Path], pooled: LineFrameEmbeddings, line_config: str | Path, meta: ModelMeta,
+                        rows: int | None = None) -> tuple[PositionMemory, dict]:
+    """Fit a :class:`PositionMemory` for the line of ``line_config`` on what the shared memories were
+    just fitted on (``attach_memories(..., fitted=...)``): the OK images as they are (no position), the
+    same images as that line rectifies them (``canonical_view``: every position, in grid order) and
+    the OK frames as it preprocesses them (``pooled``, with their tiles' positions). A frame and the
+    image it shows are one part (:func:`frame_parts`). Returns the memory and the grids
+    (``ModelMeta.line_grids``)."""
     from pipeline.config import load_config
     from pipeline.processing import Preprocessor
-    from pipeline.sources import _decode
-    from pipeline.vision.rectify import canonical_view
-    from pipeline.vision.tiling import LinePositions, downscale, extract_tiles
+    from pipeline.vision.tiling import LinePositions, scaled_shape, tile_grid
 
     rows = POSITION_MEMORY_ROWS if rows is None else rows
     if getattr(model, "memory", None) is None or getattr(model, "coarse_memory", None) is None:
         raise ValueError("--memory-positions needs both shared tile memories (fine and coarse) in the model")
     prep = Preprocessor.for_model(load_config(line_config).preprocess, replace(meta, coarse_scale=COARSE_SCALE))
-    n_fine = len(prep.grid)
-    tiles_by_part: list[tuple[np.ndarray, np.ndarray, str]] = []  # (tiles, tile_index, part)
-    for img, name in zip(images, image_names):
-        view = canonical_view(img, prep.wh)
-        fine = extract_tiles(view, prep.grid)
-        coarse = extract_tiles(downscale(view, COARSE_SCALE), prep.coarse_grid)
-        tiles_by_part.append((np.concatenate([fine, coarse]), np.arange(n_fine + len(coarse)), name))
-    for path, part in zip(tqdm(frames, desc="position memory (line)", unit="frame", disable=not progress),
-                          frame_parts(frames)):
-        frame, reason = _decode(Path(path))
-        if frame is None:
-            raise ValueError(f"{path}: {reason}; --memory-frames takes camera frames of OK parts on the line")
-        prepared = prep(frame)
-        if prepared.verdict is None:
-            tiles_by_part.append((prepared.tiles, prepared.tile_index, part))
-    device = next(model.parameters()).device
-    zs, positions, parts = [], [], []
-    for tiles, index, part in tiles_by_part:
-        emb = model.embed(torch.from_numpy(meta.normalise(tiles)).to(device)).float()
-        coarse = torch.from_numpy(index >= n_fine).to(device)[:, None]
-        z = torch.where(coarse, model.coarse_memory.project(emb), model.memory.project(emb))
-        zs.append(z.cpu().numpy())
-        positions.append(index)
-        parts += [part] * len(index)
-    z, positions, parts = np.concatenate(zs), np.concatenate(positions), np.array(parts)
-    n_coarse = len(prep.coarse_grid)
-    fine_bank, fine_c, fine_s = fit_position_banks(z[positions < n_fine], positions[positions < n_fine],
-                                                   parts[positions < n_fine], n_fine, rows)
-    coarse_bank, coarse_c, coarse_s = fit_position_banks(z[positions >= n_fine], positions[positions >= n_fine] - n_fine,
-                                                         parts[positions >= n_fine], n_coarse, rows)
-    memory = PositionMemory(z.shape[1], n_fine, n_coarse, rows)
-    memory.fine_bank.copy_(torch.from_numpy(fine_bank))
-    memory.fine_bank_sq.copy_(memory.fine_bank.pow(2).sum(1))
-    memory.coarse_bank.copy_(torch.from_numpy(coarse_bank))
-    memory.coarse_bank_sq.copy_(memory.coarse_bank.pow(2).sum(1))
-    memory.center.copy_(torch.from_numpy(np.concatenate([fine_c, coarse_c])))
-    memory.scale.copy_(torch.from_numpy(np.concatenate([fine_s, coarse_s])))
-    return memory.to(device), LinePositions(prep.grid, prep.coarse_grid).to_dict()
+    index = {name: i for i, name in enumerate(image_names)}
+    frame_part = np.array([index.get(name, -1 - k) for k, name in enumerate(frame_parts(frames))])
+    layouts = []
+    for name, scale, grid, frame_emb, frame_pos in (
+            ("memory", 1.0, prep.grid, pooled.fine, pooled.positions[0]),
+            ("coarse_memory", COARSE_SCALE, prep.coarse_grid, pooled.coarse, pooled.positions[1])):
+        embeddings, kept = fitted[name]
+        counts = [len(tile_grid(*scaled_shape(img.shape[0], img.shape[1], scale), meta.tile_size, MEMORY_OVERLAP))
+                  for img in images]
+        positions = np.concatenate([np.full(sum(counts), -1)] + [np.arange(len(grid))] * len(images) + [frame_pos])
+        parts = np.concatenate([np.repeat(np.arange(len(images)), counts), np.repeat(np.arange(len(images)), len(grid)),
+                                frame_part[frame_emb[1]]])
+        if len(positions) != len(embeddings):
+            raise RuntimeError(f"{name}: {len(embeddings)} embeddings but {len(positions)} tile positions; the fit "
+                               "and fit_position_memory disagree on the tiles (a bug)")
+        memory = getattr(model, name)
+        layouts.append(top_up_rows(_project(memory, embeddings), positions, parts, kept, memory.bank.cpu().numpy(),
+                                   len(grid), rows))
+    (ft, fx, fxt, fc, fs), (ct, cx, cxt, cc, cs) = layouts
+    out = PositionMemory(fx.shape[1], len(prep.grid), len(prep.coarse_grid), len(ft), len(ct), len(fx), len(cx))
+    out.fine_extra.copy_(torch.from_numpy(fx))
+    out.fine_extra_sq.copy_(out.fine_extra.pow(2).sum(1))
+    out.fine_tags.copy_(torch.from_numpy(np.concatenate([ft, fxt])))
+    out.coarse_extra.copy_(torch.from_numpy(cx))
+    out.coarse_extra_sq.copy_(out.coarse_extra.pow(2).sum(1))
+    out.coarse_tags.copy_(torch.from_numpy(np.concatenate([ct, cxt])))
+    out.center.copy_(torch.from_numpy(np.concatenate([fc, cc])))
+    out.scale.copy_(torch.from_numpy(np.concatenate([fs, cs])))
+    return out.to(next(model.parameters()).device), LinePositions(prep.grid, prep.coarse_grid).to_dict()
 
 
 def attach_position_memory_from_state(model: nn.Module, state: dict) -> None:
     """Give ``model`` an empty :class:`PositionMemory` of the shape ``state`` holds, if it holds one."""
     if "position_memory.layout" in state:
-        n_fine, n_coarse, rows = (int(v) for v in state["position_memory.layout"])
-        model.position_memory = PositionMemory(int(state["position_memory.fine_bank"].shape[1]), n_fine, n_coarse, rows)
+        n_fine, n_coarse = (int(v) for v in state["position_memory.layout"])
+        fx, cx = state["position_memory.fine_extra"].shape[0], state["position_memory.coarse_extra"].shape[0]
+        model.position_memory = PositionMemory(
+            int(state["position_memory.fine_extra"].shape[1]), n_fine, n_coarse,
+            int(state["position_memory.fine_tags"].shape[0]) - fx, int(state["position_memory.coarse_tags"].shape[0]) - cx,
+            fx, cx)

@@ -545,6 +545,15 @@ def test_memory_positions_score_each_tile_against_its_own_position(line, trained
         assert decide(maps, scores, p.tile_index, p.grid, *args, meta.map_rule()).score == pytest.approx(by_hand)
         judged += 1
     assert judged >= 4
+    # calibrate_line on the same frames: the folder's threshold was set for the shared scores, so the
+    # line's comes from its OK parts' own scores alone
+    from calibration.line import calibrate_line as calibrate
+
+    cal = calibrate(config.parent / "calib", out, tmp_path / "positions_line.yaml")
+    text = (tmp_path / "positions_line.yaml").read_text()
+    assert "the model threshold does not apply" in text
+    assert load_config(tmp_path / "positions_line.yaml").decision.image_threshold == pytest.approx(
+        min(0.99, max(cal.ok_scores) + 0.05), abs=1e-4)
     capsys.readouterr()
     assert export_cli.main([*base, "--memory-positions", "--out", str(tmp_path / "x")]) == 2
     assert "--memory-frames OK_FRAMES" in capsys.readouterr().err

@@ -420,36 +420,43 @@ def test_fp16_storage_takes_only_exact_constants_read_in_the_memory_scope(tmp_pa
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
-def test_position_memory_scores_each_tile_against_each_positions_own_ok_tiles():
-    """fit_position_banks + PositionMemory: column p is the calibrated nearest distance to position p's
-    kept rows (numpy, computed here); a tile like position 0's OK tiles is familiar at position 0 and
-    novel at position 1; the calibration leaves a tile's own part out; a position with fewer OK
-    tiles than rows repeats them (nearest distances unchanged)."""
-    from engines.tile_memory import PositionMemory, fit_position_banks
+def test_position_memory_tops_up_the_shared_rows_of_each_position_and_scores_against_them():
+    """top_up_rows + PositionMemory: each position keeps the shared bank's rows from its tiles and adds
+    its own up to ``rows`` (rows of images as they are belong to no position); column p is the
+    calibrated nearest distance to position p's rows (numpy, computed here); a tile like position
+    0's OK tiles is familiar at position 0 and novel at position 1."""
+    from engines.tile_memory import PositionMemory, TileMemory, top_up_rows
 
     rng = np.random.default_rng(3)
     dim, rows = 6, 8
-    centres = np.stack([np.zeros(dim), np.full(dim, 6.0)])  # position 0 around 0, position 1 around 6
-    z = np.concatenate([centres[p] + rng.normal(0, 0.5, (20, dim)) for p in (0, 1)]).astype(np.float32)
-    positions = np.repeat([0, 1], 20)
-    parts = np.tile(np.repeat(np.arange(10), 2), 2)  # two tiles per part and position
-    bank, centre, scale = fit_position_banks(z, positions, parts, 2, rows)
-    assert bank.shape == (2 * rows, dim) and np.array_equal(bank, bank.astype(np.float16).astype(np.float32))
-    few, *_ = fit_position_banks(z[:5], positions[:5], parts[:5], 1, rows)  # 5 tiles, 8 rows
-    assert len(np.unique(few, axis=0)) == 5
-    memory = PositionMemory(dim, 1, 1, rows)
-    memory.fine_bank.copy_(torch.from_numpy(bank[:rows]))
-    memory.fine_bank_sq.copy_(memory.fine_bank.pow(2).sum(1))
-    memory.coarse_bank.copy_(torch.from_numpy(bank[rows:]))
-    memory.coarse_bank_sq.copy_(memory.coarse_bank.pow(2).sum(1))
+    centres = np.stack([np.zeros(dim), np.full(dim, 6.0), np.full(dim, -6.0)])  # positions 0, 1; -1: as they are
+    z = np.concatenate([centres[p] + rng.normal(0, 0.5, (20, dim)) for p in (0, 1, 2)]).astype(np.float32)
+    positions = np.repeat([0, 1, -1], 20)
+    parts = np.tile(np.repeat(np.arange(10), 2), 3)
+    kept = np.array([0, 1, 2, 20, 40, 41])  # the shared bank: 3 rows of position 0, 1 of position 1, 2 of neither
+    bank = torch.from_numpy(z[kept]).half().float().numpy()
+    tags, extra, extra_tags, centre, scale = top_up_rows(z, positions, parts, kept, bank, 2, rows)
+    assert tags.tolist() == [0, 0, 0, 1, -1, -1]
+    assert extra_tags.tolist() == [0.0] * 5 + [1.0] * 7  # each position up to 8 rows
+    assert np.array_equal(extra, extra.astype(np.float16).astype(np.float32))
+    shared = TileMemory(dim, len(kept))
+    shared.bank.copy_(torch.from_numpy(bank))
+    shared.bank_sq.copy_(shared.bank.pow(2).sum(1))
+    memory = PositionMemory(dim, 2, 0, len(kept), 0, len(extra), 0)
+    memory.fine_extra.copy_(torch.from_numpy(extra))
+    memory.fine_extra_sq.copy_(memory.fine_extra.pow(2).sum(1))
+    memory.fine_tags.copy_(torch.from_numpy(np.concatenate([tags, extra_tags])))
     memory.center.copy_(torch.from_numpy(centre))
     memory.scale.copy_(torch.from_numpy(scale))
     query = (centres[0] + rng.normal(0, 0.5, (4, dim))).astype(np.float32)
     q = torch.from_numpy(query)
-    got = memory(q, q).numpy()
+    got = memory(q, torch.zeros(4, dim), shared, shared).numpy()
+    every = np.concatenate([bank, extra])
+    every_tag = np.concatenate([tags, extra_tags])
     for p in (0, 1):
-        d = np.sqrt(((query[:, None] - bank[p * rows:(p + 1) * rows][None]) ** 2).sum(-1).min(1))
+        own = every[every_tag == p]
+        d = np.sqrt(((query[:, None] - own[None]) ** 2).sum(-1).min(1))
         assert np.allclose(got[:, p], 1 / (1 + np.exp(-(d - centre[p]) / scale[p])), atol=1e-5)
     assert got[:, 0].max() < 0.9 and got[:, 1].min() > 0.99
     with pytest.raises(ValueError, match="grid position 1"):
-        fit_position_banks(z[:20], positions[:20], parts[:20], 2, rows)  # no OK tile at position 1
+        top_up_rows(z[:20], positions[:20], parts[:20], kept[:3], bank[:3], 2, rows)  # no OK tile at position 1

@@ -39,8 +39,9 @@ def get_parser() -> argparse.ArgumentParser:
                         "line's grid, so that on that line each tile is compared with the OK tiles of its own "
                         "position (README, 'A memory per tile position')")
     p.add_argument("--memory-position-rows", type=int, default=None, metavar="N",
-                   help="with --memory-positions: OK tiles kept per position (default 512, "
-                        "engines.tile_memory.POSITION_MEMORY_ROWS; 8 positions x 512 rows add 4.2 MB to the folder)")
+                   help="with --memory-positions: rows per position, the shared bank's rows of that position topped "
+                        "up by k-centre (default 480, engines.tile_memory.POSITION_MEMORY_ROWS; only the extra rows "
+                        "are stored: 1.2 MB on the demo line)")
     p.add_argument("--coarse-map", metavar="RUN/last.pt",
                    help="export the network of this run (train --image-scale 0.5 --width 8) as the model's coarse-map "
                         "network, OUT/coarse_map/: the backends run it on the coarse pass's tiles, and its map is added "

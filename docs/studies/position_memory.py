@@ -48,8 +48,9 @@ from pipeline.vision.tiling import downscale, extract_tiles  # noqa: E402
 class PositionMemory:
     """Per-position banks of projected OK tile embeddings, one calibration per position, in several
     forms: every OK tile (``all``: each tile calibrated against the other parts' tiles), or ``rows``
-    of them kept per position by greedy k-centre (``kcN``, as ``engines.tile_memory.fit_position_banks``
-    keeps them for a model folder) or at random (``rndN``), calibrated against the kept rows."""
+    of them kept per position by greedy k-centre (``kcN``) or at random (``rndN``), calibrated against
+    the kept rows; the forms ``shared`` and ``topN`` (``fit_shared``) are what a model folder keeps
+    (``engines.tile_memory.top_up_rows``)."""
 
     def __init__(self, model: torch.nn.Module, forms: list[str]) -> None:
         self.model = model
