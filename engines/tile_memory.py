@@ -382,6 +382,7 @@ class PositionMemory(nn.Module):
                  extra_fine: int, extra_coarse: int) -> None:
         super().__init__()
         self.n_fine, self.n_coarse = n_fine, n_coarse
+        self.has_extra = (extra_fine > 0, extra_coarse > 0)  # fixed at construction: no branch in the trace
         self.register_buffer("layout", torch.tensor([n_fine, n_coarse]))
         self.register_buffer("fine_extra", torch.zeros(extra_fine, dim))
         self.register_buffer("fine_extra_sq", torch.zeros(extra_fine))
@@ -393,13 +394,13 @@ class PositionMemory(nn.Module):
         self.register_buffer("scale", torch.ones(n_fine + n_coarse))
 
     @staticmethod
-    def _nearest(z: torch.Tensor, memory: "TileMemory", extra: torch.Tensor, extra_sq: torch.Tensor,
+    def _nearest(z: torch.Tensor, memory: "TileMemory", extra: torch.Tensor | None, extra_sq: torch.Tensor,
                  tags: torch.Tensor, positions: int) -> torch.Tensor:
         if positions == 0:
             return z.new_zeros((z.shape[0], 0))
         zz = (z * z).sum(dim=1, keepdim=True)
         d2 = zz - 2.0 * (z @ memory.bank.t()) + memory.bank_sq[None]
-        if extra.shape[0]:
+        if extra is not None:
             d2 = torch.cat([d2, zz - 2.0 * (z @ extra.t()) + extra_sq[None]], dim=1)
         ids = torch.arange(positions, dtype=tags.dtype, device=tags.device)
         diff = tags[None, :] - ids[:, None]  # whole numbers: 0 on the position's own rows
@@ -408,8 +409,10 @@ class PositionMemory(nn.Module):
 
     def forward(self, fine_z: torch.Tensor, coarse_z: torch.Tensor, fine_memory: "TileMemory",
                 coarse_memory: "TileMemory") -> torch.Tensor:
-        d2 = torch.cat([self._nearest(fine_z, fine_memory, self.fine_extra, self.fine_extra_sq, self.fine_tags, self.n_fine),
-                        self._nearest(coarse_z, coarse_memory, self.coarse_extra, self.coarse_extra_sq, self.coarse_tags,
+        fine_extra = self.fine_extra if self.has_extra[0] else None
+        coarse_extra = self.coarse_extra if self.has_extra[1] else None
+        d2 = torch.cat([self._nearest(fine_z, fine_memory, fine_extra, self.fine_extra_sq, self.fine_tags, self.n_fine),
+                        self._nearest(coarse_z, coarse_memory, coarse_extra, self.coarse_extra_sq, self.coarse_tags,
                                       self.n_coarse)], dim=1)
         return torch.sigmoid((torch.sqrt(torch.clamp(d2, min=0.0)) - self.center[None]) / self.scale[None])
 
