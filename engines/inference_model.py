@@ -47,17 +47,18 @@ class SegmentationHead(nn.Module):
         map_logits, tile_logits, embedding = self.model.forward_with_embedding(x)
         memory = self.model.memory
         if memory is not None:
+            positions = getattr(self.model, "position_memory", None)
+            coarse = self.model.coarse_memory
+            if positions is not None and coarse is not None:  # it reads the same distances to the shared banks
+                novelty, z, d2 = memory(embedding, distances=True)
+                coarse_novelty, coarse_z, coarse_d2 = coarse(embedding, distances=True)
+                prob = memory.blend(torch.sigmoid(map_logits), novelty)
+                return prob, torch.cat([torch.stack([novelty, coarse_novelty], dim=1),
+                                        positions(z, d2, coarse_z, coarse_d2)], dim=1)
             novelty = memory(embedding)
             prob = memory.blend(torch.sigmoid(map_logits), novelty)
-            coarse = self.model.coarse_memory
             if coarse is not None:
-                scores = torch.stack([novelty, coarse(embedding)], dim=1)
-                positions = getattr(self.model, "position_memory", None)
-                if positions is not None:
-                    emb = embedding.to(memory.bank.dtype)
-                    scores = torch.cat([scores, positions(memory.project(emb), coarse.project(emb), memory, coarse)],
-                                       dim=1)
-                return prob, scores
+                return prob, torch.stack([novelty, coarse(embedding)], dim=1)
             return prob, novelty
         return torch.sigmoid(map_logits), torch.sigmoid(tile_logits)
 

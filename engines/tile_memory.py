@@ -120,28 +120,43 @@ class TileMemory(nn.Module):
         """Pooled embedding ``(N, D)`` -> the space the bank lives in (see :func:`fit_memory`)."""
         return ((torch.sqrt(torch.relu(embedding)) - self.mean) / self.std) @ self.whiten
 
-    def distance(self, embedding: torch.Tensor) -> torch.Tensor:
+    def squared_distances(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z, d2)``: the projected embedding ``(N, D)`` and its squared distance to every bank row
+        ``(N, rows)``, which :meth:`novelty` and a :class:`PositionMemory` both read."""
         if embedding.dtype != self.bank.dtype:  # fp16 network, fp32 memory (see TorchBackend); no node in export
             embedding = embedding.to(self.bank.dtype)
         z = self.project(embedding)
-        d2 = (z * z).sum(dim=1, keepdim=True) - 2.0 * (z @ self.bank.t()) + self.bank_sq[None]
-        return torch.sqrt(torch.clamp(torch.amin(d2, dim=1), min=0.0))
+        return z, (z * z).sum(dim=1, keepdim=True) - 2.0 * (z @ self.bank.t()) + self.bank_sq[None]
 
-    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid((self.distance(embedding) - self.center) / self.scale)
+    def novelty(self, d2: torch.Tensor) -> torch.Tensor:
+        """Squared distances to the bank (:meth:`squared_distances`) -> the calibrated novelty ``(N,)``."""
+        distance = torch.sqrt(torch.clamp(torch.amin(d2, dim=1), min=0.0))
+        return torch.sigmoid((distance - self.center) / self.scale)
+
+    def forward(self, embedding: torch.Tensor, distances: bool = False):
+        """The novelty ``(N,)``; with ``distances``, ``(novelty, z, d2)`` for a :class:`PositionMemory`
+        to read too. Called as the module (not its methods), so its nodes keep the memory's scope in the
+        exported graph (``MEMORY_SCOPES``: fp16 banks, fp32 in TensorRT)."""
+        z, d2 = self.squared_distances(embedding)
+        novelty = self.novelty(d2)
+        return (novelty, z, d2) if distances else novelty
 
     def blend(self, prob_map: torch.Tensor, novelty: torch.Tensor) -> torch.Tensor:
         """``(1 - share) * map + share * tile novelty``: still in [0, 1]."""
         return (1.0 - self.map_share) * prob_map + self.map_share * novelty[:, None, None, None]
 
 
-def k_center(points: np.ndarray, k: int) -> np.ndarray:
-    """Indices of ``k`` rows chosen greedily so that every row is close to a chosen one."""
+def k_center(points: np.ndarray, k: int, start: Sequence[int] = ()) -> np.ndarray:
+    """Indices of ``k`` rows chosen greedily so that every row is close to a chosen one, continuing
+    from the rows ``start`` (default: row 0). With ``k`` at least the number of rows, all of them
+    (``start`` first)."""
+    chosen = [int(i) for i in start] or [0]
     if k >= len(points):
-        return np.arange(len(points))
-    chosen = [0]
-    dmin = ((points - points[0]) ** 2).sum(1)
-    for _ in range(k - 1):
+        return np.concatenate([chosen, np.setdiff1d(np.arange(len(points)), chosen)]).astype(np.int64)
+    dmin = ((points - points[chosen[0]]) ** 2).sum(1)
+    for i in chosen[1:]:
+        dmin = np.minimum(dmin, ((points - points[i]) ** 2).sum(1))
+    while len(chosen) < k:
         i = int(dmin.argmax())
         chosen.append(i)
         dmin = np.minimum(dmin, ((points - points[i]) ** 2).sum(1))
@@ -373,8 +388,9 @@ class PositionMemory(nn.Module):
     position), in the shared memories' projected space, each position calibrated on its own. A
     position's rows are the shared bank's rows that came from its tiles (``*_tags``: each shared
     row's position, -1 for tiles of images as they are) plus its own extra rows (``*_extra``), so
-    only the extra rows take room. ``forward(fine_z, coarse_z, fine_memory, coarse_memory)`` takes a
-    tile's two projections and the two shared memories and gives ``(N, n_fine + n_coarse)``: its
+    only the extra rows take room. ``forward(fine_z, fine_d2, coarse_z, coarse_d2)`` takes a tile's
+    two projections and their squared distances to the two shared banks
+    (:meth:`TileMemory.squared_distances`, computed once for both) and gives ``(N, n_fine + n_coarse)``: its
     novelty against every position (the caller keeps the column of the tile's own position:
     ``pipeline.vision.tiling.LinePositions``)."""
 
@@ -394,25 +410,24 @@ class PositionMemory(nn.Module):
         self.register_buffer("scale", torch.ones(n_fine + n_coarse))
 
     @staticmethod
-    def _nearest(z: torch.Tensor, memory: "TileMemory", extra: torch.Tensor | None, extra_sq: torch.Tensor,
+    def _nearest(z: torch.Tensor, d2: torch.Tensor, extra: torch.Tensor | None, extra_sq: torch.Tensor,
                  tags: torch.Tensor, positions: int) -> torch.Tensor:
+        """``d2``: the squared distances to the shared bank, as the shared memory computed them."""
         if positions == 0:
             return z.new_zeros((z.shape[0], 0))
-        zz = (z * z).sum(dim=1, keepdim=True)
-        d2 = zz - 2.0 * (z @ memory.bank.t()) + memory.bank_sq[None]
         if extra is not None:
-            d2 = torch.cat([d2, zz - 2.0 * (z @ extra.t()) + extra_sq[None]], dim=1)
+            d2 = torch.cat([d2, (z * z).sum(dim=1, keepdim=True) - 2.0 * (z @ extra.t()) + extra_sq[None]], dim=1)
         ids = torch.arange(positions, dtype=tags.dtype, device=tags.device)
         diff = tags[None, :] - ids[:, None]  # whole numbers: 0 on the position's own rows
         masked = _MASKED * torch.clamp(diff * diff, max=1.0)  # (positions, rows)
         return torch.amin(d2[:, None, :] + masked[None], dim=2)
 
-    def forward(self, fine_z: torch.Tensor, coarse_z: torch.Tensor, fine_memory: "TileMemory",
-                coarse_memory: "TileMemory") -> torch.Tensor:
+    def forward(self, fine_z: torch.Tensor, fine_d2: torch.Tensor, coarse_z: torch.Tensor,
+                coarse_d2: torch.Tensor) -> torch.Tensor:
         fine_extra = self.fine_extra if self.has_extra[0] else None
         coarse_extra = self.coarse_extra if self.has_extra[1] else None
-        d2 = torch.cat([self._nearest(fine_z, fine_memory, fine_extra, self.fine_extra_sq, self.fine_tags, self.n_fine),
-                        self._nearest(coarse_z, coarse_memory, coarse_extra, self.coarse_extra_sq, self.coarse_tags,
+        d2 = torch.cat([self._nearest(fine_z, fine_d2, fine_extra, self.fine_extra_sq, self.fine_tags, self.n_fine),
+                        self._nearest(coarse_z, coarse_d2, coarse_extra, self.coarse_extra_sq, self.coarse_tags,
                                       self.n_coarse)], dim=1)
         return torch.sigmoid((torch.sqrt(torch.clamp(d2, min=0.0)) - self.center[None]) / self.scale[None])
 
@@ -437,17 +452,8 @@ def top_up_rows(z: np.ndarray, positions: np.ndarray, parts: np.ndarray, kept: n
                              "the line keeps too few tiles there (preprocess.min_tile_part_fraction)")
         pts = z[at].astype(np.float32)
         mine = np.nonzero(bank_tags == p)[0]  # bank rows of this position
-        local = {int(t): i for i, t in enumerate(at)}
-        chosen = [local[int(kept[r])] for r in mine]
-        dmin = np.full(len(pts), np.inf, np.float32)
-        for i in chosen:
-            dmin = np.minimum(dmin, ((pts - pts[i]) ** 2).sum(1))
-        added = []
-        while len(chosen) + len(added) < rows and (not np.isfinite(dmin).all() or dmin.max() > 0):
-            i = int(np.argmax(np.where(np.isfinite(dmin), dmin, np.float32(3e38))))
-            added.append(i)
-            dmin = np.minimum(dmin, ((pts - pts[i]) ** 2).sum(1))
-        added = np.asarray(added, np.int64)
+        chosen = np.searchsorted(at, kept[mine])  # their places among the position's tiles (``at`` is sorted)
+        added = k_center(pts, max(rows, len(chosen)), chosen)[len(chosen):]
         new = torch.from_numpy(pts[added]).half().float().numpy()
         own = np.concatenate([bank[mine], new]).astype(np.float64)
         own_parts = np.concatenate([parts[kept[mine]], parts[at[added]]])
@@ -478,12 +484,6 @@ def frame_parts(frames: Sequence[Path]) -> list[str]:
                     row = json.loads(line)
                     names[str(truth.parent / row["file"])] = str(row.get("source_image") or row["file"])
     return [names.get(str(Path(f)), Path(f).name) for f in frames]
-
-
-def _project(memory: "TileMemory", embeddings: np.ndarray) -> np.ndarray:
-    """:meth:`TileMemory.project` in numpy."""
-    mean, std, whiten = (memory.mean.cpu().numpy(), memory.std.cpu().numpy(), memory.whiten.cpu().numpy())
-    return (((np.sqrt(np.maximum(embeddings, 0.0)) - mean) / std) @ whiten).astype(np.float32)
 
 
 def fit_position_memory(model: nn.Module, fitted: dict, images: Sequence[np.ndarray], image_names: Sequence[str],
@@ -519,8 +519,11 @@ def fit_position_memory(model: nn.Module, fitted: dict, images: Sequence[np.ndar
             raise RuntimeError(f"{name}: {len(embeddings)} embeddings but {len(positions)} tile positions; the fit "
                                "and fit_position_memory disagree on the tiles (a bug)")
         memory = getattr(model, name)
-        layouts.append(top_up_rows(_project(memory, embeddings), positions, parts, kept, memory.bank.cpu().numpy(),
-                                   len(grid), rows))
+        # TileMemory.project in numpy, as the shipped folder's rows were chosen: torch's matmul sums in
+        # another order, and k-centre's choice among near-ties follows the last bit.
+        mean, std, whiten = (memory.mean.cpu().numpy(), memory.std.cpu().numpy(), memory.whiten.cpu().numpy())
+        z = (((np.sqrt(np.maximum(embeddings, 0.0)) - mean) / std) @ whiten).astype(np.float32)
+        layouts.append(top_up_rows(z, positions, parts, kept, memory.bank.cpu().numpy(), len(grid), rows))
     (ft, fx, fxt, fc, fs), (ct, cx, cxt, cc, cs) = layouts
     out = PositionMemory(fx.shape[1], len(prep.grid), len(prep.coarse_grid), len(ft), len(ct), len(fx), len(cx))
     out.fine_extra.copy_(torch.from_numpy(fx))

@@ -450,7 +450,8 @@ def test_position_memory_tops_up_the_shared_rows_of_each_position_and_scores_aga
     memory.scale.copy_(torch.from_numpy(scale))
     query = (centres[0] + rng.normal(0, 0.5, (4, dim))).astype(np.float32)
     q = torch.from_numpy(query)
-    got = memory(q, torch.zeros(4, dim), shared, shared).numpy()
+    d2 = (q * q).sum(1, keepdim=True) - 2.0 * q @ shared.bank.t() + shared.bank_sq[None]  # as the shared memory gives it
+    got = memory(q, d2, torch.zeros(4, dim), torch.zeros(4, 0)).numpy()
     every = np.concatenate([bank, extra])
     every_tag = np.concatenate([tags, extra_tags])
     for p in (0, 1):

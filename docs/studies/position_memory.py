@@ -34,7 +34,7 @@ from engines.artifact import ModelMeta  # noqa: E402
 from engines.backends.base import load_backend, map_coarse_tiles  # noqa: E402
 from engines.data import mvtec_test_set, read_image, read_mask, training_images  # noqa: E402
 from engines.export import load_model_folder  # noqa: E402
-from engines.tile_memory import CALIBRATION_QUANTILE, k_center, nearest_distance  # noqa: E402
+from engines.tile_memory import CALIBRATION_QUANTILE, k_center, nearest_distance, top_up_rows  # noqa: E402
 from pipeline.benchmark import false_alarm_bar  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.processing import Preprocessor, decide  # noqa: E402
@@ -117,40 +117,21 @@ class PositionMemory:
         return ("gauss", model, float(qhi), float(max(qhi - q50, 1e-3)))
 
     def fit_shared(self, npz: Path, n_fine: int) -> None:
-        """Form ``shared``: each position's bank is the rows of the folder's own shared banks that
-        came from tiles at that position (``runs``-side replay of the fit: z, positions, parts and
-        the kept rows per scale), calibrated against them like the others."""
+        """Forms ``shared`` and ``topN``: each position's rows of the folder's own shared banks
+        (``runs``-side replay of the fit: z, positions, parts and the kept rows per scale), alone or
+        topped up to N, as ``engines.tile_memory.top_up_rows`` keeps and calibrates them."""
         data = np.load(npz)
         tops = [f for f in self.forms if f.startswith("top")]
         for tag, offset in (("fine", 0), ("coarse", n_fine)):
             z, pos, parts, keep = (data[f"{tag}_{k}"] for k in ("z", "pos", "parts", "keep"))
-            for p in np.unique(pos[pos >= 0]):
-                at = np.nonzero(pos == p)[0]
-                shared = keep[pos[keep] == p]
-                for form in ["shared"] + tops:
-                    rows = shared if form == "shared" else self._top_up(z, at, shared, int(form[3:]))
-                    bank = z[rows].astype(np.float16).astype(np.float64)
-                    sq = (bank ** 2).sum(1)
-                    d = nearest_distance(z[at].astype(np.float64), bank, sq, parts[at][:, None] == parts[rows][None])
-                    d = d[np.isfinite(d)]
-                    q50, qhi = np.quantile(d, [0.5, CALIBRATION_QUANTILE])
-                    self.banks[(form, int(p) + offset)] = (bank, sq, float(qhi), float(max(qhi - q50, 1e-3)))
-
-    @staticmethod
-    def _top_up(z: np.ndarray, at: np.ndarray, chosen: np.ndarray, rows: int) -> np.ndarray:
-        """Form ``topR``: the shared bank's rows of this position, then greedy k-centre continued
-        from them over the position's tiles until ``rows``: what a folder would store beside the
-        shared bank (the extra rows only)."""
-        pts = z[at].astype(np.float32)
-        picked = [int(np.nonzero(at == c)[0][0]) for c in chosen]
-        dmin = np.full(len(pts), np.inf, np.float32)
-        for i in picked:
-            dmin = np.minimum(dmin, ((pts - pts[i]) ** 2).sum(1))
-        while len(picked) < rows and dmin.max() > 0:
-            i = int(dmin.argmax())
-            picked.append(i)
-            dmin = np.minimum(dmin, ((pts - pts[i]) ** 2).sum(1))
-        return at[np.array(picked)]
+            shared_bank = z[keep].astype(np.float16).astype(np.float32)
+            for form in ["shared"] + tops:
+                rows = 0 if form == "shared" else int(form[3:])
+                tags, extra, extra_tags, centres, scales = top_up_rows(z, pos, parts, keep, shared_bank,
+                                                                       int(pos.max()) + 1, rows)
+                for p in range(int(pos.max()) + 1):
+                    bank = np.concatenate([shared_bank[tags == p], extra[extra_tags == p]]).astype(np.float64)
+                    self.banks[(form, p + offset)] = (bank, (bank ** 2).sum(1), float(centres[p]), float(scales[p]))
 
     def score(self, form: str, z: np.ndarray, positions: np.ndarray) -> np.ndarray:
         out = np.zeros(len(z))
