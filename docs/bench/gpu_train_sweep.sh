@@ -38,6 +38,10 @@ launch() {  # name, workers, width, epochs, extra train args
 # 45-epoch width-16 run, with train's default generators: the eight plus uneven three times). The two width-32 runs
 # shared the GPU at 18 steps/s each (408 s: the GPU, not the synthesis, set the pace); the 45-epoch run was cut by LIMIT
 # at step 11000 of 11250, and only its raw weights came back (the script now keeps the average of a cut run too).
+# The twenty-fourth session (one call, 340 s): SPEC="cA0:0:64:4:$CSTEP:8:30:0.5 cA1:1:64:4:$CSTEP:8:30:0.5
+# dA0:0:64:4:$DSTEP:16:30::$X dA1:1:64:4:$DSTEP:16:30::$X" LIMIT=430 GPU_TESTS=1 BENCH=1, with EIGHT the first eight
+# generators, CSTEP=$EIGHT,uneven,uneven_step,uneven_step, DSTEP=$CSTEP,grain_crack,border_blob,border_blob,border_blob
+# and X=--init=.gpudata/m_ship,--freeze-encoder,--lr=5e-4 (.gpudata/m_ship: the shipped folder's model.json and model.pt).
 NINE=bezier_blob,bezier_scratch,elastic,gradient,point_cloud,perlin,cutpaste,edge_chip,uneven
 SEEDS=${SEEDS:-0 1}
 SPEC=${SPEC:-$(for s in $SEEDS; do echo "s$s:$s:16:3 b32s$s:$s:32:5"; done)}
