@@ -5,7 +5,8 @@
 # bare map is blended into the shipped folder's own map at the shipped weight, on the whole split
 # and on its even / odd halves (docs/studies/coarse_scale_map.py --bare --halves; about a minute each).
 # Usage: bash docs/bench/coarse_map_eval.sh CKPT...   (results in runs/cme/<name>.txt)
-# A candidate that beats the shipped one (0.921 / 0.807; halves 0.916 / 0.824 and 0.926 / 0.792)
+# A candidate that beats the shipped one (0.921 / 0.807 in the fifteenth session; halves 0.916 / 0.824 and 0.926 / 0.792;
+# since the twenty-fourth the shipped folder gives 0.953 / 0.867 with evaluate, README "Straight-edged bands at half scale")
 # on both halves is then added with
 #   export_model --from-model engines/models/magnetic_tile --coarse-map CKPT --out NEW
 # and NEW is evaluated with `evaluate --set-thresholds` (README, "A map made at half scale").
