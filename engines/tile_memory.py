@@ -194,7 +194,13 @@ def calibrate(z: np.ndarray, image_ids: np.ndarray) -> tuple[float, float]:
     z_sq = (z ** 2).sum(1)
     loo = np.concatenate([nearest_distance(z[i:i + 512], z, z_sq, image_ids[i:i + 512, None] == image_ids[None])
                           for i in range(0, len(z), 512)])
-    q50, qhi = np.quantile(loo, [0.5, CALIBRATION_QUANTILE])
+    return center_and_scale(loo)
+
+
+def center_and_scale(distances: np.ndarray) -> tuple[float, float]:
+    """``(center, scale)`` of a memory's novelty from OK tiles' distances to it: the calibration
+    quantile (novelty 0.5 there) and its spread above the median."""
+    q50, qhi = np.quantile(distances, [0.5, CALIBRATION_QUANTILE])
     return float(qhi), float(max(qhi - q50, 1e-3))
 
 
@@ -439,9 +445,9 @@ def top_up_rows(z: np.ndarray, positions: np.ndarray, parts: np.ndarray, kept: n
     ``positions`` (-1: not a line position), ``parts``; ``kept``: the tiles the shared ``bank`` holds,
     in its row order. Each position keeps the bank's rows from its tiles and adds tiles by greedy
     k-centre continued from them until it has ``rows`` (rounded to fp16, as the banks are). Each
-    position is calibrated on all its OK tiles' distances to its rows of other parts (0.99 quantile
-    -> 0.5, as :func:`calibrate`). Returns ``(tags of the bank's rows, extra rows, their tags, centres,
-    scales)``."""
+    position is calibrated on all its OK tiles' distances to its rows of other parts
+    (:func:`center_and_scale`, as :func:`calibrate`). Returns ``(tags of the bank's rows, extra rows,
+    their tags, centres, scales)``."""
     bank_tags = positions[kept].astype(np.float32)
     bank_tags[bank_tags < 0] = -1.0
     extra, extra_tags, centres, scales = [], [], [], []
@@ -458,12 +464,11 @@ def top_up_rows(z: np.ndarray, positions: np.ndarray, parts: np.ndarray, kept: n
         own = np.concatenate([bank[mine], new]).astype(np.float64)
         own_parts = np.concatenate([parts[kept[mine]], parts[at[added]]])
         d = nearest_distance(pts.astype(np.float64), own, (own ** 2).sum(1), parts[at][:, None] == own_parts[None])
-        d = d[np.isfinite(d)]
-        q50, qhi = np.quantile(d, [0.5, CALIBRATION_QUANTILE])
+        center, scale = center_and_scale(d[np.isfinite(d)])
         extra.append(new)
         extra_tags += [float(p)] * len(added)
-        centres.append(float(qhi))
-        scales.append(float(max(qhi - q50, 1e-3)))
+        centres.append(center)
+        scales.append(scale)
     dim = z.shape[1]
     extra_rows = np.concatenate(extra) if extra else np.zeros((0, dim), np.float32)
     return bank_tags, extra_rows.reshape(-1, dim), np.array(extra_tags, np.float32), np.array(centres, np.float32), \
