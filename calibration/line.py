@@ -174,15 +174,18 @@ sinks:
     unit: 1
     verdict_coil: 0              # 1 = reject: the verdict is one of reject_verdicts
     reject_verdicts: [NG, ERROR, DROPPED]   # fail-safe: a part not inspected is rejected too
-    verdict_register: 3          # 1 OK, 2 NG, 3 NO_PART, 4 ERROR, 5 DROPPED; -1: not written
-    defect_count_register: 0
-    sequence_register: 1         # increments per part
-    heartbeat_register: 2        # increments every heartbeat_s while the line runs
+    # One block per part, in one write: +0 verdict (1 OK, 2 NG, 3 NO_PART, 4 ERROR, 5 DROPPED),
+    # +1 defect count, +2 missed results since start, +3 sequence (changes last: a new result)
+    result_register: 0
+    heartbeat_register: 4        # increments every heartbeat_s while the line runs
     heartbeat_s: 1.0
+    max_age_s: 3.0               # a verdict older than this is not written (counted as missed)
   http:
     enabled: false
     url: ""                      # MES endpoint: one JSON POST per part
     spool_dir: mes_spool         # records wait here while the MES is down
+    headers_env: {{}}              # e.g. {{Authorization: MES_AUTH}}: the value is read from $MES_AUTH
+    ca_bundle: ""                # PEM file of CAs for https (default: the system's)
 """
     path.write_text(text)
     return path

@@ -44,6 +44,21 @@ class ArtifactError(ValueError):
     pass
 
 
+def read_onnx(path: str | Path, weights: bool = True):
+    """The parsed ONNX model at ``path``; ArtifactError naming the file and the fix when it is
+    missing, truncated or not ONNX at all. ``weights=False`` skips external weight files."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: not found; export the model again (export_model ... --out {path.parent})")
+    try:
+        return onnx.load(str(path), load_external_data=weights)
+    except Exception as exc:  # protobuf raises its own DecodeError; a truncated file, others
+        raise ArtifactError(f"{path}: not a readable ONNX model ({type(exc).__name__}); the file is damaged or "
+                            f"incomplete: export it again (export_model ... --out {path.parent})") from exc
+
+
 @dataclass
 class ModelMeta:
     arch: str  # "tiny_unet" or "ae_ssim"

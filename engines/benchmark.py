@@ -35,10 +35,11 @@ class BenchResult:
 
 def onnx_cost(onnx_path: Path) -> tuple[int, int]:
     """(parameters, MACs per tile) of Conv and Gemm nodes, from shape inference at batch 1."""
-    import onnx
     from onnx import numpy_helper, shape_inference
 
-    model = onnx.load(str(onnx_path))
+    from engines.artifact import read_onnx
+
+    model = read_onnx(onnx_path)
     dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     dim.ClearField("dim_param")
     dim.dim_value = 1

@@ -171,6 +171,7 @@ def pipeline_benchmark(seq: str | Path, config: str | Path | None, model: str | 
     backlog the source builds; at recorded pace (``realtime=True``, the source acting as a camera
     that drops under overload) latency is what a part on the line would see."""
     from pipeline.config import dump_config
+    from pipeline.sinks.results_log import read_records
     from pipeline.supervisor import run_pipeline
 
     config = Path(config or DEMO_CONFIG)
@@ -184,7 +185,7 @@ def pipeline_benchmark(seq: str | Path, config: str | Path | None, model: str | 
         t0 = time.perf_counter()
         code = run_pipeline(cfg_path, f"replay:{seq}", results_path, show_status=False)
         wall = time.perf_counter() - t0
-        results = [json.loads(line) for line in results_path.read_text().splitlines()]
+        results = read_records(results_path)
         overhead = overhead_per_frame(seq, cfg_path)
     lat = np.array([r["latency_ms"] for r in results if r.get("latency_ms") is not None])
     stage_totals: dict[str, float] = {}

@@ -114,22 +114,29 @@ class ModbusConfig:
     verdict_coil: int = 0          # 1 = reject: the verdict is one of reject_verdicts
     # Fail-safe by default: a part that was not inspected (ERROR, DROPPED) is rejected like an NG one.
     reject_verdicts: list[str] = field(default_factory=lambda: ["NG", "ERROR", "DROPPED"])
-    verdict_register: int = 3      # the verdict as a code: 1 OK, 2 NG, 3 NO_PART, 4 ERROR, 5 DROPPED; -1: not written
-    defect_count_register: int = 0
-    sequence_register: int = 1
-    heartbeat_register: int = 2
+    # The result block, written in one request: +0 verdict code (1 OK, 2 NG, 3 NO_PART, 4 ERROR,
+    # 5 DROPPED), +1 defect count, +2 missed results since start, +3 sequence (last: a new result).
+    result_register: int = 0
+    heartbeat_register: int = 4
     heartbeat_s: float = 1.0
     timeout_s: float = 1.0
+    # A verdict older than this (since capture) when the PLC's turn comes is not written (the part
+    # has moved on); it is counted in the missed-results register and in the results log.
+    max_age_s: float = 3.0
 
 
 @dataclass
 class HttpConfig:
     enabled: bool = False
-    url: str = ""
+    url: str = ""                  # a token in it is kept out of logs and config copies; prefer headers_env
     timeout_s: float = 2.0
     retries: int = 3
     backoff_s: float = 0.2
-    spool_dir: str = "mes_spool"
+    spool_dir: str = "mes_spool"   # records wait here (on disk) until the MES accepts them
+    # Request headers whose values come from the environment, e.g. {Authorization: MES_AUTH} sends
+    # the value of $MES_AUTH; the values are never logged or written to a config copy.
+    headers_env: dict[str, str] = field(default_factory=dict)
+    ca_bundle: str = ""            # PEM file of the CAs to trust for https:// (default: the system's)
 
 
 @dataclass
@@ -153,6 +160,11 @@ class LineConfig:
 
 
 PATH_FIELDS = {("preprocess", "template"), ("inference", "model")}
+_BLOCK = ("the PLC now gets one block of registers per part, written in one request: set "
+          "`sinks.modbus.result_register` to its first address (+0 verdict code, +1 defect count, "
+          "+2 missed results, +3 sequence) and update the PLC program (docs/operating.md, 'PLC')")
+REPLACED_KEYS = {"ModbusConfig": {"verdict_register": _BLOCK, "defect_count_register": _BLOCK,
+                                  "sequence_register": _BLOCK}}
 VALID = {("preprocess", "mode"): ("silhouette", "template"),
          ("inference", "backend"): ("onnxruntime", "torch", "tensorrt"),
          ("source", "stream", "transport"): ("tcp", "udp")}
@@ -171,6 +183,9 @@ def _type_ok(value: Any, tp: Any) -> bool:
     if origin is list:
         (inner,) = typing.get_args(tp) or (Any,)
         return isinstance(value, list) and all(inner is Any or _type_ok(v, inner) for v in value)
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp) or (Any, Any)
+        return isinstance(value, dict) and all(_type_ok(k, key_tp) and _type_ok(v, value_tp) for k, v in value.items())
     if tp is Any:
         return True
     return isinstance(value, tp)
@@ -182,6 +197,8 @@ def _build(cls: type, raw: Any, where: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(raw) - set(fields)
+    for old in sorted(unknown & set(REPLACED_KEYS.get(cls.__name__, {}))):
+        raise ConfigError(f"{source}: `{where}.{old}` is no longer used: {REPLACED_KEYS[cls.__name__][old]}")
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {sorted(f'{where}.{k}'.lstrip('.') for k in unknown)}; "
                           f"valid keys here: {sorted(fields)}")
@@ -222,6 +239,16 @@ def validate(cfg: LineConfig, source: str = "config") -> LineConfig:
     for ok, key, expected in checks:
         if not ok:
             raise ConfigError(f"{source}: `{key}` is invalid; expected {expected}")
+    m = cfg.sinks.modbus
+    registers = {"result_register": range(m.result_register, m.result_register + 4),
+                 "heartbeat_register": range(m.heartbeat_register, m.heartbeat_register + 1)}
+    if min(m.result_register, m.heartbeat_register, m.verdict_coil) < 0 or m.result_register + 3 > 0xFFFF:
+        raise ConfigError(f"{source}: `sinks.modbus` addresses must be 0..65532 (result_register takes 4 registers)")
+    if set(registers["result_register"]) & set(registers["heartbeat_register"]):
+        raise ConfigError(f"{source}: `sinks.modbus.heartbeat_register` {m.heartbeat_register} lies inside the "
+                          f"result block {m.result_register}..{m.result_register + 3}; move one of them")
+    if m.max_age_s <= 0:
+        raise ConfigError(f"{source}: `sinks.modbus.max_age_s` must be seconds > 0")
     unknown = sorted(set(cfg.sinks.modbus.reject_verdicts) - set(VERDICTS))
     if unknown:
         raise ConfigError(f"{source}: `sinks.modbus.reject_verdicts` has {unknown}; expected verdicts among {list(VERDICTS)}")
@@ -247,18 +274,33 @@ def load_config(path: str | Path, overrides: dict | None = None) -> LineConfig:
             setattr(sec, name, str((path.parent / value).resolve()))
     if cfg.sinks.http.spool_dir and not Path(cfg.sinks.http.spool_dir).is_absolute():
         cfg.sinks.http.spool_dir = str((path.parent / cfg.sinks.http.spool_dir).resolve())
+    if cfg.sinks.http.ca_bundle and not Path(cfg.sinks.http.ca_bundle).is_absolute():
+        cfg.sinks.http.ca_bundle = str((path.parent / cfg.sinks.http.ca_bundle).resolve())
     for key, value in (overrides or {}).items():
         section, name = key.split(".")
         setattr(getattr(cfg, section), name, value)
     return validate(cfg, str(path))
 
 
-def to_dict(cfg: LineConfig) -> dict:
-    return dataclasses.asdict(cfg)
+def to_dict(cfg: LineConfig, redact: bool = True) -> dict:
+    """The config as plain data; with ``redact``, secrets kept out: credentials and tokens in URLs
+    become ``***`` (header values never live in the config: they are read from the environment)."""
+    from pipeline.redact import redact_url
+
+    out = dataclasses.asdict(cfg)
+    if redact:
+        out["sinks"]["http"]["url"] = redact_url(out["sinks"]["http"]["url"])
+        out["source"]["uri"] = redact_url(out["source"]["uri"])
+    return out
 
 
-def dump_config(cfg: LineConfig, path: str | Path, header: str = "") -> Path:
+def dump_config(cfg: LineConfig, path: str | Path, header: str = "", redact: bool = True) -> Path:
+    """Write ``cfg`` as YAML. ``redact=False`` (the copy the stages read) keeps the URLs whole and
+    makes the file readable by its owner only."""
     path = Path(path)
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    text = yaml.safe_dump(to_dict(cfg, redact), sort_keys=False)
+    if not redact:
+        path.touch(mode=0o600)
+        path.chmod(0o600)
     path.write_text((header + "\n" if header else "") + text)
     return path

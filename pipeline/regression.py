@@ -16,7 +16,8 @@ def read_results(path: str | Path) -> dict[str, dict]:
         if line.strip():
             try:
                 rec = json.loads(line)
-                out[str(rec["source_name"])] = rec
+                if "event" not in rec:  # an event line (pipeline.sinks.results_log), not a frame's record
+                    out[str(rec["source_name"])] = rec
             except (ValueError, KeyError) as exc:
                 raise ValueError(f"{path}:{n}: not a result record ({exc})") from exc
     return out

@@ -21,7 +21,10 @@ import numpy as np
 
 from engines.data import IMAGE_SUFFIXES
 from pipeline.config import CameraConfig, SourceConfig, StreamConfig
+from pipeline.redact import without_credentials
 from pipeline.sequence import read_index
+
+__all__ = ["SOURCE_ENV", "Source", "SourceItem", "check_uri", "expand_env", "open_source", "without_credentials"]
 
 
 @dataclass
@@ -56,12 +59,21 @@ def _decode(path: Path) -> tuple[np.ndarray | None, str]:
     return frame, ""
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The images of a ``dir:`` source, by name; FileNotFoundError naming the folder when there are none."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dir:{folder}: no such folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"dir:{folder}: no images in this folder (looked for "
+                                f"{', '.join(sorted(IMAGE_SUFFIXES))}); point it at the folder holding the frames")
+    return files
+
+
 class DirSource(Source):
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise FileNotFoundError(f"dir:{folder}: no such folder")
-        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.files = image_files(self.folder)
 
     def __iter__(self) -> Iterator[SourceItem]:
         for path in self.files:
@@ -132,9 +144,6 @@ def expand_env(uri: str, environ: Mapping[str, str] | None = None) -> str:
     return _ENV_REF.sub(lambda m: env[m.group(1)], uri)
 
 
-def without_credentials(url: str) -> str:
-    """``rtsp://user:secret@host/path`` -> ``rtsp://host/path``."""
-    return re.sub(r"^([a-z]+://)[^/]*@", r"\1", url)
 
 
 class CaptureSource(Source):
@@ -145,22 +154,35 @@ class CaptureSource(Source):
     frame, so the results say when the line saw nothing. Past that window it raises
     ``ConnectionError``. A video file simply ends."""
 
-    def __init__(self, target: int | str, cfg: SourceConfig, live: bool) -> None:
+    def __init__(self, target: int | str, cfg: SourceConfig, live: bool, stop: threading.Event | None = None) -> None:
         self.target, self.cfg, self.live = target, cfg, live
         self.label = without_credentials(str(target))  # frame names go to the results, the MES and the logs
-        self._closed = threading.Event()
+        # Set by the stage on stop (Ctrl-C, SIGTERM): also ends a wait for a camera that is not there yet.
+        self._closed = stop if stop is not None else threading.Event()
         self._lock = threading.Lock()
         self.cap = self._open()
         if self.cap is None:
             if not live:
                 raise FileNotFoundError(f"source {target!r}: cannot open (check the file)")
-            print(f"source {self.label}: cannot open; retrying for up to {cfg.reconnect_s:.0f} s (source.reconnect_s)",
-                  file=sys.stderr, flush=True)
+            print(f"source {self.label}: cannot open {self._what()}; retrying for up to {cfg.reconnect_s:.0f} s "
+                  "(source.reconnect_s; Ctrl-C stops)", file=sys.stderr, flush=True)
             self.cap = self._reopen(time.monotonic(), "cannot open it")
+            if self.cap is None:
+                raise ConnectionError(f"source {self.label}: stopped while waiting for it to appear")
+
+    def _what(self) -> str:
+        if isinstance(self.target, int):
+            return (f"camera index {self.target} (no such camera, or it is in use: check `ls /dev/video*` and that "
+                    "no other program holds it)")
+        return "the stream (check the URL, the camera's power and network)"
 
     def _open(self) -> cv2.VideoCapture | None:
         if isinstance(self.target, int):
+            # OpenCV's own warnings for a missing camera (one per backend tried) would bury the one
+            # line that says what to do; this class prints that line.
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
             cap = cv2.VideoCapture(self.target)
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING)
             if cap.isOpened():
                 cam = self.cfg.camera
                 cap.set(cv2.CAP_PROP_FRAME_WIDTH, cam.width)
@@ -231,15 +253,21 @@ class CaptureSource(Source):
     def close(self) -> None:
         self._closed.set()
         with self._lock:
-            self.cap.release()
+            if self.cap is not None:
+                self.cap.release()
 
 
-def open_source(uri: str, cfg: SourceConfig | None = None) -> Source:
+LIVE_SCHEMES = re.compile(r"^(rtsp|rtsps|http|https)://", re.IGNORECASE)
+
+
+def open_source(uri: str, cfg: SourceConfig | None = None, stop: threading.Event | None = None) -> Source:
+    """The source for ``uri``. ``stop``, when given and set (from another thread or a signal
+    handler), ends a wait for a live source that is not there yet."""
     cfg = cfg or SourceConfig()
     if m := re.fullmatch(r"camera(\d+)", uri):
-        return CaptureSource(int(m.group(1)), cfg, live=True)
-    if uri.startswith(("rtsp://", "http://", "https://")):
-        return CaptureSource(uri, cfg, live=True)
+        return CaptureSource(int(m.group(1)), cfg, live=True, stop=stop)
+    if LIVE_SCHEMES.match(uri):
+        return CaptureSource(uri, cfg, live=True, stop=stop)
     if uri.startswith("video:"):
         path = uri[len("video:"):]
         if not Path(path).is_file():
@@ -254,7 +282,7 @@ def open_source(uri: str, cfg: SourceConfig | None = None) -> Source:
 
 def check_uri(uri: str) -> None:
     """Fail fast, before any process starts, on a malformed URI or a missing file or folder."""
-    if re.fullmatch(r"camera(\d+)", uri) or uri.startswith(("rtsp://", "http://", "https://")):
+    if re.fullmatch(r"camera(\d+)", uri) or LIVE_SCHEMES.match(uri):
         return
     for prefix, kind in (("video:", "file"), ("dir:", "folder"), ("replay:", "folder")):
         if uri.startswith(prefix):
@@ -263,5 +291,7 @@ def check_uri(uri: str) -> None:
                 raise FileNotFoundError(f"source {uri!r}: no such {kind} {path}")
             if prefix == "replay:":
                 read_index(path)
+            if prefix == "dir:":
+                image_files(path)
             return
     raise ValueError(f"source {uri!r}: expected cameraN, video:FILE, dir:DIR, replay:SEQ or rtsp://...")

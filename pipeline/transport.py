@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from pipeline import wire
+from pipeline import messages, wire
 
 LINGER_MS = 2000   # on close, try this long to deliver queued messages, then give up (never hang)
 HWM = 64           # messages queued per peer before a sender blocks (file sources) or drops (camera)
@@ -24,6 +24,7 @@ def make_socket(ctx: zmq.Context, kind: int, address: str, bind: bool, hwm: int 
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_PART_BYTES)  # a peer sending a larger part is disconnected
     if kind == zmq.PUSH:
         sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to live peers, so a dead worker holds no frames
     if address.startswith("ipc://"):
@@ -36,12 +37,33 @@ def send(sock: zmq.Socket, header: dict, arrays: dict[str, np.ndarray] | None = 
     sock.send_multipart(wire.encode(header, arrays), flags=flags, copy=False)
 
 
+def send_nowait(sock: zmq.Socket, header: dict, arrays: dict[str, np.ndarray] | None = None) -> bool:
+    """Send unless the peer is gone or its queue is full (never blocks); False when not sent."""
+    try:
+        send(sock, header, arrays, flags=zmq.NOBLOCK)
+        return True
+    except zmq.Again:
+        return False
+
+
+def send_within(sock: zmq.Socket, header: dict, timeout_ms: int, arrays: dict[str, np.ndarray] | None = None) -> bool:
+    """Send once the peer can take it, waiting at most ``timeout_ms`` (a socket just connected, or a
+    peer restarting); False when not sent. Never blocks longer."""
+    if not sock.poll(timeout_ms, zmq.POLLOUT):
+        return False
+    return send_nowait(sock, header, arrays)
+
+
 def recv(sock: zmq.Socket, timeout_ms: int) -> tuple[dict, dict[str, np.ndarray]] | None:
-    """One decoded message, or None on timeout. Raises wire.WireError for a malformed message."""
+    """One decoded and checked message, or None on timeout. Raises wire.WireError (a
+    messages.MessageError when the kind's fields are wrong) for a malformed message, after taking
+    it off the socket, so the caller can count it and go on."""
     if not sock.poll(timeout_ms, zmq.POLLIN):
         return None
     frames = sock.recv_multipart(copy=False)
-    return wire.decode(frames)
+    header, arrays = wire.decode(frames)
+    messages.check(header, arrays)
+    return header, arrays
 
 
 class StatusReporter:
@@ -66,7 +88,7 @@ class StatusReporter:
             return
         self.last = now
         try:
-            send(self.sock, {"kind": "status", "stage": self.stage, "pid": os.getpid(), **self.counters}, flags=zmq.NOBLOCK)
+            send(self.sock, messages.status(self.stage, os.getpid(), self.counters), flags=zmq.NOBLOCK)
         except zmq.Again:
             pass  # the supervisor is busy or gone; status is best-effort, work is not
 

@@ -16,6 +16,12 @@ import numpy as np
 VERSION = 1
 ALLOWED_DTYPES = {"uint8", "uint16", "float16", "float32", "int32"}
 MAX_DIMS = 5
+# The largest message part the line accepts (sockets set ZMQ_MAXMSGSIZE to it, so a peer sending
+# more is disconnected): a 12-megapixel colour frame is 36 MB.
+MAX_PART_BYTES = 256 << 20
+# Headers are ids, times, grids and a record's defect polygons: small. A larger one is refused
+# before it is unpacked.
+MAX_HEADER_BYTES = 4 << 20
 
 
 class WireError(ValueError):
@@ -37,6 +43,8 @@ def encode(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) 
 def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if not frames:
         raise WireError("empty message")
+    if len(frames[0]) > MAX_HEADER_BYTES:
+        raise WireError(f"header of {len(frames[0])} bytes; at most {MAX_HEADER_BYTES} are accepted")
     try:
         header = msgpack.unpackb(bytes(frames[0]), raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
@@ -59,8 +67,12 @@ def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]
             raise WireError(f"array {name!r}: dtype {dtype!r} not allowed")
         if len(shape) > MAX_DIMS or any(s < 0 for s in shape):
             raise WireError(f"array {name!r}: bad shape {shape}")
+        expected = np.dtype(dtype).itemsize
+        for s in shape:  # Python integers: a shape whose product overflows int64 cannot pass as small
+            expected *= s
+        if expected > MAX_PART_BYTES:
+            raise WireError(f"array {name!r}: {dtype}{shape} would be {expected} bytes; at most {MAX_PART_BYTES}")
         data = memoryview(buf.buffer if hasattr(buf, "buffer") else buf)
-        expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         if data.nbytes != expected:
             raise WireError(f"array {name!r}: {data.nbytes} bytes, but {dtype}{shape} needs {expected}")
         arrays[name] = np.frombuffer(data, dtype=dtype).reshape(shape) if expected else np.zeros(shape, dtype)

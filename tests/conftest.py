@@ -48,3 +48,23 @@ def coarse_map_model(trained_model, mini_data) -> Path:
                       warmup_steps=1, workers=0, threads=1, memory=False, image_scale=0.5)
     train(cfg, progress=False)
     return export_model(trained_model.parent / "last.pt", run / "model", coarse_map=run / "last.pt")
+
+
+@pytest.fixture(scope="session")
+def line(tmp_path_factory, trained_model, mini_data):
+    """A line calibrated on simulated frames of the test parts, and a 10-frame recorded sequence
+    (4 OK, 4 NG, 2 empty; every 5th frame file corrupt): (config, sequence folder)."""
+    import cv2
+
+    from pipeline.sim import simulate, write_sequence
+    from tools import calibrate_line
+
+    root = tmp_path_factory.mktemp("line")
+    calib = root / "calib"
+    calib.mkdir()
+    for i, f in enumerate(simulate(mini_data, n_ok=5, n_ng=0, n_empty=0, seed=11)):
+        cv2.imwrite(str(calib / f"{i:02d}.png"), f.frame)
+    config = root / "line.yaml"
+    assert calibrate_line.main(["--frames", str(calib), "--model", str(trained_model), "--out", str(config)]) == 0
+    seq = write_sequence(simulate(mini_data, n_ok=4, n_ng=4, n_empty=2, seed=12), root / "seq", fps=5.0, corrupt_every=5)
+    return config, seq

@@ -60,18 +60,35 @@ class ModbusServer:
 
 
 class MesServer:
-    """Records every JSON POST body, in arrival order."""
+    """Records every JSON POST body it accepts, in arrival order. ``answers`` maps a frame_id to
+    the status to answer for it instead of 201 (a 3xx with a Location header); ``requests`` logs
+    (method, path, headers) of every request, GETs too."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, answers: dict[int, int] | None = None) -> None:
         received = self.received = []
         keys = self.idempotency_keys = []
+        requests = self.requests = []
+        answers = self.answers = dict(answers or {})
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append(json.loads(body))
-                keys.append(self.headers.get("Idempotency-Key"))
-                self.send_response(201)
+                requests.append(("POST", self.path, dict(self.headers)))
+                record = json.loads(body)
+                status = answers.get(record.get("frame_id"), 201)
+                if status == 201:
+                    received.append(record)
+                    keys.append(self.headers.get("Idempotency-Key"))
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", "/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self) -> None:  # noqa: N802
+                requests.append(("GET", self.path, dict(self.headers)))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, *args) -> None:
@@ -84,3 +101,40 @@ class MesServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class BlackHolePlc:
+    """A PLC that hangs: it accepts TCP connections and reads what is sent, but never answers (a
+    Modbus server stopped, not closed)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(16)
+        self.clients: list[socket.socket] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+                conn.setblocking(False)
+                self.clients.append(conn)
+            except OSError:
+                pass
+            for c in self.clients:
+                try:
+                    c.recv(4096)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        for c in self.clients:
+            c.close()
+        self.sock.close()

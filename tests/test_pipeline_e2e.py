@@ -19,19 +19,6 @@ from tools import calibrate_line, replay_check
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def line(tmp_path_factory, trained_model, mini_data):
-    root = tmp_path_factory.mktemp("line")
-    calib = root / "calib"
-    calib.mkdir()
-    for i, f in enumerate(simulate(mini_data, n_ok=5, n_ng=0, n_empty=0, seed=11)):
-        cv2.imwrite(str(calib / f"{i:02d}.png"), f.frame)
-    config = root / "line.yaml"
-    assert calibrate_line.main(["--frames", str(calib), "--model", str(trained_model), "--out", str(config)]) == 0
-    seq = write_sequence(simulate(mini_data, n_ok=4, n_ng=4, n_empty=2, seed=12), root / "seq", fps=5.0, corrupt_every=5)
-    return config, seq
-
-
 def _run(args, **kw):
     return subprocess.run([sys.executable, "-m", "tools.run_pipeline", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=180, **kw)
@@ -253,8 +240,8 @@ def test_rtsp_camera_lost_reconnected_then_gone(line, tmp_path):
             return [r for r in _records(results) if r["verdict"] in ("OK", "NG")] if results.is_file() else []
 
         def plc_state():  # reject coil, verdict register, heartbeat register (the config's defaults)
-            return (reader.read_coils(0, count=1, device_id=1).bits[0],
-                    *reader.read_holding_registers(2, count=2, device_id=1).registers[::-1])
+            block = reader.read_holding_registers(0, count=5, device_id=1).registers  # result block, heartbeat
+            return reader.read_coils(0, count=1, device_id=1).bits[0], block[0], block[4]
 
         deadline = time.monotonic() + 90
         while len(inspected()) < 4 and time.monotonic() < deadline:

@@ -42,18 +42,17 @@ def plc():
 
 def test_modbus_sink_against_real_server(plc):
     port, reader = plc
-    sink = ModbusSink("127.0.0.1", port, 1, verdict_coil=3, defect_count_register=10, sequence_register=11,
-                      heartbeat_register=12, heartbeat_s=0.0)
+    sink = ModbusSink("127.0.0.1", port, 1, verdict_coil=3, result_register=10, heartbeat_register=14, heartbeat_s=0.0)
     sink.handle(_record(0, "NG", 2), {}, None)
     assert reader.read_coils(3, count=1, device_id=1).bits[0] is True
-    regs = reader.read_holding_registers(10, count=2, device_id=1).registers
-    assert regs == [2, 1]
+    # the block: verdict code, defect count, missed results, sequence
+    assert reader.read_holding_registers(10, count=4, device_id=1).registers == [2, 2, 0, 1]
     sink.handle(_record(1, "OK"), {}, None)
     assert reader.read_coils(3, count=1, device_id=1).bits[0] is False
-    assert reader.read_holding_registers(10, count=2, device_id=1).registers == [0, 2]
+    assert reader.read_holding_registers(10, count=4, device_id=1).registers == [1, 0, 0, 2]
     sink.tick()
     sink.tick()
-    assert reader.read_holding_registers(12, count=1, device_id=1).registers[0] == 2
+    assert reader.read_holding_registers(14, count=1, device_id=1).registers[0] == 2
     sink.close()
 
 
@@ -66,24 +65,25 @@ def test_modbus_rejects_parts_not_inspected_and_says_why(plc):
     port, reader = plc
     cfg = LineConfig()
     cfg.sinks.modbus.enabled, cfg.sinks.modbus.port, cfg.sinks.modbus.verdict_coil = True, port, 5
-    (sink,) = build_sinks(cfg, None)  # the config's defaults: verdict register 3, reject NG, ERROR, DROPPED
-    strict = ModbusSink("127.0.0.1", port, 1, verdict_coil=6, defect_count_register=20, sequence_register=21,
-                        heartbeat_register=22, reject_verdicts=["NG"], verdict_register=23)
+    (queued,) = build_sinks(cfg)  # the config's defaults: block at 0, reject NG, ERROR, DROPPED
+    sink = queued.sink  # on its own thread in the line; called directly here
+    strict = ModbusSink("127.0.0.1", port, 1, verdict_coil=6, result_register=20, heartbeat_register=24,
+                        reject_verdicts=["NG"])
     seen = {}
     for verdict in ("OK", "NG", "NO_PART", "ERROR", "DROPPED"):
         for s in (sink, strict):
             s.handle(_record(0, verdict), {}, None)
         seen[verdict] = (reader.read_coils(5, count=2, device_id=1).bits[:2],
-                         reader.read_holding_registers(3, count=1, device_id=1).registers[0],
-                         reader.read_holding_registers(23, count=1, device_id=1).registers[0])
+                         reader.read_holding_registers(0, count=1, device_id=1).registers[0],
+                         reader.read_holding_registers(20, count=1, device_id=1).registers[0])
     assert seen == {"OK": ([False, False], 1, 1), "NG": ([True, True], 2, 2), "NO_PART": ([False, False], 3, 3),
                     "ERROR": ([True, False], 4, 4), "DROPPED": ([True, False], 5, 5)}
-    sink.close()
+    queued.close()
     strict.close()
 
 
 def test_modbus_sink_survives_plc_down():
-    sink = ModbusSink("127.0.0.1", free_port(), 1, 0, 0, 1, 2, timeout_s=0.2)
+    sink = ModbusSink("127.0.0.1", free_port(), 1, 0, 0, 4, timeout_s=0.2)
     t0 = time.monotonic()
     sink.handle(_record(0), {}, None)  # nobody listening: counted, not raised
     assert sink.failures >= 1 and time.monotonic() - t0 < 3.0
@@ -200,8 +200,7 @@ def test_overlay_that_cannot_be_written_is_counted_not_raised(tmp_path, capsys):
 def test_modbus_heartbeat_pauses_while_the_camera_is_lost(plc):
     """The line runs but sees nothing: a PLC that watches the heartbeat can stop the belt."""
     port, reader = plc
-    sink = ModbusSink("127.0.0.1", port, 1, verdict_coil=0, defect_count_register=30, sequence_register=31,
-                      heartbeat_register=32, heartbeat_s=0.0)
+    sink = ModbusSink("127.0.0.1", port, 1, verdict_coil=0, result_register=28, heartbeat_register=32, heartbeat_s=0.0)
 
     def beat():
         sink.tick()

@@ -1,6 +1,7 @@
 """Shared CLI plumbing: turn known user errors into one clear line and exit code 2."""
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Callable
 
@@ -9,6 +10,11 @@ from engines.data import DataError
 
 # ConfigError is a ValueError; ConnectionError: a camera or stream that could not be (re)opened
 USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ArtifactError, FileNotFoundError, ValueError, ConnectionError)
+# A file or folder the user pointed at that cannot be written or read: said in one line, not a traceback.
+USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENOTDIR,
+                  errno.EISDIR, errno.ENOENT, errno.EEXIST}
+FIXES = {errno.ENOSPC: "free space on that disk or choose another folder", errno.EDQUOT: "free space or raise the quota",
+         errno.EROFS: "choose a folder on a writable disk", errno.EFBIG: "choose another folder or raise the file size limit"}
 
 
 def run_cli(fn: Callable[[], int | None], prog: str) -> int:
@@ -16,6 +22,13 @@ def run_cli(fn: Callable[[], int | None], prog: str) -> int:
         return int(fn() or 0)
     except USER_ERRORS as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in USER_OS_ERRORS:
+            raise
+        path = exc.filename or "a file"
+        fix = FIXES.get(exc.errno, "check the path and its permissions")
+        print(f"{prog}: error: {path}: {exc.strerror or exc}; {fix}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

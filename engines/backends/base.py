@@ -89,7 +89,7 @@ def load_backend(name: str, model: str | Path, **options) -> Backend:
     coarse-map network with the same backend when the model has one."""
     onnx_path, meta = model_paths(model)
     cls = backend_class(name)
-    backend = cls(Path(model), meta, **options)
+    backend = _open(cls, Path(model), meta, options)
     if meta.coarse_map_weight > 0:
         folder = Path(model) / COARSE_MAP_DIR
         if not folder.is_dir():
@@ -98,8 +98,25 @@ def load_backend(name: str, model: str | Path, **options) -> Backend:
                                 f"{folder} is missing; add it (export_model --from-model {model} --coarse-map RUN/last.pt "
                                 "--out MODEL) or set coarse_map_weight to 0")
         _, sub_meta = model_paths(folder)
-        backend.coarse_map = cls(folder, sub_meta, **backend.coarse_map_options(options))
+        try:
+            backend.coarse_map = _open(cls, folder, sub_meta, backend.coarse_map_options(options))
+        except BaseException:
+            backend.close()
+            raise
     return backend
+
+
+def _open(cls: type, folder: Path, meta, options: dict) -> Backend:
+    """``cls(folder, meta, **options)``; a file the runtime cannot read (truncated, corrupt, from
+    another tool) becomes an ArtifactError that names it and how to make it again."""
+    try:
+        return cls(folder, meta, **options)
+    except (BackendUnavailable, ArtifactError):
+        raise
+    except Exception as exc:  # each runtime raises its own types for an unreadable model
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"{folder}: the {cls.name} backend cannot load this model ({first}); export it "
+                            f"again (export_model --from-model or --checkpoint ... --out {folder})") from exc
 
 
 def map_coarse_tiles(backend: Backend, tiles_u8: np.ndarray, maps: np.ndarray, coarse: np.ndarray) -> np.ndarray:

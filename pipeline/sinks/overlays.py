@@ -39,6 +39,7 @@ class OverlaySink(Sink):
     """An image that cannot be written (disk full, folder gone) is counted and reported, not raised:
     overlays are for people, and the verdict must still reach the PLC, the MES and the results."""
     name = "overlays"
+    blocking = True  # PNG encoding and a slow or network disk: on its own thread
 
     def __init__(self, folder: str | Path, save_masks: bool = False) -> None:
         self.folder = Path(folder)

@@ -10,7 +10,8 @@ import zmq
 
 from engines.backends import load_backend
 from engines.backends.base import map_coarse_tiles
-from pipeline.stages._common import POLL_MS, Stage, run_stage, stage_parser
+from pipeline import messages
+from pipeline.stages._common import POLL_MS, HoldingNote, Stage, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, recv, send
 from pipeline.vision.tiling import TileGrid
 from pipeline.wire import WireError
@@ -39,21 +40,28 @@ def run(stage: Stage, worker: int = 0) -> int:
     verdict = make_socket(stage.ctx, zmq.PUSH, stage.ep("verdict"), bind=False, hwm=10000)
     status = StatusReporter(stage.ctx, stage.ep("status"), f"infer{worker}")
     max_batch, max_wait_ns = cfg.inference.max_batch, int(cfg.inference.max_wait_ms * 1e6)
+    holding = HoldingNote(stage.run_dir, f"infer{worker}")
     try:
         while not stage.stopping:
             batch: list[tuple[dict, dict]] = []
             n_tiles = 0
             deadline = None
-            while n_tiles < max_batch:
+            while n_tiles < max_batch and not stage.stopping:
                 timeout = POLL_MS if deadline is None else max(0, (deadline - time.monotonic_ns()) // 1_000_000)
                 try:
                     msg = recv(tiles_in, int(timeout))
-                except WireError as exc:
+                except WireError as exc:  # counted and logged; the line goes on
                     print(f"infer{worker}: dropped malformed message: {exc}", file=sys.stderr)
+                    status.add(processed=0, bad_messages=1)
                     continue
                 if msg is None:
                     break
+                if msg[0]["kind"] != "tiles":
+                    print(f"infer{worker}: dropped a {msg[0]['kind']} message (this stage takes tiles)", file=sys.stderr)
+                    status.add(processed=0, bad_messages=1)
+                    continue
                 batch.append(msg)
+                holding.write([h["frame_id"] for h, _ in batch])
                 n_tiles += len(msg[1]["tiles"])
                 deadline = deadline or time.monotonic_ns() + max_wait_ns
             if not batch:
@@ -75,15 +83,14 @@ def run(stage: Stage, worker: int = 0) -> int:
             start = 0
             for header, arrays in batch:
                 n = len(arrays["tiles"])
-                base = {k: header[k] for k in ("frame_id", "source_name", "capture_ns")}
                 if maps is None:
-                    send(verdict, {"kind": "result", **base, "verdict": "ERROR", "reason": error})
+                    send(verdict, messages.result(header, "ERROR", error))
                     continue
                 out = {"maps": maps[start:start + n].astype(np.float16), "scores": scores[start:start + n],
                        "tile_index": arrays["tile_index"], "part_mask": arrays["part_mask"]}
                 if "frame" in arrays:
                     out["frame"] = arrays["frame"]
-                send(verdict, {**header, "kind": "maps", "t_infer_ns": [t0, t1], "batch_tiles": len(stacked)}, out)
+                send(verdict, messages.maps(header, [t0, t1], len(stacked)), out)
                 start += n
             status.add(processed=len(batch), busy_ms=(t1 - t0) / 1e6, tiles=len(stacked))
     finally:

@@ -8,8 +8,9 @@ import time
 import zmq
 
 from engines.artifact import ModelMeta
+from pipeline import messages
 from pipeline.processing import Preprocessor
-from pipeline.stages._common import POLL_MS, Stage, run_stage, stage_parser
+from pipeline.stages._common import POLL_MS, HoldingNote, Stage, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, recv, send
 from pipeline.wire import WireError
 
@@ -25,26 +26,33 @@ def run(stage: Stage) -> int:
     verdict = make_socket(stage.ctx, zmq.PUSH, stage.ep("verdict"), bind=False, hwm=10000)
     status = StatusReporter(stage.ctx, stage.ep("status"), "preprocess")
     keep_frame = bool(cfg.sinks.overlays_dir)
+    holding = HoldingNote(stage.run_dir, "preprocess")
     try:
         while not stage.stopping:
             try:
                 msg = recv(frames, POLL_MS)
-            except WireError as exc:
+            except WireError as exc:  # counted and logged; the line goes on
                 print(f"preprocess: dropped malformed message: {exc}", file=sys.stderr)
+                status.add(processed=0, bad_messages=1)
                 continue
             if msg is None:
                 status.flush()
                 continue
             header, arrays = msg
+            if header["kind"] != "frame":
+                print(f"preprocess: dropped a {header['kind']} message (this stage takes frames)", file=sys.stderr)
+                status.add(processed=0, bad_messages=1)
+                continue
             t0 = time.monotonic_ns()
-            base = {k: header[k] for k in ("frame_id", "source_name", "capture_ns")}
+            base = messages.frame_ids(header)
+            holding.write([header["frame_id"]])
             try:
-                prepared = prep(arrays.get("image"))
+                prepared = prep(arrays["image"])
             except Exception as exc:  # one bad frame must not stop the line
                 prepared = None
-                send(verdict, {"kind": "result", **base, "verdict": "ERROR", "reason": f"preprocess failed: {exc!r}"})
+                send(verdict, messages.result(base, "ERROR", f"preprocess failed: {exc!r}"))
             if prepared is not None and prepared.verdict is not None:
-                send(verdict, {"kind": "result", **base, "verdict": prepared.verdict, "reason": prepared.reason})
+                send(verdict, messages.result(base, prepared.verdict, prepared.reason))
             elif prepared is not None:
                 out = {"tiles": prepared.tiles, "tile_index": prepared.tile_index, "part_mask": prepared.part_mask}
                 if keep_frame:
@@ -52,8 +60,7 @@ def run(stage: Stage) -> int:
                 grids = {"grid": prepared.grid.to_dict()}
                 if prepared.coarse_grid is not None:
                     grids["coarse_grid"] = prepared.coarse_grid.to_dict()
-                send(tiles, {"kind": "tiles", **base, **grids, "H": prepared.H.ravel().tolist(),
-                             "t_pre_ns": [t0, time.monotonic_ns()]}, out)
+                send(tiles, messages.tiles(base, grids, prepared.H, [t0, time.monotonic_ns()]), out)
             status.add(busy_ms=(time.monotonic_ns() - t0) / 1e6)
     finally:
         status.close()

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 
 import zmq
 
+from pipeline import messages
+from pipeline.journal import SOURCE_JOURNAL, FrameJournal
 from pipeline.sources import SOURCE_ENV, Source, SourceItem, open_source
 from pipeline.stages._common import POLL_MS, Stage, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, send
@@ -29,6 +31,9 @@ from pipeline.transport import StatusReporter, make_socket, send
 SOURCE_FAILED = 3
 # While live frames wait in the stage's queue, it retries sending this often between source frames.
 LIVE_RETRY_S = 0.002
+# Once stopped, frames already read are passed on for this long at most (the rest of the line may be
+# stopping, or stuck); what is still queued then gets an ERROR record, never silence.
+STOP_DRAIN_S = 5.0
 _END = object()
 
 
@@ -55,11 +60,18 @@ class _Reader(threading.Thread):
 def run(stage: Stage, uri: str) -> int:
     cfg = stage.cfg
     verdict = make_socket(stage.ctx, zmq.PUSH, stage.ep("verdict"), bind=False, hwm=10000)
+    # Every frame read and the count at the end, for a stitch stage restarted after a crash and for
+    # run_pipeline's last flush: whatever dies, each frame read can still be given its record.
+    journal = FrameJournal(stage.run_dir / SOURCE_JOURNAL, resume=False)
+    closed = threading.Event()  # set on stop: a camera that is being waited for is waited for no longer
+    stage.on_stop.append(closed.set)
     try:
-        source = open_source(uri, cfg.source)
+        source = open_source(uri, cfg.source, stop=closed)
     except Exception as exc:  # e.g. a camera that did not appear within source.reconnect_s
         print(f"source: {exc}", file=sys.stderr, flush=True)
-        send(verdict, {"kind": "end", "count": 0})
+        journal.end(0)
+        journal.close()
+        send(verdict, messages.end(0))
         verdict.close()
         return SOURCE_FAILED
     # The backlog stays here, not in ZeroMQ buffers where frames would silently age: a live source
@@ -70,19 +82,31 @@ def run(stage: Stage, uri: str) -> int:
     count = 0
 
     def register(fid: int, name: str, capture_ns: int) -> None:
-        send(verdict, {"kind": "register", "frame_id": fid, "source_name": name, "capture_ns": capture_ns})
+        journal.add(fid, capture_ns, name)
+        send(verdict, messages.register(fid, name, capture_ns))
 
     def result(fid: int, name: str, capture_ns: int, verdict_name: str, reason: str, camera_lost: bool = False) -> None:
-        send(verdict, {"kind": "result", "frame_id": fid, "source_name": name, "capture_ns": capture_ns,
-                       "verdict": verdict_name, "reason": reason, **({"camera_lost": True} if camera_lost else {})})
+        ids = {"frame_id": fid, "source_name": name, "capture_ns": capture_ns}
+        send(verdict, messages.result(ids, verdict_name, reason, camera_lost))
+
+    stopped_at: list[float] = []
+    stage.on_stop.append(lambda: stopped_at.append(time.monotonic()))
 
     def drain(block: bool) -> None:
+        """Pass queued frames on; with ``block``, wait for preprocessing to take them, but once the
+        stage is stopping for STOP_DRAIN_S at most."""
         while queue:
             header, image = queue[0]
+            if block:
+                while not frames.poll(POLL_MS, zmq.POLLOUT):
+                    if stopped_at and time.monotonic() - stopped_at[0] > STOP_DRAIN_S:
+                        return
             try:
-                send(frames, header, {"image": image}, flags=0 if block else zmq.NOBLOCK)
+                send(frames, header, {"image": image}, flags=zmq.NOBLOCK)
             except zmq.Again:
-                return
+                if not block:
+                    return
+                continue
             queue.popleft()
 
     def items() -> Iterator[SourceItem]:
@@ -123,8 +147,7 @@ def run(stage: Stage, uri: str) -> int:
                 if item.frame is None:
                     result(fid, item.name, capture_ns, "ERROR", item.reason, item.camera_lost)
                     continue
-                header = {"kind": "frame", "frame_id": fid, "source_name": item.name, "capture_ns": capture_ns,
-                          "recorded_ns": item.recorded_ns}
+                header = messages.frame(fid, item.name, capture_ns, item.recorded_ns)
                 queue.append((header, item.frame))
                 if source.live:
                     while len(queue) > cfg.source.camera.queue:
@@ -138,8 +161,13 @@ def run(stage: Stage, uri: str) -> int:
         except Exception as exc:  # the source failed: every frame read so far still gets its record
             failure = exc
         drain(block=True)
-        send(verdict, {"kind": "end", "count": count})
+        for header, _ in queue:  # the line stopped before they could be passed on
+            result(header["frame_id"], header["source_name"], header["capture_ns"], "ERROR",
+                   "not inspected: the line stopped before the frame reached preprocessing")
+        journal.end(count)
+        send(verdict, messages.end(count))
     finally:
+        journal.close()
         source.close()
         status.close()
         frames.close()

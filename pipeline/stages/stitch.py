@@ -1,10 +1,12 @@
 """Stitch/alert stage: tile maps -> canonical map -> verdict and defects in camera pixels; exactly
 one record per frame, released in frame order to the sinks process.
 
-It notes the last frame it released in ``RUN_DIR/stitch.progress``, and every frame registered in
-``RUN_DIR/stitch.frames``; restarted with ``--resume`` after a crash, it goes on from the next one
-(the collector closes the frames that only the crashed stage knew with an ERROR record, named from
-that journal).
+It notes the last frame it released in ``RUN_DIR/stitch.progress``, every frame registered and the
+end of the stream in ``RUN_DIR/stitch.frames``, and every record released in
+``RUN_DIR/stitch.records`` (pipeline.journal). Restarted with ``--resume`` after a crash, it goes on
+after the last record released; it knows the frames and the stream's count from its own journal
+and the source's, closes the frames that only the crashed stage knew with an ERROR record, and can
+send again the records its predecessor released but the sinks never received.
 
 The last ``RESEND_WINDOW`` messages sent to the sinks are kept, and a restarted sinks stage asks for
 those it had not handled (``{"kind": "resend", "from": FRAME_ID}``), so a sinks crash loses no
@@ -13,8 +15,6 @@ record. For that the stage stays up after the end of the stream until it is told
 from __future__ import annotations
 
 import collections
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +23,9 @@ import numpy as np
 import zmq
 
 from engines.artifact import ModelMeta
+from pipeline import messages
 from pipeline.collector import Collector
+from pipeline.journal import RECORD_JOURNAL, SOURCE_JOURNAL, STITCH_JOURNAL, FrameJournal, RecordJournal
 from pipeline.processing import decide
 from pipeline.stages._common import POLL_MS, Stage, note_progress, read_progress, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, recv, send
@@ -37,55 +39,9 @@ from pipeline.wire import WireError
 RESEND_WINDOW = 2048
 RESEND_ARRAYS = 32
 PROGRESS = "stitch.progress"
-# The frames registered, one JSON line each, so that a restarted stage can name those lost with
-# this one; rotated every JOURNAL_LINES lines (the file before kept as stitch.frames.1). Frames in
-# flight are far fewer.
-JOURNAL = "stitch.frames"
-JOURNAL_LINES = 4096
-
-
-def _rotated(path: Path) -> Path:
-    """Where the journal before the current one is kept."""
-    return path.with_name(path.name + ".1")
-
-
-class FrameJournal:
-    """``[frame_id, capture_ns, source_name]`` per registered frame, appended line by line: a line
-    written is the OS's, so a killed stage leaves every whole line behind."""
-
-    def __init__(self, path: Path, resume: bool, lines: int = JOURNAL_LINES) -> None:
-        self.path, self.lines, self.n = path, lines, 0
-        if not resume:  # a run folder used again: an earlier run's frames must not name this run's
-            _rotated(path).unlink(missing_ok=True)
-        self.file = open(path, "a" if resume else "w", encoding="utf-8", buffering=1)  # line-buffered
-
-    def add(self, frame_id: int, capture_ns: int, source_name: str) -> None:
-        if self.n >= self.lines:
-            self.file.close()
-            os.replace(self.path, _rotated(self.path))
-            self.file = open(self.path, "w", encoding="utf-8", buffering=1)
-            self.n = 0
-        self.file.write(json.dumps([frame_id, capture_ns, source_name]) + "\n")
-        self.n += 1
-
-    def close(self) -> None:
-        self.file.close()
-
-    @staticmethod
-    def read(path: Path) -> dict[int, dict]:
-        """frame_id -> {source_name, capture_ns} from the journal and the file before it; a torn
-        or unreadable line (a crash mid-write) is skipped."""
-        out: dict[int, dict] = {}
-        for file in (_rotated(path), path):
-            if not file.is_file():
-                continue
-            for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    fid, capture_ns, name = json.loads(line)
-                    out[int(fid)] = {"source_name": str(name), "capture_ns": int(capture_ns)}
-                except (ValueError, TypeError):
-                    continue
-        return out
+# A frame held by a crashed preprocess or infer stage is closed with ERROR this long after the crash,
+# unless its result comes first (one sent just before the crash may still be on its way).
+CRASH_GRACE_NS = 1_000_000_000
 
 
 class ResendBuffer:
@@ -132,6 +88,23 @@ def record_from_maps(header: dict, arrays: dict, cfg, pixel_t: float, image_t: f
     return record, extra
 
 
+def resume_state(run_dir, collector: Collector, sent: ResendBuffer) -> None:
+    """A restarted stitch stage: go on after the last record released (progress note or record
+    journal, whichever is later), know the frames registered and the stream's count from the
+    journals of the stage before and of the source, and keep the records released before for the
+    sinks stage to ask for."""
+    released = RecordJournal.read(run_dir / RECORD_JOURNAL)
+    last = max(read_progress(run_dir / PROGRESS), released[-1]["frame_id"] if released else -1)
+    source_frames, source_end = FrameJournal.read_all(run_dir / SOURCE_JOURNAL)
+    own_frames, own_end = FrameJournal.read_all(run_dir / STITCH_JOURNAL)
+    collector.resume(last + 1, {**source_frames, **own_frames})
+    count = own_end if own_end is not None else source_end
+    if count is not None:
+        collector.end(count)
+    for rec in released[-RESEND_WINDOW:]:
+        sent.add(rec["frame_id"], messages.record(rec))
+
+
 def run(stage: Stage, resume: bool = False) -> int:
     cfg = stage.cfg
     meta = ModelMeta.load(cfg.inference.model)
@@ -141,13 +114,17 @@ def run(stage: Stage, resume: bool = False) -> int:
     results = make_socket(stage.ctx, zmq.PUSH, stage.ep("results"), bind=False, hwm=10000)
     status = StatusReporter(stage.ctx, stage.ep("status"), "stitch")
     collector = Collector(int(cfg.frame_timeout_s * 1e9))
+    collector.last_activity_ns = time.monotonic_ns()
     progress = stage.run_dir / PROGRESS
-    if resume:
-        collector.resume(read_progress(progress) + 1, FrameJournal.read(stage.run_dir / JOURNAL))
-        print(f"stitch: resumed from frame {collector.next_id}", file=sys.stderr, flush=True)
-    journal = FrameJournal(stage.run_dir / JOURNAL, resume)
-    extras: dict[int, dict] = {}
     sent = ResendBuffer()
+    if resume:
+        resume_state(stage.run_dir, collector, sent)
+        print(f"stitch: resumed from frame {collector.next_id}", file=sys.stderr, flush=True)
+    journal = FrameJournal(stage.run_dir / STITCH_JOURNAL, resume)
+    released_log = RecordJournal(stage.run_dir / RECORD_JOURNAL, resume, lines=RESEND_WINDOW)
+    if collector.expected is not None and resume:
+        journal.end(collector.expected)
+    extras: dict[int, dict] = {}
     ended = False
 
     def emit() -> None:
@@ -157,73 +134,85 @@ def run(stage: Stage, resume: bool = False) -> int:
             if rec.get("capture_ns") is not None:
                 rec["latency_ms"] = round((now - rec["capture_ns"]) / 1e6, 2)
             arrays = extras.pop(rec["frame_id"], {})
-            header = {"kind": "record", "record": rec}
+            header = messages.record(rec, arrays.pop("H") if arrays else None)
             if arrays:
-                header["H"] = arrays.pop("H").ravel().tolist()
                 arrays["anomaly_map"] = arrays["anomaly_map"].astype(np.float16)
+            released_log.add(rec)  # before sending: a record sent is one a restarted stage can send again
             send(results, header, arrays)
             sent.add(rec["frame_id"], header, arrays)
         if released:  # once per batch: a resumed stage skips what was sent after it (the sinks drop repeats)
             note_progress(progress, released[-1]["frame_id"])
+
+    def handle(header: dict, arrays: dict) -> None:
+        kind = header["kind"]
+        t0 = time.monotonic_ns()
+        if kind == "register":
+            collector.register(header["frame_id"], header["source_name"], header["capture_ns"], t0)
+            journal.add(header["frame_id"], header["capture_ns"], header["source_name"])
+        elif kind == "result":
+            collector.add(header["frame_id"], {
+                "frame_id": header["frame_id"], "source_name": header["source_name"],
+                "capture_ns": header["capture_ns"], "verdict": header["verdict"],
+                "reason": header["reason"], "score": None, "defects": [],
+                **({"camera_lost": True} if header.get("camera_lost") else {})}, t0)
+        elif kind == "maps":
+            try:
+                record, extra = record_from_maps(header, arrays, cfg, pixel_t, image_t, rule)
+            except Exception as exc:  # one bad frame must not stop the line
+                record, extra = {"frame_id": header["frame_id"], "source_name": header["source_name"],
+                                 "capture_ns": header["capture_ns"], "verdict": "ERROR",
+                                 "reason": f"stitch failed: {exc!r}", "score": None, "defects": []}, {}
+            collector.add(header["frame_id"], record, t0)
+            if extra:
+                extras[header["frame_id"]] = extra
+            status.add(busy_ms=(time.monotonic_ns() - t0) / 1e6)
+        elif kind == "crash":
+            n = collector.crash(header["frame_ids"], f"{header['stage']} stage crashed while processing the frame",
+                                t0 + CRASH_GRACE_NS)
+            print(f"stitch: {header['stage']} crashed holding {n} open frame(s); they become ERROR unless their "
+                  f"result comes within {CRASH_GRACE_NS / 1e9:.0f} s", file=sys.stderr)
+        elif kind == "abort":
+            n = collector.abort(header["reason"])
+            print(f"stitch: line stopping ({header['reason']}); {n} open frame(s) marked ERROR", file=sys.stderr)
+        elif kind == "end":
+            collector.end(header["count"])
+            journal.end(header["count"])
+        elif kind == "source_gone":
+            collector.source_gone()
+        elif kind == "resend":  # a sinks stage that missed records: what it had not handled, in order
+            again, oldest = sent.since(header["from"])
+            if oldest is not None and oldest > header["from"]:
+                print(f"stitch: the sinks stage asked for records from frame {header['from']}, but only "
+                      f"those from frame {oldest} are kept (RESEND_WINDOW {RESEND_WINDOW})", file=sys.stderr)
+            for h, a in again:
+                send(results, h, a)
+            print(f"stitch: sent {len(again)} record(s) again to the sinks stage", file=sys.stderr)
+        else:
+            print(f"stitch: dropped a {kind} message (not one this stage takes)", file=sys.stderr)
+            status.add(processed=0, bad_messages=1)
 
     rule = meta.map_rule()  # the same for every frame
     try:
         while not stage.stopping:
             try:
                 msg = recv(inbox, POLL_MS)
-            except WireError as exc:
+            except WireError as exc:  # counted and logged; the line goes on
                 print(f"stitch: dropped malformed message: {exc}", file=sys.stderr)
+                status.add(processed=0, bad_messages=1)
                 msg = None
             if msg is not None:
-                header, arrays = msg
-                kind = header.get("kind")
-                t0 = time.monotonic_ns()
-                if kind == "register":
-                    collector.register(header["frame_id"], header["source_name"], header["capture_ns"])
-                    journal.add(header["frame_id"], header["capture_ns"], header["source_name"])
-                elif kind == "result":
-                    collector.add(header["frame_id"], {
-                        "frame_id": header["frame_id"], "source_name": header["source_name"],
-                        "capture_ns": header["capture_ns"], "verdict": header["verdict"],
-                        "reason": header.get("reason", ""), "score": None, "defects": [],
-                        **({"camera_lost": True} if header.get("camera_lost") else {})})
-                elif kind == "maps":
-                    try:
-                        record, extra = record_from_maps(header, arrays, cfg, pixel_t, image_t, rule)
-                    except Exception as exc:  # one bad frame must not stop the line
-                        record, extra = {"frame_id": header["frame_id"], "source_name": header["source_name"],
-                                         "capture_ns": header["capture_ns"], "verdict": "ERROR",
-                                         "reason": f"stitch failed: {exc!r}", "score": None, "defects": []}, {}
-                    collector.add(header["frame_id"], record)
-                    if extra:
-                        extras[header["frame_id"]] = extra
-                    status.add(busy_ms=(time.monotonic_ns() - t0) / 1e6)
-                elif kind == "crash":
-                    n = collector.fail_pending(f"{header['stage']} stage crashed while the frame was in flight",
-                                               header["at_ns"])
-                    print(f"stitch: {n} in-flight frame(s) marked ERROR after {header['stage']} crash", file=sys.stderr)
-                elif kind == "end":
-                    collector.end(header["count"])
-                elif kind == "source_gone":
-                    collector.source_gone()
-                elif kind == "resend":  # a restarted sinks stage: what it had not handled, in order
-                    again, oldest = sent.since(header["from"])
-                    if oldest is not None and oldest > header["from"]:
-                        print(f"stitch: the sinks stage asked for records from frame {header['from']}, but only "
-                              f"those from frame {oldest} are kept (RESEND_WINDOW {RESEND_WINDOW})", file=sys.stderr)
-                    for h, a in again:
-                        send(results, h, a)
-                    print(f"stitch: sent {len(again)} record(s) again to the restarted sinks stage", file=sys.stderr)
+                handle(*msg)
             collector.expire(time.monotonic_ns())
             emit()
             if collector.finished and not ended:
-                end = {"kind": "end", "count": collector.expected}
+                end = messages.end(collector.expected)
                 send(results, end)
                 sent.add(None, end)
                 ended = True  # stays up for a sinks stage that may yet need records again
             status.flush()
     finally:
         journal.close()
+        released_log.close()
         status.close()
         inbox.close()
         results.close()
