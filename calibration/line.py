@@ -88,17 +88,11 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
                      decision=DecisionConfig())
     # Score the calibration parts with the real preprocessing and model.
     prep = Preprocessor.for_model(pre, meta)
-    engine = load_backend("onnxruntime", model)
     scores = []
-    for f in frames:
-        p = prep(f)
-        if p.verdict is not None:
-            raise ValueError(f"{frames_dir}: preprocessing found {p.verdict} ({p.reason}) on a calibration frame")
-        maps, tile_scores = engine.infer(meta.normalise(p.tiles))
-        maps = map_coarse_tiles(engine, p.tiles, maps, p.tile_index >= len(p.grid))
-        v = decide(maps, tile_scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision, meta.pixel_threshold, 1.0,
-                   p.coarse_grid, meta.map_rule())
-        scores.append(v.score)
+    for i, score in enumerate(part_scores(prep, model, frames, cfg.decision)):
+        if isinstance(score, str):
+            raise ValueError(f"{frames_dir}: preprocessing found {score} on calibration frame {i}")
+        scores.append(score)
     # The model's own threshold was set for its shared memories' scores (evaluate --set-thresholds). A
     # per-position memory fitted on this line's grid scores the line's parts on its own scale, for which
     # only these OK parts speak.
@@ -114,16 +108,37 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
     return Calibration(cfg, scores, ncc, notes)
 
 
+def part_scores(prep: Preprocessor, model: str | Path, frames: list[np.ndarray], decision: DecisionConfig,
+                engine=None) -> list[float | str]:
+    """Each frame's part score as the line computes it (the line's preprocessing, the model on
+    onnxruntime, ``decide``); for a frame whose part was not found, the reason instead."""
+    _, meta = model_paths(model)
+    engine = engine or load_backend("onnxruntime", model)
+    out: list[float | str] = []
+    for f in frames:
+        p = prep(f)
+        if p.verdict is not None:
+            out.append(f"{p.verdict} ({p.reason})")
+            continue
+        maps, tile_scores = engine.infer(meta.normalise(p.tiles))
+        maps = map_coarse_tiles(engine, p.tiles, maps, p.tile_index >= len(p.grid))
+        v = decide(maps, tile_scores, p.tile_index, p.grid, p.part_mask, p.H, decision, meta.pixel_threshold, 1.0,
+                   p.coarse_grid, meta.map_rule())
+        out.append(float(v.score))
+    return out
+
+
 def _relative(target: str, yaml_path: Path) -> str:
     """Paths relative to the config file's folder (how load_config reads them), so a line folder can move."""
     return os.path.relpath(Path(target).resolve(), yaml_path.resolve().parent) if target else ""
 
 
-def write_commented(cfg: LineConfig, path: Path, notes: list[str], n_frames: int, frames_dir: str) -> Path:
+def write_commented(cfg: LineConfig, path: Path, notes: list[str], n_frames: int, frames_dir: str,
+                    tool: str = "calibrate_line") -> Path:
     p, d, i, src = cfg.preprocess, cfg.decision, cfg.inference, cfg.source
     model_rel, template_rel = _relative(i.model, path), _relative(p.template, path)
     belt = p.belt
-    text = f"""# Line config written by calibrate_line from {n_frames} OK frames in {frames_dir}
+    text = f"""# Line config written by {tool} from {n_frames} OK frames in {frames_dir}
 # {chr(10).join('# ' + n for n in notes)[2:]}
 name: {cfg.name}
 

@@ -1,0 +1,83 @@
+"""commission_line: one command from recorded OK frames to a line config, a line-fitted model and a
+threshold set on held-out frames, with its report. Real frames (the simulated line of the bundled
+test parts), the trained fixture model, the real export and the real line scoring."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibration.commission import choose_threshold, frames_needed, rate_upper_bound, split_frames
+from pipeline.config import load_config
+from tools import commission_line as commission_cli
+from tools import simulate_line as simulate_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_threshold_gives_at_most_the_target_share_of_alarms():
+    scores = list(np.linspace(0.1, 0.5, 200))
+    for target in (0.01, 0.05, 0.1):
+        t, alarms = choose_threshold(scores, target)
+        assert alarms == sum(s >= t for s in scores) <= int(target * 200)
+        assert alarms == int(target * 200)  # and no fewer than it may: the threshold is not needlessly high
+    t, alarms = choose_threshold([0.2, 0.3], 0.01)
+    assert alarms == 0 and t > 0.3
+    assert rate_upper_bound(0, 299) == pytest.approx(0.01, abs=2e-4)  # zero alarms in 299 frames: below 1 %
+    assert rate_upper_bound(3, 299) > 0.01
+    assert frames_needed(0.01) == 299 and frames_needed(0.05) == 59
+
+
+def test_split_is_fixed_by_name_and_holds_out_about_the_share():
+    files = [Path(f"{i:06d}.png") for i in range(1000)]
+    fit, held = split_frames(files)
+    assert 250 < len(held) < 350 and len(fit) + len(held) == 1000
+    assert split_frames(list(reversed(files)))[1] == list(reversed(held))  # the same frames, whatever the order
+
+
+@pytest.mark.slow
+def test_commission_line_writes_a_line_that_runs(trained_model, mini_data, tmp_path):
+    pytest.importorskip("torch")
+    frames = tmp_path / "ok"
+    assert simulate_cli.main(["--data", str(mini_data), "--out", str(frames), "--ok", "30", "--ng", "0", "--empty", "0",
+                              "--ok-from", "train/good", "--seed", "3"]) == 0
+    (frames / "sequence.jsonl").unlink()  # a folder of frames, as a user records them
+    out = tmp_path / "line7.yaml"
+    assert commission_cli.main(["--frames", str(frames), "--model", str(trained_model), "--out", str(out),
+                                "--target-false-alarms", "0.05", "--part-images", str(mini_data)]) == 0
+    cfg = load_config(out)
+    model = tmp_path / "line7_model"
+    assert Path(cfg.inference.model) == model.resolve()
+    meta = json.loads((model / "model.json").read_text())
+    assert meta["line_grids"]  # a memory per tile position of this line
+    report = json.loads((tmp_path / "line7.commissioning.json").read_text())
+    assert (tmp_path / "line7.commissioning.png").stat().st_size > 10_000
+    n = report["held_out_scored"]
+    assert report["fit_frames"] + report["held_out_frames"] == 30 and n >= 5
+    assert report["held_out_alarms"] <= int(0.05 * n)
+    assert cfg.decision.image_threshold == pytest.approx(report["threshold"], abs=1e-4)
+    assert sum(s >= report["threshold"] for s in report["held_out_scores"]) == report["held_out_alarms"]
+    assert not report["enough_data"] and "too few held-out frames" in out.read_text()  # 59 needed for 5 %
+    assert np.asarray(report["tiles_per_position"]).sum() > 0
+    assert not (tmp_path / "line7.commissioning").exists()  # its working folder cleaned up
+    seq = tmp_path / "seq"
+    assert simulate_cli.main(["--data", str(mini_data), "--out", str(seq), "--ok", "2", "--ng", "2", "--empty", "1",
+                              "--seed", "5"]) == 0
+    run = subprocess.run([sys.executable, "-m", "tools.run_pipeline", "--config", str(out), "--source", f"replay:{seq}",
+                          "--results", str(tmp_path / "r.jsonl"), "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=180)
+    assert run.returncode == 0, run.stderr
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 5
+
+
+def test_commission_line_refuses_too_few_frames(trained_model, mini_data, tmp_path, capsys):
+    frames = tmp_path / "ok"
+    assert simulate_cli.main(["--data", str(mini_data), "--out", str(frames), "--ok", "5", "--ng", "0", "--empty", "0",
+                              "--ok-from", "train/good"]) == 0
+    capsys.readouterr()
+    assert commission_cli.main(["--frames", str(frames), "--model", str(trained_model),
+                                "--out", str(tmp_path / "l.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "5 frames; commissioning needs at least 20" in err and "record_sequence" in err
