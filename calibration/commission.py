@@ -159,7 +159,7 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
     need = frames_needed(target)
     enough = upper <= target
     cfg.decision.image_threshold = round(threshold, 4)
-    notes += first.notes[:1] + [how, second.notes[-1].split(";")[0] + " (calibration frames)",
+    notes += first.notes[:2] + [how, second.notes[-1].split(";")[0] + " (calibration frames)",
                                 f"threshold {threshold:.4f} from {len(scored)} held-out OK frames: {alarms} alarm(s), "
                                 f"false-alarm rate {rate:.3f}, at most {upper:.3f} with 95 % confidence; target {target:g}"]
     if not enough:

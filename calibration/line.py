@@ -20,6 +20,7 @@ from pipeline.config import BeltConfig, DecisionConfig, InferenceConfig, LineCon
 from pipeline.processing import Preprocessor, decide
 from pipeline.sources import DirSource
 from pipeline.vision.belt import fit_belt
+from pipeline.vision.camera import frame_kind
 from pipeline.vision.locate import locate_silhouette
 from pipeline.vision.rectify import homography_to_canonical, rectify
 
@@ -45,7 +46,13 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
         raise ValueError(f"{frames_dir}: need at least 3 readable frames of OK parts (5-10 recommended), "
                          f"found {len(frames)}")
     _, meta = model_paths(model)
-    belt = fit_belt(frames)
+    kinds = [frame_kind(f) for f in frames]
+    camera = max(set(kinds), key=kinds.count)
+    if len(set(kinds)) > 1:
+        odd = [i for i, k in enumerate(kinds) if k != camera]
+        raise ValueError(f"{frames_dir}: frames {odd} are {'mono' if camera == 'colour' else 'colour'}, the others "
+                         f"{camera}; calibrate on frames from the one camera of this line")
+    belt = fit_belt(frames, kind="mono" if camera == "mono" else "lab")
     probe_wh = (256, 320)
     sizes, corners_all = [], []
     for i, f in enumerate(frames):
@@ -75,7 +82,9 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
     if mode == "template":
         template_path = str(out_yaml.with_suffix(".template.png"))
         cv2.imwrite(template_path, template)
-    pre = PreprocessConfig(mode=mode, template=template_path, canonical_size=canonical,
+    notes.insert(0, f"{camera} camera: the part is told from the belt by "
+                    + ("brightness and texture" if camera == "mono" else "colour (Lab)"))
+    pre = PreprocessConfig(camera=camera, mode=mode, template=template_path, canonical_size=canonical,
                            min_part_area=int(0.3 * min(areas)), belt=BeltConfig(**belt.to_config()))
     if mode == "template":
         probe = Preprocessor.for_model(pre, meta)
@@ -156,16 +165,18 @@ source:                          # the camera (run_pipeline --source camera0, rt
     read_timeout_s: {src.stream.read_timeout_s}         # a stream silent this long counts as lost
 
 preprocess:
+  camera: {p.camera}                # colour or mono: the kind of frames calibrated; the other kind gets ERROR records
   mode: {p.mode}                 # silhouette: belt mask -> largest blob -> quadrilateral; template: golden-template match + ECC
   template: "{template_rel}"
   canonical_size: {p.canonical_size}   # [width, height] of the rectified part in px
   min_part_area: {p.min_part_area}      # camera px; a smaller silhouette means no part in view (NO_PART)
   tile_overlap: {p.tile_overlap}         # 128x128 tiles overlapping by this fraction
   min_tile_part_fraction: {p.min_tile_part_fraction}  # tiles with less of the part are not inspected
-  belt:                          # Gaussian colour model of the belt in Lab, fitted on the frame borders
+  belt:                          # Gaussian model of the belt (colour, or brightness and texture), fitted on the frame borders
     mean: {belt.mean}
     inv_cov: {belt.inv_cov}
     max_distance: {belt.max_distance}     # Mahalanobis distance under which a pixel counts as belt
+    features: {belt.features}              # lab (colour) or mono (brightness and texture)
 
 inference:
   model: "{model_rel}"

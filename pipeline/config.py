@@ -55,13 +55,17 @@ class SourceConfig:
 
 @dataclass
 class BeltConfig:
-    mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # Lab colour of the belt
+    mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # the belt's mean features
     inv_cov: list[list[float]] = field(default_factory=lambda: [[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
     max_distance: float = 4.0     # Mahalanobis distance under which a pixel is belt
+    features: str = "lab"         # lab: colour (colour cameras); mono: brightness and texture (mono cameras)
 
 
 @dataclass
 class PreprocessConfig:
+    # colour | mono: the frames calibration saw. A frame of the other kind gets an ERROR record (the
+    # belt model and the threshold were set for the kind calibrated), never a verdict.
+    camera: str = "colour"
     mode: str = "silhouette"       # silhouette | template
     template: str = ""             # golden OK template (template mode)
     template_min_score: float = 0.5
@@ -166,6 +170,8 @@ _BLOCK = ("the PLC now gets one block of registers per part, written in one requ
 REPLACED_KEYS = {"ModbusConfig": {"verdict_register": _BLOCK, "defect_count_register": _BLOCK,
                                   "sequence_register": _BLOCK}}
 VALID = {("preprocess", "mode"): ("silhouette", "template"),
+         ("preprocess", "camera"): ("colour", "mono"),
+         ("preprocess", "belt", "features"): ("lab", "mono"),
          ("inference", "backend"): ("onnxruntime", "torch", "tensorrt"),
          ("source", "stream", "transport"): ("tcp", "udp")}
 

@@ -13,6 +13,7 @@ from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects, strongest_region
 from pipeline.vision.locate import locate_silhouette, locate_template, refine_ecc, small_to_full
 from pipeline.vision.rectify import homography_to_canonical, rectify
+from pipeline.vision.camera import frame_kind
 from pipeline.vision.tiling import MapRule, TileGrid, downscale, extract_tiles, scaled_shape, stitch, tile_grid
 
 
@@ -76,6 +77,11 @@ class Preprocessor:
             frame = frame[..., 0]
         if min(frame.shape[:2]) < 16:
             return Prepared("ERROR", f"frame is {frame.shape[1]}x{frame.shape[0]}; too small")
+        kind = frame_kind(frame)
+        if kind != self.cfg.camera:
+            return Prepared("ERROR", f"a {kind} frame, but this line was calibrated on {self.cfg.camera} frames "
+                                     f"(preprocess.camera); calibrate it again on frames from this camera "
+                                     "(commission_line or calibrate_line)")
         if self.cfg.mode == "template":
             found = locate_template(frame, self.template, self.cfg.template_scales, self.cfg.downscale,
                                     self.cfg.template_min_score)

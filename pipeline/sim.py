@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -16,19 +16,55 @@ import numpy as np
 from engines.data import TestSample, mvtec_test_set, read_image, read_mask, training_images
 
 BELT_BGR = (60, 110, 40)  # a green PVC belt
+# Belts a random line draws from: green PVC, blue, black rubber, dark grey, light grey. A mono line
+# draws only those whose brightness differs from the parts' (black, light grey): a mono camera tells
+# part from belt by brightness and texture alone.
+BELT_COLOURS = ((60, 110, 40), (140, 80, 30), (30, 30, 30), (70, 70, 70), (205, 205, 205))
+MONO_BELTS = ((30, 30, 30), (205, 205, 205))
+CAMERA_SIZES = ((640, 480), (800, 600), (1024, 768), (1280, 960), (1280, 720))
+
+
+@dataclass
+class LineGeometry:
+    """How a simulated line looks: camera resolution, part size and pose, belt, lighting, camera kind."""
+    width: int = 640
+    height: int = 480
+    part_long_side: int = 300      # camera px (+-5 % part to part)
+    max_angle: float = 12.0        # degrees either way
+    perspective: float = 0.03      # corner jitter, as a fraction of the part's size
+    belt_bgr: tuple[int, int, int] = BELT_BGR
+    belt_weave: float = 6.0        # amplitude of the belt's woven stripes (grey levels)
+    belt_noise: float = 4.0
+    lighting_drift: float = 0.0    # brightness swings by up to this fraction over the sequence
+    mono: bool = False             # a mono camera: frames are written as one-channel images
+
+    @classmethod
+    def random(cls, seed: int) -> "LineGeometry":
+        """A line of random geometry, the same for the same seed."""
+        rng = np.random.default_rng(10_000 + seed)
+        w, h = CAMERA_SIZES[rng.integers(len(CAMERA_SIZES))]
+        mono = bool(rng.random() < 0.5)
+        belts = MONO_BELTS if mono else BELT_COLOURS
+        return cls(width=int(w), height=int(h), part_long_side=int(rng.uniform(0.5, 0.75) * min(w, h)),
+                   max_angle=float(rng.uniform(3, 15)), perspective=float(rng.uniform(0.0, 0.05)),
+                   belt_bgr=tuple(int(v) for v in belts[rng.integers(len(belts))]),
+                   belt_weave=float(rng.uniform(2, 10)), belt_noise=float(rng.uniform(2, 6)),
+                   lighting_drift=float(rng.uniform(0, 0.15)), mono=mono)
 
 
 @dataclass
 class SimFrame:
-    frame: np.ndarray           # BGR uint8
+    frame: np.ndarray           # BGR uint8; (H, W) for a mono camera
     truth: dict                 # {"verdict", "defect_type", "boxes": [[x, y, w, h], ...], "source_image"}
 
 
-def belt_image(h: int, w: int, rng: np.random.Generator, shift: int = 0) -> np.ndarray:
+def belt_image(h: int, w: int, rng: np.random.Generator, shift: int = 0, geometry: LineGeometry | None = None
+               ) -> np.ndarray:
+    g = geometry or LineGeometry()
     base = np.empty((h, w, 3), np.float32)
-    base[:] = BELT_BGR
-    weave = 6.0 * np.sin((np.arange(w) + shift) * 0.9)[None, :, None]
-    noise = rng.normal(0, 4.0, (h, w, 1))
+    base[:] = g.belt_bgr
+    weave = g.belt_weave * np.sin((np.arange(w) + shift) * 0.9)[None, :, None]
+    noise = rng.normal(0, g.belt_noise, (h, w, 1))
     return np.clip(base + weave + noise, 0, 255).astype(np.uint8)
 
 
@@ -71,8 +107,11 @@ def _is_portrait(path: Path) -> bool:
 
 
 def simulate(data: str | Path, n_ok: int, n_ng: int, n_empty: int, seed: int = 0, size: tuple[int, int] = (640, 480),
-             ok_from: str = "test/good") -> list[SimFrame]:
-    """Frames of OK parts, defective parts (with truth), and empty belt, in shuffled order."""
+             ok_from: str = "test/good", geometry: LineGeometry | None = None) -> list[SimFrame]:
+    """Frames of OK parts, defective parts (with truth), and empty belt, in shuffled order, on the
+    line ``geometry`` (default: the demo line's, at ``size``)."""
+    geometry = geometry or LineGeometry(width=size[0], height=size[1])
+    size = (geometry.width, geometry.height)
     if ok_from not in ("test/good", "train/good"):
         raise ValueError(f"ok_from must be 'test/good' or 'train/good', got {ok_from!r}")
     rng = np.random.default_rng(seed)
@@ -89,19 +128,31 @@ def simulate(data: str | Path, n_ok: int, n_ng: int, n_empty: int, seed: int = 0
              + [("empty", None)] * n_empty)
     order = rng.permutation(len(picks))
     frames = []
-    for k in order:
+    g = geometry
+    for i, k in enumerate(order):
         kind, sample = picks[k]
-        belt = belt_image(h, w, rng, shift=int(rng.integers(0, 100)))
+        belt = belt_image(h, w, rng, shift=int(rng.integers(0, 100)), geometry=g)
         if kind == "empty":
-            frames.append(SimFrame(belt, {"verdict": "NO_PART", "defect_type": None, "boxes": [], "source_image": None}))
-            continue
-        part = read_image(sample.image_path, 1)
-        gt = read_mask(sample.mask_path, part.shape) if sample.mask_path else None
-        frame, cam_mask, corners = place_part(belt, part, gt, rng)
-        frames.append(SimFrame(frame, {"verdict": "NG" if kind == "ng" else "OK", "defect_type": sample.defect_type,
-                                       "boxes": mask_boxes(cam_mask), "source_image": sample.image_path.name,
-                                       "corners": np.round(corners, 1).tolist()}))
+            frame, truth = belt, {"verdict": "NO_PART", "defect_type": None, "boxes": [], "source_image": None}
+        else:
+            part = read_image(sample.image_path, 1)
+            gt = read_mask(sample.mask_path, part.shape) if sample.mask_path else None
+            frame, cam_mask, corners = place_part(belt, part, gt, rng, g.part_long_side, g.max_angle, g.perspective)
+            truth = {"verdict": "NG" if kind == "ng" else "OK", "defect_type": sample.defect_type,
+                     "boxes": mask_boxes(cam_mask), "source_image": sample.image_path.name,
+                     "corners": np.round(corners, 1).tolist()}
+        if g.lighting_drift:  # a slow swing of the light over the sequence
+            gain = 1.0 + g.lighting_drift * np.sin(2 * np.pi * i / max(1, len(order)))
+            frame = np.clip(frame.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+        if g.mono:
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        frames.append(SimFrame(frame, truth))
     return frames
+
+
+def write_geometry(geometry: LineGeometry, out: str | Path) -> None:
+    """``line.json`` beside a sequence: the geometry it was drawn on."""
+    (Path(out) / "line.json").write_text(json.dumps(asdict(geometry), indent=1))
 
 
 def write_sequence(frames: list[SimFrame], out: str | Path, fps: float = 10.0, corrupt_every: int = 0,

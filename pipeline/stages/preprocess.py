@@ -27,6 +27,7 @@ def run(stage: Stage) -> int:
     status = StatusReporter(stage.ctx, stage.ep("status"), "preprocess")
     keep_frame = bool(cfg.sinks.overlays_dir)
     holding = HoldingNote(stage.run_dir, "preprocess")
+    camera_said = False  # a camera of the other kind than calibrated: said once, recorded per frame
     try:
         while not stage.stopping:
             try:
@@ -52,6 +53,9 @@ def run(stage: Stage) -> int:
                 prepared = None
                 send(verdict, messages.result(base, "ERROR", f"preprocess failed: {exc!r}"))
             if prepared is not None and prepared.verdict is not None:
+                if prepared.verdict == "ERROR" and "(preprocess.camera)" in prepared.reason and not camera_said:
+                    print(f"preprocess: {prepared.reason}; every such frame gets an ERROR record", file=sys.stderr)
+                    camera_said = True
                 send(verdict, messages.result(base, prepared.verdict, prepared.reason))
             elif prepared is not None:
                 out = {"tiles": prepared.tiles, "tile_index": prepared.tile_index, "part_mask": prepared.part_mask}

@@ -1,4 +1,8 @@
-"""Conveyor-belt colour model: a Gaussian in Lab space, fitted on belt pixels during calibration."""
+"""Conveyor-belt model: a Gaussian over per-pixel features, fitted on belt pixels during calibration.
+
+Colour cameras: the features are the pixel's Lab colour. Mono cameras have no colour to tell belt
+from part, so the features are brightness and texture: lightness, the local standard deviation of
+lightness (7 px), and lightness smoothed over 15 px (``FEATURES``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,11 +11,15 @@ import cv2
 import numpy as np
 
 
+FEATURES = ("lab", "mono")
+
+
 @dataclass
 class BeltModel:
-    mean: np.ndarray      # (3,) Lab
+    mean: np.ndarray      # (3,) in the feature space
     inv_cov: np.ndarray   # (3, 3)
     max_distance: float = 4.0
+    features: str = "lab"  # lab (colour cameras) or mono (brightness and texture)
     # (3, 4) affine map Lab -> whitened space, where the Mahalanobis distance is the Euclidean one:
     # with inv_cov = L L^T, d^T inv_cov d = |L^T (x - mean)|^2. Derived once, used on every frame.
     whiten: np.ndarray = field(init=False, repr=False)
@@ -27,11 +35,12 @@ class BeltModel:
     def to_config(self) -> dict:
         return {"mean": [round(float(v), 4) for v in self.mean],
                 "inv_cov": [[round(float(v), 6) for v in row] for row in self.inv_cov],
-                "max_distance": float(self.max_distance)}
+                "max_distance": float(self.max_distance), "features": self.features}
 
     @classmethod
     def from_config(cls, belt) -> "BeltModel":
-        return cls(np.asarray(belt.mean, np.float32), np.asarray(belt.inv_cov, np.float32), float(belt.max_distance))
+        return cls(np.asarray(belt.mean, np.float32), np.asarray(belt.inv_cov, np.float32), float(belt.max_distance),
+                   getattr(belt, "features", "lab"))
 
 
 def _lab(frame_bgr: np.ndarray) -> np.ndarray:
@@ -40,12 +49,26 @@ def _lab(frame_bgr: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2LAB).astype(np.float32)
 
 
-def fit_belt(frames_bgr: list[np.ndarray], samples: np.ndarray | None = None, max_distance: float = 4.0) -> BeltModel:
+def _mono(frame: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float32: lightness, its local standard deviation (7 px), lightness smoothed (15 px)."""
+    gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    light = gray.astype(np.float32)
+    mean = cv2.blur(light, (7, 7))
+    std = cv2.sqrt(cv2.max(cv2.blur(light * light, (7, 7)) - mean * mean, 0.0))
+    return cv2.merge([light, std, cv2.blur(light, (15, 15))])
+
+
+def features(frame: np.ndarray, kind: str) -> np.ndarray:
+    return _mono(frame) if kind == "mono" else _lab(frame)
+
+
+def fit_belt(frames_bgr: list[np.ndarray], samples: np.ndarray | None = None, max_distance: float = 4.0,
+             kind: str = "lab") -> BeltModel:
     """Fit on belt pixels. Without explicit ``samples`` the frame border (a 6% band) is taken as belt:
-    during calibration parts sit inside the field of view."""
+    during calibration parts sit inside the field of view. ``kind``: the features (FEATURES)."""
     pix = []
     for f in frames_bgr:
-        lab = _lab(f)
+        lab = features(f, kind)
         h, w = lab.shape[:2]
         b = max(2, int(0.06 * min(h, w)))
         band = np.concatenate([lab[:b].reshape(-1, 3), lab[-b:].reshape(-1, 3), lab[:, :b].reshape(-1, 3),
@@ -54,13 +77,13 @@ def fit_belt(frames_bgr: list[np.ndarray], samples: np.ndarray | None = None, ma
     data = np.concatenate(pix) if samples is None else samples.reshape(-1, 3).astype(np.float32)
     mean = data.mean(axis=0)
     cov = np.cov(data, rowvar=False) + np.eye(3) * 1.0  # floor: a perfectly flat belt stays invertible
-    return BeltModel(mean.astype(np.float32), np.linalg.inv(cov).astype(np.float32), max_distance)
+    return BeltModel(mean.astype(np.float32), np.linalg.inv(cov).astype(np.float32), max_distance, kind)
 
 
 def belt_mask(frame_bgr: np.ndarray, model: BeltModel) -> np.ndarray:
     """bool ``(H, W)``: True where the pixel looks like belt (Mahalanobis distance in Lab below
     ``max_distance``)."""
     # Two per-pixel transforms in OpenCV instead of an einsum in numpy: several times faster.
-    whitened = cv2.transform(_lab(frame_bgr), model.whiten)
+    whitened = cv2.transform(features(frame_bgr, model.features), model.whiten)
     dist2 = cv2.transform(cv2.multiply(whitened, whitened), np.ones((1, 3), np.float32))  # (H, W)
     return dist2 < model.max_distance**2

@@ -1,0 +1,73 @@
+"""The commissioning benchmark behind ``commission_bench``: per random line, simulate its recorded OK
+frames and its test parts, commission it with one call, run the whole line on the test parts."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+
+def bench_line(data: str | Path, model: str | Path, seed: int, out: Path, fit_frames: int, ok: int, ng: int,
+               target: float) -> dict:
+    from calibration.commission import commission_line
+    from pipeline.benchmark import pipeline_benchmark
+    from pipeline.sim import LineGeometry, simulate, write_geometry, write_sequence
+
+    geometry = LineGeometry.random(seed)
+    folder = out / f"line{seed:03d}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    t0 = time.monotonic()
+    # OK frames of training parts, recorded on this line for commissioning (no sequence index: a folder
+    # of frames as a user records them)
+    frames = write_sequence(simulate(data, fit_frames, 0, 0, seed=1000 + seed, ok_from="train/good",
+                                     geometry=geometry), folder / "ok_frames", ext=".jpg")
+    (frames / "sequence.jsonl").unlink()
+    (frames / "truth.jsonl").unlink()
+    test = write_sequence(simulate(data, ok, ng, 5, seed=2000 + seed, geometry=geometry), folder / "test", ext=".jpg")
+    write_geometry(geometry, folder)
+    result = commission_line(frames, model, folder / "line.yaml", target, part_images=data, progress=False)
+    commissioned = time.monotonic() - t0
+    report = pipeline_benchmark(test, folder / "line.yaml")
+    acc = report.get("accuracy") or {}
+    expected = ok + ng + 5
+    return {"seed": seed, "geometry": asdict(geometry), "camera": "mono" if geometry.mono else "colour",
+            "threshold": result.threshold, "held_out_false_alarm_upper95": round(result.false_alarm_upper95, 4),
+            "ng_recall": round(acc.get("ng_recall", 0.0), 4), "false_alarm_rate": round(acc.get("false_alarm_rate", 1.0), 4),
+            "score_auroc": acc.get("score_auroc"), "frames": report["frames"], "frames_expected": expected,
+            "exit_code": report["exit_code"], "verdicts": report["verdicts"],
+            "commission_s": round(commissioned, 1)}
+
+
+def commission_bench(data: str | Path, model: str | Path, seeds: list[int], out: str | Path, fit_frames: int = 300,
+                     ok: int = 60, ng: int = 60, target: float = 0.02, recall_bar: float = 0.95,
+                     false_alarm_bar: float = 0.05) -> list[dict]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for seed in seeds:
+        print(f"commission_bench: line {seed} ...", file=sys.stderr, flush=True)
+        row = bench_line(data, model, seed, out, fit_frames, ok, ng, target)
+        row["meets_bar"] = (row["ng_recall"] >= recall_bar and row["false_alarm_rate"] <= false_alarm_bar
+                            and row["frames"] == row["frames_expected"] and row["exit_code"] == 0)
+        rows.append(row)
+        print(format_table([row], header=False), file=sys.stderr, flush=True)
+        (out / "summary.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def format_table(rows: list[dict], header: bool = True) -> str:
+    head = (f"{'line':>5} {'camera':>6} {'view':>9} {'part px':>7} {'angle':>5} {'belt':>13} {'thresh':>6} "
+            f"{'NG recall':>9} {'false al.':>9} {'AUROC':>6} {'frames':>9} bar")
+    lines = [head] if header else []
+    for r in rows:
+        g = r["geometry"]
+        lines.append(f"{r['seed']:>5} {r['camera']:>6} {g['width']}x{g['height']:<4} {g['part_long_side']:>7} "
+                     f"{g['max_angle']:>5.1f} {str(tuple(g['belt_bgr'])):>13} {r['threshold']:>6.3f} "
+                     f"{r['ng_recall']:>9.3f} {r['false_alarm_rate']:>9.3f} {r['score_auroc'] or 0:>6.3f} "
+                     f"{r['frames']:>4}/{r['frames_expected']:<4} {'met' if r.get('meets_bar') else 'MISSED'}")
+    return "\n".join(lines)
