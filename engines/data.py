@@ -94,8 +94,10 @@ class TestSample:
     mask_path: Path | None
 
 
-def mvtec_test_set(data: str | Path) -> list[TestSample]:
-    """``test/good`` and ``test/<type>`` with ``ground_truth/<type>/<name>_mask.png``."""
+def mvtec_test_set(data: str | Path, require_masks: bool = True) -> list[TestSample]:
+    """``test/good`` and ``test/<type>`` with ``ground_truth/<type>/<name>_mask.png``. Without
+    ``require_masks``, a defective image without its mask is kept with ``mask_path`` None (a user
+    with OK/NG folders only: image-level labels)."""
     data = Path(data)
     test = data / "test"
     if not test.is_dir():
@@ -109,7 +111,9 @@ def mvtec_test_set(data: str | Path) -> list[TestSample]:
                 continue
             mask = data / "ground_truth" / type_dir.name / f"{img.stem}_mask.png"
             if not mask.is_file():
-                raise DataError(f"{img}: no ground-truth mask at {mask}")
+                if require_masks:
+                    raise DataError(f"{img}: no ground-truth mask at {mask}")
+                mask = None
             samples.append(TestSample(img, type_dir.name, mask))
     if not samples:
         raise DataError(f"{test}: no test images found")

@@ -19,13 +19,15 @@ N_WORST = 8
 
 
 def _type_metrics(labels, scores, masks, maps, pixel_threshold, fpr_limit) -> dict:
+    """Image and pixel metrics; the pixel ones are None without masks (image-level labels only)."""
+    pixel = masks is not None
     return {
         "n_images": int(len(labels)),
         "n_defective": int(np.sum(labels)),
         "image_auroc": metrics.roc_auc(labels, scores),
-        "pixel_auroc": metrics.pixel_auroc(masks, maps),
-        "aupro": metrics.aupro(masks, maps, fpr_limit),
-        "pixel_f1": metrics.f1_at(masks, maps, pixel_threshold),
+        "pixel_auroc": metrics.pixel_auroc(masks, maps) if pixel else None,
+        "aupro": metrics.aupro(masks, maps, fpr_limit) if pixel else None,
+        "pixel_f1": metrics.f1_at(masks, maps, pixel_threshold) if pixel else None,
     }
 
 
@@ -76,7 +78,13 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, backend: str 
              set_thresholds: bool = False, progress: bool = True, limit: int = 0) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    samples = mvtec_test_set(data)
+    samples = mvtec_test_set(data, require_masks=False)
+    # With a defective image lacking its mask, the split has image-level labels only: image metrics
+    # and the image threshold, no pixel metrics (a mask of zeros would call the whole defect a miss).
+    with_masks = all(s.mask_path is not None for s in samples if s.defect_type != "good")
+    if not with_masks and progress:
+        print(f"evaluate: {data}: some defective images have no ground-truth mask; image-level metrics only",
+              flush=True)
     if limit:
         samples = samples[::max(1, len(samples) // limit)][:limit]
     engine = load_backend(backend, model)
@@ -102,7 +110,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, backend: str 
 
     pixel_t, image_t = meta.pixel_threshold, meta.image_threshold
     if set_thresholds:
-        pixel_t, _ = metrics.best_f1_threshold(masks, maps)
+        if with_masks:
+            pixel_t, _ = metrics.best_f1_threshold(masks, maps)
         image_t = metrics.youden_threshold(labels, scores_arr)
         meta = replace(meta, pixel_threshold=pixel_t, image_threshold=image_t)
         meta.save(Path(model))
@@ -110,7 +119,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, backend: str 
     result = {
         "model": str(model), "data": str(data), "backend": backend, "overlap": overlap, "flip_tta": flip_tta,
         "pixel_threshold": pixel_t, "image_threshold": image_t, "aupro_fpr_limit": fpr_limit,
-        **_type_metrics(labels, scores_arr, masks, maps, pixel_t, fpr_limit),
+        "pixel_labels": with_masks,
+        **_type_metrics(labels, scores_arr, masks if with_masks else None, maps, pixel_t, fpr_limit),
         "image_recall_at_threshold": float((scores_arr[labels] >= image_t).mean()) if labels.any() else float("nan"),
         "image_false_alarm_rate_at_threshold": float((scores_arr[~labels] >= image_t).mean()) if (~labels).any() else float("nan"),
         "ms_per_tile": 1000.0 * infer_s / max(1, n_tiles),
@@ -119,8 +129,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, backend: str 
     }
 
     def subset(sel: list[int]) -> dict:
-        return _type_metrics(labels[sel], scores_arr[sel], [masks[i] for i in sel], [maps[i] for i in sel],
-                             pixel_t, fpr_limit)
+        return _type_metrics(labels[sel], scores_arr[sel], [masks[i] for i in sel] if with_masks else None,
+                             [maps[i] for i in sel], pixel_t, fpr_limit)
 
     for t in sorted(set(types) - {"good"}):
         result["per_type"][t] = subset([i for i, ty in enumerate(types) if ty in ("good", t)])
@@ -141,7 +151,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, backend: str 
         kind = "missed" if labels[i] else "false_alarm"
         name = samples[i].image_path.stem
         title = f"{types[i]} {name} score {scores_arr[i]:.3f} (thr {image_t:.3f})"
-        row = outline_overlay(images[i], masks[i] if labels[i] else None, maps[i], pixel_t, title)
+        row = outline_overlay(images[i], masks[i] if labels[i] and with_masks else None, maps[i], pixel_t, title)
         cv2.imwrite(str(overlay_dir / f"{rank:02d}_{kind}_{types[i]}_{name}.png"), row)
     return result
 
@@ -150,9 +160,12 @@ def format_table(result: dict) -> str:
     head = f"{'type':<10} {'n':>4} {'img AUROC':>10} {'px AUROC':>9} {'AUPRO':>7} {'px F1':>7}"
     rows = [head, "-" * len(head)]
 
+    def num(v, width: int) -> str:
+        return f"{v:>{width}.3f}" if v is not None else f"{'-':>{width}}"
+
     def fmt(name: str, r: dict) -> str:
-        return (f"{name:<10} {r['n_images']:>4} {r['image_auroc']:>10.3f} {r['pixel_auroc']:>9.3f} "
-                f"{r['aupro']:>7.3f} {r['pixel_f1']:>7.3f}")
+        return (f"{name:<10} {r['n_images']:>4} {num(r['image_auroc'], 10)} {num(r['pixel_auroc'], 9)} "
+                f"{num(r['aupro'], 7)} {num(r['pixel_f1'], 7)}")
 
     for t, r in result["per_type"].items():
         rows.append(fmt(t, r))
