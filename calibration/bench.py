@@ -3,16 +3,62 @@ frames and its test parts, commission it with one call, run the whole line on th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+import cv2
+
+from calibration.commission import split_frames
+
+
+def _split_product(data: Path, folder: Path, held_fraction: float) -> tuple[Path, Path]:
+    """Two MVTec-style folders sharing ``data``'s test split, with disjoint halves of its OK training
+    images: A (the product's part images, and the parts of the frames fitted on) and B (the parts of
+    the held-out frames). On a real line the frames show other physical parts than the model's
+    images; without this the held-out frames would show parts the memory holds, and the threshold
+    would sit too low."""
+    from engines.data import training_images
+    from pipeline.sim import _is_portrait
+
+    images = training_images(data)
+    # every third part the line can show (portrait ones) is kept for the held-out frames: both sets
+    # get parts however few there are
+    held = set([p for p in images if _is_portrait(p)][::max(2, round(1 / held_fraction))])
+    out = []
+    for name, keep in (("A", lambda p: p not in held), ("B", lambda p: p in held)):
+        root = folder / name
+        (root / "train" / "good").mkdir(parents=True)
+        for sub in ("test", "ground_truth"):
+            if (data / sub).is_dir():
+                os.symlink((data / sub).resolve(), root / sub)
+        for p in images:
+            if keep(p):
+                os.symlink(p.resolve(), root / "train" / "good" / p.name)
+        out.append(root)
+    return out[0], out[1]
+
+
+def _recorded_frames(fit: list, held: list, folder: Path, held_fraction: float) -> Path:
+    """The frames as a user's folder: each held-out frame under a name commission_line holds out."""
+    folder.mkdir(parents=True)
+    fit, held = list(fit), list(held)
+    i = 0
+    while fit or held:
+        name = Path(f"{i:06d}.jpg")
+        pool = held if split_frames([name], held_fraction)[1] else fit
+        if pool:
+            cv2.imwrite(str(folder / name), pool.pop().frame)
+        i += 1
+    return folder
+
 
 def bench_line(data: str | Path, model: str | Path, seed: int, out: Path, fit_frames: int, ok: int, ng: int,
                target: float) -> dict:
-    from calibration.commission import commission_line
+    from calibration.commission import HELD_OUT_FRACTION, commission_line
     from pipeline.benchmark import pipeline_benchmark
     from pipeline.sim import LineGeometry, simulate, write_geometry, write_sequence
 
@@ -22,15 +68,14 @@ def bench_line(data: str | Path, model: str | Path, seed: int, out: Path, fit_fr
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     t0 = time.monotonic()
-    # OK frames of training parts, recorded on this line for commissioning (no sequence index: a folder
-    # of frames as a user records them)
-    frames = write_sequence(simulate(data, fit_frames, 0, 0, seed=1000 + seed, ok_from="train/good",
-                                     geometry=geometry), folder / "ok_frames", ext=".jpg")
-    (frames / "sequence.jsonl").unlink()
-    (frames / "truth.jsonl").unlink()
+    part_images, held_parts = _split_product(Path(data), folder / "product", HELD_OUT_FRACTION)
+    n_held = int(round(fit_frames * HELD_OUT_FRACTION))
+    fit = simulate(part_images, fit_frames - n_held, 0, 0, seed=1000 + seed, ok_from="train/good", geometry=geometry)
+    held = simulate(held_parts, n_held, 0, 0, seed=3000 + seed, ok_from="train/good", geometry=geometry)
+    frames = _recorded_frames(fit, held, folder / "ok_frames", HELD_OUT_FRACTION)
     test = write_sequence(simulate(data, ok, ng, 5, seed=2000 + seed, geometry=geometry), folder / "test", ext=".jpg")
     write_geometry(geometry, folder)
-    result = commission_line(frames, model, folder / "line.yaml", target, part_images=data, progress=False)
+    result = commission_line(frames, model, folder / "line.yaml", target, part_images=part_images, progress=False)
     commissioned = time.monotonic() - t0
     report = pipeline_benchmark(test, folder / "line.yaml")
     acc = report.get("accuracy") or {}

@@ -87,6 +87,21 @@ def frames_needed(target: float, level: float = 0.95) -> int:
     return int(math.ceil(math.log(1 - level) / math.log(1 - target)))
 
 
+def part_image_scale(part_images: str | Path) -> tuple[int, float]:
+    """(median long side in px, median short/long ratio) of the part images."""
+    from engines.data import training_images
+
+    sizes = []
+    for f in training_images(part_images):
+        img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
+        if img is not None:
+            sizes.append(img.shape)
+    if not sizes:
+        raise ValueError(f"--part-images {part_images}: no readable images")
+    arr = np.array(sizes, np.float64)
+    return int(np.median(arr.max(axis=1))), float(np.median(arr.min(axis=1) / arr.max(axis=1)))
+
+
 def _link_frames(files: list[Path], folder: Path) -> Path:
     if folder.exists():
         shutil.rmtree(folder)
@@ -133,7 +148,18 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
     say(f"{len(fit)} frames to fit, {len(held)} held out to set the threshold")
     calib = _link_frames(fit[:: max(1, len(fit) // CALIBRATION_FRAMES)][:CALIBRATION_FRAMES], work / "calibration_frames")
     fit_dir = _link_frames(fit, work / "fit_frames")
-    first = calibrate_line(calib, model, out_yaml)
+    long_side, aspect = part_image_scale(part_images) if part_images else (None, None)
+    first = calibrate_line(calib, model, out_yaml, canonical_long_side=long_side)
+    if long_side:
+        notes.append(f"parts rectified to a long side of {long_side} px, the median of the part images: the scale "
+                     "the model learnt the product at")
+        w, h = first.config.preprocess.canonical_size
+        seen = min(w, h) / max(w, h)
+        if abs(seen - aspect) > 0.2 * aspect:
+            notes.append(f"warning: the parts measured on this line are {seen:.2f} as wide as long, the part images "
+                         f"{aspect:.2f}: the part may not stand out from the belt; check "
+                         f"{out_yaml.stem}.commissioning.png and the belt (a belt of the parts' own brightness "
+                         "and colour cannot be told from them)")
     say("calibrated (belt, canonical size, alignment); refitting the tile memories on this line")
     if part_images:
         export_model(model, line_model, memory_data=part_images, memory_canonical=out_yaml, memory_frames=fit_dir,
@@ -142,7 +168,7 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
     else:
         export_model(model, line_model, memory_data=fit_dir, memory_line=out_yaml, progress=progress)
         how = f"memories refitted on {len(fit)} fit frames (give --part-images for a memory per tile position too)"
-    second = calibrate_line(calib, line_model, out_yaml)
+    second = calibrate_line(calib, line_model, out_yaml, canonical_long_side=long_side)
     cfg = load_config(out_yaml)
     _, meta = model_paths(line_model)
     prep = Preprocessor.for_model(cfg.preprocess, meta)

@@ -40,7 +40,11 @@ def _round8(v: float) -> int:
     return int(max(128, 8 * round(v / 8)))
 
 
-def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Path) -> Calibration:
+def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Path,
+                   canonical_long_side: int | None = None) -> Calibration:
+    """``canonical_long_side``: rectify parts to this long side (the scale the model learnt the
+    product at, e.g. its training images'), whatever their size in camera px; default: their size
+    in camera px."""
     frames = [item.frame for item in DirSource(frames_dir) if item.frame is not None]
     if len(frames) < 3:
         raise ValueError(f"{frames_dir}: need at least 3 readable frames of OK parts (5-10 recommended), "
@@ -64,6 +68,8 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
         sizes.append((np.linalg.norm(c[1] - c[0]), np.linalg.norm(c[3] - c[0])))
         corners_all.append(c)
     w, h = np.median(np.array(sizes), axis=0)
+    if canonical_long_side:
+        w, h = w * canonical_long_side / max(w, h), h * canonical_long_side / max(w, h)
     canonical = [_round8(w), _round8(h)]
     wh = (canonical[0], canonical[1])
     areas = [a * b for a, b in sizes]

@@ -44,6 +44,67 @@ class ArtifactError(ValueError):
     pass
 
 
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        b = data[i]
+        value |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(data: bytes) -> dict[int, list[bytes]]:
+    """The protobuf message ``data``'s fields: number -> payloads of its length-delimited
+    occurrences (empty for other wire types); ValueError when the framing is broken."""
+    out: dict[int, list[bytes]] = {}
+    i = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        if wire == 0:
+            _, i = _varint(data, i)
+            payload = b""
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+            payload = b""
+        elif wire == 2:
+            n, i = _varint(data, i)
+            payload = data[i:i + n]
+            i += n
+        else:
+            raise ValueError(f"wire type {wire}")
+        if i > len(data):
+            raise ValueError("a field runs past the end of the file")
+        out.setdefault(number, []).append(payload)
+    return out
+
+
+def check_onnx_file(path: str | Path) -> None:
+    """A quick structural check of an ONNX file without importing onnx (which takes most of a second):
+    the protobuf framing of the model and of its graph holds to the last byte, and the graph has
+    nodes, inputs and outputs. Catches a truncated, empty or foreign file; ArtifactError otherwise."""
+    path = Path(path)
+    fix = f"export it again (export_model ... --out {path.parent})"
+    if not path.is_file():
+        raise ArtifactError(f"{path}: not found; {fix}")
+    try:
+        model = _fields(path.read_bytes())
+        (graph,) = model.get(7) or [None]  # ModelProto.graph
+        if graph is None or 8 not in model:  # and opset_import
+            raise ValueError("no graph or opset")
+        parts = _fields(graph)
+        if not all(parts.get(k) for k in (1, 11, 12)):  # GraphProto.node, input, output
+            raise ValueError("the graph lacks nodes, inputs or outputs")
+    except ValueError as exc:
+        raise ArtifactError(f"{path}: not a readable ONNX model ({exc}); the file is damaged or incomplete: {fix}") from None
+
+
 def read_onnx(path: str | Path, weights: bool = True):
     """The parsed ONNX model at ``path``; ArtifactError naming the file and the fix when it is
     missing, truncated or not ONNX at all. ``weights=False`` skips external weight files."""

@@ -15,8 +15,8 @@ class PreflightError(ValueError):
 
 
 def check_model(folder: str | Path, backend: str, where: str = "inference.model") -> None:
-    """The folder holds a sidecar this runtime reads and a model file the backend can parse. The
-    ONNX files are parsed (not run): a truncated or corrupt file is caught here."""
+    """The folder holds a sidecar this runtime reads and model files whose structure holds (a
+    truncated, empty or foreign file is caught here; the infer stage loads them in full)."""
     from engines.artifact import COARSE_MAP_DIR, ArtifactError, ModelMeta
 
     folder = Path(folder)
@@ -38,10 +38,10 @@ def check_model(folder: str | Path, backend: str, where: str = "inference.model"
 
 
 def _check_onnx(path: Path) -> None:
-    from engines.artifact import ArtifactError, read_onnx
+    from engines.artifact import ArtifactError, check_onnx_file
 
     try:
-        read_onnx(path, weights=False)
+        check_onnx_file(path)
     except ArtifactError as exc:
         raise PreflightError(str(exc)) from exc
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engines.data import TestSample, mvtec_test_set, read_image, read_mask, training_images
+from engines.data import DataError, TestSample, mvtec_test_set, read_image, read_mask, training_images
 
 BELT_BGR = (60, 110, 40)  # a green PVC belt
 # Belts a random line draws from: green PVC, blue, black rubber, dark grey, light grey. A mono line
@@ -122,6 +122,9 @@ def simulate(data: str | Path, n_ok: int, n_ng: int, n_empty: int, seed: int = 0
         good = [TestSample(p, "good", None) for p in training_images(data) if _is_portrait(p)]
     else:
         good = [s for s in samples if s.defect_type == "good"]
+    if (n_ok and not good) or (n_ng and not bad):
+        raise DataError(f"{data}: no portrait {'OK' if n_ok and not good else 'defective'} part images to place "
+                        f"({ok_from if n_ok and not good else 'test/'}); a line shows one product in one orientation")
     w, h = size
     picks = ([("ok", good[i % len(good)]) for i in rng.permutation(max(n_ok, 1))[:n_ok]]
              + [("ng", bad[i % len(bad)]) for i in rng.permutation(max(n_ng, len(bad)))[:n_ng]]

@@ -583,3 +583,14 @@ def test_empty_folder_source_is_an_error(line, tmp_path):
     run = Run(["--config", str(config), "--source", f"dir:{tmp_path / 'empty'}", "--quiet"], tmp_path / "run")
     assert run.finish() == 2
     assert "no images in this folder" in run.err and "Traceback" not in run.err
+
+
+def test_onnx_structure_check_catches_damaged_files(tmp_path):
+    from engines.artifact import ArtifactError, check_onnx_file
+
+    good = (ROOT / "engines" / "models" / "magnetic_tile" / "model.onnx").read_bytes()
+    check_onnx_file(ROOT / "engines" / "models" / "magnetic_tile" / "model.onnx")
+    for bad in (good[:1000], good[:-10], b"", b"\x08\x07garbage" * 100, good[: len(good) // 2]):
+        (tmp_path / "m.onnx").write_bytes(bad)
+        with pytest.raises(ArtifactError, match="not a readable ONNX model"):
+            check_onnx_file(tmp_path / "m.onnx")
