@@ -56,13 +56,35 @@ def _recorded_frames(fit: list, held: list, folder: Path, held_fraction: float) 
     return folder
 
 
+def geometry_for(seed: int, overrides: dict[str, str] | None = None):
+    """Line ``seed``'s random geometry with ``overrides`` ({field: text}) applied."""
+    import dataclasses
+
+    from pipeline.sim import LineGeometry
+
+    g = LineGeometry.random(seed)
+    fields = {f.name: f for f in dataclasses.fields(LineGeometry)}
+    changes = {}
+    for key, text in (overrides or {}).items():
+        if key not in fields:
+            raise ValueError(f"--set {key}: not a geometry field; expected one of {sorted(fields)}")
+        current = getattr(g, key)
+        if isinstance(current, bool):
+            changes[key] = text.lower() in ("1", "true", "yes")
+        elif isinstance(current, tuple):
+            changes[key] = tuple(int(v) for v in text.split(","))
+        else:
+            changes[key] = type(current)(float(text)) if isinstance(current, int) else type(current)(text)
+    return dataclasses.replace(g, **changes)
+
+
 def bench_line(data: str | Path, model: str | Path, seed: int, out: Path, fit_frames: int, ok: int, ng: int,
-               target: float) -> dict:
+               target: float, overrides: dict[str, str] | None = None) -> dict:
     from calibration.commission import HELD_OUT_FRACTION, commission_line
     from pipeline.benchmark import pipeline_benchmark
-    from pipeline.sim import LineGeometry, simulate, write_geometry, write_sequence
+    from pipeline.sim import simulate, write_geometry, write_sequence
 
-    geometry = LineGeometry.random(seed)
+    geometry = geometry_for(seed, overrides)
     folder = out / f"line{seed:03d}"
     if folder.exists():
         shutil.rmtree(folder)
@@ -90,13 +112,13 @@ def bench_line(data: str | Path, model: str | Path, seed: int, out: Path, fit_fr
 
 def commission_bench(data: str | Path, model: str | Path, seeds: list[int], out: str | Path, fit_frames: int = 300,
                      ok: int = 60, ng: int = 60, target: float = 0.02, recall_bar: float = 0.95,
-                     false_alarm_bar: float = 0.05) -> list[dict]:
+                     false_alarm_bar: float = 0.05, overrides: dict[str, str] | None = None) -> list[dict]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in seeds:
         print(f"commission_bench: line {seed} ...", file=sys.stderr, flush=True)
-        row = bench_line(data, model, seed, out, fit_frames, ok, ng, target)
+        row = bench_line(data, model, seed, out, fit_frames, ok, ng, target, overrides)
         row["meets_bar"] = (row["ng_recall"] >= recall_bar and row["false_alarm_rate"] <= false_alarm_bar
                             and row["frames"] == row["frames_expected"] and row["exit_code"] == 0)
         rows.append(row)

@@ -30,6 +30,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--ok", type=int, default=60, help="OK test parts per line")
     p.add_argument("--ng", type=int, default=60, help="defective test parts per line")
     p.add_argument("--target-false-alarms", type=float, default=0.02, help="commission_line's target")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override one field of every line's geometry (pipeline.sim.LineGeometry), e.g. "
+                        "lighting_drift=0 or belt_bgr=60,110,40: to find what makes a line hard")
     p.add_argument("--recall-bar", type=float, default=0.95)
     p.add_argument("--false-alarm-bar", type=float, default=0.05)
     return p
@@ -41,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> int:
         from calibration.bench import commission_bench, format_table
 
+        overrides = {}
+        for item in args.set:
+            key, _, value = item.partition("=")
+            overrides[key] = value
         rows = commission_bench(args.data, args.model, _seeds(args.lines), args.out, args.fit_frames, args.ok, args.ng,
-                                args.target_false_alarms, args.recall_bar, args.false_alarm_bar)
+                                args.target_false_alarms, args.recall_bar, args.false_alarm_bar, overrides)
         print(format_table(rows))
         return 0 if all(r["meets_bar"] for r in rows) else 1
 

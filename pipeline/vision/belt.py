@@ -1,8 +1,11 @@
 """Conveyor-belt model: a Gaussian over per-pixel features, fitted on belt pixels during calibration.
 
 Colour cameras: the features are the pixel's Lab colour. Mono cameras have no colour to tell belt
-from part, so the features are brightness and texture: lightness, the local standard deviation of
-lightness (7 px), and lightness smoothed over 15 px (``FEATURES``)."""
+from part, so the features are brightness and texture: lightness, its standard deviation over 5x5
+px, and lightness smoothed over 9x9 px (``FEATURES``), which keep a dark part on a black belt in
+one piece. The neighbourhoods grow the part's silhouette onto the belt by up to ``MONO_EDGE_PX``;
+the silhouette takes that off again, or the rectified part would carry a strip of belt (with a
+15-px neighbourhood and no such correction, a light belt's strip was plain in every part)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,6 +15,7 @@ import numpy as np
 
 
 FEATURES = ("lab", "mono")
+MONO_EDGE_PX = 4  # how far the mono features' neighbourhoods reach past the part's edge
 
 
 @dataclass
@@ -50,12 +54,13 @@ def _lab(frame_bgr: np.ndarray) -> np.ndarray:
 
 
 def _mono(frame: np.ndarray) -> np.ndarray:
-    """(H, W, 3) float32: lightness, its local standard deviation (7 px), lightness smoothed (15 px)."""
+    """(H, W, 3) float32: lightness, its standard deviation over 5x5 px, lightness smoothed over 9x9 px."""
     gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
     light = gray.astype(np.float32)
-    mean = cv2.blur(light, (7, 7))
-    std = cv2.sqrt(cv2.max(cv2.blur(light * light, (7, 7)) - mean * mean, 0.0))
-    return cv2.merge([light, std, cv2.blur(light, (15, 15))])
+    mean = cv2.blur(light, (5, 5))
+    std = cv2.sqrt(cv2.max(cv2.blur(light * light, (5, 5)) - mean * mean, 0.0))
+    wide = (2 * MONO_EDGE_PX + 1,) * 2
+    return cv2.merge([light, std, cv2.blur(light, wide)])
 
 
 def features(frame: np.ndarray, kind: str) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.vision.belt import BeltModel, belt_mask
+from pipeline.vision.belt import MONO_EDGE_PX, BeltModel, belt_mask
 
 
 # Sides within this fraction of each other: the part is about square, which of its sides is the
@@ -40,6 +40,8 @@ def order_corners(pts: np.ndarray, canonical_wh: tuple[int, int]) -> np.ndarray:
 def part_silhouette(frame_bgr: np.ndarray, belt: BeltModel, min_area: int) -> np.ndarray | None:
     """uint8 mask of the largest non-belt component, or None if it is smaller than ``min_area``."""
     part = (~belt_mask(frame_bgr, belt)).astype(np.uint8)
+    if belt.features == "mono":  # its texture feature reaches MONO_EDGE_PX onto the belt
+        part = cv2.erode(part, np.ones((2 * MONO_EDGE_PX + 1,) * 2, np.uint8))
     part = cv2.morphologyEx(part, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(part, connectivity=8)
     if n <= 1:
