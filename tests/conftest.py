@@ -68,3 +68,19 @@ def line(tmp_path_factory, trained_model, mini_data):
     assert calibrate_line.main(["--frames", str(calib), "--model", str(trained_model), "--out", str(config)]) == 0
     seq = write_sequence(simulate(mini_data, n_ok=4, n_ng=4, n_empty=2, seed=12), root / "seq", fps=5.0, corrupt_every=5)
     return config, seq
+
+
+@pytest.fixture
+def plc():
+    """A real pymodbus server on loopback and a client that reads it, as the PLC: (port, reader)."""
+    from pymodbus.client import ModbusTcpClient
+
+    from tests.servers import ModbusServer, free_port
+
+    port = free_port()
+    server = ModbusServer(port)  # 64 coils and 64 registers from address 0
+    reader = ModbusTcpClient("127.0.0.1", port=port)
+    assert reader.connect()
+    yield port, reader
+    reader.close()
+    server.stop()

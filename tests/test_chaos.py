@@ -19,7 +19,7 @@ import zmq
 
 from pipeline.journal import SOURCE_JOURNAL, FrameJournal
 from pipeline.sinks.results_log import read_records
-from tests.servers import BlackHolePlc, MesServer, ModbusServer, free_port
+from tests.servers import BlackHolePlc, MesServer, free_port
 from tests.test_pipeline_e2e import _realtime_config, _retimed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,23 +234,10 @@ def test_slow_plc_does_not_delay_the_mes(tmp_path):
 
 # 5. Modbus: the verdict block is one write, sequence last, nothing after a failure
 
-@pytest.fixture
-def plc_server():
-    from pymodbus.client import ModbusTcpClient
-
-    port = free_port()
-    server = ModbusServer(port)  # 64 coils and 64 registers from address 0
-    reader = ModbusTcpClient("127.0.0.1", port=port)
-    assert reader.connect()
-    yield port, reader
-    reader.close()
-    server.stop()
-
-
-def test_failed_coil_write_writes_no_verdict_and_the_plc_sees_the_miss(plc_server):
+def test_failed_coil_write_writes_no_verdict_and_the_plc_sees_the_miss(plc):
     from pipeline.sinks.modbus import ModbusSink
 
-    port, reader = plc_server
+    port, reader = plc
     reported = []
     sink = ModbusSink("127.0.0.1", port, verdict_coil=500, result_register=10, heartbeat_register=20,
                       report=lambda *a: reported.append(a))  # coil 500 does not exist: the PLC refuses it
@@ -265,10 +252,10 @@ def test_failed_coil_write_writes_no_verdict_and_the_plc_sees_the_miss(plc_serve
     sink.close()
 
 
-def test_stale_verdict_is_not_written_after_a_plc_outage(plc_server):
+def test_stale_verdict_is_not_written_after_a_plc_outage(plc):
     from pipeline.sinks.modbus import ModbusSink
 
-    port, reader = plc_server
+    port, reader = plc
     reported = []
     sink = ModbusSink("127.0.0.1", port, verdict_coil=1, result_register=30, heartbeat_register=40, max_age_s=0.5,
                       report=lambda *a: reported.append(a))

@@ -8,7 +8,7 @@ from pipeline.sinks.http import HttpSink
 from pipeline.sinks.modbus import ModbusSink
 from pipeline.sinks.overlays import OverlaySink
 from pipeline.sinks.results_log import ResultsLog
-from tests.servers import MesServer, ModbusServer, free_port
+from tests.servers import MesServer, free_port
 
 
 def _record(i, verdict="NG", n_defects=2):
@@ -24,20 +24,6 @@ def _wait(pred, timeout=10.0):
             return True
         time.sleep(0.05)
     return False
-
-
-@pytest.fixture
-def plc():
-    """A real pymodbus server on loopback and a client that reads it, as the PLC: (port, reader)."""
-    from pymodbus.client import ModbusTcpClient
-
-    port = free_port()
-    server = ModbusServer(port)
-    reader = ModbusTcpClient("127.0.0.1", port=port)
-    assert reader.connect()
-    yield port, reader
-    reader.close()
-    server.stop()
 
 
 def test_modbus_sink_against_real_server(plc):
