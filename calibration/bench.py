@@ -118,7 +118,14 @@ def commission_bench(data: str | Path, model: str | Path, seeds: list[int], out:
     rows = []
     for seed in seeds:
         print(f"commission_bench: line {seed} ...", file=sys.stderr, flush=True)
-        row = bench_line(data, model, seed, out, fit_frames, ok, ng, target, overrides)
+        try:
+            row = bench_line(data, model, seed, out, fit_frames, ok, ng, target, overrides)
+        except ValueError as exc:  # commissioning refused this line (e.g. no part told from the belt)
+            g = asdict(geometry_for(seed, overrides))
+            row = {"seed": seed, "geometry": g, "camera": "mono" if g["mono"] else "colour", "threshold": float("nan"),
+                   "ng_recall": 0.0, "false_alarm_rate": float("nan"), "score_auroc": None, "frames": 0,
+                   "frames_expected": ok + ng + 5, "exit_code": None, "error": str(exc)}
+            print(f"commission_bench: line {seed}: commissioning failed: {exc}", file=sys.stderr, flush=True)
         row["meets_bar"] = (row["ng_recall"] >= recall_bar and row["false_alarm_rate"] <= false_alarm_bar
                             and row["frames"] == row["frames_expected"] and row["exit_code"] == 0)
         rows.append(row)
@@ -136,5 +143,6 @@ def format_table(rows: list[dict], header: bool = True) -> str:
         lines.append(f"{r['seed']:>5} {r['camera']:>6} {g['width']}x{g['height']:<4} {g['part_long_side']:>7} "
                      f"{g['max_angle']:>5.1f} {str(tuple(g['belt_bgr'])):>13} {r['threshold']:>6.3f} "
                      f"{r['ng_recall']:>9.3f} {r['false_alarm_rate']:>9.3f} {r['score_auroc'] or 0:>6.3f} "
-                     f"{r['frames']:>4}/{r['frames_expected']:<4} {'met' if r.get('meets_bar') else 'MISSED'}")
+                     f"{r['frames']:>4}/{r['frames_expected']:<4} {'met' if r.get('meets_bar') else 'MISSED'}"
+                     + (" (commissioning failed)" if r.get("error") else ""))
     return "\n".join(lines)
