@@ -175,7 +175,7 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
     say(f"scoring {len(held)} held-out frames")
     held_frames = [cv2.imread(str(f), cv2.IMREAD_COLOR) for f in held]
     scored, not_located = [], []
-    for f, img, score in zip(held, held_frames, part_scores(prep, line_model, held_frames, cfg.decision)):
+    for f, score in zip(held, part_scores(prep, line_model, held_frames, cfg.decision)):
         (not_located.append(f"{f.name}: {score}") if isinstance(score, str) else scored.append(score))
     if not scored:
         raise ValueError(f"{frames_dir}: no held-out frame showed a part the line could locate; check the frames")

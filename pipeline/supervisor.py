@@ -30,7 +30,7 @@ import zmq
 from pipeline import messages
 from pipeline.config import VERDICTS, LineConfig, dump_config, load_config
 from pipeline.journal import SOURCE_JOURNAL, FrameJournal
-from pipeline.sinks.results_log import ResultsLog, last_frame_id, set_aside
+from pipeline.sinks.results_log import ResultsLog, last_frame_id, set_aside, utc_iso
 from pipeline.stages._common import STOP_SIGNAL, SUPERVISOR_ENV, read_holding
 from pipeline.transport import endpoint, make_socket, recv, send_within
 from pipeline.wire import WireError
@@ -147,16 +147,10 @@ def flush_unrecorded(results: str | Path, run_dir: Path, why: str) -> int:
             log.handle({"frame_id": fid, "source_name": info.get("source_name"), "verdict": "ERROR",
                         "reason": f"not inspected: {why}", "score": None, "defects": [],
                         "captured_at": (None if capture_ns is None else
-                                        _utc(now_ns - (mono_ns - capture_ns)))}, {}, None)
+                                        utc_iso(now_ns - (mono_ns - capture_ns)))}, {}, None)
     finally:
         log.close()
     return len(ids)
-
-
-def _utc(unix_ns: int) -> str:
-    from pipeline.sinks.results_log import utc_iso
-
-    return utc_iso(unix_ns)
 
 
 def run_pipeline(config: str | Path, source: str, results: str | Path | None = None, overlays: str | None = None,

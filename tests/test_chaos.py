@@ -21,6 +21,7 @@ from pipeline.journal import SOURCE_JOURNAL, FrameJournal
 from pipeline.sinks.results_log import read_records
 from tests.servers import BlackHolePlc, MesServer, free_port
 from tests.test_pipeline_e2e import _realtime_config, _retimed
+from tests.test_sinks import _wait
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -350,15 +351,6 @@ def test_malformed_messages_to_every_stage_are_counted_not_fatal(slow_line, tmp_
 
 
 # 7. HTTP: refused records set aside, redirects not followed, a bad spool file never stops the sender
-
-def _wait(pred, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
-
 
 def test_mes_refusal_and_redirect_go_to_dead_letter_and_the_rest_goes_on(tmp_path, capsys):
     from pipeline.sinks.http import DEAD_LETTER, HttpSink

@@ -61,12 +61,12 @@ def run(stage: Stage, worker: int = 0) -> int:
                     status.add(processed=0, bad_messages=1)
                     continue
                 batch.append(msg)
-                holding.write([h["frame_id"] for h, _ in batch])
                 n_tiles += len(msg[1]["tiles"])
                 deadline = deadline or time.monotonic_ns() + max_wait_ns
             if not batch:
                 status.flush()
                 continue
+            holding.write([h["frame_id"] for h, _ in batch])  # once per batch, before the work that may crash
             t0 = time.monotonic_ns()
             stacked = np.concatenate([arrays["tiles"] for _, arrays in batch])
             try:

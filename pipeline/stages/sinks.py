@@ -92,9 +92,8 @@ def run(stage: Stage, results_path: str | None, resume: bool = False, run_id: st
                 print(f"sinks: dropped malformed message: {exc}", file=sys.stderr)
                 status.add(processed=0, bad_messages=1)
                 msg = None
-            for s in sinks:
-                if not hasattr(s, "backlog"):  # a QueuedSink ticks on its own thread
-                    s.tick()
+            for s in sinks:  # a QueuedSink's tick is the base no-op: its thread ticks the sink it runs
+                s.tick()
             if log is not None:
                 log.tick()
             while True:
