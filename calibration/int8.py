@@ -1,39 +1,89 @@
 """INT8 calibration data: normalised OK tiles from a folder, and TensorRT's entropy calibrator.
 
-``calibration_batches`` is pure numpy (used by both TensorRT and the ONNX Runtime quantiser, and
-tested without a GPU). The TensorRT calibrator class is created lazily so importing this module
-never needs TensorRT or CUDA.
+``calibration_tiles`` and ``calibration_batches`` are pure numpy (used by both TensorRT and the
+ONNX Runtime quantiser, and tested without a GPU). The TensorRT calibrator class is created lazily
+so importing this module never needs TensorRT or CUDA.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterator
 
+import cv2
 import numpy as np
 
 from engines.artifact import ModelMeta
 from engines.data import DataError, list_images, read_image
-from pipeline.vision.tiling import extract_tiles, tile_grid
-
-CACHE_DIR = Path(__file__).parent / "cache"
+from pipeline.vision.tiling import scaled_tiles
 
 
-def calibration_tiles(folder: str | Path, meta: ModelMeta, max_tiles: int = 512, overlap: float = 0.0,
-                      seed: int = 0) -> np.ndarray:
+def _image_tiles(img: np.ndarray, meta: ModelMeta) -> np.ndarray:
+    """An image's tiles as the detector sees them: full scale, and half scale where the model has
+    a coarse pass (its activations reach other ranges: wider structures, smoother texture)."""
+    tiles = [scaled_tiles(img, meta.tile_size, 0.25)[0]]
+    if meta.coarse_scale > 0:
+        tiles.append(scaled_tiles(img, meta.tile_size, 0.25, meta.coarse_scale)[0])
+    return np.concatenate(tiles)
+
+
+def _line_tiles(frame: np.ndarray, prep) -> np.ndarray:
+    """A recorded frame's tiles as a line inspects them (rectified, masked, fine and coarse)."""
+    p = prep(frame)
+    return p.tiles if p.verdict is None else np.zeros((0,), np.uint8)
+
+
+# Share of calibration images that get one synthesised defect (the training generators) before
+# tiling. Ranges set on OK tiles alone clip the activations a defect raises: on the shipped model,
+# the uneven-band image's INT8 map then differed from fp32 by up to 0.80 inside the band.
+DEFECT_SHARE = 0.5
+
+
+def _with_defect(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    from engines.synth import synthesize
+
+    out, _mask, _name = synthesize(img, rng)
+    return np.clip(out, 0, 255).astype(np.uint8).reshape(img.shape)
+
+
+def calibration_tiles(folder: str | Path, meta: ModelMeta, max_tiles: int = 512, seed: int = 0,
+                      line: str | Path | None = None, defect_share: float = DEFECT_SHARE) -> np.ndarray:
     """Up to ``max_tiles`` normalised ``(N, C, T, T)`` float32 tiles from the OK images in ``folder``
-    (or its ``train/good``), sampled evenly across images."""
+    (or its ``train/good``), sampled evenly across images: the tiles the model sees at inference,
+    at full scale and, for a model with a coarse pass, at half scale. With ``line`` (a line
+    config), the folder holds recorded frames of that line, and the tiles are its rectified views'.
+    ``defect_share`` of the images (chosen by ``seed``) carry a synthesised defect first, so the
+    ranges cover what a defect does to the activations, not only what OK texture does."""
     folder = Path(folder)
     if (folder / "train" / "good").is_dir():
         folder = folder / "train" / "good"
     files = list_images(folder)
     if not files:
         raise DataError(f"{folder}: no images for INT8 calibration; pass a folder of OK images")
+    prep = None
+    if line is not None:
+        from pipeline.config import load_config
+        from pipeline.processing import Preprocessor
+
+        prep = Preprocessor.for_model(load_config(line).preprocess, meta)
     tiles = []
-    for f in files:
-        img = read_image(f, meta.in_channels)
-        tiles.append(extract_tiles(img, tile_grid(img.shape[0], img.shape[1], meta.tile_size, overlap)))
-    all_tiles = np.concatenate(tiles)
     rng = np.random.default_rng(seed)
+    for f in files:
+        defect = rng.random() < defect_share
+        if prep is not None:
+            frame = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+            if frame is not None and defect:
+                frame = _with_defect(frame, rng)
+            found = _line_tiles(frame, prep) if frame is not None else np.zeros((0,), np.uint8)
+            if len(found):
+                tiles.append(found.reshape(-1, meta.in_channels, meta.tile_size, meta.tile_size))
+        else:
+            img = read_image(f, meta.in_channels)
+            if defect:
+                img = _with_defect(img, rng)
+            tiles.append(_image_tiles(img, meta).reshape(-1, meta.in_channels, meta.tile_size, meta.tile_size))
+    if not tiles:
+        raise DataError(f"{folder}: no frame showed a part {line} could locate; pass recorded OK frames of that line")
+    all_tiles = np.concatenate(tiles)
     if len(all_tiles) > max_tiles:
         all_tiles = all_tiles[np.sort(rng.choice(len(all_tiles), max_tiles, replace=False))]
     return meta.normalise(all_tiles)
@@ -44,34 +94,36 @@ def calibration_batches(tiles: np.ndarray, batch: int) -> Iterator[np.ndarray]:
         yield np.ascontiguousarray(tiles[i:i + batch])
 
 
-def cache_path(model_name: str) -> Path:
-    return CACHE_DIR / f"{model_name}.int8.cache"
+def int8_cache_path(engine: str | Path, onnx_sha256: str) -> Path:
+    """The calibration cache of an engine, beside it and keyed on the model graph it was made
+    from: a retrained or re-exported model never reads another's scales."""
+    engine = Path(engine)
+    return engine.with_name(f"{engine.stem}.{onnx_sha256[:16]}.int8.cache")
 
 
-def make_entropy_calibrator(tiles: np.ndarray, batch: int, cache_file: Path):
-    """A ``trt.IInt8EntropyCalibrator2`` feeding ``tiles`` through one device buffer (pycuda).
+def make_entropy_calibrator(tiles: np.ndarray, batch: int, cache_file: Path, cuda, trt=None):
+    """A ``trt.IInt8EntropyCalibrator2`` feeding ``tiles`` through one device buffer of ``cuda``
+    (``engines.cuda_rt``), ``batch`` tiles per call: the batch of the calibration profile.
 
-    The cache is read back on later builds, so calibration runs once per model; delete the cache
-    file after retraining.
+    The cache is read back on later builds of the same graph, so calibration runs once per model.
     """
-    import pycuda.driver as cuda
-    import tensorrt as trt
+    if trt is None:
+        import tensorrt as trt
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             super().__init__()
             self.batches = calibration_batches(tiles, batch)
-            self.device_input = cuda.mem_alloc(int(batch * np.prod(tiles.shape[1:]) * 4))
+            self.device_input = cuda.malloc(int(batch * np.prod(tiles.shape[1:]) * 4))
 
         def get_batch_size(self) -> int:
             return batch
 
         def get_batch(self, names):  # noqa: ARG002 - TensorRT passes the input names
-            try:
-                data = next(self.batches)
-            except StopIteration:
+            data = next(self.batches, None)
+            if data is None:
                 return None
-            cuda.memcpy_htod(self.device_input, data)
+            cuda.htod(self.device_input, data)
             return [int(self.device_input)]
 
         def read_calibration_cache(self):

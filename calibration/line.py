@@ -186,7 +186,7 @@ preprocess:
 
 inference:
   model: "{model_rel}"
-  backend: {i.backend}           # onnxruntime (CPU), torch, tensorrt
+  backend: {i.backend}           # onnxruntime (CPU), onnxruntime-cuda, torch, tensorrt
   workers: {i.workers}                 # inference processes sharing the load
   max_batch: {i.max_batch}              # tiles per batch, across frames
   max_wait_ms: {i.max_wait_ms}           # wait at most this long to fill a batch

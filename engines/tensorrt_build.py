@@ -1,7 +1,9 @@
-"""ONNX -> TensorRT plan (TensorRT 10 API): dynamic-batch profile, FP16/INT8, timing cache, sidecar.
+"""ONNX -> TensorRT plan (TensorRT 10 and 11): dynamic-batch profile, precision from the graph
+(strongly typed; ``engines.tensorrt_api``), timing cache, sidecar.
 
-Unverified on hardware in this repository's CI (no TensorRT there); written to the documented
-TensorRT 10 Python API. Imports are lazy so the package works without TensorRT.
+Written to the documented TensorRT 10 and 11 Python APIs and tested against recorded descriptions
+of both (``tests/test_tensorrt.py``); it has not been run against a real TensorRT here. Imports are
+lazy so the package works without TensorRT.
 """
 from __future__ import annotations
 
@@ -54,6 +56,8 @@ class EngineMeta:
     model_dir: str
     int8_calibration_cache: str = ""
     quantization: str = ""  # "explicit" (Q/DQ in the ONNX), "implicit" (calibrator) or "" (none)
+    graph: str = ""  # the ONNX graph built: "fp32", "fp16" (converted for the build) or "qdq"
+    strongly_typed: bool = False
 
     def save(self, engine_path: Path) -> Path:
         path = sidecar_path(engine_path)
@@ -85,106 +89,127 @@ def import_tensorrt():
     return trt
 
 
-def gpu_identity() -> tuple[str, str]:
+def open_cuda():
+    """The CUDA runtime wrapper (``engines.cuda_rt``), or BackendUnavailable saying why not."""
+    from engines.cuda_rt import CudaError, open_runtime
+
     try:
-        import pycuda.driver as cuda
+        return open_runtime()
     except ImportError as exc:
-        raise BackendUnavailable("pycuda is not installed (pip install -e .[tensorrt])") from exc
-    try:
-        cuda.init()
-        dev = cuda.Device(0)
-    except cuda.Error as exc:
+        raise BackendUnavailable("neither cuda-python nor pycuda is installed (pip install -e .[tensorrt])") from exc
+    except CudaError as exc:
         raise BackendUnavailable(f"no CUDA device: {exc}") from exc
-    major, minor = dev.compute_capability()
-    return dev.name(), f"{major}.{minor}"
+
+
+def gpu_identity() -> tuple[str, str]:
+    rt = open_cuda()
+    try:
+        return rt.identity()
+    finally:
+        rt.close()
 
 
 def int8_route(meta_precision: str, quant_target: str | None, has_calibrator_api: bool) -> str:
     """Which INT8 route to take: "explicit" when the model folder already carries symmetric Q/DQ
     nodes (``quantize --target tensorrt``), else "implicit" (entropy calibrator) where the installed
     TensorRT still has it. Raises with the fix where neither works."""
-    if meta_precision == "int8":
-        if quant_target != "tensorrt":
-            raise ValueError("this int8 model folder was quantised for ONNX Runtime (unsigned activations, which "
-                             "TensorRT rejects); run quantize --target tensorrt on the fp32 folder and build from that")
-        return "explicit"
-    if not has_calibrator_api:
-        raise ValueError("the installed TensorRT has no implicit INT8 calibration (removed in TensorRT 11); run "
-                         "quantize --model MODEL --calib DIR --target tensorrt --out MODEL_INT8 and build from MODEL_INT8")
-    return "implicit"
+    from engines.tensorrt_api import TrtApi, plan_build
+
+    api = TrtApi("10.0", frozenset({"FP16", "INT8"} if has_calibrator_api else set()), frozenset(),
+                 frozenset({"int8_calibrator", "set_calibration_profile"} if has_calibrator_api else set()))
+    return plan_build(api, "int8", meta_precision, quant_target).route
 
 
 def build_engine(model: str | Path, out: str | Path, precision: str = "fp16", max_batch: int = 256,
                  opt_batch: int | None = None, calib_dir: str | Path | None = None,
-                 timing_cache: str | Path | None = None, workspace_gib: float = 4.0) -> Path:
+                 timing_cache: str | Path | None = None, workspace_gib: float = 4.0, trt=None, cuda=None) -> Path:
+    """Build ``out`` (a serialised engine) and its ``.json`` sidecar from the model folder ``model``.
+    ``trt`` (the TensorRT module) and ``cuda`` (a callable returning the CUDA runtime wrapper)
+    default to the installed TensorRT and :func:`open_cuda`; tests pass stand-ins built from a
+    recorded API description."""
+    import numpy as np
+
+    from engines.tensorrt_api import TrtApi, network_creation_flags, plan_build
+
     if precision not in PRECISIONS:
         raise ValueError(f"--precision {precision!r}; valid: {PRECISIONS}")
     if max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1, got {max_batch}")
+    opt = opt_batch or max_batch
+    if not 1 <= opt <= max_batch:
+        raise ValueError(f"--opt-batch {opt}: give a batch between 1 and --max-batch ({max_batch})")
     onnx_path, meta = model_paths(model)
+    quant_target = meta.extra.get("quantization_target")
     if meta.precision == "int8" and precision != "int8":
         raise ValueError(f"{model}: holds an int8 (Q/DQ) model; build it with --precision int8")
-    if precision == "int8":  # fail on a wrongly quantised folder before touching the GPU
-        int8_route(meta.precision, meta.extra.get("quantization_target"), True)
-    trt = import_tensorrt()
-    gpu_name, cc = gpu_identity()
-    import pycuda.autoinit  # noqa: F401 - a context for the calibrator's buffers
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"{onnx_path}: TensorRT could not parse the model: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    input_name = network.get_input(0).name
-    chw = (meta.in_channels, meta.tile_size, meta.tile_size)
-    profile = builder.create_optimization_profile()
-    opt = opt_batch or max_batch
-    profile.set_shape(input_name, (1, *chw), (opt, *chw), (max_batch, *chw))
-    config.add_optimization_profile(profile)
-
-    cache_file = Path(timing_cache) if timing_cache else Path(out).with_suffix(".timing.cache")
-    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-
-    int8_cache = ""
-    route = ""
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-        if pin_memory_layers_fp32(network, trt):
-            config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-    if precision == "int8":
-        route = int8_route(meta.precision, meta.extra.get("quantization_target"), hasattr(config, "int8_calibrator"))
-    if route == "explicit":  # scales come from the Q/DQ nodes; layers without them run in fp16
-        config.set_flag(trt.BuilderFlag.INT8)
-    elif route == "implicit":
-        from calibration.int8 import cache_path, calibration_tiles, make_entropy_calibrator
-
-        if calib_dir is None and not cache_path(Path(model).name).is_file():
-            raise ValueError("--precision int8 needs --calib DIR of OK images (or an existing calibration cache)")
-        config.set_flag(trt.BuilderFlag.INT8)
-        tiles = calibration_tiles(calib_dir, meta) if calib_dir else None
-        calib_batch = min(32, max_batch)
-        cache = cache_path(Path(model).name)
-        config.int8_calibrator = make_entropy_calibrator(tiles if tiles is not None else
-                                                         __import__("numpy").zeros((0, *chw), "float32"),
-                                                         calib_batch, cache)
-        config.set_calibration_profile(profile)
-        int8_cache = str(cache)
-
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise RuntimeError(f"{onnx_path}: TensorRT engine build failed (see the log above)")
+    if precision == "int8" and meta.precision == "int8":  # a wrongly quantised folder fails before the GPU
+        int8_route(meta.precision, quant_target, True)
+    trt = trt or import_tensorrt()
+    api = TrtApi.of(trt)
+    plan = plan_build(api, precision, meta.precision, quant_target)
+    onnx_sha = sha256_file(onnx_path)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(bytes(plan))
-    cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
-    EngineMeta(trt.__version__, gpu_name, cc, precision, sha256_file(onnx_path), input_name, list(chw), 1,
-               max_batch, str(Path(model).resolve()), int8_cache, route).save(out)
+    if plan.route == "implicit":
+        from calibration.int8 import int8_cache_path
+
+        int8_cache = int8_cache_path(out, onnx_sha)
+        if calib_dir is None and not int8_cache.is_file():
+            raise ValueError(f"--precision int8 needs --calib DIR of OK images (or the calibration cache {int8_cache})")
+    rt = (cuda or open_cuda)()
+    try:
+        gpu_name, cc = rt.identity()
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
+        network = builder.create_network(network_creation_flags(api, plan, trt))
+        parser = trt.OnnxParser(network, logger)
+        if plan.graph == "fp16":
+            from engines.fp16_onnx import fp16_model_bytes
+
+            graph = fp16_model_bytes(onnx_path)
+        else:
+            graph = onnx_path.read_bytes()
+        if not parser.parse(graph):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise RuntimeError(f"{onnx_path}: TensorRT could not parse the model ({plan.graph} graph): {errors}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+        input_name = network.get_input(0).name
+        chw = (meta.in_channels, meta.tile_size, meta.tile_size)
+        profile = builder.create_optimization_profile()
+        profile.set_shape(input_name, (1, *chw), (opt, *chw), (max_batch, *chw))
+        config.add_optimization_profile(profile)
+
+        cache_file = Path(timing_cache) if timing_cache else out.with_suffix(".timing.cache")
+        cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+        for flag in plan.builder_flags:
+            config.set_flag(getattr(trt.BuilderFlag, flag))
+        if plan.pin_memory_fp32:
+            pin_memory_layers_fp32(network, trt)
+        int8_cache_name = ""
+        if plan.route == "implicit":
+            from calibration.int8 import calibration_tiles, make_entropy_calibrator
+
+            # calibration runs at the calibration profile's opt shape: the calibrator's own batch
+            calib_batch = min(32, max_batch)
+            calib_profile = builder.create_optimization_profile()
+            calib_profile.set_shape(input_name, *[(calib_batch, *chw)] * 3)
+            tiles = calibration_tiles(calib_dir, meta) if calib_dir else np.zeros((0, *chw), np.float32)
+            config.int8_calibrator = make_entropy_calibrator(tiles, calib_batch, int8_cache, rt, trt)
+            config.set_calibration_profile(calib_profile)
+            int8_cache_name = str(int8_cache)
+        plan_bytes = builder.build_serialized_network(network, config)
+        if plan_bytes is None:
+            raise RuntimeError(f"{onnx_path}: TensorRT engine build failed (see the log above)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(bytes(plan_bytes))
+        cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
+        EngineMeta(trt.__version__, gpu_name, cc, precision, onnx_sha, input_name, list(chw), 1, max_batch,
+                   str(Path(model).resolve()), int8_cache_name, plan.route, plan.graph,
+                   plan.strongly_typed).save(out)
+    finally:
+        rt.close()
     if meta.coarse_map_weight > 0:  # the coarse-map network's engine; it has no Q/DQ nodes or calibration: fp16 for int8
         build_engine(Path(model) / COARSE_MAP_DIR, coarse_map_engine_path(out), "fp16" if precision == "int8" else precision,
-                     max_batch, opt_batch, None, None, workspace_gib)
+                     max_batch, opt_batch, None, None, workspace_gib, trt=trt, cuda=cuda)
     return out

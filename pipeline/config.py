@@ -172,7 +172,7 @@ REPLACED_KEYS = {"ModbusConfig": {"verdict_register": _BLOCK, "defect_count_regi
 VALID = {("preprocess", "mode"): ("silhouette", "template"),
          ("preprocess", "camera"): ("colour", "mono"),
          ("preprocess", "belt", "features"): ("lab", "mono"),
-         ("inference", "backend"): ("onnxruntime", "torch", "tensorrt"),
+         ("inference", "backend"): ("onnxruntime", "onnxruntime-cuda", "torch", "tensorrt"),
          ("source", "stream", "transport"): ("tcp", "udp")}
 
 

@@ -65,3 +65,53 @@ def test_train_on_cuda_exports_for_cpu(tmp_path, mini_data):
     model = export_model(tmp_path / "last.pt", tmp_path / "model")
     maps, scores = load_backend("onnxruntime", model).infer(np.zeros((2, 1, 128, 128), np.float32))
     assert maps.shape == (2, 1, 128, 128) and np.isfinite(scores).all()
+
+
+def _gpu_backend_or_skip(name: str, model, **options):
+    from engines.backends import BackendUnavailable
+
+    try:
+        return load_backend(name, model, **options)
+    except BackendUnavailable as exc:
+        pytest.skip(f"{name}: {exc}")
+
+
+def test_onnxruntime_cuda_matches_the_cpu(ok_images):
+    from tests.fp16_check import SHIPPED
+
+    gpu = _gpu_backend_or_skip("onnxruntime-cuda", SHIPPED)
+    cpu = load_backend("onnxruntime", SHIPPED)
+    x = gpu.meta.normalise(np.stack([img[:128, :128] for img in ok_images])[:, None])
+    (gm, gs), (cm, cs) = gpu.infer(x), cpu.infer(x)
+    assert np.abs(gm - cm).max() < 1e-3 and np.abs(gs - cs).max() < 1e-3
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_tensorrt_builds_and_matches_onnxruntime(precision, tmp_path, mini_data, ok_images):
+    """A real engine of the shipped model per precision (int8 from a quantize --target tensorrt
+    folder), judged against ONNX Runtime fp32 on real images: fp32 to 1e-3, fp16 and int8 by their
+    decisions (tests/fp16_check.py's rule; int8 with the INT8 test's looser map bound)."""
+    pytest.importorskip("tensorrt")
+    import shutil
+
+    from engines.detector import Detector
+    from engines.quantize import quantize_model
+    from engines.tensorrt_build import build_engine
+    from tests.fp16_check import SHIPPED, fp16_disagreement
+
+    folder = tmp_path / "model"
+    if precision == "int8":
+        quantize_model(SHIPPED, mini_data, folder, target="tensorrt")
+    else:
+        shutil.copytree(SHIPPED, folder)
+    build_engine(folder, folder / "model.engine", precision, max_batch=64)
+    trt_det = Detector(_gpu_backend_or_skip("tensorrt", folder))
+    ref = Detector(load_backend("onnxruntime", SHIPPED))
+    for image in ok_images:
+        score, flipped, map_diff = fp16_disagreement(ref.predict(image), trt_det.predict(image),
+                                                     ref.meta.pixel_threshold)
+        print(f"tensorrt {precision}: score diff {score:.2e}, flipped {flipped:.2e}, map max diff {map_diff:.2e}")
+        if precision == "fp32":
+            assert score < 1e-3 and map_diff < 1e-3
+        else:
+            assert score < 0.02 and flipped < 2e-3 and map_diff < 0.5

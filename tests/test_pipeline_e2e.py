@@ -87,6 +87,15 @@ def test_replay_is_deterministic_against_golden(line, tmp_path):
     assert replay_check.main([str(seq), "--config", str(config), "--golden", str(golden)]) == 1
 
 
+def test_shipped_demo_matches_its_golden_file():
+    """The bundled demo line, shipped model and all, gives the verdicts recorded in
+    configs/demo/golden.jsonl: a change to the model, the engines or the line shows here."""
+    root = Path(__file__).resolve().parents[1]
+    assert replay_check.main([str(root / "configs" / "demo" / "sequence"), "--config",
+                              str(root / "configs" / "demo_line.yaml"), "--golden",
+                              str(root / "configs" / "demo" / "golden.jsonl")]) == 0
+
+
 def _realtime_config(config, tmp_path, camera_queue=4):
     cfg = tmp_path / "rt.yaml"
     cfg.write_text(Path(config).read_text() + f"\nsource:\n  realtime: true\n  camera:\n    queue: {camera_queue}\n")

@@ -8,7 +8,7 @@ from engines.backends import load_backend  # noqa: E402
 from engines.detector import Detector, split_scores  # noqa: E402
 from pipeline.vision.tiling import image_score  # noqa: E402
 from engines.export import export_model  # noqa: E402
-from engines.quantize import output_head_nodes  # noqa: E402
+from engines.quantize import INPUT_BLOCK_SCOPE, float_nodes, output_head_nodes  # noqa: E402
 from engines.tile_memory import (BOTH_SCALES_MAP_SHARE, BOTH_SCALES_SCORE_WEIGHT, COARSE_SCALE, MEMORY_NAMES,  # noqa: E402
                                  FINE_TOP_K, NOVELTY_SPREAD, fit_memory, k_center, memory_from_images, novelty_rule)
 from engines.tiny_unet import TinyUNet  # noqa: E402
@@ -288,6 +288,10 @@ def test_int8_keeps_memory_and_map_head_in_float(trained_model):
     names = output_head_nodes(trained_model / "model.onnx")
     assert any("/memory/MatMul" in n for n in names) and any(n.endswith("Sigmoid") for n in names)
     assert any("/coarse_memory/MatMul" in n for n in names)
+    kept = float_nodes(trained_model / "model.onnx")
+    first_block = [n for n in kept if n.startswith(INPUT_BLOCK_SCOPE)]
+    assert first_block and set(names) <= set(kept)
+    assert float_nodes(trained_model / "model.onnx", input_block_float=False) == names  # --int8-input-block
 
 
 def test_fp16_torch_backend_keeps_the_memories_fp32(trained_model):

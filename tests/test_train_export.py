@@ -23,7 +23,9 @@ def test_checkpoint_resume_continues(tmp_path, mini_data):
     train(cfg, resume=True, progress=False)
     assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 6
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
-    assert (tmp_path / "train_config.json").is_file() and isinstance(log, list)
+    assert (tmp_path / "train_config.json").is_file()
+    # the resumed run appends: the first run's memory record (at its last step, 4) is still there
+    assert [r["step"] for r in log if "memory_tiles" in r][:1] == [4]
     # the default mix is written out, so the run says what it drew from whatever the default becomes
     assert json.loads((tmp_path / "train_config.json").read_text())["generators"].split(",").count("uneven") == 3
 
@@ -86,10 +88,11 @@ def test_every_backend_implements_the_interface():
         assert issubclass(backend_class(name), Backend), name
 
 
-@pytest.mark.parametrize("name", sorted(BACKENDS))
+@pytest.mark.parametrize("name", ["onnxruntime", "torch"])
 def test_backend_parity_with_torch(name, trained_model):
-    """Every backend that can run here agrees with the torch reference (max abs diff < 1e-3). Torch runs
-    in fp32 on whatever device it finds (CUDA on a GPU machine); its fp16 path is in test_gpu.py."""
+    """The backends that run on any machine agree with the torch CPU reference (max abs diff < 1e-3).
+    Torch runs in fp32 on whatever device it finds (CUDA on a GPU machine); its fp16 path, and the
+    GPU-only backends (onnxruntime-cuda, tensorrt), are in test_gpu.py and test_tensorrt.py."""
     try:
         engine = load_backend(name, trained_model, **({"fp16": False} if name == "torch" else {}))
     except BackendUnavailable as exc:

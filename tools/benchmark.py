@@ -22,7 +22,8 @@ def _ints(text: str) -> list[int]:
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="benchmark", description=__doc__)
     p.add_argument("--model", required=True, help="model folder")
-    p.add_argument("--backend", default="onnxruntime,torch,tensorrt", help="comma-separated backend names")
+    p.add_argument("--backend", default="onnxruntime,torch,tensorrt", help="comma-separated backend names: "
+                   "onnxruntime, onnxruntime-cuda, torch, tensorrt (those that cannot run here are listed as skipped)")
     p.add_argument("--batch", type=_ints, default=[1, 16, 64], help="comma-separated batch sizes")
     p.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per backend and batch")
     p.add_argument("--min-calls", type=int, default=10)
@@ -76,6 +77,19 @@ def main(argv: list[str] | None = None) -> int:
             report["pipeline"] = runs[0]
             if len(runs) > 1:
                 report["pipelines"], report["line_summary"] = runs, line_summary(runs)
+        from engines.artifact import ModelMeta
+
+        meta = ModelMeta.load(args.model)
+        source = Path(str(meta.extra.get("quantized_from", "")))
+        if meta.precision == "int8" and (source / "model.json").is_file():
+            from engines.quantize import check_images, int8_vs_fp32
+
+            check = int8_vs_fp32(source, args.model, check_images())
+            report["int8_vs_fp32"] = check
+            w = check["worst"]
+            print(f"int8 vs fp32 ({source}) on {check['images']} real images: map max diff {w['map_max_diff']:.3f}, "
+                  f"pixels off by > 0.1 at most {w['pixels_off_by_0.1']:.2%}, pixels flipped at the pixel threshold "
+                  f"at most {w['pixels_flipped']:.2%}, score diff at most {w['score_diff']:.3f}")
         report["command"] = "benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
         print(format_results(report))
         if report.get("untrained"):

@@ -12,7 +12,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder (model.onnx + model.json)")
     p.add_argument("--data", required=True, help="folder with test/good, test/<type>, ground_truth/<type>")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "onnxruntime-cuda", "torch", "tensorrt"],
+                   help="inference backend; onnxruntime-cuda needs onnxruntime-gpu, tensorrt a built engine")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction in [0, 1)")
     p.add_argument("--flip-tta", nargs="?", const="h", default="none", choices=["none", "h", "all"],
                    help="average the defect map with flipped passes: h (the default when given without a value) "

@@ -20,8 +20,14 @@ step env
   python3 -c "import torch, onnxruntime, cv2, zmq, pymodbus, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), '| ort', onnxruntime.__version__, '| cv2', cv2.__version__, '| numpy', numpy.__version__)"
   nproc; } 2>&1 | tee "$OUT/env.txt"
 
-step "benchmark: shipped model, torch CUDA fp16 (end to end incl. host<->device copies; on-device = compute alone)"
-timeout 150 python3 -m tools.benchmark --model engines/models/magnetic_tile --backend torch --device cuda \
+step "benchmark: shipped model, torch CUDA fp16, ONNX Runtime CUDA and TensorRT side by side, where each is installed"
+if python3 -c "import tensorrt" 2>/dev/null; then
+  for p in fp16 fp32; do timeout 300 python3 -m tools.build_engine --model engines/models/magnetic_tile --precision $p \
+    --max-batch 1024 --out /tmp/trt_$p/model.engine 2>&1 | tail -3; done
+  timeout 150 python3 -m tools.benchmark --model engines/models/magnetic_tile --backend tensorrt --engine /tmp/trt_fp16/model.engine \
+    --batch 1,16,64,256,1024 --cuda-graph --no-peak --seconds 1 --json "$OUT/trt_fp16.json" 2>&1 | tail -8
+else echo "TensorRT not installed: its rows are skipped"; fi
+timeout 150 python3 -m tools.benchmark --model engines/models/magnetic_tile --backend torch,onnxruntime-cuda --device cuda \
   --batch 1,16,64,256,1024 --cuda-graph --no-peak --seconds 1 --json "$OUT/h100_w16_torch.json" 2>&1 | grep -v "ms/tile mean" | tail -14
 
 step "benchmark: width-32 reference, random weights"

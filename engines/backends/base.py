@@ -22,6 +22,7 @@ from engines.artifact import COARSE_MAP_DIR, ArtifactError, ModelMeta, model_pat
 # name -> "module:Class"; adding a backend is one module and one line here.
 BACKENDS: dict[str, str] = {
     "onnxruntime": "engines.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "onnxruntime-cuda": "engines.backends.onnxruntime_backend:OnnxRuntimeCudaBackend",
     "torch": "engines.backends.torch_backend:TorchBackend",
     "tensorrt": "engines.backends.tensorrt_backend:TensorRTBackend",
 }

@@ -39,3 +39,34 @@ class OnnxRuntimeBackend(Backend):
     def infer(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         maps, scores = self.session.run(None, {self.input_name: self.check_input(tiles)})
         return maps, scores
+
+
+class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
+    """ONNX Runtime on an NVIDIA GPU (CUDA execution provider). Needs the onnxruntime-gpu package
+    in place of onnxruntime (``pip install -e .[gpu]``; the two must not be installed together)."""
+
+    name = "onnxruntime-cuda"
+
+    def __init__(self, model_dir: Path, meta: ModelMeta, threads: int = 0, onnx_file: str = ONNX_NAME,
+                 spin: bool = True, device_id: int = 0) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendUnavailable(f"onnxruntime is not installed ({exc}); pip install -e .[gpu]") from exc
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise BackendUnavailable("this onnxruntime has no CUDA execution provider (available: "
+                                     f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu in place "
+                                     "of onnxruntime: pip uninstall -y onnxruntime && pip install -e .[gpu]")
+        super().__init__(model_dir, meta, threads, onnx_file,
+                         providers=[("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"],
+                         spin=spin)
+        # ONNX Runtime falls back to the CPU, with a warning only, when the CUDA libraries do not load
+        if self.session.get_providers()[0] != "CUDAExecutionProvider":
+            raise BackendUnavailable("onnxruntime-gpu could not start its CUDA execution provider (CUDA or cuDNN "
+                                     "libraries missing or not matching; see its warning above); the model would "
+                                     "run on the CPU")
+        self._device_id = device_id
+
+    @property
+    def device(self) -> str:
+        return f"cuda:{self._device_id} (onnxruntime)"
