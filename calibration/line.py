@@ -195,7 +195,7 @@ decision:
   image_threshold: {d.image_threshold}    # score at or above which a part is NG
   pixel_threshold: null          # null: the model's own (model.json)
   min_defect_area: {d.min_defect_area}          # canonical px; smaller regions are not reported
-  merge_gap_px: {d.merge_gap_px}              # canonical px; regions closer than this are one defect
+  merge_gap_px: {d.merge_gap_px}              # canonical px; regions closer than this are one group, reported where its map is >= half its peak
   part_erode_px: {d.part_erode_px}             # ignore this many px at the part's outline
 
 sinks:

@@ -81,8 +81,11 @@ def defect_localisation(results: list[dict], truth: dict[str, dict]) -> dict:
     """How the reported defects of NG parts that the line flagged NG meet the truth boxes (a box
     meets another when they overlap, IoU > 0): the share of truth boxes that some reported box
     meets, the share of reported boxes that meet a truth box, the share of parts whose strongest
-    defect (first listed) does, and defects per part."""
+    defect (first listed) does, the mean IoU of that defect with the truth box it meets best (how
+    well its extent matches: a region covering the whole part meets the truth but scores low), and
+    defects per part."""
     hit = boxes = on = reported = top = parts = 0
+    top_iou = 0.0
     for r in results:
         t = truth.get(r["source_name"])
         if not t or t["verdict"] != "NG" or r["verdict"] != "NG" or not t.get("boxes"):
@@ -94,10 +97,12 @@ def defect_localisation(results: list[dict], truth: dict[str, dict]) -> dict:
         reported += len(found)
         on += sum(any(box_iou(f, b) > 0 for b in t["boxes"]) for f in found)
         top += bool(found) and any(box_iou(found[0], b) > 0 for b in t["boxes"])
+        top_iou += max(box_iou(found[0], b) for b in t["boxes"]) if found else 0.0
     if not parts:
         return {}
     return {"flagged_ng_parts": parts, "truth_boxes_hit": round(hit / boxes, 4),
             "defects_on_truth": round(on / max(1, reported), 4), "top_defect_on_truth": round(top / parts, 4),
+            "top_defect_iou": round(top_iou / parts, 4),
             "defects_per_flagged_ng_part": round(reported / parts, 2)}
 
 

@@ -93,9 +93,9 @@ class DecisionConfig:
     pixel_threshold: float | None = None  # None: the model's own
     image_threshold: float | None = None
     min_defect_area: int = 20             # canonical px
-    # Regions closer than this (canonical px) are reported as one defect. On the simulated line,
-    # 8 px cut the defects reported per flagged NG part from 8.2 to 3.6 (mean) and every truth box
-    # was still hit (README, "Defect reports").
+    # Regions at the pixel threshold closer than this (canonical px) are one group: their pixels
+    # count together towards min_defect_area, and the group is reported where its map is at least
+    # half its peak (pipeline.vision.defects.find_defects), each connected piece as a defect.
     merge_gap_px: int = 8
     part_erode_px: int = 3                # ignore the part's outermost pixels (silhouette edge)
 

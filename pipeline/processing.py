@@ -158,7 +158,12 @@ def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarra
     score = rule.score(anomaly, fine_scores, coarse_scores, agreement)
     if score < image_threshold:
         return Verdict("OK", score, [], anomaly)
-    defects = find_defects(anomaly, inspect, H, pixel_threshold, cfg.min_defect_area, cfg.merge_gap_px, score_map=sharp)
+    def part_score(region: np.ndarray) -> float:
+        return rule.region_score(anomaly, region, grid, fine_scores, tile_index[:n_fine], coarse_grid, coarse_scores,
+                                 tile_index[n_fine:] - len(grid))
+
+    defects = find_defects(anomaly, inspect, H, pixel_threshold, cfg.min_defect_area, cfg.merge_gap_px,
+                           score_map=sharp, part_score=part_score)
     if not defects:  # NG on its score, nothing at the pixel threshold: still say where to look
-        defects = strongest_region(anomaly, inspect, H, cfg.merge_gap_px, score_map=sharp)
+        defects = strongest_region(anomaly, inspect, H, cfg.merge_gap_px, score_map=sharp, part_score=part_score)
     return Verdict("NG", score, defects, anomaly)

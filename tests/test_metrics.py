@@ -135,6 +135,7 @@ def test_defect_localisation_against_truth_boxes():
     assert loc["flagged_ng_parts"] == 2 and loc["defects_per_flagged_ng_part"] == 2.0
     assert loc["truth_boxes_hit"] == pytest.approx(2 / 3, abs=1e-4)  # a's first box and b's box
     assert loc["defects_on_truth"] == 0.5 and loc["top_defect_on_truth"] == 0.5
+    assert loc["top_defect_iou"] == pytest.approx((25 / 400) / 2, abs=1e-4)  # a's top box inside its truth box; b's off
 
 
 def test_line_summary_over_several_sequences():

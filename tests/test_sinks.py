@@ -146,6 +146,22 @@ def test_overlay_draws_a_weak_outline_in_its_own_colour():
     assert tuple(draw_overlay(frame, record, None, None)[20, 10]) == WEAK_BGR
 
 
+def test_overlay_legend_states_the_score_against_the_threshold():
+    """Under the frame, a legend strip: the verdict line in red for NG, and the outline colours."""
+    from pipeline.sinks.overlays import DEFECT_BGR, LEGEND_BG, WEAK_BGR, draw_overlay
+
+    frame = np.full((120, 640, 3), 90, np.uint8)
+    record = {"verdict": "NG", "score": 0.74, "source_name": "f.png", "defects": []}
+    out = draw_overlay(frame, record, None, None, image_threshold=0.4)
+    assert out.shape[1:] == frame.shape[1:] and out.shape[0] > frame.shape[0]
+    assert np.array_equal(out[:120], frame)  # nothing drawn on a part without defects
+    strip = out[120:]
+    colours = {tuple(int(c) for c in px) for px in strip.reshape(-1, 3)}
+    assert {DEFECT_BGR, WEAK_BGR, LEGEND_BG} <= colours
+    ok = draw_overlay(frame, {**record, "verdict": "OK"}, None, None, image_threshold=0.4)[120:145]
+    assert not (ok == np.array(DEFECT_BGR, np.uint8)).all(axis=2).any()  # the verdict line is red only for NG
+
+
 def test_results_set_aside_not_overwritten(tmp_path):
     import os
 

@@ -101,6 +101,48 @@ def test_strongest_region_outlines_where_the_map_peaks():
     assert strongest_region(amap, np.zeros_like(mask), np.eye(3)) == []  # no part
 
 
+def test_strongest_region_follows_the_smoothed_peak_not_a_lone_sharp_pixel():
+    """The score reads the smoothed map, so the weak region is where that peaks: a single sharp
+    pixel elsewhere (a higher value before smoothing) does not pull the outline away from it."""
+    from pipeline.vision.defects import strongest_region
+
+    amap = np.zeros((200, 200), np.float32)
+    amap[10:16, 100:112] = 0.04  # the smoothed map's peak: a notch at the top edge
+    amap[120:123, 50:53] = 0.03  # a fainter bump, above half the peak
+    sharp = amap.copy()
+    sharp[121, 51] = 0.5  # one hot pixel before smoothing
+    [weak] = strongest_region(amap, np.ones_like(amap, np.uint8), np.eye(3), score_map=sharp)
+    assert weak["bbox"] == [100, 10, 12, 6]
+
+
+def test_region_score_is_the_part_score_from_that_region_alone(frames, belt):
+    """A defect's part_score: the part's score with the map inside the region and the tiles that
+    touch it, every other tile as plain as the part's plainest; never above the part's score."""
+    from pipeline.vision.tiling import tiles_touching
+
+    prep = Preprocessor(PreprocessConfig(belt=BeltConfig(**belt.to_config())))
+    p = prep(next(f for f in frames if f.truth["verdict"] == "OK").frame)
+    maps = np.zeros((len(p.tiles), 1, 128, 128), np.float32)
+    y0, x0 = p.grid.origins[p.tile_index[0]]
+    maps[0, 0, 40:60, 40:60] = 0.9  # a defect inside the first kept tile
+    scores = np.full(len(maps), 0.1, np.float32)
+    scores[0] = 0.7
+    scores[-1] = 0.5  # a novel tile elsewhere, no map there
+    v = decide(maps, scores, p.tile_index, p.grid, p.part_mask, p.H, DecisionConfig(), 0.5, 0.3,
+               rule=MapRule(map_score_weight=0.5, fine_top_k=2))
+    [d] = v.defects
+    assert 0.0 < d["part_score"] <= v.score
+    region = np.zeros(p.part_mask.shape, bool)
+    region[y0 + 40:y0 + 60, x0 + 40:x0 + 60] = True
+    touching = tiles_touching(region, p.grid, p.tile_index)
+    assert touching[0] and not touching[-1]
+    # What it would be with only the tiles that touch the region and the plainest score elsewhere:
+    alone = np.where(touching, scores, 0.1).astype(np.float32)
+    expected = MapRule(map_score_weight=0.5, fine_top_k=2).score(np.where(region, v.anomaly_map, 0), alone, None, 0.0)
+    assert d["part_score"] == pytest.approx(expected, abs=0.02)
+    assert d["part_score"] < v.score  # the other novel tile (0.5) is part of the part's score, not the region's
+
+
 def test_find_defects_merges_regions_closer_than_the_gap():
     H = np.eye(3)
     amap = np.zeros((200, 200), np.float32)
@@ -110,13 +152,34 @@ def test_find_defects_merges_regions_closer_than_the_gap():
     part = np.ones_like(amap, np.uint8)
     apart = find_defects(amap, part, H, 0.5, 20)
     assert len(apart) == 3
-    merged = find_defects(amap, part, H, 0.5, 20, merge_gap=8)
+    merged = find_defects(amap, part, H, 0.5, 20, merge_gap=8, core_share=0.0)
     assert len(merged) == 2 and merged[0]["score"] == pytest.approx(0.9)  # the peak of the merged pair
     assert box_iou(merged[0]["bbox"], [50, 50, 45, 20]) > 0.85  # one outline around both
     assert 800 < merged[0]["area_px"] < 1000  # the outline's area, gap included (2 x 400 + 100)
     # Merging stays inside the part: a gap the part does not cover is not bridged.
     part[:, 70:75] = 0
-    assert len(find_defects(amap, part, H, 0.5, 20, merge_gap=8)) == 3
+    assert len(find_defects(amap, part, H, 0.5, 20, merge_gap=8, core_share=0.0)) == 3
+
+
+def test_find_defects_pools_fragments_and_reports_each_at_its_own_extent():
+    """Fragments closer than the gap count together towards the minimum area; what is reported is
+    where the group's map is at least half its peak, piece by piece, not the group's outline."""
+    part = np.ones((200, 200), np.uint8)
+    frags = np.zeros((200, 200), np.float32)
+    frags[50:53, 50:54] = 0.9  # 12 px each: under min_area alone
+    frags[50:53, 58:62] = 0.8
+    assert find_defects(frags, part, np.eye(3), 0.5, 20) == []
+    [one] = find_defects(frags, part, np.eye(3), 0.5, 20, merge_gap=8)  # pooled; the peak's piece is kept
+    assert one["bbox"] == [50, 50, 4, 3] and one["score"] == pytest.approx(0.9)
+    # A small sharp blob 3 px from a broad raised area (one region at the pixel threshold once merged):
+    amap = np.full((200, 200), 0.0, np.float32)
+    amap[20:120, 20:180] = 0.6
+    amap[123:133, 90:100] = 1.0
+    whole = find_defects(amap, part, np.eye(3), 0.5, 20, merge_gap=8, core_share=0.0)
+    assert len(whole) == 1 and box_iou(whole[0]["bbox"], [20, 20, 160, 113]) > 0.9
+    own = find_defects(amap, part, np.eye(3), 0.5, 20, merge_gap=8)
+    assert [d["bbox"] for d in own] == [[90, 123, 10, 10], [20, 20, 160, 100]]
+    assert [d["score"] for d in own] == pytest.approx([1.0, 0.6])
 
 
 def test_order_corners_is_rotation_stable():

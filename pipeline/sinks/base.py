@@ -111,5 +111,18 @@ def build_sinks(cfg, report: Report | None = None) -> list[Sink]:
         sinks.append(ModbusSink(m.host, m.port, m.unit, m.verdict_coil, m.result_register, m.heartbeat_register,
                                 m.heartbeat_s, m.timeout_s, m.reject_verdicts, m.max_age_s, report))
     if cfg.sinks.overlays_dir:
-        sinks.append(OverlaySink(cfg.sinks.overlays_dir, cfg.sinks.save_masks))
+        sinks.append(OverlaySink(cfg.sinks.overlays_dir, cfg.sinks.save_masks, _image_threshold(cfg)))
     return [QueuedSink(s, report) if s.blocking else s for s in sinks]
+
+
+def _image_threshold(cfg) -> float | None:
+    """The line's image threshold (the model's when the config leaves it null), for the overlays'
+    legend; None when the model folder cannot be read (the inference stage reports that)."""
+    if cfg.decision.image_threshold is not None:
+        return float(cfg.decision.image_threshold)
+    try:
+        from engines.artifact import ModelMeta
+
+        return float(ModelMeta.load(cfg.inference.model).image_threshold)
+    except (OSError, ValueError, KeyError):
+        return None

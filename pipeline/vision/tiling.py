@@ -278,6 +278,43 @@ class MapRule:
         return image_score(anomaly, fine_scores, self.map_score_weight, coarse_scores, self.fine_top_k, agreement,
                            self.novelty.score_weight)
 
+    def region_score(self, anomaly: np.ndarray, region: np.ndarray, grid: TileGrid, fine_scores: np.ndarray,
+                     fine_positions: np.ndarray, coarse_grid: TileGrid | None = None,
+                     coarse_scores: np.ndarray | None = None, coarse_positions: np.ndarray | None = None) -> float:
+        """The part's score from ``region`` alone (a boolean mask on the canonical part): the
+        finished map inside it, the scores of the tiles that overlap it, each other tile at the
+        part's lowest score at its scale (the part as plain everywhere else as its plainest tile),
+        and the agreement peak inside it. On the part score's scale and never above it, so that
+        a region reads against the image threshold like the part does."""
+        fine = _plain_outside(fine_scores, tiles_touching(region, grid, fine_positions))
+        coarse = None
+        if coarse_grid is not None and coarse_scores is not None and len(coarse_scores):
+            coarse = _plain_outside(coarse_scores, tiles_touching(region, coarse_grid, coarse_positions))
+        agreement = 0.0
+        if self.novelty.score_weight > 0 and coarse is not None and len(fine):
+            lower = np.minimum(spread_scores(fine, fine_positions, grid, anomaly.shape, self.novelty.spread),
+                               spread_scores(coarse, coarse_positions, coarse_grid, anomaly.shape,
+                                             self.novelty.spread))
+            agreement = float(lower[region].max()) if region.any() else 0.0
+        return self.score(np.where(region, anomaly, 0.0).astype(np.float32), fine, coarse, agreement)
+
+
+def _plain_outside(scores: np.ndarray, touching: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores, np.float32)
+    return np.where(touching, scores, scores.min()) if len(scores) else scores
+
+
+def tiles_touching(region: np.ndarray, grid: TileGrid, positions: np.ndarray) -> np.ndarray:
+    """For each tile of ``grid`` at ``positions``, whether it overlaps ``region`` (a boolean mask
+    on the canonical part; resized to the grid's image for a coarse grid, keeping any pixel)."""
+    mask = region.astype(np.float32)
+    if mask.shape != (grid.height, grid.width):
+        mask = cv2.resize(mask, (grid.width, grid.height), interpolation=cv2.INTER_AREA)
+    origins = grid.origins
+    t = grid.tile
+    return np.array([bool((mask[y:y + t, x:x + t] > 0).any()) for y, x in (origins[int(i)] for i in positions)],
+                    bool)
+
 
 def add_coarse_map(anomaly: np.ndarray, coarse_maps: np.ndarray, coarse_grid: TileGrid | None, weight: float,
                    positions: np.ndarray | None = None) -> np.ndarray:
