@@ -17,7 +17,8 @@ from engines.artifact import model_paths
 from engines.backends import load_backend
 from engines.backends.base import map_coarse_tiles
 from pipeline.config import BeltConfig, DecisionConfig, InferenceConfig, LineConfig, PreprocessConfig
-from pipeline.processing import Preprocessor, decide
+from pipeline.processing import Preprocessor
+from pipeline.vision.scoring import score_part
 from pipeline.sources import DirSource
 from pipeline.vision.belt import fit_belt
 from pipeline.vision.camera import frame_kind
@@ -126,7 +127,7 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
 def part_scores(prep: Preprocessor, model: str | Path, frames: list[np.ndarray], decision: DecisionConfig,
                 engine=None) -> list[float | str]:
     """Each frame's part score as the line computes it (the line's preprocessing, the model on
-    onnxruntime, ``decide``); for a frame whose part was not found, the reason instead."""
+    onnxruntime, ``score_part``); for a frame whose part was not found, the reason instead."""
     _, meta = model_paths(model)
     engine = engine or load_backend("onnxruntime", model)
     out: list[float | str] = []
@@ -137,9 +138,7 @@ def part_scores(prep: Preprocessor, model: str | Path, frames: list[np.ndarray],
             continue
         maps, tile_scores = engine.infer(meta.normalise(p.tiles))
         maps = map_coarse_tiles(engine, p.tiles, maps, p.tile_index >= len(p.grid))
-        v = decide(maps, tile_scores, p.tile_index, p.grid, p.part_mask, p.H, decision, meta.pixel_threshold, 1.0,
-                   p.coarse_grid, meta.map_rule())
-        out.append(float(v.score))
+        out.append(float(score_part(p.part(maps, tile_scores), meta.map_rule(), decision.part_erode_px).score))
     return out
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.vision.tiling import SPREADS, LinePositions, MapRule, NoveltyShare
+from pipeline.vision.scoring import SPREADS, LinePositions, MapRule, NoveltyShare
 
 ONNX_NAME = "model.onnx"
 META_NAME = "model.json"
@@ -144,18 +144,18 @@ class ModelMeta:
     fine_top_k: int = 1
     # Share of the coarse tiles' novelty added to the stitched map, outside the graph (a coarse tile
     # covers several fine ones, so its score is spread over its area and resized; see
-    # ``pipeline.vision.tiling.spread_scores``). 0: the map is the fine tiles' graph output alone.
+    # ``pipeline.vision.scoring.spread_scores``). 0: the map is the fine tiles' graph output alone.
     coarse_map_share: float = 0.0
     # > 0: the model has a coarse-map network, the model folder ``coarse_map/`` inside this one
     # (``export_model --coarse-map``). The backends run it on the coarse pass's tiles; their maps,
     # stitched on the coarse grid and resized, are added to the defect map at this weight
-    # (``pipeline.vision.tiling.add_coarse_map``). 0: the coarse tiles' maps are not used.
+    # (``pipeline.vision.scoring.add_coarse_map``). 0: the coarse tiles' maps are not used.
     coarse_map_weight: float = 0.0
     # Share of the full-scale tiles' novelty added to the stitched map outside the graph. 0 for
     # models exported before this field existed, whose graph blends it into each tile's map instead
     # (``extra.memory_map_share``); the graph cannot take the minimum over neighbouring tiles.
     fine_map_share: float = 0.0
-    # How both shares are spread over the map: "mean" or "min" (``pipeline.vision.tiling.SPREADS``).
+    # How both shares are spread over the map: "mean" or "min" (``pipeline.vision.scoring.SPREADS``).
     novelty_spread: str = "mean"
     # Share of the lower of the two spread novelty maps (full-scale and coarse tiles) added to the
     # map: a pixel gains it only where the part is novel at both scales. The full-scale tiles
@@ -166,12 +166,12 @@ class ModelMeta:
     # (``engines.detector.image_score``). 0 for models exported before this field existed.
     both_scales_score_weight: float = 0.0
     # Sigma (px) of the Gaussian that smooths the finished defect map, before the pixel threshold,
-    # the defects and the image score read it (``pipeline.vision.tiling.blur_map``). Export writes
+    # the defects and the image score read it (``pipeline.vision.scoring.blur_map``). Export writes
     # ``MAP_BLUR_SIGMA`` (2); 0 for folders exported before this field existed.
     map_blur_sigma: float = 0.0
     # The line tile grids ({"fine": TileGrid dict, "coarse": ...}) of a per-position memory
     # (``export_model --memory-positions``): on a line with exactly these grids each tile is scored
-    # against its own position's OK tiles (``pipeline.vision.tiling.LinePositions``). Empty: none.
+    # against its own position's OK tiles (``pipeline.vision.scoring.LinePositions``). Empty: none.
     line_grids: dict = field(default_factory=dict)
     training_data_hash: str = ""
     training_command: str = ""

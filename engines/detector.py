@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.backends.base import Backend, map_coarse_tiles
+from pipeline.vision.scoring import split_scores
 from pipeline.vision.tiling import scaled_tiles, stitch
 
 
@@ -86,12 +87,3 @@ class Detector:
                                                 coarse_grid=coarse_grid, coarse_scores=coarse)
         score = rule.score(anomaly_map, fine, coarse, agreement)
         return Prediction(anomaly_map, score, fine, coarse)
-
-
-def split_scores(scores: np.ndarray, n_fine: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Scores of a batch whose first ``n_fine`` tiles are the fine pass and the rest the coarse
-    pass -> (fine tile scores, coarse tile scores or None). A two-column score (model with a coarse
-    memory) gives column 0 for fine tiles and column 1 for coarse ones."""
-    if scores.ndim == 1:
-        return scores[:n_fine], None
-    return scores[:n_fine, 0], scores[n_fine:, 1]

@@ -21,9 +21,8 @@ from engines.inference_model import build_model, inference_module, load_weights
 from pipeline.vision.rectify import canonical_view
 
 # Weight of the coarse-map network's map added to the fine map (ModelMeta.coarse_map_weight). Fixed
-# at 0.25 before the width-8 networks were trained (thirteenth session, on a width-16 half-scale
-# network's map); at it, three width-8 seeds each raised both pixel AUROC and AUPRO on the
-# magnetic-tile split (docs/bench/coarse_scale_map.txt).
+# at 0.25 before the width-8 networks were trained (on a width-16 half-scale network's map); at it, three width-8 seeds each raised both pixel AUROC and AUPRO on the
+# magnetic-tile split (research/results/coarse_scale_map.txt).
 COARSE_NET_MAP_WEIGHT = 0.25
 
 # Operators TensorRT parses natively; a graph outside this set fails `build_engine` later.

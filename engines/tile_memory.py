@@ -12,7 +12,7 @@ whitening (PCA of the OK embeddings, eigenvalues shrunk towards their mean) lets
 direction in which OK tiles hardly vary count as much as one along which they vary a lot, i.e. a
 nearest-neighbour Mahalanobis distance. On the magnetic-tile test split the two together lifted
 image AUROC (both scales) from 0.875 to 0.930 and from 0.885 to 0.928 for the two trained weights
-tried (docs/studies/tile_memory_variants.py).
+tried (research/tile_memory_variants.py).
 
 A second, coarse memory holds the same embedding of tiles cut from the image at half its size, so
 a tile sees four times the area: long faint cracks and large uneven regions that fill a whole
@@ -52,9 +52,9 @@ WHITEN_SHRINK = 0.1        # eigenvalues -> 0.9 x eigenvalue + 0.1 x their mean 
 # Share of each tile's novelty added to the stitched defect map, outside the graph (ModelMeta's
 # fine_map_share). Small, so that the map still outlines the defect; enough that pixels of a novel
 # tile rank above look-alike pixels of a familiar one. On the magnetic-tile test split a full-scale
-# share of 0.02 alone lifted pixel AUROC from 0.60 to 0.74 (0.1: 0.745; docs/studies/
-# map_fusion_variants.py). Used by models with one memory; until the seventeenth session models with
-# two added 0.01 of each scale's spread (fine_map_share and coarse_map_share).
+# share of 0.02 alone lifted pixel AUROC from 0.60 to 0.74 (0.1: 0.745; research/
+# map_fusion_variants.py). Used by models with one memory; models with two exported before both_scales_map_share
+# existed add 0.01 of each scale's spread (fine_map_share and coarse_map_share).
 FINE_MAP_SHARE = 0.01
 # With a coarse memory, a newly exported model adds instead this share of the lower of the two
 # spread maps (ModelMeta.both_scales_map_share): a pixel gains it only where the part is novel at
@@ -62,7 +62,7 @@ FINE_MAP_SHARE = 0.01
 # image), the coarse tiles confirm it (a lone odd fine tile on good surface stays low). Against
 # 0.01 of each spread: on the shipped weights pixel AUROC / AUPRO 0.921 / 0.808 -> 0.926 / 0.824; on
 # three other weight and memory sets +0.004..0.007 / +0.017..0.024; on both halves of the split each
-# time; 0.02..0.04 scored alike (docs/studies/both_scales_share.py).
+# time; 0.02..0.04 scored alike (research/both_scales_share.py).
 BOTH_SCALES_MAP_SHARE = 0.03
 # ... and its image score takes this share from the strongest place novel at both scales (the peak
 # of that lower spread; ModelMeta.both_scales_score_weight), the rest from the tile scores. A small
@@ -74,7 +74,7 @@ BOTH_SCALES_MAP_SHARE = 0.03
 BOTH_SCALES_SCORE_WEIGHT = 0.5
 # Spread as the minimum over the tiles covering a pixel, not their weighted mean: on the shipped
 # weights pixel AUROC 0.817 -> 0.830, AUPRO 0.757 -> 0.780, the same on both halves of the split and
-# on other weight sets (docs/studies/novelty_min_pool.py).
+# on other weight sets (research/novelty_min_pool.py).
 NOVELTY_SPREAD = "min"
 # ... and the fine part of its image score is the mean of the two strongest full-scale tile scores
 # (ModelMeta.fine_top_k): a defect shows in every overlapping tile that holds it, a good part's odd
@@ -377,7 +377,7 @@ def attach_memory_from_state(model: nn.Module, state: dict, source: str = "state
 # line (1,406 OK tiles per position: 703 frames, 703 canonical views), NG recall at <= 5 % false
 # alarms, study over sequences 7-22 / 23-30: every OK tile as the bank 0.985 / 0.968, topped up to 480
 # 0.983 / 0.976, to 512 0.977 / 0.976, the shared rows alone (230-408) 0.914 / 0.903, 256 rows by
-# k-centre alone 0.923 (the shared memories: 0.899 / 0.885; docs/studies/position_memory.py). Only the
+# k-centre alone 0.923 (the shared memories: 0.899 / 0.885; research/position_memory.py). Only the
 # extra rows are stored: about 1,200 on the demo line, 1.2 MB in model.onnx and model.pt together
 # (README, "A memory per tile position").
 POSITION_MEMORY_ROWS = 480
@@ -398,7 +398,7 @@ class PositionMemory(nn.Module):
     two projections and their squared distances to the two shared banks
     (:meth:`TileMemory.squared_distances`, computed once for both) and gives ``(N, n_fine + n_coarse)``: its
     novelty against every position (the caller keeps the column of the tile's own position:
-    ``pipeline.vision.tiling.LinePositions``)."""
+    ``pipeline.vision.scoring.LinePositions``)."""
 
     def __init__(self, dim: int, n_fine: int, n_coarse: int, shared_fine: int, shared_coarse: int,
                  extra_fine: int, extra_coarse: int) -> None:
@@ -502,7 +502,8 @@ def fit_position_memory(model: nn.Module, fitted: dict, images: Sequence[np.ndar
     (``ModelMeta.line_grids``)."""
     from pipeline.config import load_config
     from pipeline.processing import Preprocessor
-    from pipeline.vision.tiling import LinePositions, scaled_shape, tile_grid
+    from pipeline.vision.tiling import scaled_shape, tile_grid
+    from pipeline.vision.scoring import LinePositions
 
     rows = POSITION_MEMORY_ROWS if rows is None else rows
     if getattr(model, "memory", None) is None or getattr(model, "coarse_memory", None) is None:

@@ -94,8 +94,8 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
 
 def precision_note(precision: str, device_type: str, cpuinfo: str | None = None) -> str | None:
     """Refuses an unknown precision; returns a line to print when bf16 will not be faster (a CPU
-    without native bf16), else None. bf16 is opt-in: on the reference VM (native bf16) a default
-    step took 0.33 s instead of 0.48 s, but its two runs outlined worse than fp32 (README)."""
+    without native bf16), else None. bf16 is opt-in: on a 2-vCPU AMD EPYC with native bf16 a
+    default step took 0.33 s instead of 0.48 s, but its two runs outlined worse than fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "bf16" and device_type == "cpu" and not cpu_has_native_bf16(cpuinfo):
@@ -219,13 +219,13 @@ class WeightAverage:
 
 
 # The defaults are sized to train a useful model, tile memories included, within this on 2 CPU
-# cores (42.4 minutes on the reference 2-vCPU VM at 21 epochs; 22 took 44.4 and 45.2; README). The memory
+# cores (42.4 minutes on a 2-vCPU AMD EPYC at 21 epochs; 22 took 44.4 and 45.2). The memory
 # fit took 40-49 s for 703 images.
 CPU_DEFAULT_BUDGET_S = 45 * 60
 MEMORY_S_PER_IMAGE = 0.06
 # When the run projects its length: at the end of epoch PROJECT_AT_EPOCH (about 8 minutes in), from
 # the pace since the end of the first epoch (the first carries the start-up: its pace was 0.480 and
-# 0.524 s per step in two default runs on the reference VM that averaged 0.476 and 0.484 over the
+# 0.524 s per step in two default runs on that machine that averaged 0.476 and 0.484 over the
 # run). Projected so, those runs came to 43.9 and 43.1 minutes against 44.3 and 45.2 measured: the
 # projection errs low, so a projection over the budget is worth reporting.
 PROJECT_AT_EPOCH = 4

@@ -86,9 +86,9 @@ def make_sample(rng: np.random.Generator, images: Sequence[np.ndarray], cfg: Sam
     img = images[int(rng.integers(len(images)))]
     crop, sides = _crop(rng, img, cfg.tile, cfg.border_prob)
     # ``sides`` are the unflipped crop's image borders; after _augment's flips half of the chips
-    # edge_chip cuts from them go into the part's interior instead. Following the flips (tried in the
-    # twenty-first session) lowered AUPRO by 0.006-0.007 on two seeds of the coarse-map network
-    # (README, "Where edge chips are cut"), and every shipped network was trained this way, so it stays.
+    # edge_chip cuts from them go into the part's interior instead. Following the flips lowered AUPRO by
+    # 0.006-0.007 on two seeds of the coarse-map network, and every shipped network was trained this
+    # way, so it stays.
     tile01 = _augment(rng, crop.astype(np.float32) / 255.0)
     mask = np.zeros(tile01.shape[:2], np.float32)
     name = "none"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.artifact import ModelMeta
-from pipeline import wire
+from pipeline import messages, wire
 from pipeline.config import VERDICTS, load_config
 from pipeline.processing import Preprocessor, decide
 from pipeline.sequence import iter_sequence
@@ -38,15 +38,21 @@ def overhead_per_frame(seq: str | Path, config: str | Path, max_frames: int = 50
         if frame is None:
             continue
         t0 = time.perf_counter()
-        wire.decode(wire.encode({"kind": "frame"}, {"image": frame}))
+        ids = messages.frame(i, str(path), time.monotonic_ns())
+        wire.decode(wire.encode(ids, {"image": frame}))
         p = prep(frame)
         if p.verdict is None:  # only frames with a part: empty belt would flatter the median
-            msg = wire.decode(wire.encode({"kind": "tiles"}, {"tiles": p.tiles, "part_mask": p.part_mask}))
+            grids = {"grid": p.grid.to_dict(), **({"coarse_grid": p.coarse_grid.to_dict()} if p.coarse_grid else {})}
+            header = messages.tiles(ids, grids, p.H, [0, 0])
+            msg = wire.decode(wire.encode(header, {"tiles": p.tiles, "tile_index": p.tile_index,
+                                                   "part_mask": p.part_mask}))
             maps = np.zeros((len(msg[1]["tiles"]), 1, meta.tile_size, meta.tile_size), np.float16)
             scores = np.zeros((len(maps), 2) if meta.coarse_scale > 0 else len(maps), np.float32)
-            wire.decode(wire.encode({"kind": "maps"}, {"maps": maps, "scores": scores, "part_mask": p.part_mask}))
-            decide(maps.astype(np.float32), scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision,
-                   meta.pixel_threshold, meta.image_threshold, p.coarse_grid, rule)
+            wire.decode(wire.encode(messages.maps(header, [0, 0], len(maps)),
+                                    {"maps": maps, "scores": scores, "tile_index": p.tile_index,
+                                     "part_mask": p.part_mask}))
+            decide(p.part(maps.astype(np.float32), scores), p.H, cfg.decision, meta.pixel_threshold,
+                   meta.image_threshold, rule)
             times.append((time.perf_counter() - t0) * 1000.0)
     return times
 

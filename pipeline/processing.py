@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from engines.detector import split_scores
 from pipeline.config import DecisionConfig, PreprocessConfig
 from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects, strongest_region
 from pipeline.vision.locate import locate_silhouette, locate_template, refine_ecc, small_to_full
 from pipeline.vision.rectify import homography_to_canonical, rectify
 from pipeline.vision.camera import frame_kind
-from pipeline.vision.tiling import MapRule, TileGrid, downscale, extract_tiles, scaled_shape, stitch, tile_grid
+from pipeline.vision.scoring import MapRule, PartTiles, score_part
+from pipeline.vision.tiling import TileGrid, downscale, extract_tiles, scaled_shape, tile_grid
 
 
 @dataclass
@@ -29,6 +29,10 @@ class Prepared:
     coarse_grid: TileGrid | None = None  # with a coarse pass
     H: np.ndarray | None = None         # camera -> canonical
     part_mask: np.ndarray | None = None  # (h, w) uint8 canonical
+
+    def part(self, maps: np.ndarray, scores: np.ndarray) -> PartTiles:
+        """These tiles with the maps and scores inference gave them."""
+        return PartTiles(maps, scores, self.tile_index, self.grid, self.part_mask, self.coarse_grid)
 
 
 class Preprocessor:
@@ -131,39 +135,20 @@ class Verdict:
     anomaly_map: np.ndarray | None = None
 
 
-def decide(tile_maps: np.ndarray, tile_scores: np.ndarray, tile_index: np.ndarray, grid: TileGrid,
-           part_mask: np.ndarray, H: np.ndarray, cfg: DecisionConfig, pixel_threshold: float,
-           image_threshold: float, coarse_grid: TileGrid | None = None, rule: MapRule = MapRule()) -> Verdict:
-    """Stitch kept tiles (skipped tiles count as 0), finish the map as the model's ``rule`` says
-    (``ModelMeta.map_rule()``: the tile novelty shares, the coarse tiles' maps, the smoothing), mask
-    non-part pixels, score, find defects (an NG part with no region at the pixel threshold gets its
-    strongest region, marked as below it). Tiles of a coarse pass (``tile_index >= len(grid)``,
-    after the fine ones) lie on ``coarse_grid``; their scores join the image score and the novelty
-    shares, their maps the coarse-map share (those of the coarse-map network, when the model has
-    one: ``engines.backends.base.map_coarse_tiles``). A model with a per-position memory fitted on
-    this grid scores each tile against its own position's OK tiles (``MapRule.line_scores``)."""
-    t = grid.tile
-    n_fine = int((tile_index < len(grid)).sum())
-    fine_scores, coarse_scores = split_scores(rule.line_scores(tile_scores, tile_index, grid, coarse_grid), n_fine)
-    full = np.zeros((len(grid), 1, t, t), np.float32)
-    full[tile_index[:n_fine]] = tile_maps[:n_fine].reshape(-1, 1, t, t)
-    anomaly, sharp, agreement = rule.finish(stitch(full, grid), grid, fine_scores, tile_maps[n_fine:],
-                                            tile_index[:n_fine], coarse_grid, coarse_scores,
-                                            tile_index[n_fine:] - len(grid))
-    inspect = part_mask > 0
-    if cfg.part_erode_px > 0:
-        k = 2 * cfg.part_erode_px + 1
-        inspect = cv2.erode(inspect.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
-    anomaly = anomaly * inspect
-    score = rule.score(anomaly, fine_scores, coarse_scores, agreement)
-    if score < image_threshold:
-        return Verdict("OK", score, [], anomaly)
-    def part_score(region: np.ndarray) -> float:
-        return rule.region_score(anomaly, region, grid, fine_scores, tile_index[:n_fine], coarse_grid, coarse_scores,
-                                 tile_index[n_fine:] - len(grid))
-
+def decide(part: PartTiles, H: np.ndarray, cfg: DecisionConfig, pixel_threshold: float, image_threshold: float,
+           rule: MapRule = MapRule()) -> Verdict:
+    """A part's verdict: scored by the model's ``rule`` (:func:`pipeline.vision.scoring.score_part`,
+    ``ModelMeta.map_rule()``), NG at or above ``image_threshold``; an NG part's defects are the
+    regions of its map at the pixel threshold, each at its own extent and with the part's score
+    from that region alone (an NG part with none there gets its strongest region, marked as below
+    the threshold), in camera pixels through ``H``."""
+    scored = score_part(part, rule, cfg.part_erode_px)
+    if scored.score < image_threshold:
+        return Verdict("OK", scored.score, [], scored.anomaly)
+    anomaly, inspect = scored.anomaly, scored.inspect
     defects = find_defects(anomaly, inspect, H, pixel_threshold, cfg.min_defect_area, cfg.merge_gap_px,
-                           score_map=sharp, part_score=part_score)
+                           score_map=scored.sharp, part_score=scored.region_score)
     if not defects:  # NG on its score, nothing at the pixel threshold: still say where to look
-        defects = strongest_region(anomaly, inspect, H, cfg.merge_gap_px, score_map=sharp, part_score=part_score)
-    return Verdict("NG", score, defects, anomaly)
+        defects = strongest_region(anomaly, inspect, H, cfg.merge_gap_px, score_map=scored.sharp,
+                                   part_score=scored.region_score)
+    return Verdict("NG", scored.score, defects, anomaly)

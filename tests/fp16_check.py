@@ -8,7 +8,7 @@ H100 and with CPU fp16 alike, 2026-11-27), far above the pixel threshold (0.018)
 decided. What fp16 must keep are the image score (its verdict) and the defect mask at the model's
 pixel threshold; the map's maximum difference is only held against gross failure (an overflow).
 Measured over the 295 test images on the H100: score difference at most 1.2e-3, 0.027 % of pixels
-on the other side of the pixel threshold, map difference at most 0.10 (docs/bench/h100_gpu_check_run4.log).
+on the other side of the pixel threshold, map difference at most 0.10 (docs/bench/0.1.0/h100_gpu_check_run4.log).
 """
 from __future__ import annotations
 

@@ -173,13 +173,15 @@ def test_crashed_infer_worker_is_restarted_and_no_frame_is_lost(line, tmp_path):
     assert [r["frame_id"] for r in records] == list(range(10))
 
 
-def _kill_stage_midway(line, tmp_path, stage, after_records, period_ns, repeat=1):
-    """run_pipeline over the line's frames at recorded pace; SIGKILL ``stage`` once ``after_records``
-    records are written. Returns the exit code, stderr and the records."""
+def _kill_stage_midway(line, tmp_path, stage, after_records, period_ns, repeat=1, realtime=True):
+    """run_pipeline over the line's frames at recorded pace (as fast as possible with ``realtime``
+    False); SIGKILL ``stage`` once ``after_records`` records are written. Returns the exit code,
+    stderr and the records."""
     config, seq = line
     slow = _retimed(seq, tmp_path / "slow", period_ns=period_ns, repeat=repeat)
     results, run_dir = tmp_path / "r.jsonl", tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "tools.run_pipeline", "--config", str(_realtime_config(config, tmp_path)),
+    config = _realtime_config(config, tmp_path) if realtime else config
+    proc = subprocess.Popen([sys.executable, "-m", "tools.run_pipeline", "--config", str(config),
                              "--source", f"replay:{slow}", "--results", str(results), "--run-dir", str(run_dir)],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
@@ -205,6 +207,20 @@ def test_crashed_sinks_or_stitch_stage_is_restarted_and_every_frame_keeps_one_re
     lost = [r for r in records if r["verdict"] == "ERROR" and "not a decodable image" not in r["reason"]]
     assert all("stitch stage crashed" in r["reason"] for r in lost) and len(lost) <= 2
     assert all(r["source_name"] for r in records)  # a lost frame too is named (the stitch stage's journal)
+
+
+@pytest.mark.parametrize("stage", ["sinks", "stitch"])
+def test_stage_killed_during_an_as_fast_as_possible_replay_loses_no_record(line, tmp_path, stage):
+    """The same kill while a replay runs as fast as the line can go, so that records are in flight
+    between the stages when it comes: still one record per frame, in order, none dropped."""
+    code, err, records = _kill_stage_midway(line, tmp_path, stage, after_records=5, period_ns=1_000_000, repeat=3,
+                                            realtime=False)
+    assert code == 0, err
+    assert f"{stage} exited with -9; restarting" in err
+    assert [r["frame_id"] for r in records] == list(range(30)), [r["frame_id"] for r in records]
+    assert not [r for r in records if r["verdict"] == "DROPPED"]
+    lost = [r for r in records if r["verdict"] == "ERROR" and "not a decodable image" not in r["reason"]]
+    assert all("stitch stage crashed" in r["reason"] for r in lost)
 
 
 def test_killed_source_is_not_restarted_and_what_it_read_is_flushed(line, tmp_path):
@@ -464,8 +480,8 @@ def test_line_maps_coarse_tiles_with_the_coarse_map_network(line, trained_model,
     from engines.artifact import ModelMeta
     from engines.backends import load_backend
     from engines.backends.base import map_coarse_tiles
-    from engines.detector import split_scores
-    from pipeline.vision.tiling import image_score
+    from pipeline.vision.scoring import split_scores
+    from pipeline.vision.scoring import image_score
     from pipeline.processing import Preprocessor, decide
     from pipeline.sources import DirSource
 
@@ -498,8 +514,7 @@ def test_line_maps_coarse_tiles_with_the_coarse_map_network(line, trained_model,
         p = prep(item.frame)
         maps, scores = engine.infer(meta.normalise(p.tiles))
         for out, m in ((right, map_coarse_tiles(engine, p.tiles, maps, p.tile_index >= len(p.grid))), (wrong, maps)):
-            v = decide(m, scores, p.tile_index, p.grid, p.part_mask, p.H, cfg.decision, 0.0, 0.0, p.coarse_grid,
-                       meta.map_rule())
+            v = decide(p.part(m, scores), p.H, cfg.decision, 0.0, 0.0, meta.map_rule())
             out.append(max(d["score"] for d in v.defects))
         fine, coarse = split_scores(scores, int((p.tile_index < len(p.grid)).sum()))
         scores_k.append(v.score)
@@ -524,7 +539,7 @@ def test_memory_positions_score_each_tile_against_its_own_position(line, trained
     from engines.backends import load_backend
     from pipeline.processing import Preprocessor, decide
     from pipeline.sources import DirSource
-    from pipeline.vision.tiling import LinePositions
+    from pipeline.vision.scoring import LinePositions
     from tools import export_model as export_cli
     from tools import simulate_line as simulate_cli
 
@@ -554,11 +569,10 @@ def test_memory_positions_score_each_tile_against_its_own_position(line, trained
         maps, scores = ort.infer(x)
         assert scores.shape == (len(p.tiles), positions.columns)
         assert np.allclose(tch.infer(x)[1], scores, atol=1e-3)
-        args = (p.part_mask, p.H, cfg.decision, meta.pixel_threshold, meta.image_threshold, p.coarse_grid)
+        args = (p.H, cfg.decision, meta.pixel_threshold, meta.image_threshold)
         own = scores[np.arange(len(scores)), 2 + p.tile_index]
-        by_hand = decide(maps, np.stack([own, own], 1), p.tile_index, p.grid, *args,
-                         replace(meta.map_rule(), positions=None)).score
-        assert decide(maps, scores, p.tile_index, p.grid, *args, meta.map_rule()).score == pytest.approx(by_hand)
+        by_hand = decide(p.part(maps, np.stack([own, own], 1)), *args, replace(meta.map_rule(), positions=None)).score
+        assert decide(p.part(maps, scores), *args, meta.map_rule()).score == pytest.approx(by_hand)
         judged += 1
     assert judged >= 4
     # calibrate_line on the same frames: the folder's threshold was set for the shared scores, so the

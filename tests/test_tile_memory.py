@@ -5,8 +5,9 @@ torch = pytest.importorskip("torch")
 
 from engines.artifact import ModelMeta  # noqa: E402
 from engines.backends import load_backend  # noqa: E402
-from engines.detector import Detector, split_scores  # noqa: E402
-from pipeline.vision.tiling import image_score  # noqa: E402
+from engines.detector import Detector  # noqa: E402
+from pipeline.vision.scoring import split_scores
+from pipeline.vision.scoring import image_score  # noqa: E402
 from engines.export import export_model  # noqa: E402
 from engines.quantize import INPUT_BLOCK_SCOPE, float_nodes, output_head_nodes  # noqa: E402
 from engines.tile_memory import (BOTH_SCALES_MAP_SHARE, BOTH_SCALES_SCORE_WEIGHT, COARSE_SCALE, MEMORY_NAMES,  # noqa: E402
@@ -91,7 +92,8 @@ def test_trained_model_carries_memory_through_every_backend(trained_model):
 def test_detector_runs_a_coarse_pass_and_averages_its_strongest_score(trained_model, ok_images):
     """The image score: the mean of the strongest fine and coarse tile scores, half of it replaced
     by the strongest place novel at both scales (the peak of the lower of the two spreads)."""
-    from pipeline.vision.tiling import scaled_tiles, spread_scores, tile_grid
+    from pipeline.vision.tiling import scaled_tiles, tile_grid
+    from pipeline.vision.scoring import spread_scores
 
     detector = Detector(load_backend("onnxruntime", trained_model), overlap=0.25)
     img = ok_images[0]
@@ -141,7 +143,9 @@ def test_detector_adds_the_novelty_shares_to_the_map(trained_model, ok_images, t
     The image score never reads the map."""
     import shutil
 
-    from pipeline.vision.tiling import blur_map, scaled_tiles, spread_scores, tile_grid
+    from pipeline.vision.tiling import scaled_tiles, tile_grid
+
+    from pipeline.vision.scoring import blur_map, spread_scores
 
     img = ok_images[0]
     with_share = Detector(load_backend("onnxruntime", trained_model), overlap=0.25).predict(img)
@@ -173,7 +177,9 @@ def test_detector_adds_the_coarse_map_networks_map(trained_model, coarse_map_mod
     own plus its weight x those maps stitched on the coarse grid; the scores are unchanged."""
     import cv2
 
-    from pipeline.vision.tiling import blur_map, scaled_tiles, stitch
+    from pipeline.vision.tiling import scaled_tiles, stitch
+
+    from pipeline.vision.scoring import blur_map
 
     img = ok_images[1]
     plain = Detector(load_backend("onnxruntime", trained_model), overlap=0.25).predict(img)

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from pipeline.vision.tiling import blend_window, blur_map, downscale, extract_tiles, scaled_shape, stitch, tile_grid
+from pipeline.vision.tiling import blend_window, downscale, extract_tiles, scaled_shape, stitch, tile_grid
+
+from pipeline.vision.scoring import blur_map
 
 
 @pytest.mark.parametrize("h,w", [(300, 270), (128, 128), (100, 260), (129, 500)])
@@ -72,7 +74,8 @@ def test_line_positions_pick_each_tiles_own_column_only_on_their_own_grid():
     """MapRule.line_scores: with a per-position memory fitted on this grid, a tile's score is column
     2 + its tile_index (full-scale positions, then half-scale ones) in both columns; on another grid,
     or with scores of another width, the shared memories' scores are used as they are."""
-    from pipeline.vision.tiling import LinePositions, MapRule, tile_grid
+    from pipeline.vision.tiling import tile_grid
+    from pipeline.vision.scoring import LinePositions, MapRule
 
     fine, coarse = tile_grid(296, 224), tile_grid(148, 112)
     positions = LinePositions(fine, coarse)

@@ -245,7 +245,7 @@ def test_from_model_adds_a_coarse_map_to_a_copy(tmp_path, trained_model, coarse_
 def test_fp16_keeps_the_shipped_models_decisions_on_cpu(ok_images):
     """The fp16 numerics the CUDA path serves, checked where CI runs: torch's CPU fp16 reproduces the
     H100's differences on these images (map 2.41e-2 against 2.36e-2, score 2.18e-3 against 2.21e-3 on
-    the worst one, 2026-11-27), so a change that breaks fp16 fails here, not only on a lent GPU.
+    the worst one, 2026-11-27), so a change that breaks fp16 fails here, not only on a GPU.
     One image, the one fp16 moves most (fp16 convolutions are slow on a CPU)."""
     from tests.fp16_check import assert_fp16_keeps_decisions, shipped_detectors
 

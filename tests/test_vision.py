@@ -9,7 +9,7 @@ from pipeline.vision.belt import belt_mask, fit_belt
 from pipeline.vision.defects import box_iou, find_defects
 from pipeline.vision.locate import locate_silhouette, locate_template, order_corners
 from pipeline.vision.rectify import homography_to_canonical, rectify, to_camera
-from pipeline.vision.tiling import MapRule, NoveltyShare
+from pipeline.vision.scoring import MapRule, NoveltyShare, PartTiles
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_strongest_region_follows_the_smoothed_peak_not_a_lone_sharp_pixel():
 def test_region_score_is_the_part_score_from_that_region_alone(frames, belt):
     """A defect's part_score: the part's score with the map inside the region and the tiles that
     touch it, every other tile as plain as the part's plainest; never above the part's score."""
-    from pipeline.vision.tiling import tiles_touching
+    from pipeline.vision.scoring import tiles_touching
 
     prep = Preprocessor(PreprocessConfig(belt=BeltConfig(**belt.to_config())))
     p = prep(next(f for f in frames if f.truth["verdict"] == "OK").frame)
@@ -128,8 +128,7 @@ def test_region_score_is_the_part_score_from_that_region_alone(frames, belt):
     scores = np.full(len(maps), 0.1, np.float32)
     scores[0] = 0.7
     scores[-1] = 0.5  # a novel tile elsewhere, no map there
-    v = decide(maps, scores, p.tile_index, p.grid, p.part_mask, p.H, DecisionConfig(), 0.5, 0.3,
-               rule=MapRule(map_score_weight=0.5, fine_top_k=2))
+    v = decide(p.part(maps, scores), p.H, DecisionConfig(), 0.5, 0.3, rule=MapRule(map_score_weight=0.5, fine_top_k=2))
     [d] = v.defects
     assert 0.0 < d["part_score"] <= v.score
     region = np.zeros(p.part_mask.shape, bool)
@@ -258,7 +257,7 @@ def test_decide_outlines_defect_through_homography(frames, belt):
         sub = np.zeros((320 + 128, 256 + 128), np.float32)
         sub[150:170, 120:140] = 1.0
         maps[k, 0] = sub[y:y + 128, x:x + 128]
-    v = decide(maps, np.ones(len(maps), np.float32), p.tile_index, p.grid, p.part_mask, p.H, DecisionConfig(), 0.5, 0.5)
+    v = decide(p.part(maps, np.ones(len(maps), np.float32)), p.H, DecisionConfig(), 0.5, 0.5)
     assert v.verdict == "NG" and len(v.defects) == 1
     expected = to_camera(np.array([[120, 150], [140, 170]], np.float32), p.H)
     cx, cy = expected.mean(axis=0)
@@ -271,7 +270,7 @@ def test_decide_smooths_the_map_before_the_threshold(frames, belt):
     threshold and the defects read it: a one-pixel spike that is a defect unsmoothed spreads to
     below the threshold, and the NG part is then outlined at its strongest region, marked as below
     the threshold."""
-    from pipeline.vision.tiling import blur_map
+    from pipeline.vision.scoring import blur_map
 
     prep = Preprocessor(PreprocessConfig(belt=BeltConfig(**belt.to_config())))
     p = prep(next(f for f in frames if f.truth["verdict"] == "OK").frame)
@@ -280,8 +279,7 @@ def test_decide_smooths_the_map_before_the_threshold(frames, belt):
         y, x = p.grid.origins[idx]
         if y <= 160 < y + 128 and x <= 130 < x + 128:
             maps[k, 0, 160 - y, 130 - x] = 1.0
-    args = (maps, np.ones(len(maps), np.float32), p.tile_index, p.grid, p.part_mask, p.H, DecisionConfig(min_defect_area=1),
-            0.5, 0.5)
+    args = (p.part(maps, np.ones(len(maps), np.float32)), p.H, DecisionConfig(min_defect_area=1), 0.5, 0.5)
     sharp, smooth = decide(*args), decide(*args, rule=MapRule(map_blur_sigma=2.0))
     assert sharp.verdict == smooth.verdict == "NG"
     assert float(sharp.anomaly_map.max()) == pytest.approx(1.0) and len(sharp.defects) == 1
@@ -306,10 +304,32 @@ def test_decide_score_follows_the_models_map_weight(frames, belt):
     p = prep(next(f for f in frames if f.truth["verdict"] == "OK").frame)
     maps = np.full((len(p.tiles), 1, 128, 128), 0.9, np.float32)  # a hot map everywhere
     quiet = np.full(len(maps), 0.2, np.float32)
-    args = (maps, quiet, p.tile_index, p.grid, p.part_mask, p.H, DecisionConfig(), 0.5, 0.5)
+    args = (p.part(maps, quiet), p.H, DecisionConfig(), 0.5, 0.5)
     assert decide(*args, rule=MapRule(map_score_weight=0.0)).verdict == "OK"
     assert decide(*args, rule=MapRule(map_score_weight=0.0)).score == pytest.approx(0.2)
     assert decide(*args, rule=MapRule(map_score_weight=0.5)).verdict == "NG"
+
+
+def test_score_part_is_the_score_every_caller_reads(frames, belt):
+    """PartTiles splits a part's tiles by pass; score_part gives the score decide judges by."""
+    from pipeline.vision.scoring import score_part
+
+    both = Preprocessor(PreprocessConfig(belt=BeltConfig(**belt.to_config())), coarse_scale=0.5)(
+        next(f for f in frames if f.truth["verdict"] == "OK").frame)
+    rng = np.random.default_rng(0)
+    maps = rng.uniform(0, 0.3, (len(both.tiles), 1, 128, 128)).astype(np.float32)
+    scores = rng.uniform(0, 1, (len(both.tiles), 2)).astype(np.float32)
+    part = both.part(maps, scores)
+    n = part.n_fine
+    assert 0 < n < len(maps) and (part.fine_positions < len(both.grid)).all()
+    assert np.array_equal(part.coarse_positions, both.tile_index[n:] - len(both.grid))
+    rule = MapRule(0.0, NoveltyShare(both=0.03, score_weight=0.5, spread="min"), coarse_map_weight=0.25,
+                   fine_top_k=2, map_blur_sigma=2.0)
+    cfg = DecisionConfig()
+    scored = score_part(part, rule, cfg.part_erode_px)
+    verdict = decide(part, both.H, cfg, 0.5, 0.0, rule)
+    assert verdict.score == scored.score and np.array_equal(verdict.anomaly_map, scored.anomaly)
+    assert float(scored.anomaly[~scored.inspect].max()) == 0.0
 
 
 def test_coarse_pass_tiles_follow_and_score_without_touching_the_map(frames, belt):
@@ -329,24 +349,23 @@ def test_coarse_pass_tiles_follow_and_score_without_touching_the_map(frames, bel
     scores[:n, 0] = 0.2
     scores[n:, 1] = 0.8
     scores[:n, 1] = scores[n:, 0] = 1.0  # the other column of each pass is ignored
-    v = decide(maps, scores, both.tile_index, both.grid, both.part_mask, both.H, DecisionConfig(), 0.5, 0.6,
-               rule=MapRule(0.0))
+    without_coarse_grid = PartTiles(maps, scores, both.tile_index, both.grid, both.part_mask)
+    v = decide(without_coarse_grid, both.H, DecisionConfig(), 0.5, 0.6, rule=MapRule(0.0))
     assert v.score == pytest.approx(0.5) and v.verdict == "OK" and float(v.anomaly_map.max()) == 0.0
     # With the coarse grid and a share, the coarse scores (0.8) reach the map at that share, on the part only.
-    v = decide(maps, scores, both.tile_index, both.grid, both.part_mask, both.H, DecisionConfig(), 0.5, 0.6,
-               both.coarse_grid, MapRule(0.0, NoveltyShare(coarse=0.1)))
+    v = decide(both.part(maps, scores), both.H, DecisionConfig(), 0.5, 0.6, MapRule(0.0, NoveltyShare(coarse=0.1)))
     assert v.score == pytest.approx(0.5) and float(v.anomaly_map.max()) == pytest.approx(0.08, abs=1e-4)
     assert float(v.anomaly_map[both.part_mask == 0].max()) == 0.0
     # With a coarse map weight, the coarse tiles' own maps (1.0) reach the map at that weight; the
     # score (no map share in it) does not move.
-    v = decide(maps, scores, both.tile_index, both.grid, both.part_mask, both.H, DecisionConfig(), 0.5, 0.6,
-               both.coarse_grid, MapRule(0.0, coarse_map_weight=0.25))
+    v = decide(both.part(maps, scores), both.H, DecisionConfig(), 0.5, 0.6, MapRule(0.0, coarse_map_weight=0.25))
     assert v.score == pytest.approx(0.5) and float(v.anomaly_map.max()) == pytest.approx(0.25, abs=1e-4)
     assert float(v.anomaly_map[both.part_mask == 0].max()) == 0.0
 
 
 def test_add_coarse_map_stitches_the_listed_tiles_and_resizes():
-    from pipeline.vision.tiling import add_coarse_map, tile_grid
+    from pipeline.vision.tiling import tile_grid
+    from pipeline.vision.scoring import add_coarse_map
 
     coarse = tile_grid(64, 128, 64, 0.0)  # a half-size image: two tiles side by side
     base = np.full((128, 256), 0.1, np.float32)
@@ -358,7 +377,8 @@ def test_add_coarse_map_stitches_the_listed_tiles_and_resizes():
 
 
 def test_spread_scores_holds_each_score_over_its_tile():
-    from pipeline.vision.tiling import spread_scores, tile_grid
+    from pipeline.vision.tiling import tile_grid
+    from pipeline.vision.scoring import spread_scores
 
     grid = tile_grid(64, 128, 64, 0.0)  # two tiles side by side
     out = spread_scores(np.array([0.5]), np.array([1]), grid, (128, 256))  # only the right tile, resized x2
@@ -372,7 +392,8 @@ def test_min_spread_marks_only_pixels_that_every_covering_tile_finds_novel():
     """Three overlapping tiles in a row; the middle one and the right one are novel (a defect in
     their shared part). "min" keeps the left tile's pixels, and the middle tile's pixels that the
     left tile also covers, at the low score; "mean" lifts them."""
-    from pipeline.vision.tiling import spread_scores, tile_grid
+    from pipeline.vision.tiling import tile_grid
+    from pipeline.vision.scoring import spread_scores
 
     grid = tile_grid(64, 160, 64, 0.5)  # x origins 0, 32, 64, 96
     assert grid.xs == (0, 32, 64, 96)
@@ -393,7 +414,8 @@ def test_both_scales_share_marks_only_pixels_novel_at_both_scales():
     """NoveltyShare.both adds the lower of the fine and the coarse spread at each pixel: a novel
     fine tile on a familiar coarse tile gains nothing, a familiar fine tile on a novel coarse tile
     gains nothing, only where both are novel does the pixel gain; fine / coarse add their own spread."""
-    from pipeline.vision.tiling import NoveltyShare, spread_scores, tile_grid
+    from pipeline.vision.tiling import tile_grid
+    from pipeline.vision.scoring import NoveltyShare, spread_scores
 
     fine_grid = tile_grid(64, 256, 64, 0.0)  # four fine tiles side by side
     coarse_grid = tile_grid(32, 128, 64, 0.0)  # the image at half size: two coarse tiles, each over two fine ones
@@ -429,7 +451,7 @@ def test_both_scales_share_marks_only_pixels_novel_at_both_scales():
 def test_image_score_averages_the_strongest_full_scale_tiles():
     """fine_top_k: the fine part of the image score is the mean of the k strongest full-scale tile
     scores (all of them when there are fewer), averaged with the strongest coarse one."""
-    from pipeline.vision.tiling import image_score
+    from pipeline.vision.scoring import image_score
 
     fine, coarse, blank = np.array([0.2, 0.9, 0.5], np.float32), np.array([0.4, 0.6], np.float32), np.zeros((4, 4))
     assert image_score(blank, fine, 0.0, coarse) == pytest.approx(0.5 * (0.9 + 0.6))

@@ -23,15 +23,15 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        if not spin:  # its threads sleep between runs instead of spinning on the cores another session needs
+        if not spin:  # its threads sleep between runs instead of spinning on the cores another model needs
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.model_dir / onnx_file), options,
                                             providers=providers or ["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     def coarse_map_options(self, options: dict) -> dict:
-        """The coarse-map network's session does not spin: it runs a few tiles between the main
-        session's runs, and its spinning threads held the cores the main session needed (2 cores,
+        """The coarse-map network's ONNX Runtime session does not spin: it runs a few tiles between
+        the main network's runs, and its spinning threads held the cores the main network needed (2 cores,
         shipped model, development images: 112 ms per image spinning, 87-90 not, 74-77 without
         the coarse-map network; README, "A map made at half scale")."""
         return {**options, "spin": False}

@@ -28,7 +28,8 @@ from pipeline.journal import RECORD_JOURNAL, SOURCE_JOURNAL, STITCH_JOURNAL, Fra
 from pipeline.processing import decide
 from pipeline.stages._common import POLL_MS, Stage, note_progress, read_progress, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, recv, send
-from pipeline.vision.tiling import MapRule, TileGrid
+from pipeline.vision.tiling import TileGrid
+from pipeline.vision.scoring import MapRule, PartTiles
 from pipeline.wire import WireError
 
 # Records kept for a restarted sinks stage: those the dead process had received but not handled,
@@ -71,8 +72,9 @@ def record_from_maps(header: dict, arrays: dict, cfg, pixel_t: float, image_t: f
     grid = TileGrid.from_dict(header["grid"])
     coarse_grid = TileGrid.from_dict(header["coarse_grid"]) if "coarse_grid" in header else None
     H = np.asarray(header["H"], np.float64).reshape(3, 3)
-    v = decide(arrays["maps"].astype(np.float32), arrays["scores"], arrays["tile_index"], grid, arrays["part_mask"],
-               H, cfg.decision, pixel_t, image_t, coarse_grid, rule)
+    part = PartTiles(arrays["maps"].astype(np.float32), arrays["scores"], arrays["tile_index"], grid,
+                     arrays["part_mask"], coarse_grid)
+    v = decide(part, H, cfg.decision, pixel_t, image_t, rule)
     t_done = time.monotonic_ns()
     stage_ms = {"preprocess": (header["t_pre_ns"][1] - header["t_pre_ns"][0]) / 1e6,
                 "queue_to_infer": (header["t_infer_ns"][0] - header["t_pre_ns"][1]) / 1e6,
