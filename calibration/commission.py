@@ -119,7 +119,7 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
                     progress: bool = True) -> Commissioning:
     from calibration.line import calibrate_line, part_scores, write_commented
     from engines.artifact import model_paths
-    from engines.export import export_model
+    from calibration.memories import export_model
     from pipeline.config import load_config
     from pipeline.processing import Preprocessor
     from pipeline.sources import image_files

@@ -7,7 +7,6 @@ so importing this module never needs TensorRT or CUDA.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -89,48 +88,15 @@ def calibration_tiles(folder: str | Path, meta: ModelMeta, max_tiles: int = 512,
     return meta.normalise(all_tiles)
 
 
-def calibration_batches(tiles: np.ndarray, batch: int) -> Iterator[np.ndarray]:
-    for i in range(0, len(tiles) - batch + 1, batch):  # full batches only: TensorRT wants a fixed size
-        yield np.ascontiguousarray(tiles[i:i + batch])
+def quantize_model(model: str | Path, calib: str | Path, out: str | Path, max_tiles: int = 256, batch: int = 16,
+                   method: str = "minmax", target: str = "onnxruntime", line: str | Path | None = None,
+                   input_block_float: bool = True) -> Path:
+    """``engines.quantize.quantize_model`` calibrated on up to ``max_tiles`` tiles of the OK images
+    in ``calib`` (with ``line``, recorded frames of that line, as it rectifies them:
+    :func:`calibration_tiles`)."""
+    from engines.quantize import quantizable, quantize_model as quantize_tiles
 
-
-def int8_cache_path(engine: str | Path, onnx_sha256: str) -> Path:
-    """The calibration cache of an engine, beside it and keyed on the model graph it was made
-    from: a retrained or re-exported model never reads another's scales."""
-    engine = Path(engine)
-    return engine.with_name(f"{engine.stem}.{onnx_sha256[:16]}.int8.cache")
-
-
-def make_entropy_calibrator(tiles: np.ndarray, batch: int, cache_file: Path, cuda, trt=None):
-    """A ``trt.IInt8EntropyCalibrator2`` feeding ``tiles`` through one device buffer of ``cuda``
-    (``engines.cuda_rt``), ``batch`` tiles per call: the batch of the calibration profile.
-
-    The cache is read back on later builds of the same graph, so calibration runs once per model.
-    """
-    if trt is None:
-        import tensorrt as trt
-
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            super().__init__()
-            self.batches = calibration_batches(tiles, batch)
-            self.device_input = cuda.malloc(int(batch * np.prod(tiles.shape[1:]) * 4))
-
-        def get_batch_size(self) -> int:
-            return batch
-
-        def get_batch(self, names):  # noqa: ARG002 - TensorRT passes the input names
-            data = next(self.batches, None)
-            if data is None:
-                return None
-            cuda.htod(self.device_input, data)
-            return [int(self.device_input)]
-
-        def read_calibration_cache(self):
-            return cache_file.read_bytes() if cache_file.is_file() else None
-
-        def write_calibration_cache(self, cache: bytes) -> None:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            cache_file.write_bytes(bytes(cache))
-
-    return EntropyCalibrator()
+    meta = quantizable(model, method, target)
+    tiles = calibration_tiles(calib, meta, max_tiles, line=line)
+    return quantize_tiles(model, tiles, out, batch, method, target, input_block_float,
+                          {"calibration_line": str(line)} if line else None)

@@ -16,7 +16,8 @@ import numpy as np
 from engines.artifact import model_paths
 from engines.backends import load_backend
 from engines.backends.base import map_coarse_tiles
-from pipeline.config import BeltConfig, DecisionConfig, InferenceConfig, LineConfig, PreprocessConfig
+from pipeline.config import (BeltConfig, DecisionConfig, InferenceConfig, LineConfig, PreprocessConfig,
+                             commented_yaml)
 from pipeline.processing import Preprocessor
 from pipeline.vision.scoring import score_part
 from pipeline.sources import DirSource
@@ -149,74 +150,12 @@ def _relative(target: str, yaml_path: Path) -> str:
 
 def write_commented(cfg: LineConfig, path: Path, notes: list[str], n_frames: int, frames_dir: str,
                     tool: str = "calibrate_line") -> Path:
-    p, d, i, src = cfg.preprocess, cfg.decision, cfg.inference, cfg.source
-    model_rel, template_rel = _relative(i.model, path), _relative(p.template, path)
-    belt = p.belt
-    text = f"""# Line config written by {tool} from {n_frames} OK frames in {frames_dir}
-# {chr(10).join('# ' + n for n in notes)[2:]}
-name: {cfg.name}
-
-source:                          # the camera (run_pipeline --source camera0, rtsp://..., video:F, dir:D, replay:SEQ)
-  reconnect_s: {src.reconnect_s}            # reopen a camera that stops delivering for this long, then end the run
-  camera:                        # cameraN
-    width: {src.camera.width}
-    height: {src.camera.height}
-    fps: {src.camera.fps}
-    exposure: {'null' if src.camera.exposure is None else src.camera.exposure}               # camera units; null keeps the camera's own
-    queue: {src.camera.queue}                     # frames waiting for inspection before the oldest is dropped (DROPPED)
-  stream:                        # rtsp:// and http:// cameras
-    transport: {src.stream.transport}               # tcp, or udp (lost packets tear frames)
-    low_latency: {str(src.stream.low_latency).lower()}            # short stream probe: no 2-s backlog of old frames at start
-    read_timeout_s: {src.stream.read_timeout_s}         # a stream silent this long counts as lost
-
-preprocess:
-  camera: {p.camera}                # colour or mono: the kind of frames calibrated; the other kind gets ERROR records
-  mode: {p.mode}                 # silhouette: belt mask -> largest blob -> quadrilateral; template: golden-template match + ECC
-  template: "{template_rel}"
-  canonical_size: {p.canonical_size}   # [width, height] of the rectified part in px
-  min_part_area: {p.min_part_area}      # camera px; a smaller silhouette means no part in view (NO_PART)
-  tile_overlap: {p.tile_overlap}         # 128x128 tiles overlapping by this fraction
-  min_tile_part_fraction: {p.min_tile_part_fraction}  # tiles with less of the part are not inspected
-  belt:                          # Gaussian model of the belt (colour, or brightness and texture), fitted on the frame borders
-    mean: {belt.mean}
-    inv_cov: {belt.inv_cov}
-    max_distance: {belt.max_distance}     # Mahalanobis distance under which a pixel counts as belt
-    features: {belt.features}              # lab (colour) or mono (brightness and texture)
-
-inference:
-  model: "{model_rel}"
-  backend: {i.backend}           # onnxruntime (CPU), onnxruntime-cuda, torch, tensorrt
-  workers: {i.workers}                 # inference processes sharing the load
-  max_batch: {i.max_batch}              # tiles per batch, across frames
-  max_wait_ms: {i.max_wait_ms}           # wait at most this long to fill a batch
-
-decision:
-  image_threshold: {d.image_threshold}    # score at or above which a part is NG
-  pixel_threshold: null          # null: the model's own (model.json)
-  min_defect_area: {d.min_defect_area}          # canonical px; smaller regions are not reported
-  merge_gap_px: {d.merge_gap_px}              # canonical px; regions closer than this are one group, reported where its map is >= half its peak
-  part_erode_px: {d.part_erode_px}             # ignore this many px at the part's outline
-
-sinks:
-  modbus:
-    enabled: false
-    host: 127.0.0.1
-    port: 502
-    unit: 1
-    verdict_coil: 0              # 1 = reject: the verdict is one of reject_verdicts
-    reject_verdicts: [NG, ERROR, DROPPED]   # fail-safe: a part not inspected is rejected too
-    # One block per part, in one write: +0 verdict (1 OK, 2 NG, 3 NO_PART, 4 ERROR, 5 DROPPED),
-    # +1 defect count, +2 missed results since start, +3 sequence (changes last: a new result)
-    result_register: 0
-    heartbeat_register: 4        # increments every heartbeat_s while the line runs
-    heartbeat_s: 1.0
-    max_age_s: 3.0               # a verdict older than this is not written (counted as missed)
-  http:
-    enabled: false
-    url: ""                      # MES endpoint: one JSON POST per part
-    spool_dir: mes_spool         # records wait here while the MES is down
-    headers_env: {{}}              # e.g. {{Authorization: MES_AUTH}}: the value is read from $MES_AUTH
-    ca_bundle: ""                # PEM file of CAs for https (default: the system's)
-"""
-    path.write_text(text)
+    """The line config as YAML with every key explained (``pipeline.config.commented_yaml``), paths
+    relative to the file's folder so that a line folder can move."""
+    header = [f"Line config written by {tool} from {n_frames} OK frames in {frames_dir}", *notes]
+    relative = {"inference.model": _relative(cfg.inference.model, path),
+                "preprocess.template": _relative(cfg.preprocess.template, path),
+                "sinks.http.spool_dir": _relative(cfg.sinks.http.spool_dir, path),
+                "sinks.http.ca_bundle": _relative(cfg.sinks.http.ca_bundle, path)}
+    path.write_text(commented_yaml(cfg, header, relative))
     return path

@@ -25,8 +25,8 @@ MEMORY_SCOPES = tuple(f"/{name}/" for name in ALL_MEMORY_NAMES)
 
 # The Gaussian (sigma, px) that smooths a new folder's finished map (ModelMeta.map_blur_sigma). Of
 # 1, 1.5, 2, 3, 4 and 8 on the shipped model's development split, 1.5 to 2 gave the best AUPRO
-# (0.846 -> 0.856), on both halves of the split; 2 was the best of 1, 2 and 4 on three other folders
-# (README, "Smoothing the map"). Export writes it; a sidecar or --map-blur-sigma may say up to the max.
+# (0.846 -> 0.856), on both halves of the split; 2 was the best of 1, 2 and 4 on three other folders.
+# Export writes it; a sidecar or --map-blur-sigma may say up to the max.
 MAP_BLUR_SIGMA = 2.0
 MAP_BLUR_SIGMA_MAX = 32.0
 

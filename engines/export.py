@@ -6,19 +6,16 @@ import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from engines.artifact import (ALL_MEMORY_NAMES, COARSE_MAP_DIR, MAP_BLUR_SIGMA, MEMORY_SCOPES, META_NAME, ONNX_NAME,
                               POSITION_MEMORY_NAME, ModelMeta, map_blur_sigma_problem, model_paths)
-from engines.data import files_hash, read_image, training_images
-from engines.tile_memory import (COARSE_SCALE, GRAPH_MAP_SHARE, MEMORY_NAMES, NOVELTY_RULE_FIELDS, POSITION_MEMORY_ROWS,
-                                 attach_memories,
-                                 fit_position_memory, line_frame_embeddings, memory_from_line_frames, novelty_rule)
+from engines.tile_memory import COARSE_SCALE, GRAPH_MAP_SHARE, MEMORY_NAMES, NOVELTY_RULE_FIELDS, novelty_rule
 from engines.backends.torch_backend import WEIGHTS_NAME
 from engines.inference_model import build_model, inference_module, load_weights
-from pipeline.vision.rectify import canonical_view
 
 # Weight of the coarse-map network's map added to the fine map (ModelMeta.coarse_map_weight). Fixed
 # at 0.25 before the width-8 networks were trained (on a width-16 half-scale network's map); at it, three width-8 seeds each raised both pixel AUROC and AUPRO on the
@@ -189,29 +186,18 @@ def compact_state(model: torch.nn.Module) -> dict:
 
 
 def export_model(source: str | Path | list[str | Path], out: str | Path, opset: int = 17,
-                 thresholds: tuple[float, float] | None = None, memory_data: str | Path | None = None,
-                 memory_line: str | Path | None = None, progress: bool = True,
-                 memory_canonical: str | Path | None = None, coarse_map: str | Path | None = None,
-                 coarse_map_weight: float = COARSE_NET_MAP_WEIGHT, memory_frames: str | Path | None = None,
-                 memory_positions: bool = False, memory_position_rows: int | None = None) -> Path:
+                 thresholds: tuple[float, float] | None = None, progress: bool = True,
+                 coarse_map: str | Path | None = None, coarse_map_weight: float = COARSE_NET_MAP_WEIGHT,
+                 memories: Callable[[torch.nn.Module, dict], tuple[dict, dict]] | None = None) -> Path:
     """Write ``out/model.onnx``, ``out/model.pt`` and ``out/model.json``; return ``out``.
 
-    ``source`` is a training checkpoint (``train``'s ``last.pt``) or an exported model folder; a
-    folder keeps its thresholds, its coarse-map network and that network's weight (unless
-    ``coarse_map`` gives another). ``memory_data`` (OK images, or an MVTec-style folder's
-    ``train/good``) fits new tile memories before export, for checkpoints trained without one or to
-    refit them on other OK images. With ``memory_line`` (a line config), the images are camera
-    frames of OK parts and go through that line's preprocessing first, so the memory holds tiles as
-    the line sees them. With ``memory_canonical`` (a line config) the images are part images like
-    the training ones, and the memories are fitted on each image as it is *and* as that line will
-    rectify it (turned and warped to its canonical part size, ``canonical_view``): the line's
-    geometry without recorded frames, while images at their own size (``evaluate``) keep their
-    match. ``memory_frames`` (with ``memory_canonical``): camera frames of OK parts on that line,
-    whose tiles, as the line preprocesses them, are pooled with the images' (README, "Train on your
-    own OK images"). ``memory_positions`` (with ``memory_canonical`` and ``memory_frames``): also fit
-    a memory per position of that line's tile grids on the same images' canonical views and frames
-    (``tile_memory.PositionMemory``; README, "A memory per tile position"). ``coarse_map``: a run's
-    checkpoint to add as the coarse-map network (:func:`add_coarse_map_net`)."""
+    ``source`` is a training checkpoint (``train``'s ``last.pt``), several (their weights
+    averaged), or an exported model folder; a folder keeps its thresholds, its coarse-map network
+    and that network's weight (unless ``coarse_map`` gives another), and its memories unless
+    ``memories`` refits them: ``memories(model, config)`` fits the model's tile memories and returns
+    what the sidecar records of them and a line's grids (``calibration.memories.fit_memories``, which
+    ``calibration.memories.export_model`` passes). ``coarse_map``: a run's checkpoint to add as the
+    coarse-map network (:func:`add_coarse_map_net`)."""
     folder = not isinstance(source, (list, tuple)) and Path(source).is_dir()
     model, state = load_model_folder(source) if folder else load_checkpoint(source)
     source_meta: ModelMeta | None = state.get("meta")  # a model folder's sidecar; None for a checkpoint
@@ -219,57 +205,10 @@ def export_model(source: str | Path | list[str | Path], out: str | Path, opset: 
     cfg = state["config"]
     if cfg.get("init_command"):  # a fine-tune: how the weights it started from were trained
         extra["init_training_command"] = cfg["init_command"]
-    if memory_line is not None and memory_data is None:
-        raise ValueError("--memory-line needs --memory-data: a folder of camera frames of OK parts on that line")
-    if memory_canonical is not None and (memory_data is None or memory_line is not None):
-        raise ValueError("--memory-canonical needs --memory-data (OK part images such as train/good) and "
-                         "cannot be combined with --memory-line (camera frames already have the line's geometry)")
-    if memory_position_rows is not None and (not memory_positions or memory_position_rows < 1):
-        raise ValueError(f"--memory-position-rows {memory_position_rows}: give a whole number of at least 1, "
-                         "with --memory-positions")
-    if memory_positions and (memory_canonical is None or memory_frames is None):
-        raise ValueError("--memory-positions fits a memory per tile position of one line: give --memory-data OK_IMAGES "
-                         "--memory-canonical LINE.yaml --memory-frames OK_FRAMES with it")
-    if memory_frames is not None and memory_canonical is None:
-        raise ValueError("--memory-frames adds OK line frames to the fit on part images: give --memory-data "
-                         "OK_IMAGES --memory-canonical LINE.yaml with it (for frames alone: --memory-data FRAMES "
-                         "--memory-line LINE.yaml)")
     line_grids: dict = {}
-    if memory_data is not None:
-        model.position_memory = None  # fitted on the memories it replaces, if the source had one
-        if cfg["arch"] != "tiny_unet":
-            raise ValueError(f"--memory-data: only a tiny_unet has a tile memory, {source} is {cfg['arch']}")
-        files = training_images(memory_data)
-        meta = ModelMeta(arch=cfg["arch"], width=cfg["width"], in_channels=cfg["channels"])
-        if memory_line is not None:
-            model.memory, model.coarse_memory, used = memory_from_line_frames(model, files, memory_line, meta,
-                                                                              progress=progress)
-            extra.update(memory_line=str(memory_line), memory_frames=used)
-        else:
-            images = [read_image(f, cfg["channels"]) for f in files]
-            part_images = images
-            part_ids, pooled = None, None
-            if memory_canonical is not None:
-                wh = canonical_size(memory_canonical)
-                # Both views of one image are one part: calibration measures each against other parts.
-                part_ids = list(range(len(images))) * 2
-                images = images + [canonical_view(img, wh) for img in images]
-                extra.update(memory_canonical=str(memory_canonical), memory_canonical_size=list(wh))
-            if memory_frames is not None:
-                frame_files = training_images(memory_frames)
-                pooled = line_frame_embeddings(model, frame_files, memory_canonical, meta, progress=progress)
-                extra.update(memory_line_frames=str(memory_frames), memory_line_frames_used=pooled.frames,
-                             memory_line_frames_hash=files_hash(frame_files))
-            fitted: dict | None = {} if memory_positions else None
-            attach_memories(model, images, meta, progress=progress, part_ids=part_ids, pooled=pooled, fitted=fitted)
-            if memory_positions:
-                model.position_memory, line_grids = fit_position_memory(
-                    model, fitted, part_images, [f.name for f in files], frame_files, pooled, memory_canonical, meta,
-                    rows=memory_position_rows)
-                extra["memory_positions_rows"] = memory_position_rows or POSITION_MEMORY_ROWS
-                extra["memory_positions_extra_rows"] = int(model.position_memory.fine_extra.shape[0]
-                                                           + model.position_memory.coarse_extra.shape[0])
-        extra.update(memory_data=str(memory_data), memory_data_hash=files_hash(files))
+    if memories is not None:
+        memory_extra, line_grids = memories(model, cfg)
+        extra.update(memory_extra)
     elif source_meta is not None:  # memories as they were: so is their provenance
         extra.update({k: v for k, v in source_meta.extra.items() if k.startswith("memory_")})
         if getattr(model, "position_memory", None) is not None:
@@ -314,7 +253,7 @@ def add_coarse_map_net(model_dir: str | Path, checkpoint: str | Path, weight: fl
     ``train --image-scale 0.5``), without its tile memories, as the model folder
     ``model_dir/coarse_map/``, and set ``coarse_map_weight`` in ``model_dir``'s sidecar. The
     backends then run it on the coarse pass's tiles only, and its maps, stitched on the coarse grid,
-    are added to the defect map at that weight (README, "A map made at half scale"). Returns the
+    are added to the defect map at that weight. Returns the
     new folder."""
     model_dir = Path(model_dir)
     meta = ModelMeta.load(model_dir)
@@ -336,14 +275,6 @@ def add_coarse_map_net(model_dir: str | Path, checkpoint: str | Path, weight: fl
                            map_blur_sigma=0.0)  # its tile maps are read, not a finished map
     replace(meta, coarse_map_weight=weight).save(model_dir)
     return folder
-
-
-def canonical_size(line_config: str | Path) -> tuple[int, int]:
-    """``preprocess.canonical_size`` of a line config, as ``(width, height)``."""
-    from pipeline.config import load_config
-
-    w, h = load_config(line_config).preprocess.canonical_size
-    return int(w), int(h)
 
 
 def export_untrained(arch: str, width: int, channels: int, out: str | Path, seed: int = 0) -> Path:

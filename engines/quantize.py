@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.int8 import calibration_batches, calibration_tiles
-from engines.artifact import COARSE_MAP_DIR, ONNX_NAME, model_paths
+from engines.artifact import COARSE_MAP_DIR, ONNX_NAME, ModelMeta, model_paths
+from engines.int8_calibrator import calibration_batches
 
 QUANT_TARGETS = ("onnxruntime", "tensorrt")
 
@@ -74,27 +74,37 @@ def output_head_nodes(onnx_path: Path) -> list[str]:
     return names
 
 
-def quantize_model(model: str | Path, calib: str | Path, out: str | Path, max_tiles: int = 256,
-                   batch: int = 16, method: str = "minmax", target: str = "onnxruntime",
-                   line: str | Path | None = None, input_block_float: bool = True) -> Path:
-    """Write the int8 folder ``out`` of the fp32 folder ``model``, calibrated on up to ``max_tiles``
-    tiles of the OK images in ``calib`` (with ``line``, recorded frames of that line, as it
-    rectifies them: :func:`calibration.int8.calibration_tiles`). ``input_block_float=False`` puts
-    the first block in 8 bits too: faster, and the map moves further from fp32."""
+def quantizable(model: str | Path, method: str = "minmax", target: str = "onnxruntime") -> ModelMeta:
+    """The sidecar of an fp32 model folder that can be quantised with ``method`` for ``target``;
+    otherwise an error naming the fix."""
+    _, meta = model_paths(model)
+    if meta.precision != "fp32":
+        raise ValueError(f"{model}: already {meta.precision}; quantise the fp32 model folder")
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"--method {method!r}; valid: {list(CALIBRATION_METHODS)}")
+    if target not in QUANT_TARGETS:
+        raise ValueError(f"--target {target!r}; valid: {QUANT_TARGETS}")
+    return meta
+
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+def quantize_model(model: str | Path, tiles: np.ndarray, out: str | Path, batch: int = 16, method: str = "minmax",
+                   target: str = "onnxruntime", input_block_float: bool = True,
+                   provenance: dict | None = None) -> Path:
+    """Write the int8 folder ``out`` of the fp32 folder ``model``, calibrated on ``tiles``
+    (normalised ``(N, C, T, T)`` float32, ``calibration.int8.calibration_tiles``).
+    ``input_block_float=False`` puts the first block in 8 bits too: faster, and the map moves
+    further from fp32. ``provenance``: more sidecar entries saying where the tiles came from."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quant_pre_process, quantize_static)
 
-    onnx_path, meta = model_paths(model)
-    if meta.precision != "fp32":
-        raise ValueError(f"{model}: already {meta.precision}; quantise the fp32 model folder")
+    meta = quantizable(model, method, target)
+    onnx_path, _ = model_paths(model)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    if method not in methods:
-        raise ValueError(f"--method {method!r}; valid: {sorted(methods)}")
-    if target not in QUANT_TARGETS:
-        raise ValueError(f"--target {target!r}; valid: {QUANT_TARGETS}")
     symmetric = target == "tensorrt"
-    tiles = calibration_tiles(calib, meta, max_tiles, line=line)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -121,8 +131,7 @@ def quantize_model(model: str | Path, calib: str | Path, out: str | Path, max_ti
         shutil.copytree(Path(model) / COARSE_MAP_DIR, out / COARSE_MAP_DIR, dirs_exist_ok=True)
     extra = {**meta.extra, "quantized_from": str(Path(model)), "calibration_tiles": int(len(tiles)),
              "calibration_method": method, "quantization_target": target,
-             "input_block_float": bool(input_block_float),
-             **({"calibration_line": str(line)} if line else {})}
+             "input_block_float": bool(input_block_float), **(provenance or {})}
     replace(meta, precision="int8", extra=extra).save(out)
     return out
 

@@ -114,8 +114,8 @@ def border_blob(image: np.ndarray, rng: np.random.Generator, strength: float = 0
     """A small blob (blowhole, radius 2-8 px) touching one side of the crop or at most about 15 px
     from it, mostly dark. Real blowholes near a part's border sit in the outermost pixels of the inference tile that holds
     them; ``bezier_blob`` keeps its centre a tenth of the crop inside, so training never shows one
-    there, and the network's map marks them less surely than inner ones (README, "Blowholes at the
-    border"). A side that lies on an image border (``edge_sides``) is taken when there is one."""
+    there, and the network's map marks them less surely than inner ones. A side that lies on an
+    image border (``edge_sides``) is taken when there is one."""
     h, w = image.shape[:2]
     side = str(rng.choice(list(edge_sides) or ["top", "bottom", "left", "right"]))
     radius = float(rng.uniform(2.0, 8.0))
@@ -492,16 +492,16 @@ GENERATORS: dict[str, Generator] = {
 
 # What training draws from unless told otherwise (``train --generators``): the shipped model's mix.
 # ``uneven`` is listed three times, so a quarter of the synthetic defects are large regions of uneven
-# finish: with it the map outlines real uneven regions (README, "What the uneven-finish generator buys").
+# finish: with it the map outlines real uneven regions.
 # ``uneven_step`` is not in it: in place of two of those it raised pixel AUROC by 0.006-0.012 over two
-# seeds and lowered crack AUPRO (README, "A straight-edged uneven band"), and in decoder fine-tunes it
+# seeds and lowered crack AUPRO, and in decoder fine-tunes it
 # did nothing. At half scale, where a tile spans the part's height, it is what the shipped coarse-map
-# network draws (in place of two ``uneven``): pixel AUROC 0.928 -> 0.953 over the split, on two seeds
-# (README, "Straight-edged bands at half scale"). ``grain_crack`` is not in it
+# network draws (in place of two ``uneven``): pixel AUROC 0.928 -> 0.953 over the split, on two seeds.
+# ``grain_crack`` is not in it
 # either: added to this mix in fine-tunes of the shipped weights it raised AUPRO by 0.021 / 0.026 over
-# two seeds, but from scratch it has not been measured (README, "Cracks along the grain"). ``border_blob``
+# two seeds, but from scratch it has not been measured. ``border_blob``
 # is not in it: it was drawn only in the shipped decoder's last fine-tune (3 of 15 draws, 500 steps, encoder frozen);
-# from scratch it has not been measured (README, "Blowholes at the border").
+# from scratch it has not been measured.
 DEFAULT_GENERATORS: tuple[str, ...] = ("bezier_blob", "bezier_scratch", "elastic", "gradient", "point_cloud",
                                        "perlin", "cutpaste", "edge_chip", "uneven", "uneven", "uneven")
 

@@ -121,12 +121,13 @@ def int8_route(meta_precision: str, quant_target: str | None, has_calibrator_api
 
 
 def build_engine(model: str | Path, out: str | Path, precision: str = "fp16", max_batch: int = 256,
-                 opt_batch: int | None = None, calib_dir: str | Path | None = None,
+                 opt_batch: int | None = None, calib_tiles=None,
                  timing_cache: str | Path | None = None, workspace_gib: float = 4.0, trt=None, cuda=None) -> Path:
     """Build ``out`` (a serialised engine) and its ``.json`` sidecar from the model folder ``model``.
     ``trt`` (the TensorRT module) and ``cuda`` (a callable returning the CUDA runtime wrapper)
     default to the installed TensorRT and :func:`open_cuda`; tests pass stand-ins built from a
-    recorded API description."""
+    recorded API description. ``calib_tiles``: normalised OK tiles for implicit INT8 calibration
+    (``calibration.int8.calibration_tiles``), not needed once the engine's calibration cache exists."""
     import numpy as np
 
     from engines.tensorrt_api import TrtApi, network_creation_flags, plan_build
@@ -150,10 +151,10 @@ def build_engine(model: str | Path, out: str | Path, precision: str = "fp16", ma
     onnx_sha = sha256_file(onnx_path)
     out = Path(out)
     if plan.route == "implicit":
-        from calibration.int8 import int8_cache_path
+        from engines.int8_calibrator import int8_cache_path
 
         int8_cache = int8_cache_path(out, onnx_sha)
-        if calib_dir is None and not int8_cache.is_file():
+        if calib_tiles is None and not int8_cache.is_file():
             raise ValueError(f"--precision int8 needs --calib DIR of OK images (or the calibration cache {int8_cache})")
     rt = (cuda or open_cuda)()
     try:
@@ -188,13 +189,13 @@ def build_engine(model: str | Path, out: str | Path, precision: str = "fp16", ma
             pin_memory_layers_fp32(network, trt)
         int8_cache_name = ""
         if plan.route == "implicit":
-            from calibration.int8 import calibration_tiles, make_entropy_calibrator
+            from engines.int8_calibrator import make_entropy_calibrator
 
             # calibration runs at the calibration profile's opt shape: the calibrator's own batch
             calib_batch = min(32, max_batch)
             calib_profile = builder.create_optimization_profile()
             calib_profile.set_shape(input_name, *[(calib_batch, *chw)] * 3)
-            tiles = calibration_tiles(calib_dir, meta) if calib_dir else np.zeros((0, *chw), np.float32)
+            tiles = calib_tiles if calib_tiles is not None else np.zeros((0, *chw), np.float32)
             config.int8_calibrator = make_entropy_calibrator(tiles, calib_batch, int8_cache, rt, trt)
             config.set_calibration_profile(calib_profile)
             int8_cache_name = str(int8_cache)

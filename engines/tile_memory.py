@@ -26,8 +26,7 @@ TensorRT serve it with no extra code, and no pretrained weights are used.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -36,13 +35,14 @@ from torch import nn
 from tqdm import tqdm
 
 from engines.artifact import MEMORY_NAMES, ModelMeta  # noqa: F401  (MEMORY_NAMES re-exported)
-from pipeline.vision.tiling import tiles_at_scale
+from pipeline.vision.scoring import LinePositions
+from pipeline.vision.tiling import TileGrid, scaled_shape, tile_grid, tiles_at_scale
 
 MEMORY_OVERLAP = 0.25     # the tiling overlap of inference, so the memory sees the same tile positions
 MEMORY_MAX_TILES = 4096   # bank rows kept: on magnetic tile, 4096 of 8955 ranked images as well as all
 COARSE_SCALE = 0.5         # image scale of the coarse pass
 COARSE_MAX_TILES = 2048    # 2512 coarse training tiles on magnetic tile; 2048 ranked as well as all
-# A memory refitted on line frames needs many of them: on the simulated line (README), 100 frames
+# A memory refitted on line frames needs many of them: on the simulated line, 100 frames
 # ranked parts worse at 5 % false alarms than the memories fitted on the training images (NG recall
 # 0.70 against 0.73), 200 about as well (0.72), 465 better (0.85). Fewer frames than this get a
 # warning from export_model.
@@ -70,7 +70,7 @@ BOTH_SCALES_MAP_SHARE = 0.03
 # scales rarely lie in one place. On the shipped folder: development split image AUROC 0.976 ->
 # 0.980, NG recall at <= 5 % false alarms 0.862 -> 0.878; on the simulated line 0.875 -> 0.912 over
 # the eight sequences it was chosen on and 0.846 -> 0.888 over four made after the choice; on three
-# other folders image AUROC +0.003..0.007 (README, "Both scales must agree").
+# other folders image AUROC +0.003..0.007.
 BOTH_SCALES_SCORE_WEIGHT = 0.5
 # Spread as the minimum over the tiles covering a pixel, not their weighted mean: on the shipped
 # weights pixel AUROC 0.817 -> 0.830, AUPRO 0.757 -> 0.780, the same on both halves of the split and
@@ -80,7 +80,7 @@ NOVELTY_SPREAD = "min"
 # (ModelMeta.fine_top_k): a defect shows in every overlapping tile that holds it, a good part's odd
 # tile is often alone. On the shipped folder NG recall at <= 5 % false alarms on the simulated line
 # 0.84 -> 0.88 over six sequences, higher for each of the five memory sets tried; the development
-# split within 0.001 (README, "How the parts were chosen"). One memory keeps the strongest tile.
+# split within 0.001. One memory keeps the strongest tile.
 FINE_TOP_K = 2
 # In-graph share (TileMemory.blend): models exported before fine_map_share existed blended 0.01 of the fine
 # novelty into each tile's map; export now sets it to 0 and the share above is added outside.
@@ -171,10 +171,11 @@ def nearest_distance(query: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray, e
     return np.sqrt(np.maximum(d2.min(1), 0.0))
 
 
-def fit_projection(embeddings: np.ndarray, sqrt: bool = True, whiten: bool = True
+def fit_projection(embeddings: np.ndarray, sqrt: bool = True, whiten: bool = True, shrink: float = WHITEN_SHRINK
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(mean, std, whitening matrix, projected embeddings float32)`` of :meth:`TileMemory.project`
-    fitted on ``(M, D)`` OK embeddings. ``sqrt``/``whiten`` off (identity matrix) exist for studies."""
+    fitted on ``(M, D)`` OK embeddings. ``sqrt``/``whiten`` off (identity matrix) and another eigenvalue
+    ``shrink`` exist for studies."""
     emb = embeddings.astype(np.float64)
     if sqrt:
         emb = np.sqrt(np.maximum(emb, 0.0))
@@ -183,7 +184,7 @@ def fit_projection(embeddings: np.ndarray, sqrt: bool = True, whiten: bool = Tru
     matrix = np.eye(z.shape[1])
     if whiten:
         eigval, eigvec = np.linalg.eigh(np.cov(z, rowvar=False))
-        eigval = np.maximum((1.0 - WHITEN_SHRINK) * eigval + WHITEN_SHRINK * max(float(eigval.mean()), 1e-6), 1e-6)
+        eigval = np.maximum((1.0 - shrink) * eigval + shrink * max(float(eigval.mean()), 1e-6), 1e-6)
         matrix = eigvec / np.sqrt(eigval)
     return mean, std, matrix, (z @ matrix).astype(np.float32)
 
@@ -204,11 +205,12 @@ def center_and_scale(distances: np.ndarray) -> tuple[float, float]:
     return float(qhi), float(max(qhi - q50, 1e-3))
 
 
-def fit_memory(embeddings: np.ndarray, image_ids: np.ndarray, max_tiles: int = MEMORY_MAX_TILES) -> TileMemory:
+def fit_memory(embeddings: np.ndarray, image_ids: np.ndarray, max_tiles: int = MEMORY_MAX_TILES,
+               whiten_shrink: float = WHITEN_SHRINK) -> TileMemory:
     """Build the memory from ``(M, D)`` training-tile embeddings and the image each tile came from."""
     if len(embeddings) < 2 or len(np.unique(image_ids)) < 2:
         raise ValueError("the tile memory needs tiles from at least two OK images")
-    mean, std, whiten, z = fit_projection(embeddings)
+    mean, std, whiten, z = fit_projection(embeddings, shrink=whiten_shrink)
     center, scale = calibrate(z, image_ids)  # against the full set, before thinning
     keep = k_center(z, max_tiles)
     memory = TileMemory(z.shape[1], len(keep))
@@ -272,7 +274,7 @@ def memory_from_images(model: nn.Module, images: Sequence[np.ndarray], meta: Mod
 
 def attach_memories(model: nn.Module, images: Sequence[np.ndarray], meta: ModelMeta, progress: bool = True,
                     part_ids: Sequence[int] | None = None, pooled: LineFrameEmbeddings | None = None,
-                    fitted: dict | None = None) -> nn.Module:
+                    fitted: dict | None = None, whiten_shrink: float = WHITEN_SHRINK) -> nn.Module:
     """Fit the fine and the coarse tile memory on uint8 OK images (``part_ids``: see
     :func:`memory_from_images`) and attach both to ``model``. ``pooled``: tiles of OK line frames
     (:func:`line_frame_embeddings`) fitted together with the images' tiles, each frame its own part."""
@@ -285,7 +287,7 @@ def attach_memories(model: nn.Module, images: Sequence[np.ndarray], meta: ModelM
             frame_embeddings, frame_ids = pooled.fine if scale == 1.0 else pooled.coarse
             embeddings = np.concatenate([embeddings, frame_embeddings])
             image_ids = np.concatenate([image_ids, frame_ids + first_frame_id])
-        setattr(model, name, fit_memory(embeddings, image_ids, max_tiles).to(device))
+        setattr(model, name, fit_memory(embeddings, image_ids, max_tiles, whiten_shrink).to(device))
         if fitted is not None:  # what fit_position_memory builds on: every embedding and the kept rows
             fitted[name] = (embeddings, getattr(model, name).kept_rows)
     return model
@@ -302,54 +304,40 @@ class LineFrameEmbeddings:
     positions: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def line_frame_embeddings(model: nn.Module, frames: Sequence[Path], line_config: str | Path, meta: ModelMeta,
-                          progress: bool = True) -> LineFrameEmbeddings:
-    """Put each camera frame of an OK part through the line's preprocessing (part location,
-    rectification, tiling at both scales) and embed the tiles the line will send. Frames where no
-    part is found are skipped; none at all, or no coarse tile, is an error naming the fix."""
-    from pipeline.config import load_config
-    from pipeline.processing import Preprocessor
-    from pipeline.sources import _decode
-
-    prep = Preprocessor.for_model(load_config(line_config).preprocess, replace(meta, coarse_scale=COARSE_SCALE))
+def frame_tile_embeddings(model: nn.Module, frame_tiles: Iterable[tuple[np.ndarray, np.ndarray, int] | None],
+                          meta: ModelMeta, source: str, n_frames: int, progress: bool = True) -> LineFrameEmbeddings:
+    """Embed the tiles of OK camera frames as a line preprocessed them: ``frame_tiles`` gives, per
+    frame, ``(tiles, tile_index, len(grid))`` (coarse tiles follow the fine ones, indexed after the
+    grid's positions) or None where no part was found (skipped); ``calibration.memories`` makes
+    them. ``source`` names the line in errors; none at all, or no coarse tile, is an error naming
+    the fix."""
     fine_pos: list[np.ndarray] = []
     coarse_pos: list[np.ndarray] = []
 
     def tiles_per_frame() -> Iterator[tuple[np.ndarray, int]]:
-        for frame_id, path in enumerate(tqdm(frames, desc="tile memory (line)", unit="frame", disable=not progress)):
-            frame, reason = _decode(Path(path))
-            if frame is None:
-                raise ValueError(f"{path}: {reason}; --memory-line and --memory-frames take camera frames of OK parts "
-                                 "on the line")
-            prepared = prep(frame)
-            if prepared.verdict is None:
-                # The coarse tiles follow the fine ones; an id of -1 - frame marks them apart.
-                coarse = prepared.tile_index >= len(prepared.grid)
-                fine_pos.append(prepared.tile_index[~coarse])
-                yield prepared.tiles[~coarse], frame_id
-                if coarse.any():
-                    coarse_pos.append(prepared.tile_index[coarse] - len(prepared.grid))
-                    yield prepared.tiles[coarse], -1 - frame_id
+        for frame_id, item in enumerate(tqdm(frame_tiles, total=n_frames, desc="tile memory (line)", unit="frame",
+                                             disable=not progress)):
+            if item is None:
+                continue
+            tiles, tile_index, n_grid = item
+            # The coarse tiles follow the fine ones; an id of -1 - frame marks them apart.
+            coarse = tile_index >= n_grid
+            fine_pos.append(tile_index[~coarse])
+            yield tiles[~coarse], frame_id
+            if coarse.any():
+                coarse_pos.append(tile_index[coarse] - n_grid)
+                yield tiles[coarse], -1 - frame_id
 
     embeddings, ids = collect_embeddings(model, tiles_per_frame(), meta)
     if not len(ids):
-        raise ValueError(f"{line_config}: the line found no part in any of the {len(frames)} frames; "
+        raise ValueError(f"{source}: the line found no part in any of the {n_frames} frames; "
                          "check that they show OK parts on this line's belt")
     fine = ids >= 0
     if fine.all():
-        raise ValueError(f"{line_config}: no frame gave a coarse tile with enough part "
+        raise ValueError(f"{source}: no frame gave a coarse tile with enough part "
                          "(preprocess.min_tile_part_fraction); the part is too small for a coarse pass")
     return LineFrameEmbeddings((embeddings[fine], ids[fine]), (embeddings[~fine], -1 - ids[~fine]),
                                len(np.unique(ids[fine])), (np.concatenate(fine_pos), np.concatenate(coarse_pos)))
-
-
-def memory_from_line_frames(model: nn.Module, frames: Sequence[Path], line_config: str | Path, meta: ModelMeta,
-                            progress: bool = True) -> tuple[TileMemory, TileMemory, int]:
-    """Fit the fine and the coarse memory on camera frames of OK parts alone, as a line sees them
-    (:func:`line_frame_embeddings`). Returns the fine memory, the coarse memory and the number of
-    frames used."""
-    emb = line_frame_embeddings(model, frames, line_config, meta, progress)
-    return fit_memory(*emb.fine), fit_memory(*emb.coarse, COARSE_MAX_TILES), emb.frames
 
 
 def attach_memory_from_state(model: nn.Module, state: dict, source: str = "state") -> dict:
@@ -378,8 +366,7 @@ def attach_memory_from_state(model: nn.Module, state: dict, source: str = "state
 # alarms, study over sequences 7-22 / 23-30: every OK tile as the bank 0.985 / 0.968, topped up to 480
 # 0.983 / 0.976, to 512 0.977 / 0.976, the shared rows alone (230-408) 0.914 / 0.903, 256 rows by
 # k-centre alone 0.923 (the shared memories: 0.899 / 0.885; research/position_memory.py). Only the
-# extra rows are stored: about 1,200 on the demo line, 1.2 MB in model.onnx and model.pt together
-# (README, "A memory per tile position").
+# extra rows are stored: about 1,200 on the demo line, 1.2 MB in model.onnx and model.pt together.
 POSITION_MEMORY_ROWS = 480
 _MASKED = 1e6  # added to the squared distance of rows of other positions: never the nearest
 
@@ -475,51 +462,31 @@ def top_up_rows(z: np.ndarray, positions: np.ndarray, parts: np.ndarray, kept: n
         np.array(scales, np.float32)
 
 
-def frame_parts(frames: Sequence[Path]) -> list[str]:
-    """Which part each camera frame shows: the ``source_image`` that a simulated sequence's
-    ``truth.jsonl`` names beside it (frames of one part are one part to the calibration), else the
-    frame's own name."""
-    import json
-
-    names: dict[str, str] = {}
-    for truth in {Path(f).parent / "truth.jsonl" for f in frames}:
-        if truth.is_file():
-            for line in truth.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    names[str(truth.parent / row["file"])] = str(row.get("source_image") or row["file"])
-    return [names.get(str(Path(f)), Path(f).name) for f in frames]
-
-
 def fit_position_memory(model: nn.Module, fitted: dict, images: Sequence[np.ndarray], image_names: Sequence[str],
-                        frames: Sequence[Path], pooled: LineFrameEmbeddings, line_config: str | Path, meta: ModelMeta,
-                        rows: int | None = None) -> tuple[PositionMemory, dict]:
-    """Fit a :class:`PositionMemory` for the line of ``line_config`` on what the shared memories were
+                        frame_part_names: Sequence[str], pooled: LineFrameEmbeddings, grid: TileGrid,
+                        coarse_grid: TileGrid, meta: ModelMeta, rows: int | None = None) -> tuple[PositionMemory, dict]:
+    """Fit a :class:`PositionMemory` for a line's tile grids (``grid``, and ``coarse_grid`` for the
+    coarse pass) on what the shared memories were
     just fitted on (``attach_memories(..., fitted=...)``): the OK images as they are (no position), the
     same images as that line rectifies them (``canonical_view``: every position, in grid order) and
     the OK frames as it preprocesses them (``pooled``, with their tiles' positions). A frame and the
-    image it shows are one part (:func:`frame_parts`). Returns the memory and the grids
-    (``ModelMeta.line_grids``)."""
-    from pipeline.config import load_config
-    from pipeline.processing import Preprocessor
-    from pipeline.vision.tiling import scaled_shape, tile_grid
-    from pipeline.vision.scoring import LinePositions
+    image it shows are one part (``frame_part_names``: each frame's part, named as the images are,
+    ``calibration.memories.frame_parts``). Returns the memory and the grids (``ModelMeta.line_grids``)."""
 
     rows = POSITION_MEMORY_ROWS if rows is None else rows
     if getattr(model, "memory", None) is None or getattr(model, "coarse_memory", None) is None:
         raise ValueError("--memory-positions needs both shared tile memories (fine and coarse) in the model")
-    prep = Preprocessor.for_model(load_config(line_config).preprocess, replace(meta, coarse_scale=COARSE_SCALE))
     index = {name: i for i, name in enumerate(image_names)}
-    frame_part = np.array([index.get(name, -1 - k) for k, name in enumerate(frame_parts(frames))])
+    frame_part = np.array([index.get(name, -1 - k) for k, name in enumerate(frame_part_names)])
     layouts = []
-    for name, scale, grid, frame_emb, frame_pos in (
-            ("memory", 1.0, prep.grid, pooled.fine, pooled.positions[0]),
-            ("coarse_memory", COARSE_SCALE, prep.coarse_grid, pooled.coarse, pooled.positions[1])):
+    for name, scale, scale_grid, frame_emb, frame_pos in (
+            ("memory", 1.0, grid, pooled.fine, pooled.positions[0]),
+            ("coarse_memory", COARSE_SCALE, coarse_grid, pooled.coarse, pooled.positions[1])):
         embeddings, kept = fitted[name]
         counts = [len(tile_grid(*scaled_shape(img.shape[0], img.shape[1], scale), meta.tile_size, MEMORY_OVERLAP))
                   for img in images]
-        positions = np.concatenate([np.full(sum(counts), -1)] + [np.arange(len(grid))] * len(images) + [frame_pos])
-        parts = np.concatenate([np.repeat(np.arange(len(images)), counts), np.repeat(np.arange(len(images)), len(grid)),
+        positions = np.concatenate([np.full(sum(counts), -1)] + [np.arange(len(scale_grid))] * len(images) + [frame_pos])
+        parts = np.concatenate([np.repeat(np.arange(len(images)), counts), np.repeat(np.arange(len(images)), len(scale_grid)),
                                 frame_part[frame_emb[1]]])
         if len(positions) != len(embeddings):
             raise RuntimeError(f"{name}: {len(embeddings)} embeddings but {len(positions)} tile positions; the fit "
@@ -529,9 +496,9 @@ def fit_position_memory(model: nn.Module, fitted: dict, images: Sequence[np.ndar
         # another order, and k-centre's choice among near-ties follows the last bit.
         mean, std, whiten = (memory.mean.cpu().numpy(), memory.std.cpu().numpy(), memory.whiten.cpu().numpy())
         z = (((np.sqrt(np.maximum(embeddings, 0.0)) - mean) / std) @ whiten).astype(np.float32)
-        layouts.append(top_up_rows(z, positions, parts, kept, memory.bank.cpu().numpy(), len(grid), rows))
+        layouts.append(top_up_rows(z, positions, parts, kept, memory.bank.cpu().numpy(), len(scale_grid), rows))
     (ft, fx, fxt, fc, fs), (ct, cx, cxt, cc, cs) = layouts
-    out = PositionMemory(fx.shape[1], len(prep.grid), len(prep.coarse_grid), len(ft), len(ct), len(fx), len(cx))
+    out = PositionMemory(fx.shape[1], len(grid), len(coarse_grid), len(ft), len(ct), len(fx), len(cx))
     out.fine_extra.copy_(torch.from_numpy(fx))
     out.fine_extra_sq.copy_(out.fine_extra.pow(2).sum(1))
     out.fine_tags.copy_(torch.from_numpy(np.concatenate([ft, fxt])))
@@ -540,7 +507,7 @@ def fit_position_memory(model: nn.Module, fitted: dict, images: Sequence[np.ndar
     out.coarse_tags.copy_(torch.from_numpy(np.concatenate([ct, cxt])))
     out.center.copy_(torch.from_numpy(np.concatenate([fc, cc])))
     out.scale.copy_(torch.from_numpy(np.concatenate([fs, cs])))
-    return out.to(next(model.parameters()).device), LinePositions(prep.grid, prep.coarse_grid).to_dict()
+    return out.to(next(model.parameters()).device), LinePositions(grid, coarse_grid).to_dict()
 
 
 def attach_position_memory_from_state(model: nn.Module, state: dict) -> None:

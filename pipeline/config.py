@@ -310,3 +310,101 @@ def dump_config(cfg: LineConfig, path: str | Path, header: str = "", redact: boo
         path.chmod(0o600)
     path.write_text((header + "\n" if header else "") + text)
     return path
+
+
+# What each key of a line config means: the comments of the YAML that calibrate_line and
+# commission_line write (commented_yaml), kept here beside the dataclasses they describe.
+FIELD_HELP = {
+    "name": "the line's name, in status lines and run folders",
+    "source": "the camera (run_pipeline --source camera0, rtsp://..., video:F, dir:D, replay:SEQ)",
+    "source.uri": "set by run_pipeline --source",
+    "source.realtime": "a replay at its recorded pace (a live source) instead of as fast as possible",
+    "source.reconnect_s": "reopen a camera that stops delivering for this long, then end the run",
+    "source.camera": "cameraN",
+    "source.camera.width": "camera px asked of the camera",
+    "source.camera.height": "camera px asked of the camera",
+    "source.camera.fps": "frames per second asked of the camera",
+    "source.camera.exposure": "camera units; null keeps the camera's own",
+    "source.camera.queue": "frames waiting for inspection before the oldest is dropped (DROPPED)",
+    "source.stream": "rtsp:// and http:// cameras",
+    "source.stream.transport": "tcp, or udp (lost packets tear frames)",
+    "source.stream.low_latency": "short stream probe: no 2-s backlog of old frames at start",
+    "source.stream.open_timeout_s": "connecting and reading the stream description",
+    "source.stream.read_timeout_s": "a stream silent this long counts as lost",
+    "preprocess.camera": "colour or mono: the kind of frames calibrated; the other kind gets ERROR records",
+    "preprocess.mode": "silhouette: belt mask -> largest blob -> quadrilateral; template: golden-template match + ECC",
+    "preprocess.template": "golden OK template (template mode)",
+    "preprocess.template_min_score": "template mode: a weaker match means no part",
+    "preprocess.template_scales": "template mode: scales searched",
+    "preprocess.downscale": "the part is located on the frame downscaled by this factor",
+    "preprocess.canonical_size": "[width, height] of the rectified part in px",
+    "preprocess.min_part_area": "camera px; a smaller silhouette means no part in view (NO_PART)",
+    "preprocess.belt": "Gaussian model of the belt (colour, or brightness and texture), fitted on the frame borders",
+    "preprocess.belt.max_distance": "Mahalanobis distance under which a pixel counts as belt",
+    "preprocess.belt.features": "lab (colour) or mono (brightness and texture)",
+    "preprocess.tile_overlap": "128x128 tiles overlapping by this fraction",
+    "preprocess.min_tile_part_fraction": "tiles with less of the part are not inspected",
+    "inference.backend": "onnxruntime (CPU), onnxruntime-cuda, torch, tensorrt",
+    "inference.workers": "inference processes sharing the load",
+    "inference.max_batch": "tiles per batch, across frames",
+    "inference.max_wait_ms": "wait at most this long to fill a batch",
+    "inference.threads": "CPU threads per worker; 0: the backend's choice",
+    "decision.pixel_threshold": "null: the model's own (model.json)",
+    "decision.image_threshold": "score at or above which a part is NG; null: the model's own",
+    "decision.min_defect_area": "canonical px; smaller regions are not reported",
+    "decision.merge_gap_px": "canonical px; regions closer than this are one group, reported where its map is >= half its peak",
+    "decision.part_erode_px": "ignore this many px at the part's outline",
+    "endpoints": "ZeroMQ addresses between the stages; {run} is the run folder",
+    "sinks.modbus.enabled": "write each part's result to a PLC over Modbus TCP",
+    "sinks.modbus.host": "the PLC's address",
+    "sinks.modbus.port": "Modbus TCP port",
+    "sinks.modbus.unit": "Modbus unit (slave) id",
+    "sinks.modbus.verdict_coil": "1 = reject: the verdict is one of reject_verdicts",
+    "sinks.modbus.reject_verdicts": "fail-safe: a part not inspected is rejected too",
+    "sinks.modbus.result_register": ("one block per part, in one write: +0 verdict (1 OK, 2 NG, 3 NO_PART, 4 ERROR, "
+                                     "5 DROPPED), +1 defect count, +2 missed results since start, +3 sequence "
+                                     "(changes last: a new result)"),
+    "sinks.modbus.heartbeat_register": "increments every heartbeat_s while the line runs",
+    "sinks.modbus.heartbeat_s": "seconds between heartbeats",
+    "sinks.modbus.timeout_s": "a PLC request unanswered this long has failed",
+    "sinks.modbus.max_age_s": "a verdict older than this is not written (counted as missed)",
+    "sinks.http.enabled": "POST each part's record to an MES",
+    "sinks.http.url": "MES endpoint: one JSON POST per part",
+    "sinks.http.timeout_s": "a POST unanswered this long is retried",
+    "sinks.http.retries": "tries per round before the record waits for the next round",
+    "sinks.http.backoff_s": "first wait between tries, doubling",
+    "sinks.http.spool_dir": "records wait here while the MES is down",
+    "sinks.http.headers_env": "e.g. {Authorization: MES_AUTH}: the value is read from $MES_AUTH",
+    "sinks.http.ca_bundle": "PEM file of CAs for https (default: the system's)",
+    "sinks.overlays_dir": "an overlay image per NG frame here (run_pipeline --save-overlays)",
+    "sinks.save_masks": "with overlays: a defect mask image per NG frame too",
+    "frame_timeout_s": "a frame with no result after this becomes ERROR",
+}
+
+
+def _scalar(value: Any) -> str:
+    """One value as YAML on one line."""
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).removesuffix("\n...\n").strip()
+
+
+def commented_yaml(cfg: LineConfig, header: list[str] = (), values: dict[str, Any] | None = None) -> str:
+    """``cfg`` as YAML with every key, in the dataclasses' order, each with what it means
+    (``FIELD_HELP``): the line config calibrate_line and commission_line write. ``values``
+    replaces some values by dotted key (a path written relative to the file, say)."""
+    values = values or {}
+    lines = [f"# {h}" if h else "#" for h in header]
+
+    def walk(obj: Any, prefix: str, indent: str) -> None:
+        for f in dataclasses.fields(obj):
+            key = f"{prefix}{f.name}"
+            value = getattr(obj, f.name)
+            note = FIELD_HELP.get(key)
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{indent}{f.name}:" + (f"  # {note}" if note else ""))
+                walk(value, key + ".", indent + "  ")
+                continue
+            text = _scalar(values.get(key, value))
+            lines.append(f"{indent}{f.name}: {text}" + (f"  # {note}" if note else ""))
+
+    walk(cfg, "", "")
+    return "\n".join(lines) + "\n"

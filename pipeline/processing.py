@@ -1,12 +1,12 @@
 """The per-frame work of the preprocess and stitch stages, as pure functions (no sockets)."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
+from pipeline.log import get
 from pipeline.config import DecisionConfig, PreprocessConfig
 from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects, strongest_region
@@ -65,10 +65,10 @@ class Preprocessor:
         prep = cls(cfg, meta.tile_size, meta.in_channels, meta.coarse_scale)
         positions = meta.line_positions()
         if positions is not None and not positions.matches(prep.grid, prep.coarse_grid):
-            print(f"note: the model's per-position memory was fitted for a {positions.fine.width}x"
+            get("note").info(f"the model's per-position memory was fitted for a {positions.fine.width}x"
                   f"{positions.fine.height} canonical part, this line's is {prep.wh[0]}x{prep.wh[1]} (or its tile "
                   "overlap differs): tiles are scored against the shared memories; refit with export_model "
-                  "--memory-positions for this line", file=sys.stderr)
+                  "--memory-positions for this line")
         return prep
 
     def __call__(self, frame: np.ndarray) -> Prepared:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import cv2
 import numpy as np
 
 from engines.data import IMAGE_SUFFIXES
+from pipeline.log import get
 from pipeline.config import CameraConfig, SourceConfig, StreamConfig
 from pipeline.redact import without_credentials
 from pipeline.sequence import read_index
@@ -164,8 +164,8 @@ class CaptureSource(Source):
         if self.cap is None:
             if not live:
                 raise FileNotFoundError(f"source {target!r}: cannot open (check the file)")
-            print(f"source {self.label}: cannot open {self._what()}; retrying for up to {cfg.reconnect_s:.0f} s "
-                  "(source.reconnect_s; Ctrl-C stops)", file=sys.stderr, flush=True)
+            get(f"source {self.label}").warning(f"cannot open {self._what()}; retrying for up to {cfg.reconnect_s:.0f} s "
+                  "(source.reconnect_s; Ctrl-C stops)")
             self.cap = self._reopen(time.monotonic(), "cannot open it")
             if self.cap is None:
                 raise ConnectionError(f"source {self.label}: stopped while waiting for it to appear")
@@ -193,7 +193,7 @@ class CaptureSource(Source):
                 warning = camera_mismatch(cam, cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT),
                                           cap.get(cv2.CAP_PROP_FPS))
                 if warning:
-                    print(f"source {self.label}: warning: {warning}", file=sys.stderr, flush=True)
+                    get(f"source {self.label}").warning(f"warning: {warning}")
         elif self.live:  # network camera: read when opening, by this process's FFmpeg
             stream = self.cfg.stream
             os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = ffmpeg_options(stream)
@@ -220,8 +220,7 @@ class CaptureSource(Source):
             with self._lock:
                 cap = None if self._closed.is_set() else self._open()
             if cap is not None:
-                print(f"source {self.label}: reconnected after {time.monotonic() - lost_at:.1f} s ({attempts} attempt(s))",
-                      file=sys.stderr, flush=True)
+                get(f"source {self.label}").info(f"reconnected after {time.monotonic() - lost_at:.1f} s ({attempts} attempt(s))")
                 return cap
         raise ConnectionError(f"source {self.label}: {what}, and {attempts} attempt(s) to reopen it over "
                               f"{self.cfg.reconnect_s:.0f} s failed; check the camera's power, cable and network "

@@ -4,7 +4,7 @@ a development split, one model per process, so that no other model's threads sha
     python -m research.detector_ms_per_image --model engines/models/magnetic_tile --data ../shared/datasets/magnetic_tile
 
 Prints the images timed, their full- and half-scale tiles, and the mean ms per image and per tile.
-Run it once per model, alternating, to compare two folders (README, "A map made at half scale").
+Run it once per model, alternating, to compare two folders.
 """
 from __future__ import annotations
 

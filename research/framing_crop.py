@@ -1,4 +1,4 @@
-"""Study: how much the image score depends on how an image is framed (README, "Framing matters").
+"""Study: how much the image score depends on how an image is framed.
 
 Every development image is cropped by N px at its top and left before the detector sees it, so the
 tile grid falls on other parts of the surface than in training; prints image AUROC per crop. With
@@ -28,11 +28,15 @@ from engines.detector import Detector
 
 
 def refit(model: str, out: str, data: str, shrink: float, line: str, frames: str) -> str:
-    import engines.export as export
-    import engines.tile_memory as tile_memory
+    from functools import partial
 
-    tile_memory.WHITEN_SHRINK = shrink
-    export.export_model(model, out, memory_data=data, memory_canonical=line, memory_frames=frames, progress=False)
+    from calibration.memories import check_memory_options, fit_memories
+    from engines.export import export_model
+
+    check_memory_options(data, None, line, frames, False, None)
+    export_model(model, out, progress=False, memories=partial(fit_memories, memory_data=data, memory_canonical=line,
+                                                             memory_frames=frames, progress=False,
+                                                             whiten_shrink=shrink))
     return out
 
 

@@ -2,8 +2,8 @@
 
 Runs the detector once over the development ``test/`` split and scores each image with several
 combinations of its full-scale (fine) and half-scale (coarse) tile scores. Prints image AUROC, NG
-recall at <= 5 % false alarms (the line target's metric) and AUROC per defect type. The README's
-image-score study figures come from this.
+recall at <= 5 % false alarms (the line target's metric) and AUROC per defect type. Its result:
+research/README.md.
 
     python -m research.image_score_variants --model engines/models/magnetic_tile --data ../shared/datasets/magnetic_tile
 

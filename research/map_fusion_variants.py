@@ -9,7 +9,7 @@ stitched with the same window, ``pipeline.vision.scoring.spread_scores``). The f
 map of models exported before ``fine_map_share`` existed: the graph's (share 0.01) plus ``coarse_map_share`` (0.01)
 x the half-scale novelty, both spread as the mean over covering tiles (since then the detector
 spreads them as the minimum; ``research/novelty_min_pool.py`` compares the two).
-Prints pixel AUROC and AUPRO (FPR 0.3) for each. The README's map study figures come from this.
+Prints pixel AUROC and AUPRO (FPR 0.3) for each. The index research/README.md gives its result.
 
     python -m research.map_fusion_variants --model engines/models/magnetic_tile --data ../shared/datasets/magnetic_tile
 

@@ -18,7 +18,7 @@ and odd-numbered halves (so that a choice made on one half can be read on the ot
     python -m research.novelty_min_pool --model engines/models/magnetic_tile --data ../shared/datasets/magnetic_tile
 
 About 4 minutes on 2 CPU cores with the default overlaps (1.5 with ``--overlaps 0.25``). The
-README's figures (research/results/novelty_min_pool.txt) were made on model folders exported before the
+figures in research/results/novelty_min_pool.txt were made on model folders exported before the
 change, whose "shipped map" is the mean spread.
 """
 from __future__ import annotations

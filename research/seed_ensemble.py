@@ -8,7 +8,7 @@ NG recall at 5 % false alarms (the line's measure, here over the split's good im
 and AUPRO (FPR 0.3). With ``--sequences``, also runs the line (``run_pipeline`` on each recorded
 sequence, once per model, as fast as possible) and scores each combination by averaging the
 models' part scores: line AUROC and NG recall at <= 5 % false alarms against the sequence's
-``truth.jsonl`` (``pipeline.benchmark.score_ranking``). The README's ensemble figures come from this.
+``truth.jsonl`` (``pipeline.benchmark.score_ranking``). The index research/README.md gives its result.
 
     python -m research.seed_ensemble --models M0 M1 M2 --data ../shared/datasets/magnetic_tile \
         [--sequences SEQ ... --config configs/demo_line.yaml]

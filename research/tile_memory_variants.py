@@ -3,7 +3,7 @@
 Embeds every tile of ``train/good`` and ``test/`` at full and at half scale with a trained
 Tiny-UNet's own bottleneck (what the memory stores), then scores each test image by the largest
 calibrated nearest-neighbour distance of its tiles for several treatments, without thinning the
-bank. Prints image AUROC, overall and per defect type. The README's study figures come from this.
+bank. Prints image AUROC, overall and per defect type. The index research/README.md gives its result.
 
     python -m research.tile_memory_variants --weights runs/mt_w16b/last.pt --data ../shared/datasets/magnetic_tile
 

@@ -41,3 +41,30 @@ def test_not_yaml_and_missing(tmp_path):
         load_config(_write(tmp_path, "a: [1,\n"))
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_line_yaml_is_written_from_the_dataclasses_and_reads_back_the_same(tmp_path):
+    """calibrate_line's YAML lists every key of the config, in the dataclasses' order, with what it
+    means where FIELD_HELP says, and loads back to the same config."""
+    import dataclasses
+    from pathlib import Path
+
+    from calibration.line import write_commented
+    from pipeline.config import FIELD_HELP, load_config, to_dict
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo_line.yaml")
+    out = write_commented(cfg, tmp_path / "line.yaml", ["a note"], 6, "frames")
+    text = out.read_text()
+    assert to_dict(load_config(out), False) == to_dict(cfg, False)
+    assert text.startswith("# Line config written by calibrate_line from 6 OK frames in frames\n# a note\n")
+    for key, note in FIELD_HELP.items():
+        assert f"# {note}" in text, key
+
+    def keys(obj):
+        for f in dataclasses.fields(obj):
+            yield f.name
+            if dataclasses.is_dataclass(getattr(obj, f.name)):
+                yield from keys(getattr(obj, f.name))
+
+    written = [line.split(":")[0].strip() for line in text.splitlines() if not line.startswith("#")]
+    assert written == list(keys(cfg))  # every key and section, in the dataclasses' order

@@ -6,7 +6,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from calibration.int8 import calibration_batches, calibration_tiles  # noqa: E402
+from calibration.int8 import calibration_tiles  # noqa: E402
+from engines.int8_calibrator import calibration_batches  # noqa: E402
 from engines.artifact import ModelMeta  # noqa: E402
 from engines.backends import load_backend  # noqa: E402
 from engines.backends.tensorrt_backend import engine_problems, rebuild_hint  # noqa: E402
@@ -207,7 +208,7 @@ def test_onnxruntime_cuda_without_its_package_says_what_to_install():
 
 @pytest.fixture(scope="module")
 def shipped_int8(tmp_path_factory, mini_data):
-    from engines.quantize import quantize_model
+    from calibration.int8 import quantize_model
     from tests.fp16_check import SHIPPED
 
     return quantize_model(SHIPPED, mini_data, tmp_path_factory.mktemp("int8") / "model")

@@ -95,7 +95,7 @@ def test_tensorrt_builds_and_matches_onnxruntime(precision, tmp_path, mini_data,
     import shutil
 
     from engines.detector import Detector
-    from engines.quantize import quantize_model
+    from calibration.int8 import quantize_model
     from engines.tensorrt_build import build_engine
     from tests.fp16_check import SHIPPED, fp16_disagreement
 

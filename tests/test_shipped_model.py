@@ -18,7 +18,7 @@ def test_shipped_model_outlines_a_real_straight_edged_uneven_band():
     the grain (``exp1_num_109232.jpg`` of the development split's ``test/uneven``, with its mask).
     Only a tile that spans the part's height sees which side of the line is the odd one: the
     coarse-map network trained at half scale with ``uneven_step`` outlines it (its own pixel AUROC
-    0.996, 94 % of the band at the pixel threshold; README, "Straight-edged bands at half scale").
+    0.996, 94 % of the band at the pixel threshold).
     The folder before it gave 0.905 and 51 %: a coarse-map network without that training fails here."""
     image = read_image(BAND / "exp1_num_109232.jpg", 1)
     mask = read_mask(BAND / "exp1_num_109232_mask.png", image.shape[:2])

@@ -1,6 +1,6 @@
 """The supervisor's start-up gate and the infer worker's warm-up, without processes. The whole line
 passes the gate in every end-to-end test (tests/test_pipeline_e2e.py); what it buys in latency is
-measured by `benchmark --pipeline --realtime` (README, "Speed and the line")."""
+measured by `benchmark --pipeline --realtime`."""
 import numpy as np
 
 from pipeline.supervisor import StageProc, StatusBoard

@@ -127,8 +127,7 @@ def test_grain_direction():
 
 
 def test_default_generators_weight_uneven(ok_images):
-    # every generator but the opt-in ones (README: "A straight-edged uneven band", "Cracks along the
-    # grain", "Blowholes at the border")
+    # every generator but the opt-in ones
     assert set(DEFAULT_GENERATORS) == set(GENERATORS) - {"uneven_step", "grain_crack", "border_blob"} and DEFAULT_GENERATORS.count("uneven") == 3
     crop = _crops(ok_images, 1)[0]
     drawn = [synthesize(crop, np.random.default_rng(s), 0.7, donors=[crop])[2] for s in range(200)]

@@ -89,8 +89,12 @@ def test_implicit_int8_calibrates_at_its_own_batch_with_a_cache_keyed_on_the_gra
         made.update(tiles=len(tiles), batch=batch, cache=cache_file)
         return types.SimpleNamespace(batch=batch)
 
-    monkeypatch.setattr("calibration.int8.make_entropy_calibrator", calibrator)
-    out = build_engine(trained_model, tmp_path / "e" / "model.engine", "int8", max_batch=256, calib_dir=mini_data,
+    from calibration.int8 import calibration_tiles
+    from engines.artifact import ModelMeta
+
+    monkeypatch.setattr("engines.int8_calibrator.make_entropy_calibrator", calibrator)
+    tiles = calibration_tiles(mini_data, ModelMeta.load(trained_model))
+    out = build_engine(trained_model, tmp_path / "e" / "model.engine", "int8", max_batch=256, calib_tiles=tiles,
                        trt=trt, cuda=FakeCuda)
     config = trt.built["config"]
     assert config["int8_calibrator"].batch == made["batch"] == 32

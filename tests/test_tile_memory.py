@@ -8,7 +8,7 @@ from engines.backends import load_backend  # noqa: E402
 from engines.detector import Detector  # noqa: E402
 from pipeline.vision.scoring import split_scores
 from pipeline.vision.scoring import image_score  # noqa: E402
-from engines.export import export_model  # noqa: E402
+from calibration.memories import export_model  # noqa: E402
 from engines.quantize import INPUT_BLOCK_SCOPE, float_nodes, output_head_nodes  # noqa: E402
 from engines.tile_memory import (BOTH_SCALES_MAP_SHARE, BOTH_SCALES_SCORE_WEIGHT, COARSE_SCALE, MEMORY_NAMES,  # noqa: E402
                                  FINE_TOP_K, NOVELTY_SPREAD, fit_memory, k_center, memory_from_images, novelty_rule)

@@ -18,6 +18,9 @@ FIXES = {errno.ENOSPC: "free space on that disk or choose another folder", errno
 
 
 def run_cli(fn: Callable[[], int | None], prog: str) -> int:
+    from pipeline.log import setup
+
+    setup()  # library messages (a camera reconnecting, a sink failing) as "NAME: message" on stderr
     try:
         return int(fn() or 0)
     except USER_ERRORS as exc:
@@ -33,3 +36,15 @@ def run_cli(fn: Callable[[], int | None], prog: str) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def default_of(owner, name: str):
+    """The default a library gives ``name``: a dataclass field's, or a function's keyword's, so
+    that a tool's option and the library it calls never disagree."""
+    import dataclasses
+    import inspect
+
+    if dataclasses.is_dataclass(owner):
+        f = {x.name: x for x in dataclasses.fields(owner)}[name]
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default
+    return inspect.signature(owner).parameters[name].default

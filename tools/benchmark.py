@@ -26,7 +26,8 @@ def get_parser() -> argparse.ArgumentParser:
                    "onnxruntime, onnxruntime-cuda, torch, tensorrt (those that cannot run here are listed as skipped)")
     p.add_argument("--batch", type=_ints, default=[1, 16, 64], help="comma-separated batch sizes")
     p.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per backend and batch")
-    p.add_argument("--min-calls", type=int, default=10)
+    p.add_argument("--min-calls", type=int, default=10,
+                   help="timed calls per row at least, however short --seconds; default %(default)s")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for onnxruntime/torch (0: library default)")
     p.add_argument("--device", default="auto", help="torch backend device: auto, cpu, cuda")
     p.add_argument("--engine", help="TensorRT engine file (default MODEL/model.engine)")

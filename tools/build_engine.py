@@ -10,8 +10,11 @@ from tools._cli import run_cli
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="build_engine", description=__doc__)
     p.add_argument("--model", required=True, help="model folder (model.onnx + model.json)")
-    p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
-    p.add_argument("--max-batch", type=int, default=256)
+    p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"],
+                   help="fp16 (default) from an fp16 copy of the graph; int8 from a `quantize --target tensorrt` folder, "
+                        "or (TensorRT 10) implicit calibration with --calib")
+    p.add_argument("--max-batch", type=int, default=256,
+                   help="the largest batch of tiles the engine takes; default %(default)s")
     p.add_argument("--opt-batch", type=int, default=None, help="batch size TensorRT tunes for (default: max)")
     p.add_argument("--calib", help="folder of OK images for INT8 calibration (cache kept under calibration/cache)")
     p.add_argument("--timing-cache", help="timing cache file to reuse (default: beside the engine)")
@@ -26,8 +29,14 @@ def main(argv: list[str] | None = None) -> int:
         from engines.backends.base import BackendUnavailable
         from engines.tensorrt_build import build_engine
 
+        tiles = None
+        if args.precision == "int8" and args.calib:
+            from calibration.int8 import calibration_tiles
+            from engines.artifact import model_paths
+
+            tiles = calibration_tiles(args.calib, model_paths(args.model)[1])
         try:
-            out = build_engine(args.model, args.out, args.precision, args.max_batch, args.opt_batch, args.calib,
+            out = build_engine(args.model, args.out, args.precision, args.max_batch, args.opt_batch, tiles,
                                args.timing_cache)
         except BackendUnavailable as exc:
             print(f"build_engine: cannot build here: {exc}", file=sys.stderr)

@@ -33,8 +33,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override one field of every line's geometry (pipeline.sim.LineGeometry), e.g. "
                         "lighting_drift=0 or belt_bgr=60,110,40: to find what makes a line hard")
-    p.add_argument("--recall-bar", type=float, default=0.95)
-    p.add_argument("--false-alarm-bar", type=float, default=0.05)
+    p.add_argument("--recall-bar", type=float, default=0.95,
+                   help="NG recall a line must reach at its own threshold; default %(default)s")
+    p.add_argument("--false-alarm-bar", type=float, default=0.05,
+                   help="false-alarm rate a line must stay at or under; default %(default)s")
     return p
 
 

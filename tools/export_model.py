@@ -12,7 +12,7 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="export_model", description=__doc__)
     p.add_argument("--checkpoint", nargs="+", metavar="RUN/last.pt",
                    help="OUT/last.pt written by train; several: their networks averaged weight by weight, for fine-tunes "
-                        "of one network (e.g. seeds of a --freeze-encoder run; README, 'Cracks along the grain')")
+                        "of one network (e.g. seeds of a --freeze-encoder run)")
     p.add_argument("--from-model", metavar="MODEL",
                    help="a model folder (e.g. the shipped one) instead of --checkpoint: with --coarse-map, add that "
                         "network to a copy of it (OUT); with --memory-data, refit its memories into OUT (thresholds, "
@@ -22,7 +22,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=32, choices=[8, 16, 32], help="with --untrained")
     p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="with --untrained")
     p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset of model.onnx; default %(default)s")
     p.add_argument("--memory-data", metavar="DIR",
                    help="fit the tile memory on these OK images (or an MVTec folder's train/good) before export")
     p.add_argument("--memory-line", metavar="LINE.yaml",
@@ -37,7 +37,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-positions", action="store_true",
                    help="with --memory-canonical and --memory-frames: also fit a memory per tile position of that "
                         "line's grid, so that on that line each tile is compared with the OK tiles of its own "
-                        "position (README, 'A memory per tile position')")
+                        "position")
     p.add_argument("--memory-position-rows", type=int, default=None, metavar="N",
                    help="with --memory-positions: rows per position, the shared bank's rows of that position topped "
                         "up by k-centre (default 480, engines.tile_memory.POSITION_MEMORY_ROWS; only the extra rows "
@@ -45,13 +45,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--coarse-map", metavar="RUN/last.pt",
                    help="export the network of this run (train --image-scale 0.5 --width 8) as the model's coarse-map "
                         "network, OUT/coarse_map/: the backends run it on the coarse pass's tiles, and its map is added "
-                        "to the defect map (README, 'A map made at half scale')")
+                        "to the defect map")
     p.add_argument("--coarse-map-weight", type=float, default=None,
                    help="with --coarse-map: its weight in the map (default: the tested 0.25, engines.export.COARSE_NET_MAP_WEIGHT)")
     p.add_argument("--map-blur-sigma", type=float, default=None, metavar="PX",
                    help="sigma in pixels of the Gaussian that smooths the finished defect map (default: the tested 2 "
-                        "for a --checkpoint, a --from-model folder's own otherwise; 0: no smoothing; README, "
-                        "'Smoothing the map')")
+                        "for a --checkpoint, a --from-model folder's own otherwise; 0: no smoothing)")
     return p
 
 
@@ -60,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> None:
         from engines.artifact import ModelMeta, model_paths
+        from calibration.memories import export_model
         from engines.export import (COARSE_NET_MAP_WEIGHT, add_coarse_map_net, check_map_blur_sigma, copy_model,
-                                    export_model, export_untrained, set_map_blur)
+                                    export_untrained, set_map_blur)
         from engines.tile_memory import LINE_MEMORY_MIN_FRAMES
 
         weight = COARSE_NET_MAP_WEIGHT if args.coarse_map_weight is None else args.coarse_map_weight
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if frames is not None and frames < LINE_MEMORY_MIN_FRAMES:
             print(f"export_model: warning: {args.memory_data}: the tile memories were fitted on {frames} line frames; "
                   f"with fewer than about {LINE_MEMORY_MIN_FRAMES} they ranked parts worse on the simulated line "
-                  "than memories fitted on the training images (README, 'Train on your own OK images'). Record "
+                  "than memories fitted on the training images. Record "
                   "more OK frames, or export without --memory-line", file=sys.stderr)
 
     return run_cli(go, "export_model")

@@ -55,7 +55,7 @@ PY
 step "fp16 study: scores, verdicts and pixels vs fp32 on the test split (shipped model; a 6-step model trained here)"
 timeout 60 python3 -m tools.train --data tests/data/magnetic_tile_mini --out /tmp/fx --width 8 --epochs 2 \
   --steps-per-epoch 3 --batch-size 4 --device cuda --export /tmp/fx/model > /tmp/fx.log 2>&1 || tail -3 /tmp/fx.log
-timeout 240 python3 research/fp16_scores.py --model engines/models/magnetic_tile /tmp/fx/model \
+timeout 240 python3 -m research.fp16_scores --model engines/models/magnetic_tile /tmp/fx/model \
   --data .gpudata/magnetic_tile 2>&1 | tail -8 | tee "$OUT/fp16_study.txt"
 
 step "pipeline: demo sequence with the torch backend on CUDA, against the golden file made with onnxruntime"

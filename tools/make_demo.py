@@ -15,10 +15,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder")
     p.add_argument("--out", default="configs/demo", help="demo folder (sequence/, calibration frames, golden)")
     p.add_argument("--config", default="configs/demo_line.yaml", help="line config to write")
-    p.add_argument("--ok", type=int, default=10)
-    p.add_argument("--ng", type=int, default=10)
-    p.add_argument("--empty", type=int, default=2)
-    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--ok", type=int, default=10, help="frames with an OK part; default %(default)s")
+    p.add_argument("--ng", type=int, default=10, help="frames with a defective part; default %(default)s")
+    p.add_argument("--empty", type=int, default=2, help="empty-belt frames; default %(default)s")
+    p.add_argument("--seed", type=int, default=2026,
+                   help="seed of the calibration frames (the sequence uses the next one); default %(default)s")
     return p
 
 

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
 
     def go() -> None:
-        from engines.quantize import quantize_model
+        from calibration.int8 import quantize_model
 
         out = quantize_model(args.model, args.calib, args.out, args.max_tiles, method=args.method, target=args.target,
                              line=args.line, input_block_float=not args.int8_input_block)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from pipeline.log import LEVEL_ENV, LEVELS, default_level
 from tools._cli import run_cli
 
 DEMO_CONFIG = "configs/demo_line.yaml"
@@ -21,6 +23,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="inference worker processes (overrides the config)")
     p.add_argument("--run-dir", help="folder for ipc endpoints (default: a temporary folder)")
     p.add_argument("--quiet", action="store_true", help="no live status line")
+    p.add_argument("--log-level", choices=LEVELS, default=default_level(),
+                   help="the stages' messages on stderr from this level on (debug, info, warning, error); "
+                        "default %(default)s")
     return p
 
 
@@ -29,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         from pipeline.supervisor import run_pipeline
+
+        os.environ[LEVEL_ENV] = args.log_level  # the stages it starts read it (pipeline.log)
 
         return run_pipeline(args.config, args.source, args.results, args.save_overlays, args.run_dir,
                             not args.quiet, args.workers, args.save_masks)

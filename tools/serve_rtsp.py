@@ -11,7 +11,7 @@ from tools._cli import run_cli
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="serve_rtsp", description=__doc__)
     p.add_argument("frames", help="recorded sequence folder (record_sequence, simulate_line) or a folder of images")
-    p.add_argument("--port", type=int, default=8554)
+    p.add_argument("--port", type=int, default=8554, help="TCP port to serve on; default %(default)s")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--path", default="line", help="the stream's path in the URL")
     p.add_argument("--fps", type=float, help="frame rate (default: the sequence's recorded rate, else 10)")

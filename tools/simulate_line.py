@@ -27,12 +27,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--line-seed", type=int, metavar="N",
                    help="draw the whole line geometry at random from N (overrides the options above; the same N, the "
                         "same line); written to OUT/line.json")
-    p.add_argument("--fps", type=float, default=10.0)
-    p.add_argument("--ext", default=".png", choices=[".png", ".jpg"])
+    p.add_argument("--fps", type=float, default=10.0, help="the recorded pace (capture times); default %(default)s")
+    p.add_argument("--ext", default=".png", choices=[".png", ".jpg"], help="frame file format; default %(default)s")
     p.add_argument("--ok-from", default="test/good", choices=["test/good", "train/good"],
                    help="where OK parts come from; train/good makes frames to fit a model's tile memory on "
                         "(export_model --memory-data SEQ --memory-line LINE.yaml), never to judge one")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the parts, poses and order; default %(default)s")
     return p
 
 

@@ -10,9 +10,9 @@ from tools._cli import run_cli
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="synth-gallery", description=__doc__)
     p.add_argument("--data", required=True, help="folder of OK images or MVTec-style folder")
-    p.add_argument("--out", default="synth_gallery.png")
+    p.add_argument("--out", default="synth_gallery.png", help="PNG to write; default %(default)s")
     p.add_argument("--per-row", type=int, default=4, help="examples per generator, faint to strong")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the defects drawn; default %(default)s")
     return p
 
 

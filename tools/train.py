@@ -5,46 +5,55 @@ import argparse
 import shlex
 import sys
 
-from tools._cli import run_cli
+from tools._cli import default_of, run_cli
 
 
 def get_parser() -> argparse.ArgumentParser:
+    from engines.train_config import TrainConfig
+
+    def D(name: str):
+        return default_of(TrainConfig, name)
+
     p = argparse.ArgumentParser(prog="train", description=__doc__)
     p.add_argument("--data", required=True, help="folder of OK images, or MVTec-style folder (uses train/good)")
     p.add_argument("--out", required=True, help="run folder: last.pt, train_log.jsonl, train_config.json")
-    p.add_argument("--arch", default="tiny_unet", choices=["tiny_unet", "ae_ssim"])
-    p.add_argument("--width", type=int, default=16, choices=[8, 16, 32])
-    p.add_argument("--channels", type=int, default=1, choices=[1, 3])
-    p.add_argument("--epochs", type=int, default=21)
-    p.add_argument("--steps-per-epoch", type=int, default=250)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--generators", default="", metavar="NAMES",
+    p.add_argument("--arch", default=D("arch"), choices=["tiny_unet", "ae_ssim"],
+                   help="tiny_unet (the detector) or ae_ssim (a reconstruction baseline); default %(default)s")
+    p.add_argument("--width", type=int, default=D("width"), choices=[8, 16, 32],
+                   help="channels of the first block (the network's size); default %(default)s")
+    p.add_argument("--channels", type=int, default=D("channels"), choices=[1, 3],
+                   help="1: grey tiles, 3: colour; default %(default)s")
+    p.add_argument("--epochs", type=int, default=D("epochs"), help="epochs of --steps-per-epoch steps; default %(default)s")
+    p.add_argument("--steps-per-epoch", type=int, default=D("steps_per_epoch"),
+                   help="batches of freshly synthesised samples per epoch; default %(default)s")
+    p.add_argument("--batch-size", type=int, default=D("batch_size"), help="samples per step; default %(default)s")
+    p.add_argument("--lr", type=float, default=D("lr"), help="peak learning rate (cosine schedule); default %(default)s")
+    p.add_argument("--generators", default=D("generators"), metavar="NAMES",
                    help="comma-separated synthetic defect generators to draw from, a name repeated to draw it "
                         "more often (see synth-gallery); default: engines.synth.DEFAULT_GENERATORS, the nine "
                         "of the shipped model with uneven drawn three times as often as each other (uneven_step "
                         "is opt-in)")
     p.add_argument("--no-curriculum", action="store_true", help="sample all defect strengths from the start")
-    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+    p.add_argument("--ema", type=float, default=D("ema"), metavar="DECAY",
                    help="keep an exponential moving average of the weights (e.g. 0.999) and export it; 0 = off")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1, help="data-synthesis worker processes")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+    p.add_argument("--seed", type=int, default=D("seed"), help="seed of the weights and the synthesis; default %(default)s")
+    p.add_argument("--workers", type=int, default=D("workers"), help="data-synthesis worker processes; default %(default)s")
+    p.add_argument("--threads", type=int, default=D("threads"), help="torch CPU threads; default %(default)s")
+    p.add_argument("--device", default=D("device"), help="auto, cpu or cuda; default %(default)s")
+    p.add_argument("--precision", default=D("precision"), choices=["fp32", "bf16"],
                    help="bf16 trains under autocast (its first and last blocks in fp32): on a CPU with native "
-                        "bf16 about 1.4x faster, with weaker maps (README)")
+                        "bf16 about 1.4x faster, with weaker maps")
     p.add_argument("--no-memory", action="store_true", help="skip fitting the tile memory after training")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--init", default="", metavar="WEIGHTS",
+    p.add_argument("--init", default=D("init"), metavar="WEIGHTS",
                    help="start from these weights (a last.pt checkpoint or a model folder) with a fresh optimizer and "
                         "schedule, e.g. to fine-tune the shipped model with a lower --lr")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="with --init: train the decoder and heads only; the encoder, and so the tile memories and the "
-                        "image score, stay as they were (README, 'Cracks along the grain')")
-    p.add_argument("--image-scale", type=float, default=1.0, metavar="S",
+                        "image score, stay as they were")
+    p.add_argument("--image-scale", type=float, default=D("image_scale"), metavar="S",
                    help="train on every image downscaled by S (e.g. 0.5), as the detector's coarse pass downscales: "
-                        "a network whose tiles see 1/S more of the part (README, 'A map made at half scale')")
+                        "a network whose tiles see 1/S more of the part")
     p.add_argument("--export", metavar="MODEL_DIR", help="export the final checkpoint to this model folder")
     return p
 

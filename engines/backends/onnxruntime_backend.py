@@ -33,7 +33,7 @@ class OnnxRuntimeBackend(Backend):
         """The coarse-map network's ONNX Runtime session does not spin: it runs a few tiles between
         the main network's runs, and its spinning threads held the cores the main network needed (2 cores,
         shipped model, development images: 112 ms per image spinning, 87-90 not, 74-77 without
-        the coarse-map network; README, "A map made at half scale")."""
+        the coarse-map network)."""
         return {**options, "spin": False}
 
     def infer(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -6,8 +6,8 @@ and never the results log, which the sinks stage writes itself, last, on its own
 """
 from __future__ import annotations
 
+from pipeline.log import get
 import queue
-import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -63,7 +63,7 @@ class QueuedSink(Sink):
             except Exception as exc:  # a sink's own bug must not end its thread silently
                 if item:
                     self.report(item[0]["frame_id"], self.name, f"sink error: {exc!r}")
-                print(f"{self.name} sink: {exc!r}", file=sys.stderr)
+                get(f"{self.name} sink").info(f"{exc!r}")
 
     def handle(self, record, arrays, H) -> None:
         while True:
@@ -89,7 +89,7 @@ class QueuedSink(Sink):
             pass
         self.thread.join(timeout=drain_s)
         if self.thread.is_alive():
-            print(f"{self.name} sink: {self.backlog()} record(s) not delivered at stop", file=sys.stderr)
+            get(f"{self.name} sink").warning(f"{self.backlog()} record(s) not delivered at stop")
         self.sink.close()
 
 

@@ -22,13 +22,13 @@ import json
 import os
 import re
 import ssl
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from pipeline.log import get
 from pipeline.redact import redact_text, redact_url
 from pipeline.sinks.base import Sink
 
@@ -127,7 +127,7 @@ class HttpSink(Sink):
         os.replace(path, target)
         target.with_suffix(".reason").write_text(reason + "\n")
         self.dead += 1
-        print(f"http sink: {path.name} moved to {target.parent} ({reason}); sending the next record", file=sys.stderr)
+        get("http sink").warning(f"{path.name} moved to {target.parent} ({reason}); sending the next record")
 
     def _send_one(self, path: Path) -> bool:
         """True when the record left the spool (accepted, or set aside as refused)."""
@@ -154,8 +154,8 @@ class HttpSink(Sink):
                 return True
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 if attempt == self.retries:
-                    print(f"http sink: {self.shown_url} unreachable ({redact_text(str(exc))}); {path.name} stays "
-                          "spooled", file=sys.stderr)
+                    get("http sink").warning(f"{self.shown_url} unreachable ({redact_text(str(exc))}); {path.name} stays "
+                          "spooled")
                     return False
                 if self.stop.wait(delay):
                     return False
@@ -175,7 +175,7 @@ class HttpSink(Sink):
                     pause = self.backoff
                     continue
             except Exception as exc:  # never die silently: say why, wait, go on
-                print(f"http sink: sender error ({redact_text(repr(exc))}); retrying", file=sys.stderr)
+                get("http sink").warning(f"sender error ({redact_text(repr(exc))}); retrying")
             # MES down: keep order, wait, try the oldest again
             self.stop.wait(pause)
             pause = min(pause * 2, self.max_backoff)

@@ -24,10 +24,10 @@ This sink blocks on the network; the sinks stage runs it on a thread and queue o
 """
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 
+from pipeline.log import get
 from pipeline.config import VERDICTS
 from pipeline.sinks.base import Sink
 
@@ -70,7 +70,7 @@ class ModbusSink(Sink):
         except Exception as exc:  # network trouble: count it, never stop the line
             self.failures += 1
             if self.failures in (1, 10, 100) or self.failures % 1000 == 0:
-                print(f"modbus sink: write failed ({exc}); {self.failures} failures so far", file=sys.stderr)
+                get("modbus sink").warning(f"write failed ({exc}); {self.failures} failures so far")
             self.client.close()
             return str(exc) or type(exc).__name__
 

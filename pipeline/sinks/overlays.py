@@ -1,12 +1,12 @@
 """Overlay images (and optional masks) for NG frames, in camera coordinates."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from pipeline.log import get
 from pipeline.sinks.base import Sink
 
 
@@ -98,8 +98,8 @@ class OverlaySink(Sink):
         if not ok:
             self.failures += 1
             if self.failures in (1, 10, 100) or self.failures % 1000 == 0:
-                print(f"overlays sink: cannot write {path} (disk full, or the folder gone?); {self.failures} image(s) "
-                      "not written so far", file=sys.stderr)
+                get("overlays sink").warning(f"cannot write {path} (disk full, or the folder gone?); {self.failures} image(s) "
+                      "not written so far")
 
     def handle(self, record, arrays, H) -> None:
         if record["verdict"] != "NG" or "frame" not in arrays:

@@ -16,10 +16,10 @@ from __future__ import annotations
 import collections
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
+from pipeline.log import get
 from pipeline.sinks.base import Sink
 
 PUBLIC_FIELDS = ("run_id", "frame_id", "source_name", "captured_at", "verdict", "reason", "score", "defects",
@@ -134,16 +134,15 @@ class ResultsLog(Sink):
             except OSError as exc:
                 if self.failing_since is None:
                     self.failing_since = time.monotonic()
-                    print(f"results log: cannot write {self.path} ({exc.strerror or exc}); keeping the records "
-                          f"in memory (up to {BACKLOG}) until it can", file=sys.stderr, flush=True)
+                    get("results log").warning(f"cannot write {self.path} ({exc.strerror or exc}); keeping the records "
+                          f"in memory (up to {BACKLOG}) until it can")
                 return False
             self.backlog.popleft()
             self.count += 1
         if self.failing_since is not None:
-            print(f"results log: writing {self.path} again after {time.monotonic() - self.failing_since:.0f} s; "
+            get("results log").warning(f"writing {self.path} again after {time.monotonic() - self.failing_since:.0f} s; "
                   f"nothing kept back was lost" if not self.lost else
-                  f"results log: writing {self.path} again; {self.lost} line(s) were dropped meanwhile",
-                  file=sys.stderr, flush=True)
+                  f"results log: writing {self.path} again; {self.lost} line(s) were dropped meanwhile")
             self.failing_since = None
         return True
 
@@ -167,5 +166,5 @@ class ResultsLog(Sink):
     def close(self) -> None:
         self._flush_backlog()
         if self.backlog:
-            print(f"results log: {len(self.backlog)} record(s) could not be written to {self.path}", file=sys.stderr)
+            get("results log").warning(f"{len(self.backlog)} record(s) could not be written to {self.path}")
         os.close(self.fd)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import zmq
 
+from pipeline.log import LEVEL_ENV, LEVELS, default_level, get
+from pipeline.log import setup as setup_logging
 from pipeline.config import LineConfig, load_config
 from pipeline.transport import endpoint
 
@@ -44,6 +46,9 @@ def stage_parser(name: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m pipeline.stages.{name}")
     p.add_argument("--config", required=True, help="line YAML (the same file on every host)")
     p.add_argument("--run-dir", required=True, help="folder for ipc:// endpoints of this run")
+    p.add_argument("--log-level", choices=LEVELS, default=default_level(),
+                   help="the stage's messages on stderr from this level on; default %(default)s "
+                        f"(${LEVEL_ENV}, which run_pipeline --log-level sets)")
     return p
 
 
@@ -94,6 +99,7 @@ def run_stage(parser: argparse.ArgumentParser, argv: list[str] | None,
     from pipeline.config import ConfigError
 
     args = parser.parse_args(argv)
+    setup_logging(args.log_level)
     name = parser.prog.rsplit(".", 1)[-1]
     stage = None
     try:
@@ -101,7 +107,7 @@ def run_stage(parser: argparse.ArgumentParser, argv: list[str] | None,
         return loop(stage, args)
     except (ArtifactError, ConfigError, BackendUnavailable, FileNotFoundError, PermissionError) as exc:
         # what a user can fix (a model file gone bad, a path): one line, not a traceback per restart
-        print(f"{name}: error: {exc}", file=sys.stderr, flush=True)
+        get(name).error(f"error: {exc}")
         return USER_ERROR
     finally:
         if stage is not None:

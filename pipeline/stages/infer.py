@@ -11,6 +11,7 @@ import zmq
 from engines.backends import load_backend
 from engines.backends.base import map_coarse_tiles
 from pipeline import messages
+from pipeline.log import get
 from pipeline.stages._common import POLL_MS, HoldingNote, Stage, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, recv, send
 from pipeline.vision.tiling import TileGrid
@@ -35,7 +36,7 @@ def run(stage: Stage, worker: int = 0) -> int:
     try:  # before the first status message, which tells the line that this worker is ready
         warm_up(engine, cfg.inference.max_batch)
     except Exception as exc:  # the parts will say what is wrong, frame by frame
-        print(f"infer{worker}: warm-up failed ({exc!r}); serving anyway", file=sys.stderr)
+        get(f"infer{worker}").warning(f"warm-up failed ({exc!r}); serving anyway")
     tiles_in = make_socket(stage.ctx, zmq.PULL, stage.ep("tiles"), bind=False, hwm=4)
     verdict = make_socket(stage.ctx, zmq.PUSH, stage.ep("verdict"), bind=False, hwm=10000)
     status = StatusReporter(stage.ctx, stage.ep("status"), f"infer{worker}")
@@ -51,13 +52,13 @@ def run(stage: Stage, worker: int = 0) -> int:
                 try:
                     msg = recv(tiles_in, int(timeout))
                 except WireError as exc:  # counted and logged; the line goes on
-                    print(f"infer{worker}: dropped malformed message: {exc}", file=sys.stderr)
+                    get(f"infer{worker}").warning(f"dropped malformed message: {exc}")
                     status.add(processed=0, bad_messages=1)
                     continue
                 if msg is None:
                     break
                 if msg[0]["kind"] != "tiles":
-                    print(f"infer{worker}: dropped a {msg[0]['kind']} message (this stage takes tiles)", file=sys.stderr)
+                    get(f"infer{worker}").warning(f"dropped a {msg[0]['kind']} message (this stage takes tiles)")
                     status.add(processed=0, bad_messages=1)
                     continue
                 batch.append(msg)

@@ -9,6 +9,7 @@ import zmq
 
 from engines.artifact import ModelMeta
 from pipeline import messages
+from pipeline.log import get
 from pipeline.processing import Preprocessor
 from pipeline.stages._common import POLL_MS, HoldingNote, Stage, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, recv, send
@@ -33,7 +34,7 @@ def run(stage: Stage) -> int:
             try:
                 msg = recv(frames, POLL_MS)
             except WireError as exc:  # counted and logged; the line goes on
-                print(f"preprocess: dropped malformed message: {exc}", file=sys.stderr)
+                get("preprocess").warning(f"dropped malformed message: {exc}")
                 status.add(processed=0, bad_messages=1)
                 continue
             if msg is None:
@@ -41,7 +42,7 @@ def run(stage: Stage) -> int:
                 continue
             header, arrays = msg
             if header["kind"] != "frame":
-                print(f"preprocess: dropped a {header['kind']} message (this stage takes frames)", file=sys.stderr)
+                get("preprocess").warning(f"dropped a {header['kind']} message (this stage takes frames)")
                 status.add(processed=0, bad_messages=1)
                 continue
             t0 = time.monotonic_ns()
@@ -54,7 +55,7 @@ def run(stage: Stage) -> int:
                 send(verdict, messages.result(base, "ERROR", f"preprocess failed: {exc!r}"))
             if prepared is not None and prepared.verdict is not None:
                 if prepared.verdict == "ERROR" and "(preprocess.camera)" in prepared.reason and not camera_said:
-                    print(f"preprocess: {prepared.reason}; every such frame gets an ERROR record", file=sys.stderr)
+                    get("preprocess").warning(f"{prepared.reason}; every such frame gets an ERROR record")
                     camera_said = True
                 send(verdict, messages.result(base, prepared.verdict, prepared.reason))
             elif prepared is not None:

@@ -24,6 +24,7 @@ import numpy as np
 import zmq
 
 from pipeline import messages
+from pipeline.log import get
 from pipeline.sinks.base import build_sinks
 from pipeline.sinks.results_log import ResultsLog, last_frame_id, utc_iso
 from pipeline.stages._common import POLL_MS, Stage, note_progress, read_progress, run_stage, stage_parser
@@ -66,7 +67,7 @@ def run(stage: Stage, results_path: str | None, resume: bool = False, run_id: st
     status = StatusReporter(stage.ctx, stage.ep("status"), "sinks")
     if resume:
         send_within(ask, messages.resend(next_id), 5000)
-        print(f"sinks: resumed; asked for the records from frame {next_id} again", file=sys.stderr, flush=True)
+        get("sinks").info(f"resumed; asked for the records from frame {next_id} again")
     waiting: dict[int, tuple[dict, dict, np.ndarray | None]] = {}  # records after a gap, until it fills
     expected: int | None = None
     last_progress = last_ask = time.monotonic()
@@ -89,7 +90,7 @@ def run(stage: Stage, results_path: str | None, resume: bool = False, run_id: st
             try:
                 msg = recv(inbox, POLL_MS)
             except WireError as exc:  # counted and logged; the line goes on
-                print(f"sinks: dropped malformed message: {exc}", file=sys.stderr)
+                get("sinks").warning(f"dropped malformed message: {exc}")
                 status.add(processed=0, bad_messages=1)
                 msg = None
             for s in sinks:  # a QueuedSink's tick is the base no-op: its thread ticks the sink it runs
@@ -115,7 +116,7 @@ def run(stage: Stage, results_path: str | None, resume: bool = False, run_id: st
                         H = np.asarray(header["H"]).reshape(3, 3) if "H" in header else None
                         waiting[record["frame_id"]] = (record, arrays, H)
                 else:
-                    print(f"sinks: dropped a {kind} message (this stage takes records)", file=sys.stderr)
+                    get("sinks").warning(f"dropped a {kind} message (this stage takes records)")
                     status.add(processed=0, bad_messages=1)
             stalled = next_id not in waiting and (waiting or (expected is not None and next_id < expected))
             now = time.monotonic()
@@ -124,8 +125,8 @@ def run(stage: Stage, results_path: str | None, resume: bool = False, run_id: st
                 last_ask = now
             if stalled and now - last_progress > GAP_TIMEOUT_S:
                 until = min(waiting) if waiting else expected
-                print(f"sinks: no record came for frames {next_id}..{until - 1}, also when asked again; they get "
-                      "ERROR records", file=sys.stderr)
+                get("sinks").warning(f"no record came for frames {next_id}..{until - 1}, also when asked again; they get "
+                      "ERROR records")
                 for fid in range(next_id, until):
                     waiting[fid] = (lost_record(fid), {}, None)
             while next_id in waiting:

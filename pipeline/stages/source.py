@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import zmq
 
 from pipeline import messages
+from pipeline.log import get
 from pipeline.journal import SOURCE_JOURNAL, FrameJournal
 from pipeline.sources import SOURCE_ENV, Source, SourceItem, open_source
 from pipeline.stages._common import POLL_MS, Stage, run_stage, stage_parser
@@ -68,7 +69,7 @@ def run(stage: Stage, uri: str) -> int:
     try:
         source = open_source(uri, cfg.source, stop=closed)
     except Exception as exc:  # e.g. a camera that did not appear within source.reconnect_s
-        print(f"source: {exc}", file=sys.stderr, flush=True)
+        get("source").info(f"{exc}")
         journal.end(0)
         journal.close()
         send(verdict, messages.end(0))
@@ -173,7 +174,7 @@ def run(stage: Stage, uri: str) -> int:
         frames.close()
         verdict.close()
     if failure is not None:
-        print(f"source: {failure}", file=sys.stderr, flush=True)
+        get("source").info(f"{failure}")
         return SOURCE_FAILED
     return 0
 

@@ -23,6 +23,7 @@ import zmq
 
 from engines.artifact import ModelMeta
 from pipeline import messages
+from pipeline.log import get
 from pipeline.collector import Collector
 from pipeline.journal import RECORD_JOURNAL, SOURCE_JOURNAL, STITCH_JOURNAL, FrameJournal, RecordJournal
 from pipeline.processing import decide
@@ -120,7 +121,7 @@ def run(stage: Stage, resume: bool = False) -> int:
     sent = ResendBuffer()
     if resume:
         resume_state(stage.run_dir, collector, sent)
-        print(f"stitch: resumed from frame {collector.next_id}", file=sys.stderr, flush=True)
+        get("stitch").info(f"resumed from frame {collector.next_id}")
     journal = FrameJournal(stage.run_dir / STITCH_JOURNAL, resume)
     released_log = RecordJournal(stage.run_dir / RECORD_JOURNAL, resume, lines=RESEND_WINDOW)
     if collector.expected is not None and resume:
@@ -170,11 +171,11 @@ def run(stage: Stage, resume: bool = False) -> int:
         elif kind == "crash":
             n = collector.crash(header["frame_ids"], f"{header['stage']} stage crashed while processing the frame",
                                 t0 + CRASH_GRACE_NS)
-            print(f"stitch: {header['stage']} crashed holding {n} open frame(s); they become ERROR unless their "
-                  f"result comes within {CRASH_GRACE_NS / 1e9:.0f} s", file=sys.stderr)
+            get("stitch").warning(f"{header['stage']} crashed holding {n} open frame(s); they become ERROR unless their "
+                  f"result comes within {CRASH_GRACE_NS / 1e9:.0f} s")
         elif kind == "abort":
             n = collector.abort(header["reason"])
-            print(f"stitch: line stopping ({header['reason']}); {n} open frame(s) marked ERROR", file=sys.stderr)
+            get("stitch").warning(f"line stopping ({header['reason']}); {n} open frame(s) marked ERROR")
         elif kind == "end":
             collector.end(header["count"])
             journal.end(header["count"])
@@ -183,13 +184,13 @@ def run(stage: Stage, resume: bool = False) -> int:
         elif kind == "resend":  # a sinks stage that missed records: what it had not handled, in order
             again, oldest = sent.since(header["from"])
             if oldest is not None and oldest > header["from"]:
-                print(f"stitch: the sinks stage asked for records from frame {header['from']}, but only "
-                      f"those from frame {oldest} are kept (RESEND_WINDOW {RESEND_WINDOW})", file=sys.stderr)
+                get("stitch").warning(f"the sinks stage asked for records from frame {header['from']}, but only "
+                      f"those from frame {oldest} are kept (RESEND_WINDOW {RESEND_WINDOW})")
             for h, a in again:
                 send(results, h, a)
-            print(f"stitch: sent {len(again)} record(s) again to the sinks stage", file=sys.stderr)
+            get("stitch").info(f"sent {len(again)} record(s) again to the sinks stage")
         else:
-            print(f"stitch: dropped a {kind} message (not one this stage takes)", file=sys.stderr)
+            get("stitch").warning(f"dropped a {kind} message (not one this stage takes)")
             status.add(processed=0, bad_messages=1)
 
     rule = meta.map_rule()  # the same for every frame
@@ -198,7 +199,7 @@ def run(stage: Stage, resume: bool = False) -> int:
             try:
                 msg = recv(inbox, POLL_MS)
             except WireError as exc:  # counted and logged; the line goes on
-                print(f"stitch: dropped malformed message: {exc}", file=sys.stderr)
+                get("stitch").warning(f"dropped malformed message: {exc}")
                 status.add(processed=0, bad_messages=1)
                 msg = None
             if msg is not None:

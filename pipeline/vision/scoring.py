@@ -240,8 +240,7 @@ def add_coarse_map(anomaly: np.ndarray, coarse_maps: np.ndarray, coarse_grid: Ti
     network's, ``engines.backends.base.map_coarse_tiles``), stitched on
     ``coarse_grid`` (tiles not listed in ``positions`` count as 0; default: every tile, in grid
     order) and resized to ``anomaly``'s shape. A coarse tile sees twice the stretch of the part, so
-    wide, faint regions show on its map that a full-scale tile sees only a piece of (README, "A map
-    made at half scale")."""
+    wide, faint regions show on its map that a full-scale tile sees only a piece of."""
     if weight <= 0 or coarse_grid is None or not len(coarse_maps):
         return anomaly
     t = coarse_grid.tile
@@ -259,7 +258,7 @@ def blur_map(anomaly: np.ndarray, sigma: float) -> np.ndarray:
     0: as it is). The network answers pixel by pixel, so a real defect's region is covered in
     patches; smoothing evens its cover before the pixel threshold and the metrics read it. On the
     shipped model's development split, sigma 2: AUPRO 0.846 -> 0.856 (both halves of the split, every
-    defect type but uneven regions, -0.002), pixel AUROC unchanged (README, "Smoothing the map")."""
+    defect type but uneven regions, -0.002), pixel AUROC unchanged."""
     if sigma <= 0:
         return anomaly
     return cv2.GaussianBlur(np.ascontiguousarray(anomaly, np.float32), (0, 0), float(sigma))
