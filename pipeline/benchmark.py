@@ -1,7 +1,7 @@
 """Whole-pipeline benchmark over a recorded sequence: frames/s, frame-to-verdict latency, time per
 stage, the pipeline's own per-frame overhead (everything but the model), and, when the sequence
 carries ``truth.jsonl``, NG recall and false-alarm rate at the line's threshold and, from the
-scores, AUROC and NG recall at <= 5 % false alarms (the issue's target)."""
+scores, AUROC and NG recall at <= 5 % false alarms (the line's operating point)."""
 from __future__ import annotations
 
 import json
@@ -57,7 +57,7 @@ def overhead_per_frame(seq: str | Path, config: str | Path, max_frames: int = 50
     return times
 
 
-FALSE_ALARM_BUDGET = 0.05  # the issue's operating point: NG recall at <= 5 % false alarms
+FALSE_ALARM_BUDGET = 0.05  # the operating point: NG recall at <= 5 % false alarms
 
 
 def false_alarm_bar(ok_scores: "list[float | None] | np.ndarray", fa_budget: float = FALSE_ALARM_BUDGET) -> float:

@@ -38,7 +38,7 @@ def test_inference_contract(arch, model):
 
 
 def test_shipped_model_folder_stays_under_20_mb():
-    """The issue's size limit for engines/models/magnetic_tile/, its coarse-map network included."""
+    """The size limit for engines/models/magnetic_tile/, its coarse-map network included."""
     from pathlib import Path
 
     folder = Path(__file__).resolve().parents[1] / "engines" / "models" / "magnetic_tile"
