@@ -213,7 +213,7 @@ def _coverage(prep, fit_dir: Path) -> np.ndarray:
         p = prep(img) if img is not None else None
         if p is None or p.verdict is not None:
             continue
-        for t in p.tile_index[p.tile_index < len(grid)]:
+        for t in p.tile_index[~p.coarse]:
             counts[int(t) // len(grid.xs), int(t) % len(grid.xs)] += 1
     return counts
 

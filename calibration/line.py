@@ -138,7 +138,7 @@ def part_scores(prep: Preprocessor, model: str | Path, frames: list[np.ndarray],
             out.append(f"{p.verdict} ({p.reason})")
             continue
         maps, tile_scores = engine.infer(meta.normalise(p.tiles))
-        maps = map_coarse_tiles(engine, p.tiles, maps, p.tile_index >= len(p.grid))
+        maps = map_coarse_tiles(engine, p.tiles, maps, p.coarse)
         out.append(float(score_part(p.part(maps, tile_scores), meta.map_rule(), decision.part_erode_px).score))
     return out
 

@@ -94,7 +94,20 @@ class TestSample:
     mask_path: Path | None
 
 
-def mvtec_test_set(data: str | Path, require_masks: bool = True) -> list[TestSample]:
+# The development test images are split once, by a hash of each image's defect type and file
+# name, into ``val`` (every choice: generators, weights, thresholds, memory sizes) and ``test``
+# (reported once per shipped model, never used to choose). Fixed: the same image always falls on
+# the same side, on any machine, whatever else the folder holds.
+SPLITS = ("all", "val", "test")
+
+
+def split_of(defect_type: str, name: str) -> str:
+    """``val`` or ``test``: the side of the fixed split an image falls on (about half each)."""
+    digest = hashlib.sha256(f"{defect_type}/{name}".encode()).digest()
+    return "val" if digest[0] % 2 == 0 else "test"
+
+
+def mvtec_test_set(data: str | Path, require_masks: bool = True, split: str = "all") -> list[TestSample]:
     """``test/good`` and ``test/<type>`` with ``ground_truth/<type>/<name>_mask.png``. Without
     ``require_masks``, a defective image without its mask is kept with ``mask_path`` None (a user
     with OK/NG folders only: image-level labels)."""
@@ -117,4 +130,10 @@ def mvtec_test_set(data: str | Path, require_masks: bool = True) -> list[TestSam
             samples.append(TestSample(img, type_dir.name, mask))
     if not samples:
         raise DataError(f"{test}: no test images found")
+    if split not in SPLITS:
+        raise ValueError(f"--split {split!r}; valid: {list(SPLITS)}")
+    if split != "all":
+        samples = [s for s in samples if split_of(s.defect_type, s.image_path.name) == split]
+        if not samples:
+            raise DataError(f"{test}: no images on the {split} side of the split")
     return samples

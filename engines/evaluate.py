@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from engines import metrics
 from engines.backends import load_backend
-from engines.data import mvtec_test_set, read_image, read_mask
+from engines.data import mvtec_test_set, read_image, read_mask, split_of
 from engines.detector import Detector
 
 N_WORST = 8
@@ -75,10 +75,17 @@ def _plots(out: Path, labels: np.ndarray, scores: np.ndarray, types: list[str]) 
 
 def evaluate(model: str | Path, data: str | Path, out: str | Path, backend: str = "onnxruntime",
              overlap: float = 0.25, flip_tta: str = "none", fpr_limit: float = 0.3,
-             set_thresholds: bool = False, progress: bool = True, limit: int = 0) -> dict:
+             set_thresholds: bool = False, progress: bool = True, limit: int = 0, split: str = "all") -> dict:
+    """Metrics of ``model`` on the test images of ``data`` (``split``: all of them, or one side of
+    the fixed ``val`` / ``test`` split, ``engines.data.split_of``). ``set_thresholds`` chooses the
+    pixel and image thresholds on the ``val`` images only and writes them to the model folder:
+    thresholds are a choice, and a choice is never made on ``test``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    samples = mvtec_test_set(data, require_masks=False)
+    if set_thresholds and split == "test":
+        raise ValueError("--set-thresholds chooses on the val images; evaluate --split val (or all) to set them, "
+                         "then --split test to report")
+    samples = mvtec_test_set(data, require_masks=False, split=split)
     # With a defective image lacking its mask, the split has image-level labels only: image metrics
     # and the image threshold, no pixel metrics (a mask of zeros would call the whole defect a miss).
     with_masks = all(s.mask_path is not None for s in samples if s.defect_type != "good")
@@ -110,14 +117,18 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, backend: str 
 
     pixel_t, image_t = meta.pixel_threshold, meta.image_threshold
     if set_thresholds:
+        chosen = [i for i, s in enumerate(samples) if split_of(s.defect_type, s.image_path.name) == "val"]
+        if not chosen or labels[chosen].all() or not labels[chosen].any():
+            raise ValueError(f"{data}: the val images hold no OK or no defective image to set thresholds on")
         if with_masks:
-            pixel_t, _ = metrics.best_f1_threshold(masks, maps)
-        image_t = metrics.youden_threshold(labels, scores_arr)
+            pixel_t, _ = metrics.best_f1_threshold([masks[i] for i in chosen], [maps[i] for i in chosen])
+        image_t = metrics.youden_threshold(labels[chosen], scores_arr[chosen])
         meta = replace(meta, pixel_threshold=pixel_t, image_threshold=image_t)
         meta.save(Path(model))
 
     result = {
-        "model": str(model), "data": str(data), "backend": backend, "overlap": overlap, "flip_tta": flip_tta,
+        "model": str(model), "data": str(data), "split": split, "backend": backend, "overlap": overlap,
+        "flip_tta": flip_tta,
         "pixel_threshold": pixel_t, "image_threshold": image_t, "aupro_fpr_limit": fpr_limit,
         "pixel_labels": with_masks,
         **_type_metrics(labels, scores_arr, masks if with_masks else None, maps, pixel_t, fpr_limit),

@@ -30,6 +30,11 @@ class Prepared:
     H: np.ndarray | None = None         # camera -> canonical
     part_mask: np.ndarray | None = None  # (h, w) uint8 canonical
 
+    @property
+    def coarse(self) -> np.ndarray:
+        """Which tiles are the coarse pass's (they follow the fine ones)."""
+        return self.tile_index >= len(self.grid)
+
     def part(self, maps: np.ndarray, scores: np.ndarray) -> PartTiles:
         """These tiles with the maps and scores inference gave them."""
         return PartTiles(maps, scores, self.tile_index, self.grid, self.part_mask, self.coarse_grid)

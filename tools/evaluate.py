@@ -21,6 +21,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--set-thresholds", action="store_true",
                    help="choose pixel (best F1) and image (Youden) thresholds on this split and save them in model.json")
     p.add_argument("--limit", type=int, default=0, help="evaluate an evenly spaced subset of N images")
+    p.add_argument("--split", default="all", choices=["all", "val", "test"],
+                   help="which test images: all, or one side of the fixed split (a hash of type and file name): "
+                        "val for every choice (--set-thresholds always reads val), test to report once; "
+                        "default %(default)s")
     return p
 
 
@@ -31,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         from engines.evaluate import evaluate, format_table
 
         r = evaluate(args.model, args.data, args.out, args.backend, args.overlap, args.flip_tta,
-                     set_thresholds=args.set_thresholds, limit=args.limit)
+                     set_thresholds=args.set_thresholds, limit=args.limit, split=args.split)
         print(format_table(r))
         print(f"ms per tile: {r['ms_per_tile']:.2f} ({r['backend_device']}); wrote {args.out}/metrics.json")
 
