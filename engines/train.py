@@ -320,6 +320,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
+    start_step = step
     if cfg.precision == "bf16":
         keep_blocks_fp32(model, device.type)
     ema = WeightAverage(model, cfg.ema) if cfg.ema else None
@@ -379,7 +380,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         raw_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.load_state_dict(ema.state)
         save_checkpoint(ckpt_path, model, optimizer, scheduler, step, cfg, data_hash, files, ema, raw_weights)
-    if cfg.memory and cfg.arch == "tiny_unet" and getattr(model, "memory", None) is None:
+    # Fitted once training is over, on the final weights: a resumed run that trained on refits the
+    # memories its checkpoint held (they were fitted on the weights before), one that had nothing
+    # left to train keeps them.
+    stale = step > start_step or getattr(model, "memory", None) is None
+    if cfg.memory and cfg.arch == "tiny_unet" and stale:
         t0 = time.monotonic()
         meta = ModelMeta(arch=cfg.arch, width=cfg.width, in_channels=cfg.channels, tile_size=sample_cfg.tile,
                          mean=sample_cfg.mean, std=sample_cfg.std)

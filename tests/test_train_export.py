@@ -24,8 +24,14 @@ def test_checkpoint_resume_continues(tmp_path, mini_data):
     assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 6
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert (tmp_path / "train_config.json").is_file()
-    # the resumed run appends: the first run's memory record (at its last step, 4) is still there
-    assert [r["step"] for r in log if "memory_tiles" in r][:1] == [4]
+    # the resumed run appends: the first run's memory record (at its last step, 4) is still there,
+    # and the memories are fitted again on the weights the resumed run ended with
+    assert [r["step"] for r in log if "memory_tiles" in r] == [4, 6]
+    assert not torch.equal(state["model"]["memory.bank"],
+                           torch.load(tmp_path / "last.pt", weights_only=True)["model"]["memory.bank"])
+    train(cfg, resume=True, progress=False)  # nothing left to train: the memories stay as they are
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "memory_tiles" in r] == [4, 6]
     # the default mix is written out, so the run says what it drew from whatever the default becomes
     assert json.loads((tmp_path / "train_config.json").read_text())["generators"].split(",").count("uneven") == 3
 
