@@ -46,5 +46,8 @@ def setup(level: str | None = None) -> None:
 
 
 def get(name: str) -> logging.Logger:
-    """The logger of a stage or sink; ``name`` leads its lines (``stitch``, ``http sink``)."""
+    """The logger of a stage or sink; ``name`` leads its lines (``stitch``, ``http sink``). Its
+    lines reach stderr even where nothing called :func:`setup` (a sink used in-process)."""
+    if not any(isinstance(h, _Stderr) for h in logging.getLogger().handlers):
+        setup()
     return logging.getLogger(name)

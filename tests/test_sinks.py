@@ -214,3 +214,15 @@ def test_modbus_heartbeat_pauses_while_the_camera_is_lost(plc):
     sink.handle(_record(1, "OK"), {}, None)  # a frame again
     assert beat() == 2
     sink.close()
+
+
+def test_overlay_labels_of_neighbouring_defects_do_not_cover_each_other():
+    from pipeline.sinks.overlays import LEGEND_BG, draw_overlay
+
+    square = [[100.0, 100.0], [110.0, 100.0], [110.0, 110.0], [100.0, 110.0]]
+    record = {"verdict": "NG", "score": 0.7, "source_name": "f.png",
+              "defects": [{"bbox": [100, 100, 10, 10], "score": 0.9, "part_score": 0.7, "polygon": square},
+                          {"bbox": [102, 101, 10, 10], "score": 0.8, "part_score": 0.6, "polygon": square}]}
+    out = draw_overlay(np.zeros((200, 300, 3), np.uint8), record, None, None)[:200]
+    rows = np.where((out[:, 100:140] == np.array(LEGEND_BG, np.uint8)).all(axis=2).any(axis=1))[0]
+    assert rows.max() - rows.min() > 20  # two label boxes, one below the other, not one on top of the other

@@ -32,6 +32,7 @@ def draw_overlay(frame: np.ndarray, record: dict, anomaly_map: np.ndarray | None
         colour = cv2.applyColorMap(heat, cv2.COLORMAP_JET)
         on = heat > 25
         out[on] = (0.55 * out[on] + 0.45 * colour[on]).astype(np.uint8)
+    placed: list[tuple[int, int, int, int]] = []
     for i, d in enumerate(record.get("defects", []), 1):
         weak = bool(d.get("below_pixel_threshold"))
         colour = WEAK_BGR if weak else DEFECT_BGR
@@ -39,14 +40,19 @@ def draw_overlay(frame: np.ndarray, record: dict, anomaly_map: np.ndarray | None
         cv2.polylines(out, [poly], True, colour, 2)
         x, y, w, h = d["bbox"]
         value = d.get("part_score", d["score"])
-        _label(out, f"{i}: {value:.2f}", (x, max(12, y - 4)), colour)
+        _label(out, f"{i}: {value:.2f}", (x, max(12, y - 4)), colour, placed)
     return np.vstack([out, legend(out.shape[1], record, image_threshold)])
 
 
-def _label(image: np.ndarray, text: str, origin: tuple[int, int], colour: tuple[int, int, int]) -> None:
-    """``text`` on a dark box, readable over the heat."""
+def _label(image: np.ndarray, text: str, origin: tuple[int, int], colour: tuple[int, int, int],
+           placed: list[tuple[int, int, int, int]]) -> None:
+    """``text`` on a dark box, readable over the heat; moved down past the boxes already ``placed``
+    so that two defects' labels never cover each other."""
     (w, h), base = cv2.getTextSize(text, _FONT, 0.45, 1)
     x, y = origin
+    while any(x - 1 < bx1 and bx0 < x + w + 1 and y - h - 2 < by1 and by0 < y + base for bx0, by0, bx1, by1 in placed):
+        y += h + base + 3
+    placed.append((x - 1, y - h - 2, x + w + 1, y + base))
     cv2.rectangle(image, (x - 1, y - h - 2), (x + w + 1, y + base), LEGEND_BG, -1)
     cv2.putText(image, text, (x, y), _FONT, 0.45, colour, 1)
 
