@@ -65,6 +65,11 @@ def test_every_tool_option_says_what_it_does():
         for action in module.get_parser()._actions:
             if action.dest != "help" and not action.help:
                 missing.append(f"{path.stem} {'/'.join(action.option_strings) or action.dest}")
+    for path in sorted((ROOT / "pipeline" / "stages").glob("*.py")):  # the stages build parsers in main()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument"
+                    and "help" not in {k.arg for k in node.keywords}):
+                missing.append(f"{path.stem}:{node.lineno}")
     assert not missing, missing
     from tools.train import get_parser
 

@@ -104,7 +104,7 @@ def run(stage: Stage, worker: int = 0) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = stage_parser("infer")
-    p.add_argument("--worker", type=int, default=0)
+    p.add_argument("--worker", type=int, default=0, help="this worker's number among the inference workers; default %(default)s")
     return run_stage(p, argv, lambda stage, a: run(stage, a.worker))
 
 
