@@ -5,6 +5,7 @@ its frames) is read here, so the engines never depend on the line."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -16,10 +17,10 @@ from engines.artifact import ModelMeta
 from engines.data import files_hash, read_image, training_images
 from engines.export import export_model as export_folder
 from engines.tile_memory import (COARSE_MAX_TILES, COARSE_SCALE, POSITION_MEMORY_ROWS, WHITEN_SHRINK, LineFrameEmbeddings,
-                                 attach_memories, fit_memory, fit_position_memory, frame_tile_embeddings)
+                                 TileMemory, attach_memories, fit_memory, fit_position_memory, frame_tile_embeddings)
 from pipeline.config import load_config
 from pipeline.processing import Preprocessor
-from pipeline.sources import _decode
+from pipeline.sources import decode_frame
 from pipeline.vision.rectify import canonical_view
 
 
@@ -31,16 +32,15 @@ def canonical_size(line_config: str | Path) -> tuple[int, int]:
 
 def line_preprocessor(line_config: str | Path, meta: ModelMeta) -> Preprocessor:
     """The line's preprocessing with a coarse pass at the memories' scale."""
-    from dataclasses import replace
-
     return Preprocessor.for_model(load_config(line_config).preprocess, replace(meta, coarse_scale=COARSE_SCALE))
 
 
-def line_frame_tiles(frames: Sequence[Path], prep: Preprocessor) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """Each camera frame of an OK part as the line preprocesses it: ``(tiles, tile_index, len(grid))``;
-    frames where no part is found give nothing. An unreadable frame is an error naming the fix."""
+def line_frame_tiles(frames: Sequence[Path], prep: Preprocessor
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray, int] | None]:
+    """Each camera frame of an OK part as the line preprocesses it: ``(tiles, tile_index, len(grid))``,
+    or None where no part is found. An unreadable frame is an error naming the fix."""
     for path in frames:
-        frame, reason = _decode(Path(path))
+        frame, reason = decode_frame(Path(path))
         if frame is None:
             raise ValueError(f"{path}: {reason}; --memory-line and --memory-frames take camera frames of OK parts "
                              "on the line")
@@ -58,7 +58,7 @@ def line_frame_embeddings(model: nn.Module, frames: Sequence[Path], line_config:
 
 
 def memory_from_line_frames(model: nn.Module, frames: Sequence[Path], line_config: str | Path, meta: ModelMeta,
-                            progress: bool = True):
+                            progress: bool = True) -> tuple[TileMemory, TileMemory, int]:
     """Fit the fine and the coarse memory on camera frames of OK parts alone, as a line sees them.
     Returns the fine memory, the coarse memory and the number of frames used."""
     emb = line_frame_embeddings(model, frames, line_config, meta, progress)

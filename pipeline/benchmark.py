@@ -17,7 +17,7 @@ from pipeline import messages, wire
 from pipeline.config import VERDICTS, load_config
 from pipeline.processing import Preprocessor, decide
 from pipeline.sequence import iter_sequence
-from pipeline.sources import _decode
+from pipeline.sources import decode_frame
 from pipeline.vision.defects import box_iou
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_line.yaml"
@@ -34,7 +34,7 @@ def overhead_per_frame(seq: str | Path, config: str | Path, max_frames: int = 50
     for i, (_name, _ns, path) in enumerate(iter_sequence(seq)):
         if i >= max_frames:
             break
-        frame, _ = _decode(path)
+        frame, _ = decode_frame(path)
         if frame is None:
             continue
         t0 = time.perf_counter()

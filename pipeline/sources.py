@@ -46,7 +46,9 @@ class Source:
         pass
 
 
-def _decode(path: Path) -> tuple[np.ndarray | None, str]:
+def decode_frame(path: Path) -> tuple[np.ndarray | None, str]:
+    """A recorded frame file as the line reads it: ``(frame, "")``, or ``(None, why)`` for a file
+    that cannot be read or decoded (such a frame gets an ERROR record, never a crash)."""
     try:
         data = np.fromfile(str(path), np.uint8)
     except OSError as exc:
@@ -77,7 +79,7 @@ class DirSource(Source):
 
     def __iter__(self) -> Iterator[SourceItem]:
         for path in self.files:
-            frame, reason = _decode(path)
+            frame, reason = decode_frame(path)
             yield SourceItem(path.name, frame, reason)
 
 
@@ -96,7 +98,7 @@ class ReplaySource(Source):
                 wait = (e["capture_ns"] - start_rec) - (time.monotonic_ns() - start_wall)
                 if wait > 0:
                     time.sleep(wait / 1e9)
-            frame, reason = _decode(self.folder / e["file"])
+            frame, reason = decode_frame(self.folder / e["file"])
             yield SourceItem(e["file"], frame, reason, e["capture_ns"])
 
 

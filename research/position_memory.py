@@ -38,7 +38,7 @@ from pipeline.config import load_config
 from pipeline.vision.scoring import score_part
 from pipeline.processing import Preprocessor
 from pipeline.sim import sequence_parts
-from pipeline.sources import _decode
+from pipeline.sources import decode_frame
 from pipeline.vision.rectify import canonical_view
 from pipeline.vision.tiling import downscale, extract_tiles
 
@@ -178,7 +178,7 @@ def main() -> int:
         truth = {r["file"]: r.get("source_image", r["file"]) for r in map(json.loads, open(a.frames / "truth.jsonl"))}
     zs, poss, parts = [], [], []
     for path in training_images(a.frames):
-        frame, _ = _decode(path)
+        frame, _ = decode_frame(path)
         prepared = prep(frame)
         if prepared.verdict is None:
             zs.append(memory.project(prepared.tiles, meta, prepared.tile_index >= len(prepared.grid)))
