@@ -1,8 +1,6 @@
-"""INT8 calibration data: normalised OK tiles from a folder, and TensorRT's entropy calibrator.
-
-``calibration_tiles`` and ``calibration_batches`` are pure numpy (used by both TensorRT and the
-ONNX Runtime quantiser, and tested without a GPU). The TensorRT calibrator class is created lazily
-so importing this module never needs TensorRT or CUDA.
+"""INT8 calibration data: normalised tiles from a folder of OK images, or of a line's recorded
+frames, as the model sees them, for the ONNX Runtime quantiser (:func:`quantize_model`) and
+TensorRT's calibrator (``engines.int8_calibrator``). Pure numpy: tested without a GPU.
 """
 from __future__ import annotations
 
@@ -13,15 +11,15 @@ import numpy as np
 
 from engines.artifact import ModelMeta
 from engines.data import DataError, list_images, read_image
-from pipeline.vision.tiling import scaled_tiles
+from pipeline.vision.tiling import tiles_at_scale
 
 
 def _image_tiles(img: np.ndarray, meta: ModelMeta) -> np.ndarray:
     """An image's tiles as the detector sees them: full scale, and half scale where the model has
     a coarse pass (its activations reach other ranges: wider structures, smoother texture)."""
-    tiles = [scaled_tiles(img, meta.tile_size, 0.25)[0]]
+    tiles = [tiles_at_scale(img, meta.tile_size, 0.25)]
     if meta.coarse_scale > 0:
-        tiles.append(scaled_tiles(img, meta.tile_size, 0.25, meta.coarse_scale)[0])
+        tiles.append(tiles_at_scale(img, meta.tile_size, 0.25, meta.coarse_scale))
     return np.concatenate(tiles)
 
 

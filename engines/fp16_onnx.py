@@ -25,14 +25,9 @@ _H = "__fp16"  # suffix of a tensor's fp16 twin
 
 def fp32_nodes(model, memory_scopes: tuple[str, ...]) -> set[str]:
     """Names of the nodes kept in fp32: tile memories, output head, constants."""
-    import tempfile
-
     from engines.quantize import output_head_nodes
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        path.write_bytes(model.SerializeToString())
-        head = set(output_head_nodes(path))
+    head = set(output_head_nodes(model))
     return {n.name for n in model.graph.node
             if n.name.startswith(memory_scopes) or n.name in head or n.op_type == "Constant"}
 

@@ -38,27 +38,31 @@ _HEAD_STOP_OPS = {"Conv", "GlobalAveragePool", "GlobalMaxPool", "MaxPool"}
 INPUT_BLOCK_SCOPE = "/inc/"
 
 
-def float_nodes(onnx_path: Path, input_block_float: bool = True) -> list[str]:
-    """The nodes quantisation leaves in float: the output head and (unless ``input_block_float`` is
-    False, which trades map fidelity for speed) the input block."""
+def _graph(model):
+    """The graph of an ONNX model, given loaded or as a path."""
     import onnx
 
-    head = output_head_nodes(onnx_path)
+    return (model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))).graph
+
+
+def float_nodes(model, input_block_float: bool = True) -> list[str]:
+    """The nodes quantisation leaves in float (``model``: an ONNX model or its path): the output
+    head and (unless ``input_block_float`` is False, which trades map fidelity for speed) the input
+    block."""
+    graph = _graph(model)
+    head = output_head_nodes(graph)
     if not input_block_float:
         return head
-    graph = onnx.load(str(onnx_path)).graph
     return head + [n.name for n in graph.node if n.name.startswith(INPUT_BLOCK_SCOPE)]
 
 
-def output_head_nodes(onnx_path: Path) -> list[str]:
+def output_head_nodes(model) -> list[str]:
     """Names of the nodes between the graph outputs and the last convolution or pooling on each
     path (those included). They stay in float: the defect map's useful range includes small
     probabilities that an 8-bit output (steps of 1/255) would flatten to zero, and the tile memory's
     distances (MatMul, ReduceMin, Sqrt) would lose the small differences that rank tiles. Both cost
-    almost no time in float."""
-    import onnx
-
-    graph = onnx.load(str(onnx_path)).graph
+    almost no time in float. ``model``: an ONNX model, its graph, or its path."""
+    graph = model if hasattr(model, "node") and hasattr(model, "output") else _graph(model)
     producer = {out: node for node in graph.node for out in node.output}
     names: list[str] = []
     seen: set[str] = set()

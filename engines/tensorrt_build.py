@@ -101,14 +101,6 @@ def open_cuda():
         raise BackendUnavailable(f"no CUDA device: {exc}") from exc
 
 
-def gpu_identity() -> tuple[str, str]:
-    rt = open_cuda()
-    try:
-        return rt.identity()
-    finally:
-        rt.close()
-
-
 def int8_route(meta_precision: str, quant_target: str | None, has_calibrator_api: bool) -> str:
     """Which INT8 route to take: "explicit" when the model folder already carries symmetric Q/DQ
     nodes (``quantize --target tensorrt``), else "implicit" (entropy calibrator) where the installed

@@ -18,9 +18,6 @@ FIXES = {errno.ENOSPC: "free space on that disk or choose another folder", errno
 
 
 def run_cli(fn: Callable[[], int | None], prog: str) -> int:
-    from pipeline.log import setup
-
-    setup()  # library messages (a camera reconnecting, a sink failing) as "NAME: message" on stderr
     try:
         return int(fn() or 0)
     except USER_ERRORS as exc:

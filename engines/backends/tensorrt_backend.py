@@ -45,7 +45,7 @@ class TensorRTBackend(Backend):
     def __init__(self, model_dir: Path, meta: ModelMeta, engine: str | Path | None = None,
                  cuda_graph_batch: int = 0, trt=None, cuda=None) -> None:
         super().__init__(model_dir, meta)
-        from engines.tensorrt_build import import_tensorrt, open_cuda, sha256_file, sidecar_path
+        from engines.tensorrt_build import import_tensorrt, open_cuda, sidecar_path
 
         trt = trt or import_tensorrt()
         self.engine_path = Path(engine) if engine else self.model_dir / ENGINE_NAME
@@ -59,12 +59,14 @@ class TensorRTBackend(Backend):
         self.stream = 0
         self._graph = None
         try:
-            self._open(trt, side, sha256_file, cuda_graph_batch)
+            self._open(trt, side, cuda_graph_batch)
         except BaseException:
             self.close()
             raise
 
-    def _open(self, trt, side: Path, sha256_file, cuda_graph_batch: int) -> None:
+    def _open(self, trt, side: Path, cuda_graph_batch: int) -> None:
+        from engines.tensorrt_build import sha256_file
+
         gpu_name, _cc = self.rt.identity()
         engine_meta = json.loads(side.read_text())
         problems = engine_problems(engine_meta, trt.__version__, gpu_name, sha256_file(self.model_dir / ONNX_NAME))

@@ -5,6 +5,7 @@ from typing import Callable
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from pipeline.vision.rectify import to_camera
 
@@ -64,20 +65,18 @@ def find_defects(anomaly_map: np.ndarray, part_mask: np.ndarray, H: np.ndarray, 
     least ``core_share`` x the group's peak (its full width at half maximum by default; 0: the
     group's outline, gaps included). A defect's area is that of its outline, its score the peak of
     the map over it (of ``score_map`` there, when given: the map before smoothing, whose peaks keep
-    a small, sharp defect ahead of a broad, faint region). With ``part_score`` (a canonical boolean mask -> the part's score from that region
-    alone, ``MapRule.region_score``), each also gets ``"part_score"``. Strongest first."""
+    a small, sharp defect ahead of a broad, faint region). With ``part_score`` (a canonical boolean
+    mask -> the part's score from that region alone, ``MapRule.region_score``), each also gets
+    ``"part_score"``. Strongest first."""
     score_map = anomaly_map if score_map is None else score_map
     inside = part_mask > 0
     binary = ((anomaly_map >= pixel_threshold) & inside).astype(np.uint8)
     labels = _cores(anomaly_map, binary, inside, min_area, merge_gap, core_share)
-    n = int(labels.max())
-    if n == 0:
-        return []
     defects = []
-    for i in range(1, n + 1):
-        ys, xs = np.nonzero(labels == i)
-        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-        box = (slice(y0, y1), slice(x0, x1))
+    for i, box in enumerate(ndimage.find_objects(labels), 1):  # each defect's bounding box, in one pass
+        if box is None:
+            continue
+        y0, x0 = box[0].start, box[1].start
         member = labels[box] == i
         contours, _ = cv2.findContours(member.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
                                        offset=(x0, y0))
@@ -89,7 +88,9 @@ def find_defects(anomaly_map: np.ndarray, part_mask: np.ndarray, H: np.ndarray, 
                   "score": round(float(score_map[box][member & (binary[box] > 0)].max()), 4),
                   "polygon": [[round(float(px), 1), round(float(py), 1)] for px, py in poly]}
         if part_score is not None:
-            defect["part_score"] = round(float(part_score(labels == i)), 4)
+            region = np.zeros(labels.shape, bool)
+            region[box] = member
+            defect["part_score"] = round(float(part_score(region)), 4)
         defects.append(defect)
     defects.sort(key=lambda d: -d["score"])
     return defects
