@@ -93,6 +93,11 @@ class TestSample:
     defect_type: str  # "good" or the defect folder name
     mask_path: Path | None
 
+    @property
+    def side(self) -> str:
+        """``val`` or ``test``: its side of the fixed split (:func:`split_of`)."""
+        return split_of(self.defect_type, self.image_path.name)
+
 
 # The development test images are split once, by a hash of each image's defect type and file
 # name, into ``val`` (every choice: generators, weights, thresholds, memory sizes) and ``test``
@@ -133,7 +138,7 @@ def mvtec_test_set(data: str | Path, require_masks: bool = True, split: str = "a
     if split not in SPLITS:
         raise ValueError(f"--split {split!r}; valid: {list(SPLITS)}")
     if split != "all":
-        samples = [s for s in samples if split_of(s.defect_type, s.image_path.name) == split]
+        samples = [s for s in samples if s.side == split]
         if not samples:
             raise DataError(f"{test}: no images on the {split} side of the split")
     return samples

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from engines import metrics
 from engines.backends import load_backend
-from engines.data import mvtec_test_set, read_image, read_mask, split_of
+from engines.data import mvtec_test_set, read_image, read_mask
 from engines.detector import Detector
 
 N_WORST = 8
@@ -117,7 +117,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, backend: str 
 
     pixel_t, image_t = meta.pixel_threshold, meta.image_threshold
     if set_thresholds:
-        chosen = [i for i, s in enumerate(samples) if split_of(s.defect_type, s.image_path.name) == "val"]
+        chosen = [i for i, s in enumerate(samples) if s.side == "val"]
         if not chosen or labels[chosen].all() or not labels[chosen].any():
             raise ValueError(f"{data}: the val images hold no OK or no defective image to set thresholds on")
         if with_masks:
