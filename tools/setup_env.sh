@@ -8,3 +8,13 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[train,test]"
+# The second-product benchmark (product_bench) and its tests read Fashion-MNIST from Debian's
+# package dataset-fashion-mnist (30 MB, /usr/share/datasets/fashion-mnist).
+if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && command -v apt-get >/dev/null; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+    { $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+      || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; } \
+      || echo "setup_env: could not install the Debian package dataset-fashion-mnist (needs root or sudo);" \
+              "tests/test_second_product.py needs it: apt-get install dataset-fashion-mnist" >&2
+fi
