@@ -16,7 +16,7 @@ import torch.nn as nn
 from engines.artifact import ModelMeta
 from engines.data import files_hash, read_image, training_images
 from engines.export import export_model as export_folder
-from engines.tile_memory import (COARSE_MAX_TILES, COARSE_SCALE, POSITION_MEMORY_ROWS, WHITEN_SHRINK, LineFrameEmbeddings,
+from engines.tile_memory import (COARSE_MAX_TILES, COARSE_SCALE, POSITION_MEMORY_ROWS, LineFrameEmbeddings,
                                  TileMemory, attach_memories, fit_memory, fit_position_memory, frame_tile_embeddings)
 from pipeline.config import load_config
 from pipeline.processing import Preprocessor
@@ -102,11 +102,11 @@ def check_memory_options(memory_data, memory_line, memory_canonical, memory_fram
 def fit_memories(model: nn.Module, cfg: dict, memory_data: str | Path, memory_line: str | Path | None = None,
                  memory_canonical: str | Path | None = None, memory_frames: str | Path | None = None,
                  memory_positions: bool = False, memory_position_rows: int | None = None,
-                 progress: bool = True, whiten_shrink: float = WHITEN_SHRINK) -> tuple[dict, dict]:
+                 progress: bool = True, whiten_shrink: float | None = None) -> tuple[dict, dict]:
     """Fit ``model``'s tile memories (see :func:`export_model`) and return what the sidecar records
     of them (``extra`` entries) and the line's grids for a per-position memory (or ``{}``).
-    ``whiten_shrink``: the whitening's eigenvalue shrink (``engines.tile_memory.WHITEN_SHRINK``),
-    for studies."""
+    ``whiten_shrink``: the whitening's eigenvalue shrink, for studies (None:
+    ``engines.tile_memory.whiten_shrink_for`` chooses)."""
     model.position_memory = None  # fitted on the memories it replaces, if the source had one
     if cfg["arch"] != "tiny_unet":
         raise ValueError(f"--memory-data: only a tiny_unet has a tile memory, this model is {cfg['arch']}")

@@ -71,3 +71,16 @@ def test_product_bench_trains_exports_and_reports_image_auroc(tmp_path, capsys):
     assert (out / "seed0" / "model" / "model.onnx").is_file()
     text = capsys.readouterr().out
     assert "NOT the default training: 1 x 3 steps" in text and "trouser" in r["product"]
+
+
+def test_a_memory_of_few_ok_images_still_tells_ok_from_defective(tmp_path):
+    """40 OK images of one tile each: too few tiles to whiten the memory's embedding (256
+    dimensions). Whitened, every part scored 1.0 (image AUROC 0.5); not whitened, the memory still
+    ranks the other classes above the OK one."""
+    from engines.product_bench import bench
+
+    r = bench(tmp_path / "few", ProductSpec(ok_class="trouser", n_train=40), (0,), epochs=1, steps_per_epoch=3,
+              threads=1, progress=False)
+    assert r["runs"][0]["image_auroc"] > 0.9
+    meta = json.loads((tmp_path / "few" / "seed0" / "model" / "model.json").read_text())
+    assert meta["extra"]["memory_tiles"] == 40

@@ -11,7 +11,8 @@ from pipeline.vision.scoring import image_score  # noqa: E402
 from calibration.memories import export_model  # noqa: E402
 from engines.quantize import INPUT_BLOCK_SCOPE, float_nodes, output_head_nodes  # noqa: E402
 from engines.tile_memory import (BOTH_SCALES_MAP_SHARE, BOTH_SCALES_SCORE_WEIGHT, COARSE_SCALE, MEMORY_NAMES,  # noqa: E402
-                                 FINE_TOP_K, NOVELTY_SPREAD, fit_memory, k_center, memory_from_images, novelty_rule)
+                                 FINE_TOP_K, NOVELTY_SPREAD, WHITEN_SHRINK, fit_memory, k_center, memory_from_images,
+                                 novelty_rule, whiten_shrink_for)
 from engines.tiny_unet import TinyUNet  # noqa: E402
 
 
@@ -31,6 +32,20 @@ def test_memory_scores_new_tiles_above_ok_tiles():
     ok = memory(torch.from_numpy((centres + rng.normal(0, 0.3, centres.shape)).astype(np.float32)))
     novel = memory(torch.from_numpy(rng.normal(0, 5, (3, 8)).astype(np.float32) + 20.0))
     assert float(ok.max()) < 0.6 < 0.95 < float(novel.min())
+
+
+def test_few_tiles_are_not_whitened():
+    """Whitened on fewer tiles than a quarter of its dimensions, a memory blows up the directions
+    its few tiles do not span: it is then only standardised (shrink 1.0: every eigenvalue alike)."""
+    assert whiten_shrink_for(64, 256) == WHITEN_SHRINK and whiten_shrink_for(63, 256) == 1.0
+    rng = np.random.default_rng(1)
+    few = rng.normal(0, 1, (12, 64)).astype(np.float32)  # 12 < 64 / 4
+    memory = fit_memory(few, np.arange(12))
+    w = memory.whiten.numpy()
+    assert np.allclose(w @ w.T, w[0] @ w[0] * np.eye(64), atol=1e-4)  # a rotation and one scale: no whitening
+    many = rng.normal(0, 1, (400, 64)).astype(np.float32) * np.linspace(0.2, 3.0, 64)
+    w = fit_memory(many, np.arange(400)).whiten.numpy()
+    assert not np.allclose(w @ w.T, w[0] @ w[0] * np.eye(64), atol=1e-2)
 
 
 def test_memory_needs_two_images():
