@@ -94,7 +94,8 @@ def test_commission_bench_runs_a_random_line_end_to_end(trained_model, mini_data
     (row,) = json.loads((tmp_path / "cb" / "summary.json").read_text())
     assert row["seed"] == 4 and row["frames"] == row["frames_expected"] == 11 and row["exit_code"] == 0
     table = capsys.readouterr().out
-    assert "NG recall" in table and "false al." in table and "11/11" in table
+    assert "NG recall" in table and "false al." in table and "best rec." in table and "11/11" in table
+    assert 0.0 <= row["ng_recall_at_best_threshold"] <= 1.0
     folder = tmp_path / "cb" / "line004"
     fit_parts = {p.name for p in (folder / "product" / "A" / "train" / "good").iterdir()}
     held_parts = {p.name for p in (folder / "product" / "B" / "train" / "good").iterdir()}
