@@ -91,6 +91,6 @@ def write_product(root: Path, out: Path, spec: ProductSpec) -> dict:
         for i in idx:
             cv2.imwrite(str(target / f"{part}_{int(i):05d}.png"), enlarge(images[i]))
         counts[f"{part}/{folder}"] = int(len(idx))
-    if counts[("train/good")] < spec.n_train or counts["test/good"] < spec.n_test_ok:
+    if counts["train/good"] < spec.n_train or counts["test/good"] < spec.n_test_ok:
         raise DataError(f"{root}: not enough {spec.ok_class} images for {spec}")
     return counts

@@ -41,22 +41,26 @@ def bench(out: str | Path, spec: ProductSpec = ProductSpec(), seeds: tuple[int, 
           epochs: int | None = None, steps_per_epoch: int | None = None, threads: int = 2,
           root: str | Path = DEFAULT_ROOT, progress: bool = True) -> dict:
     """Write the product's folder under ``out/data``, run every seed, write ``out/product_bench.json``."""
+    if not seeds:
+        raise ValueError("product_bench: give at least one training seed")
     out = Path(out)
     defaults = TrainConfig(data="", out="")
     epochs = defaults.epochs if epochs is None else epochs
     steps_per_epoch = defaults.steps_per_epoch if steps_per_epoch is None else steps_per_epoch
     data = out / "data"
     counts = write_product(Path(root), data, spec)
-    runs = [run_seed(data, out / f"seed{s}", s, epochs, steps_per_epoch, threads, progress) for s in seeds]
-    aurocs = np.array([r["image_auroc"] for r in runs])
-    result = {
-        "product": f"Fashion-MNIST, OK class {spec.ok_class}", "spec": asdict(spec), "images": counts,
-        "epochs": epochs, "steps_per_epoch": steps_per_epoch,
-        "training_defaults": epochs == defaults.epochs and steps_per_epoch == defaults.steps_per_epoch,
-        "image_auroc_mean": float(aurocs.mean()), "image_auroc_min": float(aurocs.min()),
-        "image_auroc_max": float(aurocs.max()), "runs": runs, "host": platform.node(),
-    }
-    (out / "product_bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    runs: list[dict] = []
+    for s in seeds:  # the summary is rewritten after each seed: a long run that stops keeps what it measured
+        runs.append(run_seed(data, out / f"seed{s}", s, epochs, steps_per_epoch, threads, progress))
+        aurocs = np.array([r["image_auroc"] for r in runs])
+        result = {
+            "product": f"Fashion-MNIST, OK class {spec.ok_class}", "spec": asdict(spec), "images": counts,
+            "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+            "training_defaults": epochs == defaults.epochs and steps_per_epoch == defaults.steps_per_epoch,
+            "image_auroc_mean": float(aurocs.mean()), "image_auroc_min": float(aurocs.min()),
+            "image_auroc_max": float(aurocs.max()), "runs": runs, "host": platform.node(),
+        }
+        (out / "product_bench.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
