@@ -50,11 +50,11 @@ LINE_MEMORY_MIN_FRAMES = 200
 CALIBRATION_QUANTILE = 0.99
 WHITEN_SHRINK = 0.1        # eigenvalues -> 0.9 x eigenvalue + 0.1 x their mean (0.01..0.2 scored alike)
 # With few OK tiles the whitening is fitted on a few directions only and blows up every other one:
-# each new part, OK ones included, then scores as novel (on Fashion-MNIST trousers, 40 one-tile
-# images: every score 1.0, image AUROC 0.505 -> 0.979 unwhitened; with 20 of another network's:
-# 0.500). A memory of fewer tiles than this share of the embedding's dimensions is not whitened;
-# 60 tiles (0.23 x 256) whitened still scored 0.972 against 0.958 plain, 40 only 0.782.
-# research/small_memory_whitening.py.
+# each new part, OK ones included, then scores as novel. On Fashion-MNIST trousers (one tile per
+# image, 256 dimensions) whitened memories of 20 and 40 tiles gave image AUROC 0.500 and
+# 0.505-0.782 (every score 1.0 at worst), plain ones 0.967-0.979; from 60 tiles (0.23 x 256) up
+# whitening was the better (0.972 against 0.958). A memory of fewer tiles than this share of the
+# embedding's dimensions is not whitened (research/small_memory_whitening.py).
 WHITEN_MIN_TILES_PER_DIM = 0.25
 # Share of each tile's novelty added to the stitched defect map, outside the graph (ModelMeta's
 # fine_map_share). Small, so that the map still outlines the defect; enough that pixels of a novel
