@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from engines.fashion_mnist import DEFAULT_ROOT, ProductSpec, write_product
-from engines.train_config import TrainConfig
+from engines.train_config import TrainConfig, warmup_for
 
 
 def run_seed(data: Path, out: Path, seed: int, epochs: int, steps_per_epoch: int, threads: int,
@@ -23,11 +23,9 @@ def run_seed(data: Path, out: Path, seed: int, epochs: int, steps_per_epoch: int
     from engines.export import export_model
     from engines.train import train
 
-    defaults = TrainConfig(data="", out="")
-    cfg = replace(defaults, data=str(data), out=str(out / "train"), seed=seed, epochs=epochs,
-                  steps_per_epoch=steps_per_epoch, threads=threads,
-                  warmup_steps=min(defaults.warmup_steps, epochs * steps_per_epoch // 10),
-                  command=f"product_bench seed {seed}")
+    cfg = TrainConfig(data=str(data), out=str(out / "train"), seed=seed, epochs=epochs,
+                      steps_per_epoch=steps_per_epoch, threads=threads,
+                      warmup_steps=warmup_for(epochs, steps_per_epoch), command=f"product_bench seed {seed}")
     t0 = time.perf_counter()
     run = train(cfg, progress=progress)
     train_s = time.perf_counter() - t0

@@ -42,3 +42,8 @@ class TrainConfig:
     # How the --init weights were trained (their own command, and what they started from in turn):
     # the exported sidecar names a fine-tuned model's whole recipe (extra.init_training_command).
     init_command: str = ""
+
+
+def warmup_for(epochs: int, steps_per_epoch: int) -> int:
+    """Learning-rate warm-up steps for a run of that length: the default, or a tenth of a short run."""
+    return min(TrainConfig.warmup_steps, epochs * steps_per_epoch // 10)

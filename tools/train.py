@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> None:
         from engines.train import TrainConfig, train
+        from engines.train_config import warmup_for
 
         command = "train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
         cfg = TrainConfig(data=args.data, out=args.out, arch=args.arch, width=args.width, channels=args.channels,
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                           threads=args.threads, device=args.device, precision=args.precision, init=args.init,
                           freeze_encoder=args.freeze_encoder,
                           image_scale=args.image_scale, command=command,
-                          warmup_steps=min(100, args.epochs * args.steps_per_epoch // 10))
+                          warmup_steps=warmup_for(args.epochs, args.steps_per_epoch))
         out = train(cfg, resume=args.resume)
         print(f"checkpoint: {out / 'last.pt'}")
         if args.export:
