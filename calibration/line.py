@@ -21,13 +21,14 @@ from pipeline.config import (BeltConfig, DecisionConfig, InferenceConfig, LineCo
 from pipeline.processing import Preprocessor
 from pipeline.vision.scoring import score_part
 from pipeline.sources import DirSource
-from pipeline.vision.belt import fit_belt
+from pipeline.vision.belt import BeltModel, fit_belt
 from pipeline.vision.camera import frame_kind
-from pipeline.vision.locate import locate_silhouette
+from pipeline.vision.locate import locate_silhouette, part_silhouette
 from pipeline.vision.rectify import homography_to_canonical, rectify
 
 TEMPLATE_MIN_NCC = 0.8   # mean similarity of OK parts to their median above which template mode is used
 THRESHOLD_MARGIN = 0.05  # image threshold sits this far above the highest OK score (or the model's own)
+FEATURE_MARGIN = 0.02   # a colour camera is told by brightness and texture when that is this much more solid
 
 
 @dataclass
@@ -40,6 +41,37 @@ class Calibration:
 
 def _round8(v: float) -> int:
     return int(max(128, 8 * round(v / 8)))
+
+
+def silhouette_solidity(frames: list[np.ndarray], belt: BeltModel) -> float:
+    """The worst, over ``frames``, of the part silhouette's area over its convex hull's (0 when no
+    part is found): a silhouette the belt model cuts into, or that takes in belt, scores low."""
+    worst = 1.0
+    for f in frames:
+        sil = part_silhouette(f, belt, 0)
+        if sil is None:
+            return 0.0
+        contour = max(cv2.findContours(sil, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0], key=cv2.contourArea)
+        worst = min(worst, float(sil.sum()) / max(1.0, cv2.contourArea(cv2.convexHull(contour))))
+    return worst
+
+
+def choose_belt(frames: list[np.ndarray], camera: str, downscale: float) -> tuple[BeltModel, dict[str, float]]:
+    """The belt model, fitted at the scale the line locates parts at (the mono features' texture
+    and the pixel noise both change with it), and each candidate's silhouette solidity.
+
+    A mono camera has brightness and texture only. A colour camera is tried both ways: by colour
+    (Lab), and, as a mono camera would be, by brightness and texture. On a grey belt colour cannot
+    tell a grey part from it and Lab silhouettes came apart; on a coloured belt Lab is the cleaner.
+    The features whose worst silhouette on the calibration frames is the more solid win; Lab unless
+    the other is better by ``FEATURE_MARGIN``."""
+    small = [cv2.resize(f, None, fx=downscale, fy=downscale, interpolation=cv2.INTER_AREA) for f in frames]
+    if camera == "mono":
+        return fit_belt(small, kind="mono"), {}
+    models = {kind: fit_belt(small, kind=kind) for kind in ("lab", "mono")}
+    solid = {kind: silhouette_solidity(small, m) for kind, m in models.items()}
+    kind = "mono" if solid["mono"] > solid["lab"] + FEATURE_MARGIN else "lab"
+    return models[kind], solid
 
 
 def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Path,
@@ -58,11 +90,12 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
         odd = [i for i, k in enumerate(kinds) if k != camera]
         raise ValueError(f"{frames_dir}: frames {odd} are {'mono' if camera == 'colour' else 'colour'}, the others "
                          f"{camera}; calibrate on frames from the one camera of this line")
-    belt = fit_belt(frames, kind="mono" if camera == "mono" else "lab")
+    downscale = PreprocessConfig().downscale
+    belt, solid = choose_belt(frames, camera, downscale)
     probe_wh = (256, 320)
     sizes, corners_all = [], []
     for i, f in enumerate(frames):
-        found = locate_silhouette(f, belt, 2000, probe_wh)
+        found = locate_silhouette(f, belt, 2000, probe_wh, downscale)
         if found is None:
             raise ValueError(f"{frames_dir}: frame {i} shows no part distinct from the belt; calibration needs "
                              "every frame to show one OK part fully inside the view")
@@ -90,8 +123,10 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
     if mode == "template":
         template_path = str(out_yaml.with_suffix(".template.png"))
         cv2.imwrite(template_path, template)
-    notes.insert(0, f"{camera} camera: the part is told from the belt by "
-                    + ("brightness and texture" if camera == "mono" else "colour (Lab)"))
+    how = "brightness and texture" if belt.features == "mono" else "colour (Lab)"
+    notes.insert(0, f"{camera} camera: the part is told from the belt by {how}"
+                 + (f" (the parts' silhouettes held together better: worst solidity {solid['mono']:.2f}, by colour "
+                    f"{solid['lab']:.2f})" if len(solid) > 1 and belt.features == "mono" else ""))
     pre = PreprocessConfig(camera=camera, mode=mode, template=template_path, canonical_size=canonical,
                            min_part_area=int(0.3 * min(areas)), belt=BeltConfig(**belt.to_config()))
     if mode == "template":

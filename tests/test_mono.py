@@ -102,3 +102,72 @@ def test_mono_sequence_through_the_line(mono_line, mini_data, line, tmp_path):
     assert wrong.returncode == 0
     verdicts = [json.loads(x)["verdict"] for x in (tmp_path / "w.jsonl").read_text().splitlines()]
     assert verdicts == ["ERROR"] * 8 and wrong.stderr.count("calibrated on colour frames") == 1
+
+
+
+LIGHT_MONO_LINE = LineGeometry(width=800, height=600, part_long_side=440, max_angle=4.0, belt_bgr=(205, 205, 205),
+                               mono=True)
+
+
+def _spread(model) -> np.ndarray:
+    return np.sqrt(np.diag(np.linalg.inv(model.inv_cov)))
+
+
+def test_belt_fit_ignores_parts_reaching_into_the_border_band(mini_data):
+    """Parts near the edge of the view put their pixels in the band the belt is fitted on; kept,
+    they doubled the model's spread and a part of about the belt's brightness passed for belt."""
+    from pipeline.sim import belt_image
+    from pipeline.vision.belt import fit_belt
+
+    frames = [f.frame for f in simulate(mini_data, 8, 0, 0, seed=3, ok_from="train/good", geometry=LIGHT_MONO_LINE)]
+    rng = np.random.default_rng(3)
+    empty = [cv2.cvtColor(belt_image(600, 800, rng, geometry=LIGHT_MONO_LINE), cv2.COLOR_BGR2GRAY) for _ in range(8)]
+    b = int(0.06 * 600)  # the band fit_belt reads
+    intruding = np.mean([np.concatenate([f[:b], f[-b:], f[:, :b].T, f[:, -b:].T], axis=None).__lt__(150).mean()
+                         for f in frames])
+    assert intruding > 0.003  # the case: the parts do reach into the band
+    clean, fitted = fit_belt(empty, kind="mono"), fit_belt(frames, kind="mono")
+    assert np.all(_spread(fitted) < 1.25 * _spread(clean)), (_spread(fitted), _spread(clean))
+    assert abs(fitted.mean[0] - clean.mean[0]) < 2.0
+
+
+def test_a_part_as_bright_as_a_light_belt_is_located_whole():
+    """A part as bright and as grainy as a light belt is told from it only by the step at its
+    outline (here a dark chamfer a few px wide). The silhouette must be the whole part: eroding the
+    rim away before filling let the belt leak in and left a sliver."""
+    from pipeline.sim import belt_image
+    from pipeline.vision.belt import fit_belt
+    from pipeline.vision.locate import locate_silhouette
+
+    rng = np.random.default_rng(5)
+    grab = lambda: cv2.cvtColor(belt_image(600, 800, rng, geometry=LIGHT_MONO_LINE), cv2.COLOR_BGR2GRAY)
+    belt = fit_belt([cv2.resize(grab(), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA) for _ in range(3)],
+                    kind="mono")
+    for angle in (0.0, 5.0, -8.0):
+        inside = np.zeros((600, 800), np.uint8)
+        box = cv2.boxPoints(((400.0, 300.0), (260.0, 360.0), angle))
+        cv2.fillConvexPoly(inside, box.astype(np.int32), 1)
+        rim = inside - cv2.erode(inside, np.ones((7, 7), np.uint8))
+        frame = grab()
+        frame[rim > 0] = 90  # the chamfer; inside, the part is belt-like
+        found = locate_silhouette(frame, belt, 20000, (260, 360), 0.5)
+        assert found is not None
+        sil = cv2.resize(found[1], (800, 600), interpolation=cv2.INTER_NEAREST)
+        assert sil.sum() / inside.sum() > 0.93, "the silhouette lost the part's inside"
+        assert (sil & (inside == 0)).sum() / inside.sum() < 0.03, "the silhouette took in belt"
+
+
+@pytest.mark.parametrize("belt_bgr, expected", [((30, 30, 30), "mono"),
+                                                ((60, 110, 40), "lab")])
+def test_a_colour_camera_on_a_grey_belt_tells_parts_by_brightness_and_texture(mini_data, belt_bgr, expected):
+    """Colour cannot tell a grey part from a grey belt: calibration tries both feature sets on a
+    colour camera and keeps the one whose silhouettes hold together."""
+    from calibration.line import choose_belt, silhouette_solidity
+
+    g = LineGeometry(width=800, height=600, part_long_side=400, max_angle=8.0, belt_bgr=belt_bgr)
+    frames = [f.frame for f in simulate(mini_data, 10, 0, 0, seed=7, ok_from="train/good", geometry=g)]
+    belt, solid = choose_belt(frames, "colour", 0.5)
+    assert belt.features == expected, solid
+    assert solid[expected] > 0.9
+    if expected == "mono":
+        assert solid["lab"] < solid["mono"] - 0.02

@@ -1,9 +1,10 @@
 """Conveyor-belt model: a Gaussian over per-pixel features, fitted on belt pixels during calibration.
 
-Colour cameras: the features are the pixel's Lab colour. Mono cameras have no colour to tell belt
-from part, so the features are brightness and texture: lightness, its standard deviation over 5x5
-px, and lightness smoothed over 9x9 px (``FEATURES``), which keep a dark part on a black belt in
-one piece. The neighbourhoods grow the part's silhouette onto the belt by up to ``MONO_EDGE_PX``;
+Colour cameras: the features are the pixel's Lab colour, unless the belt is grey and colour cannot
+tell the part from it (calibration tries both, ``calibration.line.choose_belt``). Mono cameras have
+no colour to tell belt from part, so the features are brightness and texture: lightness, its
+standard deviation over 5x5 px, and lightness smoothed over 9x9 px (``FEATURES``), which keep a dark
+part on a black belt in one piece. The neighbourhoods grow the part's silhouette onto the belt by up to ``MONO_EDGE_PX``;
 the silhouette takes that off again, or the rectified part would carry a strip of belt (with a
 15-px neighbourhood and no such correction, a light belt's strip was plain in every part)."""
 from __future__ import annotations
@@ -16,6 +17,10 @@ import numpy as np
 
 FEATURES = ("lab", "mono")
 MONO_EDGE_PX = 4  # how far the mono features' neighbourhoods reach past the part's edge
+# Fitting the belt: samples beyond this Mahalanobis distance (chi-square, 3 dof: 1 in 2,000 belt
+# pixels) are taken for intruding part pixels and dropped, for up to TRIM_ROUNDS refits.
+TRIM_DISTANCE = 4.0
+TRIM_ROUNDS = 4
 
 
 @dataclass
@@ -67,22 +72,40 @@ def features(frame: np.ndarray, kind: str) -> np.ndarray:
     return _mono(frame) if kind == "mono" else _lab(frame)
 
 
+def _band(frame: np.ndarray, kind: str) -> np.ndarray:
+    """(N, 3) features of the frame's border band (6 % of its short side)."""
+    f = features(frame, kind)
+    h, w = f.shape[:2]
+    b = max(2, int(0.06 * min(h, w)))
+    return np.concatenate([f[:b].reshape(-1, 3), f[-b:].reshape(-1, 3), f[:, :b].reshape(-1, 3),
+                           f[:, -b:].reshape(-1, 3)])
+
+
+def _gaussian(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and inverse covariance; the floor keeps a perfectly flat belt invertible."""
+    cov = np.cov(data, rowvar=False) + np.eye(3) * 1.0
+    return data.mean(axis=0), np.linalg.inv(cov)
+
+
 def fit_belt(frames_bgr: list[np.ndarray], samples: np.ndarray | None = None, max_distance: float = 4.0,
              kind: str = "lab") -> BeltModel:
     """Fit on belt pixels. Without explicit ``samples`` the frame border (a 6% band) is taken as belt:
-    during calibration parts sit inside the field of view. ``kind``: the features (FEATURES)."""
-    pix = []
-    for f in frames_bgr:
-        lab = features(f, kind)
-        h, w = lab.shape[:2]
-        b = max(2, int(0.06 * min(h, w)))
-        band = np.concatenate([lab[:b].reshape(-1, 3), lab[-b:].reshape(-1, 3), lab[:, :b].reshape(-1, 3),
-                               lab[:, -b:].reshape(-1, 3)])
-        pix.append(band)
-    data = np.concatenate(pix) if samples is None else samples.reshape(-1, 3).astype(np.float32)
-    mean = data.mean(axis=0)
-    cov = np.cov(data, rowvar=False) + np.eye(3) * 1.0  # floor: a perfectly flat belt stays invertible
-    return BeltModel(mean.astype(np.float32), np.linalg.inv(cov).astype(np.float32), max_distance, kind)
+    during calibration parts sit inside the field of view. ``kind``: the features (FEATURES).
+
+    A part near the edge of the view reaches into the band. Its pixels, a percent or two of the
+    band, would double the model's spread and let a part of about the belt's brightness pass for
+    belt, so samples further than ``TRIM_DISTANCE`` from the fit are dropped and the fit repeated."""
+    data = np.concatenate([_band(f, kind) for f in frames_bgr]) if samples is None \
+        else samples.reshape(-1, 3).astype(np.float32)
+    data = data.astype(np.float64)
+    mean, inv_cov = _gaussian(data)
+    for _ in range(TRIM_ROUNDS):
+        d = data - mean
+        keep = np.einsum("ni,ij,nj->n", d, inv_cov, d) < TRIM_DISTANCE**2
+        if keep.all() or keep.sum() < 10:
+            break
+        mean, inv_cov = _gaussian(data[keep])
+    return BeltModel(mean.astype(np.float32), inv_cov.astype(np.float32), max_distance, kind)
 
 
 def belt_mask(frame_bgr: np.ndarray, model: BeltModel) -> np.ndarray:

@@ -37,24 +37,40 @@ def order_corners(pts: np.ndarray, canonical_wh: tuple[int, int]) -> np.ndarray:
     return pts
 
 
-def part_silhouette(frame_bgr: np.ndarray, belt: BeltModel, min_area: int) -> np.ndarray | None:
-    """uint8 mask of the largest non-belt component, or None if it is smaller than ``min_area``."""
-    part = (~belt_mask(frame_bgr, belt)).astype(np.uint8)
-    if belt.features == "mono":  # its texture feature reaches MONO_EDGE_PX onto the belt
-        part = cv2.erode(part, np.ones((2 * MONO_EDGE_PX + 1,) * 2, np.uint8))
-    part = cv2.morphologyEx(part, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(part, connectivity=8)
+def _largest_blob(mask: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """(the largest 8-connected component of ``mask`` as 0/1 uint8, its area), or None if it is empty."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:
         return None
     best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    if stats[best, cv2.CC_STAT_AREA] < min_area:
-        return None
-    blob = (labels == best).astype(np.uint8)
-    # Fill holes: dark defects on the part can look like belt, but they are part of the part.
+    return (labels == best).astype(np.uint8), int(stats[best, cv2.CC_STAT_AREA])
+
+
+def _fill_holes(blob: np.ndarray) -> np.ndarray:
     contours, _ = cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     filled = np.zeros_like(blob)
     cv2.drawContours(filled, contours, -1, 1, cv2.FILLED)
     return filled
+
+
+def part_silhouette(frame_bgr: np.ndarray, belt: BeltModel, min_area: int) -> np.ndarray | None:
+    """uint8 mask of the largest non-belt component, or None if it is smaller than ``min_area``.
+
+    Holes are filled before anything thins the blob: a part as bright as a light belt looks like
+    belt inside, and only the step at its outline (a rim a few px wide) tells it apart. Filling
+    the region that rim encloses keeps the whole part; eroding first broke the rim, the inside
+    leaked out to the belt, and up to half of such a part went uninspected and misaligned."""
+    part = _largest_blob((~belt_mask(frame_bgr, belt)).astype(np.uint8))
+    if part is None:
+        return None
+    # Fill holes: dark defects on the part can look like belt, but they are part of the part.
+    part = _fill_holes(part[0])
+    if belt.features == "mono":  # its texture feature reaches MONO_EDGE_PX onto the belt
+        part = cv2.erode(part, np.ones((2 * MONO_EDGE_PX + 1,) * 2, np.uint8))
+    part = _largest_blob(cv2.morphologyEx(part, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8)))
+    if part is None or part[1] < min_area:
+        return None
+    return _fill_holes(part[0])
 
 
 def small_to_full(downscale: float) -> np.ndarray:
