@@ -214,6 +214,8 @@ def format_results(report: dict) -> str:
         lines.append(f"pipeline over {p['sequence']} ({p.get('pace', '')}): {p['frames']} frames, {p['frames_per_s']} frames/s, latency "
                      f"{p['latency_ms']}, stage share {p['stage_share']}, own overhead per frame "
                      f"{p['overhead_ms_per_frame']} ms, verdicts {p['verdicts']}")
+        for r in p.get("without_verdict", []):
+            lines.append(f"  frame {r['frame_id']} ({r['source_name']}): {r['verdict']}, {r['reason'] or 'no reason given'}")
         if "accuracy" in p:
             acc = p["accuracy"]
             listed = ("ok_parts_setting_the_bar", "ng_parts_missed_at_the_bar")  # printed below, one part each

@@ -176,6 +176,13 @@ def line_summary(runs: list[dict]) -> dict:
     return out
 
 
+def without_verdict(results: list[dict]) -> list[dict]:
+    """The records that got no OK/NG verdict (NO_PART, ERROR, DROPPED), each with its frame and
+    the reason its stage gave: a figure with such frames in it says which and why."""
+    return [{"frame_id": r.get("frame_id"), "source_name": r.get("source_name"), "verdict": r["verdict"],
+             "reason": r.get("reason", "")} for r in results if r["verdict"] not in ("OK", "NG")]
+
+
 def pipeline_benchmark(seq: str | Path, config: str | Path | None, model: str | Path | None = None,
                        realtime: bool = False) -> dict:
     """As fast as possible (``realtime=False``) measures throughput, and latency then includes the
@@ -214,6 +221,7 @@ def pipeline_benchmark(seq: str | Path, config: str | Path | None, model: str | 
         "overhead_ms_per_frame": {"p50": round(float(np.median(overhead)), 2),
                                   "p90": round(float(np.percentile(overhead, 90)), 2)} if overhead else {},
         "verdicts": {v: sum(r["verdict"] == v for r in results) for v in VERDICTS},
+        "without_verdict": without_verdict(results),
     }
     acc = line_accuracy(results, Path(seq) / "truth.jsonl")
     if acc:

@@ -168,3 +168,27 @@ def test_line_summary_over_several_sequences():
     assert "pipeline over a " in text and "pipeline over b " in text
     assert "NG recall at <= 5 % false alarms: 0.90 / 0.80; mean 0.850 (min 0.80, max 0.90)" in text
     assert "missed at the bar: blowhole 2, crack 1" in text and "g1.jpg 2" in text
+
+
+def test_benchmark_names_the_frames_without_a_verdict_and_why():
+    """A pipeline figure counted over frames some of which got NO_PART or ERROR says which frames
+    and the reason their stage gave, in the JSON report and in its text."""
+    from engines.benchmark import format_results
+    from pipeline.benchmark import without_verdict
+
+    results = [{"frame_id": 0, "source_name": "0.png", "verdict": "OK", "reason": ""},
+               {"frame_id": 1, "source_name": "1.png", "verdict": "ERROR", "reason": "stitch failed: ValueError()"},
+               {"frame_id": 2, "source_name": "2.png", "verdict": "NG", "reason": ""},
+               {"frame_id": 3, "source_name": "3.png", "verdict": "NO_PART",
+                "reason": "no part silhouette larger than preprocess.min_part_area"},
+               {"frame_id": 4, "source_name": "4.png", "verdict": "DROPPED"}]
+    missing = without_verdict(results)
+    assert [(r["frame_id"], r["verdict"]) for r in missing] == [(1, "ERROR"), (3, "NO_PART"), (4, "DROPPED")]
+    assert missing[0]["reason"] == "stitch failed: ValueError()" and missing[2]["reason"] == ""
+    text = format_results({"model": "m", "arch": "tiny_unet", "width": 16, "precision": "fp32", "parameters": 1e6,
+                           "gmac_per_tile": 0.6, "results": [], "skipped": [], "pipeline": {
+        "sequence": "s", "pace": "as fast as possible", "frames": 5, "frames_per_s": 1.0, "latency_ms": {},
+        "stage_share": {}, "overhead_ms_per_frame": {}, "verdicts": {}, "without_verdict": missing}})
+    assert "  frame 1 (1.png): ERROR, stitch failed: ValueError()" in text
+    assert "  frame 3 (3.png): NO_PART, no part silhouette larger than preprocess.min_part_area" in text
+    assert "  frame 4 (4.png): DROPPED, no reason given" in text

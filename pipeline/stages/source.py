@@ -22,7 +22,7 @@ from pipeline import messages
 from pipeline.log import get
 from pipeline.journal import SOURCE_JOURNAL, FrameJournal
 from pipeline.sources import SOURCE_ENV, Source, SourceItem, open_source
-from pipeline.stages._common import POLL_MS, Stage, run_stage, stage_parser
+from pipeline.stages._common import POLL_MS, Stage, read_holding, run_stage, stage_parser
 from pipeline.transport import StatusReporter, make_socket, send
 
 
@@ -36,6 +36,22 @@ LIVE_RETRY_S = 0.002
 # stopping, or stuck); what is still queued then gets an ERROR record, never silence.
 STOP_DRAIN_S = 5.0
 _END = object()
+
+
+def wait_handed_over(stage: Stage, last_fid: int, limit_s: float) -> bool:
+    """Wait until preprocessing has taken frame ``last_fid``, the last one sent (its holding note
+    names the frame it took last; frames arrive in order), for at most ``limit_s`` and not once the
+    stage is stopping. Closing the socket earlier discards what still waits in ZeroMQ's queues once
+    their linger has run out: under load, the last frames of a replay were lost that way and became
+    ERROR records after the frame timeout. Returns whether it was taken."""
+    end = time.monotonic() + limit_s
+    while not stage.stopping:
+        if max(read_holding(stage.run_dir, "preprocess"), default=-1) >= last_fid:
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(POLL_MS / 1000)
+    return False
 
 
 class _Reader(threading.Thread):
@@ -91,6 +107,7 @@ def run(stage: Stage, uri: str) -> int:
         send(verdict, messages.result(ids, verdict_name, reason, camera_lost))
 
     stopped_at: list[float] = []
+    sent: collections.deque = collections.deque(maxlen=1)  # the frame sent to preprocessing last
     stage.on_stop.append(lambda: stopped_at.append(time.monotonic()))
 
     def drain(block: bool) -> None:
@@ -109,6 +126,7 @@ def run(stage: Stage, uri: str) -> int:
                     return
                 continue
             queue.popleft()
+            sent.append(header["frame_id"])
 
     def items() -> Iterator[SourceItem]:
         """The source's items; for a live source read ahead on a thread, with queued frames sent
@@ -167,6 +185,9 @@ def run(stage: Stage, uri: str) -> int:
                    "not inspected: the line stopped before the frame reached preprocessing")
         journal.end(count)
         send(verdict, messages.end(count))
+        if sent and not wait_handed_over(stage, sent[-1], cfg.frame_timeout_s) and not stage.stopping:
+            get("source").warning(f"preprocessing did not take frame {sent[-1]} within {cfg.frame_timeout_s:.0f} s "
+                                  "(frame_timeout_s); the frames it has not taken get an ERROR record")
     finally:
         journal.close()
         source.close()
