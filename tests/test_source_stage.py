@@ -24,6 +24,16 @@ def _sequence(folder, times_s):
     return folder
 
 
+def _take(frames, taken, timeout_ms=100):
+    """One frame off the frames socket, noted as taken the way the preprocess stage notes it: its
+    id, or None when none came within ``timeout_ms``."""
+    msg = recv(frames, timeout_ms)
+    if msg is None:
+        return None
+    taken.write([msg[0]["frame_id"]])
+    return msg[0]["frame_id"]
+
+
 def test_live_source_sends_queued_frames_while_it_waits_for_the_next(tmp_path):
     """Four frames 50 ms apart, then a fifth 2.5 s later, replayed at recorded pace (a live source).
     Preprocessing takes nothing for 0.6 s, so frames queue in the stage (one per socket buffer, the
@@ -44,10 +54,9 @@ def test_live_source_sends_queued_frames_while_it_waits_for_the_next(tmp_path):
         time.sleep(0.6)
         got = []
         while len(got) < 5 and time.monotonic() - t0 < 10:
-            msg = recv(frames, 100)
-            if msg is not None:
-                got.append((msg[0]["frame_id"], time.monotonic() - t0))
-                taken.write([msg[0]["frame_id"]])
+            fid = _take(frames, taken)
+            if fid is not None:
+                got.append((fid, time.monotonic() - t0))
         worker.join(timeout=5)
         assert [fid for fid, _ in got] == [0, 1, 2, 3, 4]  # none dropped: the queue (4) held them
         assert max(t for fid, t in got if fid < 4) < 1.5, got  # not held back until the fifth frame (2.5 s)
@@ -79,10 +88,9 @@ def test_a_replay_ends_only_once_preprocessing_has_taken_its_last_frame(tmp_path
     def take(count, within_s):
         end = time.monotonic() + within_s
         while len(got) < count and time.monotonic() < end:
-            msg = recv(frames, 100)
-            if msg is not None:
-                got.append(msg[0]["frame_id"])
-                taken.write([msg[0]["frame_id"]])
+            fid = _take(frames, taken)
+            if fid is not None:
+                got.append(fid)
 
     def source():
         source_stage.run(stage, f"replay:{seq}")

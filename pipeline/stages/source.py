@@ -107,12 +107,13 @@ def run(stage: Stage, uri: str) -> int:
         send(verdict, messages.result(ids, verdict_name, reason, camera_lost))
 
     stopped_at: list[float] = []
-    sent: collections.deque = collections.deque(maxlen=1)  # the frame sent to preprocessing last
+    last_sent = -1  # the frame sent to preprocessing last
     stage.on_stop.append(lambda: stopped_at.append(time.monotonic()))
 
     def drain(block: bool) -> None:
         """Pass queued frames on; with ``block``, wait for preprocessing to take them, but once the
         stage is stopping for STOP_DRAIN_S at most."""
+        nonlocal last_sent
         while queue:
             header, image = queue[0]
             if block:
@@ -126,7 +127,7 @@ def run(stage: Stage, uri: str) -> int:
                     return
                 continue
             queue.popleft()
-            sent.append(header["frame_id"])
+            last_sent = header["frame_id"]
 
     def items() -> Iterator[SourceItem]:
         """The source's items; for a live source read ahead on a thread, with queued frames sent
@@ -185,8 +186,8 @@ def run(stage: Stage, uri: str) -> int:
                    "not inspected: the line stopped before the frame reached preprocessing")
         journal.end(count)
         send(verdict, messages.end(count))
-        if sent and not wait_handed_over(stage, sent[-1], cfg.frame_timeout_s) and not stage.stopping:
-            get("source").warning(f"preprocessing did not take frame {sent[-1]} within {cfg.frame_timeout_s:.0f} s "
+        if last_sent >= 0 and not wait_handed_over(stage, last_sent, cfg.frame_timeout_s) and not stage.stopping:
+            get("source").warning(f"preprocessing did not take frame {last_sent} within {cfg.frame_timeout_s:.0f} s "
                                   "(frame_timeout_s); the frames it has not taken get an ERROR record")
     finally:
         journal.close()
