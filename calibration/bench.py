@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -78,8 +79,43 @@ def geometry_for(seed: int, overrides: dict[str, str] | None = None):
     return dataclasses.replace(g, **changes)
 
 
+class PartImageScores:
+    """The model's image score of a test part's own image (unrectified, no line, the model as
+    shipped), each image scored once: what the detector alone makes of the parts a line is judged
+    on, so a line's figures can be told apart from the detector's."""
+
+    def __init__(self, data: str | Path, model: str | Path):
+        self.data, self.model = Path(data), model
+        self.detector = None
+        self.scores: dict[tuple[str, str], float] = {}
+
+    def __call__(self, defect_type: str, name: str) -> float:
+        key = (defect_type, name)
+        if key not in self.scores:
+            from engines.backends import load_backend
+            from engines.data import read_image
+            from engines.detector import Detector
+
+            if self.detector is None:
+                self.detector = Detector(load_backend("onnxruntime", self.model))
+            img = read_image(self.data / "test" / defect_type / name, self.detector.meta.in_channels)
+            self.scores[key] = float(self.detector.predict(img).score)
+        return self.scores[key]
+
+
+def detector_alone(truths: list[dict], scorer: Callable[[str, str], float]) -> dict:
+    """:func:`score_ranking` of the same OK and NG parts scored on their own images."""
+    from pipeline.benchmark import score_ranking
+
+    parts = [t for t in truths if t["verdict"] in ("OK", "NG")]
+    ng = [scorer(t["defect_type"], t["source_image"]) for t in parts if t["verdict"] == "NG"]
+    ok = [scorer(t["defect_type"], t["source_image"]) for t in parts if t["verdict"] == "OK"]
+    return score_ranking(ng, ok)
+
+
 def bench_line(data: str | Path, model: str | Path, seed: int, out: Path, fit_frames: int, ok: int, ng: int,
-               target: float, overrides: dict[str, str] | None = None) -> dict:
+               target: float, overrides: dict[str, str] | None = None, scorer: PartImageScores | None = None
+               ) -> dict:
     from calibration.commission import HELD_OUT_FRACTION, commission_line
     from pipeline.benchmark import FALSE_ALARM_BUDGET, pipeline_benchmark
     from pipeline.sim import simulate, write_geometry, write_sequence
@@ -95,7 +131,9 @@ def bench_line(data: str | Path, model: str | Path, seed: int, out: Path, fit_fr
     fit = simulate(part_images, fit_frames - n_held, 0, 0, seed=1000 + seed, ok_from="train/good", geometry=geometry)
     held = simulate(held_parts, n_held, 0, 0, seed=3000 + seed, ok_from="train/good", geometry=geometry)
     frames = _recorded_frames(fit, held, folder / "ok_frames", HELD_OUT_FRACTION)
-    test = write_sequence(simulate(data, ok, ng, 5, seed=2000 + seed, geometry=geometry), folder / "test", ext=".jpg")
+    test_frames = simulate(data, ok, ng, 5, seed=2000 + seed, geometry=geometry)
+    alone = detector_alone([f.truth for f in test_frames], scorer or PartImageScores(data, model))
+    test = write_sequence(test_frames, folder / "test", ext=".jpg")
     write_geometry(geometry, folder)
     result = commission_line(frames, model, folder / "line.yaml", target, part_images=part_images, progress=False)
     commissioned = time.monotonic() - t0
@@ -108,6 +146,9 @@ def bench_line(data: str | Path, model: str | Path, seed: int, out: Path, fit_fr
             "score_auroc": acc.get("score_auroc"),
             # with the best threshold for the bar's false alarms: what separation alone allows
             "ng_recall_at_best_threshold": acc.get(f"ng_recall_at_fa_{FALSE_ALARM_BUDGET:g}"),
+            # the same parts' own images through the detector alone: the ceiling the line works under
+            "detector_auroc": alone.get("score_auroc"),
+            "detector_recall_at_best_threshold": alone.get(f"ng_recall_at_fa_{FALSE_ALARM_BUDGET:g}"),
             "frames": report["frames"], "frames_expected": expected,
             "exit_code": report["exit_code"], "verdicts": report["verdicts"],
             "commission_s": round(commissioned, 1)}
@@ -119,10 +160,11 @@ def commission_bench(data: str | Path, model: str | Path, seeds: list[int], out:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
+    scorer = PartImageScores(data, model)
     for seed in seeds:
         print(f"commission_bench: line {seed} ...", file=sys.stderr, flush=True)
         try:
-            row = bench_line(data, model, seed, out, fit_frames, ok, ng, target, overrides)
+            row = bench_line(data, model, seed, out, fit_frames, ok, ng, target, overrides, scorer)
         except ValueError as exc:  # commissioning refused this line (e.g. no part told from the belt)
             g = asdict(geometry_for(seed, overrides))
             row = {"seed": seed, "geometry": g, "camera": "mono" if g["mono"] else "colour", "threshold": float("nan"),
@@ -139,14 +181,16 @@ def commission_bench(data: str | Path, model: str | Path, seeds: list[int], out:
 
 def format_table(rows: list[dict], header: bool = True) -> str:
     head = (f"{'line':>5} {'camera':>6} {'view':>9} {'part px':>7} {'angle':>5} {'belt':>13} {'thresh':>6} "
-            f"{'NG recall':>9} {'false al.':>9} {'AUROC':>6} {'best rec.':>9} {'frames':>9} bar")
+            f"{'NG recall':>9} {'false al.':>9} {'AUROC':>6} {'best rec.':>9} {'det. AUROC':>10} {'det. rec.':>9} "
+            f"{'frames':>9} bar")
     lines = [head] if header else []
     for r in rows:
         g = r["geometry"]
         lines.append(f"{r['seed']:>5} {r['camera']:>6} {g['width']}x{g['height']:<4} {g['part_long_side']:>7} "
                      f"{g['max_angle']:>5.1f} {str(tuple(g['belt_bgr'])):>13} {r['threshold']:>6.3f} "
                      f"{r['ng_recall']:>9.3f} {r['false_alarm_rate']:>9.3f} {r['score_auroc'] or 0:>6.3f} "
-                     f"{r.get('ng_recall_at_best_threshold') or 0:>9.3f} "
+                     f"{r.get('ng_recall_at_best_threshold') or 0:>9.3f} {r.get('detector_auroc') or 0:>10.3f} "
+                     f"{r.get('detector_recall_at_best_threshold') or 0:>9.3f} "
                      f"{r['frames']:>4}/{r['frames_expected']:<4} {'met' if r.get('meets_bar') else 'MISSED'}"
                      + (" (commissioning failed)" if r.get("error") else ""))
     return "\n".join(lines)

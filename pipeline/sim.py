@@ -37,6 +37,7 @@ class LineGeometry:
     belt_noise: float = 4.0
     lighting_drift: float = 0.0    # brightness swings by up to this fraction over the sequence
     mono: bool = False             # a mono camera: frames are written as one-channel images
+    sensor_noise: float = 0.0      # a colour sensor's noise, drawn per channel (grey levels, sigma)
 
     @classmethod
     def random(cls, seed: int) -> "LineGeometry":
@@ -45,11 +46,14 @@ class LineGeometry:
         w, h = CAMERA_SIZES[rng.integers(len(CAMERA_SIZES))]
         mono = bool(rng.random() < 0.5)
         belts = MONO_BELTS if mono else BELT_COLOURS
-        return cls(width=int(w), height=int(h), part_long_side=int(rng.uniform(0.5, 0.75) * min(w, h)),
-                   max_angle=float(rng.uniform(3, 15)), perspective=float(rng.uniform(0.0, 0.05)),
-                   belt_bgr=tuple(int(v) for v in belts[rng.integers(len(belts))]),
-                   belt_weave=float(rng.uniform(2, 10)), belt_noise=float(rng.uniform(2, 6)),
-                   lighting_drift=float(rng.uniform(0, 0.15)), mono=mono)
+        g = cls(width=int(w), height=int(h), part_long_side=int(rng.uniform(0.5, 0.75) * min(w, h)),
+                max_angle=float(rng.uniform(3, 15)), perspective=float(rng.uniform(0.0, 0.05)),
+                belt_bgr=tuple(int(v) for v in belts[rng.integers(len(belts))]),
+                belt_weave=float(rng.uniform(2, 10)), belt_noise=float(rng.uniform(2, 6)),
+                lighting_drift=float(rng.uniform(0, 0.15)), mono=mono)
+        # drawn last, so that a seed's other fields stay what they were before the sensor was modelled
+        g.sensor_noise = 0.0 if mono else float(rng.uniform(1.5, 3.0))
+        return g
 
 
 @dataclass
@@ -132,6 +136,8 @@ def simulate(data: str | Path, n_ok: int, n_ng: int, n_empty: int, seed: int = 0
     order = rng.permutation(len(picks))
     frames = []
     g = geometry
+    # its own generator: the parts, poses and order of a seed do not depend on the sensor
+    sensor_rng = np.random.default_rng([seed, 1])
     for i, k in enumerate(order):
         kind, sample = picks[k]
         belt = belt_image(h, w, rng, shift=int(rng.integers(0, 100)), geometry=g)
@@ -147,6 +153,9 @@ def simulate(data: str | Path, n_ok: int, n_ng: int, n_empty: int, seed: int = 0
         if g.lighting_drift:  # a slow swing of the light over the sequence
             gain = 1.0 + g.lighting_drift * np.sin(2 * np.pi * i / max(1, len(order)))
             frame = np.clip(frame.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+        if g.sensor_noise and not g.mono:  # a colour sensor parts its channels even on a grey scene
+            noise = sensor_rng.normal(0, g.sensor_noise, frame.shape).astype(np.float32)
+            frame = np.clip(np.rint(frame + noise), 0, 255).astype(np.uint8)
         if g.mono:
             frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         frames.append(SimFrame(frame, truth))

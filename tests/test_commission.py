@@ -96,7 +96,34 @@ def test_commission_bench_runs_a_random_line_end_to_end(trained_model, mini_data
     table = capsys.readouterr().out
     assert "NG recall" in table and "false al." in table and "best rec." in table and "11/11" in table
     assert 0.0 <= row["ng_recall_at_best_threshold"] <= 1.0
+    assert 0.0 <= row["detector_auroc"] <= 1.0 and 0.0 <= row["detector_recall_at_best_threshold"] <= 1.0
+    assert "det. rec." in table
     folder = tmp_path / "cb" / "line004"
     fit_parts = {p.name for p in (folder / "product" / "A" / "train" / "good").iterdir()}
     held_parts = {p.name for p in (folder / "product" / "B" / "train" / "good").iterdir()}
     assert fit_parts and held_parts and not fit_parts & held_parts  # held-out frames show parts the memory lacks
+
+
+def test_the_detector_alone_scores_a_line_s_own_test_parts_once_each(trained_model, mini_data):
+    """The bench's reference: the same parts a line is judged on, each scored once on its own image
+    by the model as shipped, ranked as the line's scores are."""
+    from calibration.bench import PartImageScores, detector_alone
+    from engines.backends import load_backend
+    from engines.data import read_image
+    from engines.detector import Detector
+    from pipeline.sim import simulate
+
+    truths = [f.truth for f in simulate(mini_data, 4, 4, 2, seed=3)]
+    scorer = PartImageScores(mini_data, trained_model)
+    alone = detector_alone(truths, scorer)
+    parts = {(t["defect_type"], t["source_image"]) for t in truths if t["verdict"] != "NO_PART"}
+    assert set(scorer.scores) == parts  # empty frames are not parts; each image scored once
+    kind, name = sorted(parts)[0]
+    det = Detector(load_backend("onnxruntime", trained_model))
+    own = det.predict(read_image(mini_data / "test" / kind / name, det.meta.in_channels)).score
+    assert scorer(kind, name) == pytest.approx(own, abs=1e-6)
+    assert 0.0 <= alone["score_auroc"] <= 1.0 and "ng_recall_at_fa_0.05" in alone
+    # a ranking of its own: OK parts all below the NG parts give AUROC 1 and full recall
+    fake = {k: (0.9 if k[0] != "good" else 0.1) for k in parts}
+    ranked = detector_alone(truths, lambda kind, name: fake[(kind, name)])
+    assert ranked["score_auroc"] == 1.0 and ranked["ng_recall_at_fa_0.05"] == 1.0

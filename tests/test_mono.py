@@ -45,6 +45,25 @@ def test_random_lines_are_fixed_by_their_seed_and_vary(mini_data):
         assert all(f.frame.shape[:2] == (g.height, g.width) and (f.frame.ndim == 2) == g.mono for f in frames)
 
 
+def test_a_random_colour_line_on_a_grey_belt_is_seen_as_a_colour_camera(mini_data):
+    """A colour sensor's per-channel noise parts the channels on a grey belt, as on a real line; without
+    it the simulated colour camera handed out three identical channels and was taken for mono. The
+    sensor has its own generator: the parts, poses and truth of a seed stay as they were."""
+    import dataclasses
+
+    g = next(LineGeometry.random(s) for s in range(100, 200)
+             if not LineGeometry.random(s).mono and len(set(LineGeometry.random(s).belt_bgr)) == 1)
+    assert 1.5 <= g.sensor_noise <= 3.0
+    assert all(LineGeometry.random(s).sensor_noise == 0 for s in range(20) if LineGeometry.random(s).mono)
+    noisy = simulate(mini_data, 2, 1, 1, seed=5, geometry=g)
+    quiet = simulate(mini_data, 2, 1, 1, seed=5, geometry=dataclasses.replace(g, sensor_noise=0.0))
+    assert [f.truth for f in noisy] == [f.truth for f in quiet]
+    assert all(frame_kind(f.frame) == "colour" for f in noisy)
+    assert all(frame_kind(f.frame) == "mono" for f in quiet)  # what the simulator used to hand out
+    diff = np.abs(noisy[0].frame.astype(np.int16) - quiet[0].frame).mean()
+    assert 0.5 < diff < 3.0  # noise of a few grey levels, not a different scene
+
+
 @pytest.fixture(scope="module")
 def mono_line(trained_model, mini_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("mono")

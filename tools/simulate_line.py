@@ -24,6 +24,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--belt-bgr", default="60,110,40", metavar="B,G,R", help="belt colour")
     p.add_argument("--lighting-drift", type=float, default=0.0, help="brightness swing over the sequence (0.1: +-10 %%)")
     p.add_argument("--mono", action="store_true", help="a mono camera: one-channel frames")
+    p.add_argument("--sensor-noise", type=float, default=0.0,
+                   help="a colour sensor's noise per channel, grey levels (sigma); default %(default)s")
     p.add_argument("--line-seed", type=int, metavar="N",
                    help="draw the whole line geometry at random from N (overrides the options above; the same N, the "
                         "same line); written to OUT/line.json")
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             if len(bgr) != 3 or not all(0 <= v <= 255 for v in bgr):
                 raise ValueError(f"--belt-bgr {args.belt_bgr!r}: give three numbers 0-255, B,G,R")
             geometry = LineGeometry(args.width, args.height, args.part_size, args.max_angle, args.perspective, bgr,
-                                    lighting_drift=args.lighting_drift, mono=args.mono)
+                                    lighting_drift=args.lighting_drift, mono=args.mono,
+                                    sensor_noise=args.sensor_noise)
         if geometry.part_long_side + 40 > min(geometry.width, geometry.height) * 1.3:
             raise ValueError(f"--part-size {geometry.part_long_side}: the part would not fit a "
                              f"{geometry.width}x{geometry.height} view; give a smaller part or a larger view")
