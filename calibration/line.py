@@ -22,7 +22,7 @@ from pipeline.processing import Preprocessor
 from pipeline.vision.scoring import score_part
 from pipeline.sources import DirSource
 from pipeline.vision.belt import BeltModel, fit_belt
-from pipeline.vision.camera import frame_kind
+from pipeline.vision.camera import COLOUR_MIN_CHANNEL_DIFF, MONO_MAX_CHANNEL_DIFF, channel_spread
 from pipeline.vision.locate import locate_silhouette, part_silhouette
 from pipeline.vision.rectify import homography_to_canonical, rectify
 
@@ -84,14 +84,18 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
         raise ValueError(f"{frames_dir}: need at least 3 readable frames of OK parts (5-10 recommended), "
                          f"found {len(frames)}")
     _, meta = model_paths(model)
-    kinds = [frame_kind(f) for f in frames]
-    camera = max(set(kinds), key=kinds.count)
-    if len(set(kinds)) > 1:
-        odd = [i for i, k in enumerate(kinds) if k != camera]
-        raise ValueError(f"{frames_dir}: frames {odd} are {'mono' if camera == 'colour' else 'colour'}, the others "
-                         f"{camera}; calibrate on frames from the one camera of this line")
+    # the camera's kind from most frames; a frame is odd only when clearly of the other kind (see
+    # pipeline.vision.camera: a colour camera's grey scene may or may not keep a trace of colour)
+    spreads = [channel_spread(f) for f in frames]
+    camera = "mono" if float(np.median(spreads)) <= MONO_MAX_CHANNEL_DIFF else "colour"
+    odd = [i for i, s in enumerate(spreads) if camera == "mono" and s >= COLOUR_MIN_CHANNEL_DIFF]
     downscale = PreprocessConfig().downscale
     belt, solid = choose_belt(frames, camera, downscale)
+    if belt.features == "lab":  # parts told by colour: every frame must have it
+        odd = [i for i, s in enumerate(spreads) if s <= MONO_MAX_CHANNEL_DIFF]
+    if odd:
+        raise ValueError(f"{frames_dir}: frames {odd} are {'mono' if camera == 'colour' else 'colour'}, the others "
+                         f"{camera}; calibrate on frames from the one camera of this line")
     probe_wh = (256, 320)
     sizes, corners_all = [], []
     for i, f in enumerate(frames):

@@ -12,7 +12,7 @@ from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects, strongest_region
 from pipeline.vision.locate import locate_silhouette, locate_template, refine_ecc, small_to_full
 from pipeline.vision.rectify import homography_to_canonical, rectify
-from pipeline.vision.camera import frame_kind
+from pipeline.vision.camera import kind_mismatch
 from pipeline.vision.scoring import MapRule, PartTiles, score_part
 from pipeline.vision.tiling import TileGrid, downscale, extract_tiles, scaled_shape, tile_grid
 
@@ -49,6 +49,7 @@ class Preprocessor:
         self.coarse_scale = coarse_scale
         self.wh = (int(cfg.canonical_size[0]), int(cfg.canonical_size[1]))
         self.belt = BeltModel.from_config(cfg.belt)
+        self.needs_colour = cfg.mode == "silhouette" and cfg.belt.features == "lab"  # parts told by colour
         self.template = None
         if cfg.mode == "template":
             tpl = cv2.imread(cfg.template, cv2.IMREAD_GRAYSCALE)
@@ -86,11 +87,9 @@ class Preprocessor:
             frame = frame[..., 0]
         if min(frame.shape[:2]) < 16:
             return Prepared("ERROR", f"frame is {frame.shape[1]}x{frame.shape[0]}; too small")
-        kind = frame_kind(frame)
-        if kind != self.cfg.camera:
-            return Prepared("ERROR", f"a {kind} frame, but this line was calibrated on {self.cfg.camera} frames "
-                                     f"(preprocess.camera); calibrate it again on frames from this camera "
-                                     "(commission_line or calibrate_line)")
+        mismatch = kind_mismatch(frame, self.cfg.camera, self.needs_colour)
+        if mismatch:
+            return Prepared("ERROR", mismatch)
         if self.cfg.mode == "template":
             found = locate_template(frame, self.template, self.cfg.template_scales, self.cfg.downscale,
                                     self.cfg.template_min_score)
