@@ -4,10 +4,11 @@ and most drivers hand a mono sensor's image) or colour; and whether a frame fits
 A frame's channel spread is the 99.5th percentile, over sampled pixels, of the largest difference
 between its channels. A mono sensor's copies give 0 however they were compressed. A colour sensor
 parts the channels by noise and demosaicing, but on a grey scene only a little, and JPEG takes
-much of it: a colour camera on a grey belt measured 4-13 uncompressed, 2-3 at JPEG quality 95 and
-0 at 75. One cut between the kinds therefore splits some colour cameras' frames at random (at
-sensor noise 1.8 and quality 95, 12 of 26 frames fell each side). So a frame is refused only when
-it lacks what its line needs or is clearly of the other kind (:func:`kind_mismatch`).
+much of it: a simulated colour camera (sensor noise 1-3 grey levels) on a grey belt measured 4-13
+uncompressed, 2-3 at JPEG quality 95 and 0 at 75. One cut between the kinds therefore splits some
+colour cameras' frames at random (sensor noise 1.8, quality 95: 12 of 26 frames on one side, 14 on
+the other). So a frame is refused only when it lacks what its line needs or is clearly of the
+other kind (:func:`kind_mismatch`).
 """
 from __future__ import annotations
 
