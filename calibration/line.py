@@ -91,7 +91,7 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
     odd = [i for i, s in enumerate(spreads) if camera == "mono" and s >= COLOUR_MIN_CHANNEL_DIFF]
     downscale = PreprocessConfig().downscale
     belt, solid = choose_belt(frames, camera, downscale)
-    if belt.features == "lab":  # parts told by colour: every frame must have it
+    if belt.needs_colour():  # parts told from the belt by colour: every frame must have it
         odd = [i for i, s in enumerate(spreads) if s <= MONO_MAX_CHANNEL_DIFF]
     if odd:
         raise ValueError(f"{frames_dir}: frames {odd} are {'mono' if camera == 'colour' else 'colour'}, the others "

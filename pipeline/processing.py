@@ -49,7 +49,7 @@ class Preprocessor:
         self.coarse_scale = coarse_scale
         self.wh = (int(cfg.canonical_size[0]), int(cfg.canonical_size[1]))
         self.belt = BeltModel.from_config(cfg.belt)
-        self.needs_colour = cfg.mode == "silhouette" and cfg.belt.features == "lab"  # parts told by colour
+        self.needs_colour = cfg.mode == "silhouette" and self.belt.needs_colour()  # parts told by colour
         self.template = None
         if cfg.mode == "template":
             tpl = cv2.imread(cfg.template, cv2.IMREAD_GRAYSCALE)

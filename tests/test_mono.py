@@ -92,6 +92,11 @@ def test_a_frame_is_refused_only_when_it_lacks_what_its_line_needs_or_is_clearly
     # a mono line: a trace of colour is not another camera, visible colour is
     assert kind_mismatch(q95, "mono", needs_colour=False) is None
     assert "a colour frame, but this line was calibrated on mono frames" in kind_mismatch(green.frame, "mono", False)
+    # what needs colour: a colour model of a green belt does; of a grey belt (told by lightness) not
+    from pipeline.vision.belt import fit_belt
+
+    assert fit_belt([green.frame], kind="lab").needs_colour()
+    assert not fit_belt([q95], kind="lab").needs_colour() and not fit_belt([q95], kind="mono").needs_colour()
 
 
 def test_a_colour_camera_on_a_grey_belt_is_calibrated_and_run_whatever_its_compression(trained_model, mini_data,

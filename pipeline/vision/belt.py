@@ -46,6 +46,16 @@ class BeltModel:
                 "inv_cov": [[round(float(v), 6) for v in row] for row in self.inv_cov],
                 "max_distance": float(self.max_distance), "features": self.features}
 
+    def needs_colour(self) -> bool:
+        """Whether telling this belt from a part takes colour: a colour (Lab) model of a belt that a
+        frame without colour would no longer show as belt (its own lightness, no chroma, beyond
+        ``max_distance``). A green belt needs colour; a grey one, modelled in Lab, does not."""
+        if self.features != "lab":
+            return False
+        grey = np.array([self.mean[0], 128.0, 128.0], np.float64)  # 8-bit Lab: a = b = 128 is neutral
+        d = grey - np.asarray(self.mean, np.float64)
+        return float(np.sqrt(d @ np.asarray(self.inv_cov, np.float64) @ d)) > self.max_distance
+
     @classmethod
     def from_config(cls, belt) -> "BeltModel":
         return cls(np.asarray(belt.mean, np.float32), np.asarray(belt.inv_cov, np.float32), float(belt.max_distance),

@@ -36,8 +36,9 @@ def frame_kind(frame: np.ndarray) -> str:
 def kind_mismatch(frame: np.ndarray, camera: str, needs_colour: bool) -> str | None:
     """Why ``frame`` does not fit a line calibrated on ``camera`` frames, or None when it does.
 
-    - A line that tells parts from the belt by colour (``needs_colour``) refuses a frame without
-      colour: it could not find the part, and an empty belt would look like one.
+    - A line that tells parts from the belt by colour (``needs_colour``: a coloured belt, see
+      ``BeltModel.needs_colour``) refuses a frame without colour: it could not find the part, and
+      an empty belt would look like one.
     - A mono line refuses a frame with visible colour: another camera than the one calibrated.
     - Otherwise the frame fits: a colour camera's line that uses brightness and texture reads a
       grey scene the same whether compression left it a trace of colour or none."""
