@@ -25,6 +25,8 @@ def _type_metrics(labels, scores, masks, maps, pixel_threshold, fpr_limit) -> di
         "n_images": int(len(labels)),
         "n_defective": int(np.sum(labels)),
         "image_auroc": metrics.roc_auc(labels, scores),
+        # the operating point lines are judged at: recall at the best threshold for 5 % false alarms
+        f"image_recall_at_fa_{metrics.FALSE_ALARM_BUDGET:g}": metrics.recall_at_false_alarms(labels, scores),
         "pixel_auroc": metrics.pixel_auroc(masks, maps) if pixel else None,
         "aupro": metrics.aupro(masks, maps, fpr_limit) if pixel else None,
         "pixel_f1": metrics.f1_at(masks, maps, pixel_threshold) if pixel else None,

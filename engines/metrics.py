@@ -8,6 +8,27 @@ import numpy as np
 from scipy import ndimage
 
 N_BINS = 2000
+FALSE_ALARM_BUDGET = 0.05  # the operating point: NG recall at <= 5 % false alarms
+
+
+def false_alarm_bar(ok_scores: list[float | None] | np.ndarray, fa_budget: float = FALSE_ALARM_BUDGET) -> float:
+    """The score an NG part must exceed to be flagged by the best threshold that flags at most
+    ``fa_budget`` of the OK parts (-inf when every OK part may be flagged). A part with no score
+    counts as scoring below every other part."""
+    ok = np.array([-np.inf if s is None else s for s in ok_scores], np.float64)
+    allowed = int(np.floor(fa_budget * len(ok) + 1e-9))   # OK parts that may score above the threshold
+    return float(np.sort(ok)[::-1][allowed]) if allowed < len(ok) else -np.inf
+
+
+def recall_at_false_alarms(labels: np.ndarray, scores: np.ndarray, fa_budget: float = FALSE_ALARM_BUDGET) -> float:
+    """Share of the defective images (``labels`` true) scoring above :func:`false_alarm_bar` of
+    the good ones: recall at the best threshold for at most ``fa_budget`` false alarms. NaN when
+    one class is absent."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if labels.all() or not labels.any():
+        return float("nan")
+    return float((scores[labels] > false_alarm_bar(scores[~labels], fa_budget)).mean())
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.artifact import ModelMeta
+from engines.metrics import FALSE_ALARM_BUDGET, false_alarm_bar
 from pipeline import messages, wire
 from pipeline.config import VERDICTS, load_config
 from pipeline.processing import Preprocessor, decide
@@ -55,18 +56,6 @@ def overhead_per_frame(seq: str | Path, config: str | Path, max_frames: int = 50
                    meta.image_threshold, rule)
             times.append((time.perf_counter() - t0) * 1000.0)
     return times
-
-
-FALSE_ALARM_BUDGET = 0.05  # the operating point: NG recall at <= 5 % false alarms
-
-
-def false_alarm_bar(ok_scores: "list[float | None] | np.ndarray", fa_budget: float = FALSE_ALARM_BUDGET) -> float:
-    """The score an NG part must exceed to be flagged by the best threshold that flags at most
-    ``fa_budget`` of the OK parts (-inf when every OK part may be flagged). A part with no score
-    counts as scoring below every other part."""
-    ok = np.array([-np.inf if s is None else s for s in ok_scores], np.float64)
-    allowed = int(np.floor(fa_budget * len(ok) + 1e-9))   # OK parts that may score above the threshold
-    return float(np.sort(ok)[::-1][allowed]) if allowed < len(ok) else -np.inf
 
 
 def score_ranking(ng_scores: list[float], ok_scores: list[float], fa_budget: float = FALSE_ALARM_BUDGET) -> dict:

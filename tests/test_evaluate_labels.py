@@ -13,6 +13,7 @@ def test_evaluate_with_ok_and_ng_folders_only(trained_model, mini_data, tmp_path
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["pixel_labels"] is False
     assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["n_defective"] > 0
+    assert 0.0 <= metrics["image_recall_at_fa_0.05"] <= 1.0
     assert metrics["pixel_auroc"] is None and metrics["aupro"] is None
     text = capsys.readouterr().out
     assert "image-level metrics only" in text and "Traceback" not in text

@@ -66,6 +66,12 @@ def test_line_score_ranking_at_the_false_alarm_budget():
     assert false_alarm_bar(ok) == pytest.approx(1.8)
     assert false_alarm_bar([None, 0.3], fa_budget=0.5) == float("-inf")  # may flag one: the unscored part is the bar
     assert false_alarm_bar([0.3], fa_budget=1.0) == float("-inf")
+    # the same operating point on an image split (evaluate): recall at <= 5 % false alarms
+    labels = np.array([False] * 20 + [True] * 4)
+    scores = np.array(ok + [1.85, 1.95, 2.5, 0.5])
+    assert metrics.recall_at_false_alarms(labels, scores) == pytest.approx(3 / 4)
+    assert metrics.recall_at_false_alarms(labels, scores, fa_budget=0.0) == pytest.approx(2 / 4)  # above 1.9
+    assert np.isnan(metrics.recall_at_false_alarms(labels[:20], scores[:20]))
 
 
 def test_line_accuracy_reads_truth_and_scores(tmp_path):
