@@ -63,8 +63,9 @@ class BeltConfig:
 
 @dataclass
 class PreprocessConfig:
-    # colour | mono: the frames calibration saw. A frame of the other kind gets an ERROR record (the
-    # belt model and the threshold were set for the kind calibrated), never a verdict.
+    # colour | mono: the frames calibration saw. A frame the line cannot read as calibrated gets an
+    # ERROR record, never a verdict: one without colour where the belt is told by colour, one with
+    # visible colour on a mono line (pipeline.vision.camera.kind_mismatch).
     camera: str = "colour"
     mode: str = "silhouette"       # silhouette | template
     template: str = ""             # golden OK template (template mode)
@@ -331,7 +332,7 @@ FIELD_HELP = {
     "source.stream.low_latency": "short stream probe: no 2-s backlog of old frames at start",
     "source.stream.open_timeout_s": "connecting and reading the stream description",
     "source.stream.read_timeout_s": "a stream silent this long counts as lost",
-    "preprocess.camera": "colour or mono: the kind of frames calibrated; the other kind gets ERROR records",
+    "preprocess.camera": "colour or mono: the kind of frames calibrated; another camera's frames get ERROR records",
     "preprocess.mode": "silhouette: belt mask -> largest blob -> quadrilateral; template: golden-template match + ECC",
     "preprocess.template": "golden OK template (template mode)",
     "preprocess.template_min_score": "template mode: a weaker match means no part",
