@@ -22,7 +22,7 @@ from pipeline.processing import Preprocessor
 from pipeline.vision.scoring import score_part
 from pipeline.sources import DirSource
 from pipeline.vision.belt import BeltModel, fit_belt
-from pipeline.vision.camera import COLOUR_MIN_CHANNEL_DIFF, MONO_MAX_CHANNEL_DIFF, channel_spread
+from pipeline.vision.camera import MONO_MAX_CHANNEL_DIFF, channel_spread, kind_mismatch
 from pipeline.vision.locate import locate_silhouette, part_silhouette
 from pipeline.vision.rectify import homography_to_canonical, rectify
 
@@ -86,13 +86,10 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
     _, meta = model_paths(model)
     # the camera's kind from most frames; a frame is odd only when clearly of the other kind (see
     # pipeline.vision.camera: a colour camera's grey scene may or may not keep a trace of colour)
-    spreads = [channel_spread(f) for f in frames]
-    camera = "mono" if float(np.median(spreads)) <= MONO_MAX_CHANNEL_DIFF else "colour"
-    odd = [i for i, s in enumerate(spreads) if camera == "mono" and s >= COLOUR_MIN_CHANNEL_DIFF]
+    camera = "mono" if float(np.median([channel_spread(f) for f in frames])) <= MONO_MAX_CHANNEL_DIFF else "colour"
     downscale = PreprocessConfig().downscale
     belt, solid = choose_belt(frames, camera, downscale)
-    if belt.needs_colour():  # parts told from the belt by colour: every frame must have it
-        odd = [i for i, s in enumerate(spreads) if s <= MONO_MAX_CHANNEL_DIFF]
+    odd = [i for i, f in enumerate(frames) if kind_mismatch(f, camera, belt.needs_colour())]  # the line's own rule
     if odd:
         raise ValueError(f"{frames_dir}: frames {odd} are {'mono' if camera == 'colour' else 'colour'}, the others "
                          f"{camera}; calibrate on frames from the one camera of this line")
