@@ -3,7 +3,8 @@ line-fitted model folder, and a threshold that gives the false-alarm rate asked 
 
 1. The frames are split once, by a hash of each file's name, into a fit set and a held-out set
    (``HELD_OUT_FRACTION``); nothing fitted sees a held-out frame.
-2. ``calibrate_line`` on a few fit frames: belt model, canonical size, alignment mode.
+2. ``calibrate_line`` on a few fit frames: belt model (a colour camera's features judged on up to
+   ``BELT_JUDGE_FRAMES`` fit frames), canonical size, alignment mode.
 3. The model's tile memories are refitted for this line (``export_model``): with the model's OK
    part images (``part_images``), on their canonical views plus the fit frames, with a memory per
    tile position; without them, on the fit frames alone.
@@ -149,7 +150,7 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
     calib = _link_frames(fit[:: max(1, len(fit) // CALIBRATION_FRAMES)][:CALIBRATION_FRAMES], work / "calibration_frames")
     fit_dir = _link_frames(fit, work / "fit_frames")
     long_side, aspect = part_image_scale(part_images) if part_images else (None, None)
-    first = calibrate_line(calib, model, out_yaml, canonical_long_side=long_side)
+    first = calibrate_line(calib, model, out_yaml, canonical_long_side=long_side, judge_dir=fit_dir)
     if long_side:
         notes.append(f"parts rectified to a long side of {long_side} px, the median of the part images: the scale "
                      "the model learnt the product at")
@@ -168,7 +169,7 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
     else:
         export_model(model, line_model, memory_data=fit_dir, memory_line=out_yaml, progress=progress)
         how = f"memories refitted on {len(fit)} fit frames (give --part-images for a memory per tile position too)"
-    second = calibrate_line(calib, line_model, out_yaml, canonical_long_side=long_side)
+    second = calibrate_line(calib, line_model, out_yaml, canonical_long_side=long_side, judge_dir=fit_dir)
     cfg = load_config(out_yaml)
     _, meta = model_paths(line_model)
     prep = Preprocessor.for_model(cfg.preprocess, meta)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -20,7 +21,7 @@ from pipeline.config import (BeltConfig, DecisionConfig, InferenceConfig, LineCo
                              commented_yaml)
 from pipeline.processing import Preprocessor
 from pipeline.vision.scoring import score_part
-from pipeline.sources import DirSource
+from pipeline.sources import DirSource, image_files
 from pipeline.vision.belt import BeltModel, fit_belt
 from pipeline.vision.camera import MONO_MAX_CHANNEL_DIFF, channel_spread, kind_mismatch
 from pipeline.vision.locate import locate_silhouette, part_silhouette
@@ -29,6 +30,8 @@ from pipeline.vision.rectify import homography_to_canonical, rectify
 TEMPLATE_MIN_NCC = 0.8   # mean similarity of OK parts to their median above which template mode is used
 THRESHOLD_MARGIN = 0.05  # image threshold sits this far above the highest OK score (or the model's own)
 FEATURE_MARGIN = 0.02   # a colour camera is told by brightness and texture when that is this much more solid
+BROKEN_SOLIDITY = 0.95  # a part silhouette less solid than this has lost part of the part or taken in belt
+BELT_JUDGE_FRAMES = 120  # at most this many frames judge the belt features
 
 
 @dataclass
@@ -43,42 +46,81 @@ def _round8(v: float) -> int:
     return int(max(128, 8 * round(v / 8)))
 
 
-def silhouette_solidity(frames: list[np.ndarray], belt: BeltModel) -> float:
-    """The worst, over ``frames``, of the part silhouette's area over its convex hull's (0 when no
-    part is found): a silhouette the belt model cuts into, or that takes in belt, scores low."""
-    worst = 1.0
+def solidities(frames: Iterable[np.ndarray], belt: BeltModel) -> np.ndarray:
+    """Each frame's part silhouette area over its convex hull's (0 where no part is found)."""
+    out = []
     for f in frames:
         sil = part_silhouette(f, belt, 0)
         if sil is None:
-            return 0.0
+            out.append(0.0)
+            continue
         contour = max(cv2.findContours(sil, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0], key=cv2.contourArea)
-        worst = min(worst, float(sil.sum()) / max(1.0, cv2.contourArea(cv2.convexHull(contour))))
-    return worst
+        out.append(float(sil.sum()) / max(1.0, cv2.contourArea(cv2.convexHull(contour))))
+    return np.array(out, np.float64)
 
 
-def choose_belt(frames: list[np.ndarray], camera: str, downscale: float) -> tuple[BeltModel, dict[str, float]]:
-    """The belt model, fitted at the scale the line locates parts at (the mono features' texture
-    and the pixel noise both change with it), and each candidate's silhouette solidity.
+def _small(frame: np.ndarray, downscale: float) -> np.ndarray:
+    return cv2.resize(frame, None, fx=downscale, fy=downscale, interpolation=cv2.INTER_AREA)
+
+
+def choose_belt(frames: list[np.ndarray], camera: str, downscale: float,
+                judge: Iterable[np.ndarray] | None = None) -> tuple[BeltModel, dict[str, dict]]:
+    """The belt model, fitted on ``frames`` at the scale the line locates parts at (the mono
+    features' texture and the pixel noise both change with it), and how each candidate's
+    silhouettes held together on the ``judge`` frames (default: ``frames``).
 
     A mono camera has brightness and texture only. A colour camera is tried both ways: by colour
     (Lab), and, as a mono camera would be, by brightness and texture. On a grey belt colour cannot
-    tell a grey part from it and Lab silhouettes came apart; on a coloured belt Lab is the cleaner.
-    The features whose worst silhouette on the calibration frames is the more solid win; Lab unless
-    the other is better by ``FEATURE_MARGIN``."""
-    small = [cv2.resize(f, None, fx=downscale, fy=downscale, interpolation=cv2.INTER_AREA) for f in frames]
+    tell a grey part from it and Lab silhouettes come apart, on some parts only; on a coloured belt
+    Lab is the cleaner. The features that broke fewer silhouettes (solidity under
+    ``BROKEN_SOLIDITY``) win; with as many broken, the one whose worst silhouette is more solid by
+    ``FEATURE_MARGIN``, Lab on a tie. Judge on many frames: on a light grey belt, Lab broke the
+    silhouettes of a few light parts in a hundred, and a dozen calibration frames may show none."""
+    small = [_small(f, downscale) for f in frames]
     if camera == "mono":
         return fit_belt(small, kind="mono"), {}
     models = {kind: fit_belt(small, kind=kind) for kind in ("lab", "mono")}
-    solid = {kind: silhouette_solidity(small, m) for kind, m in models.items()}
-    kind = "mono" if solid["mono"] > solid["lab"] + FEATURE_MARGIN else "lab"
-    return models[kind], solid
+    values: dict[str, list[float]] = {kind: [] for kind in models}
+    for f in (small if judge is None else (_small(f, downscale) for f in judge)):
+        for kind, m in models.items():
+            values[kind].extend(solidities([f], m))
+    quality = {kind: {"frames": len(v), "broken": int(np.sum(np.array(v) < BROKEN_SOLIDITY)),
+                      "worst": round(float(min(v, default=1.0)), 3)} for kind, v in values.items()}
+    lab, mono = quality["lab"], quality["mono"]
+    if mono["broken"] != lab["broken"]:
+        kind = "mono" if mono["broken"] < lab["broken"] else "lab"
+    else:
+        kind = "mono" if mono["worst"] > lab["worst"] + FEATURE_MARGIN else "lab"
+    return models[kind], quality
+
+
+def _judge_frames(folder: str | Path | None) -> Iterator[np.ndarray] | None:
+    """The OK frames of ``folder`` that judge the belt features, read one at a time."""
+    if folder is None:
+        return None
+    files = image_files(Path(folder))
+    step = max(1, len(files) // BELT_JUDGE_FRAMES)
+    return (f for f in (cv2.imread(str(p), cv2.IMREAD_COLOR) for p in files[::step][:BELT_JUDGE_FRAMES])
+            if f is not None)
+
+
+def _belt_note(quality: dict[str, dict], chosen: str) -> str:
+    """What the belt features' silhouettes did, for the config's header."""
+    if len(quality) < 2:
+        return ""
+    other = "lab" if chosen == "mono" else "mono"
+    q, o = quality[chosen], quality[other]
+    how = {"lab": "by colour", "mono": "by brightness and texture"}
+    return (f" (silhouettes broken, solidity under {BROKEN_SOLIDITY}: {q['broken']} of {q['frames']} frames, "
+            f"{how[other]} {o['broken']}; worst solidity {q['worst']:.2f} against {o['worst']:.2f})")
 
 
 def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Path,
-                   canonical_long_side: int | None = None) -> Calibration:
+                   canonical_long_side: int | None = None, judge_dir: str | Path | None = None) -> Calibration:
     """``canonical_long_side``: rectify parts to this long side (the scale the model learnt the
     product at, e.g. its training images'), whatever their size in camera px; default: their size
-    in camera px."""
+    in camera px. ``judge_dir``: more OK frames of this line (up to ``BELT_JUDGE_FRAMES`` of them,
+    evenly spread) on which a colour camera's belt features are judged; default: ``frames_dir``'s."""
     frames = [item.frame for item in DirSource(frames_dir) if item.frame is not None]
     if len(frames) < 3:
         raise ValueError(f"{frames_dir}: need at least 3 readable frames of OK parts (5-10 recommended), "
@@ -88,7 +130,7 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
     # pipeline.vision.camera: a colour camera's grey scene may or may not keep a trace of colour)
     camera = "mono" if float(np.median([channel_spread(f) for f in frames])) <= MONO_MAX_CHANNEL_DIFF else "colour"
     downscale = PreprocessConfig().downscale
-    belt, solid = choose_belt(frames, camera, downscale)
+    belt, quality = choose_belt(frames, camera, downscale, _judge_frames(judge_dir))
     odd = [i for i, f in enumerate(frames) if kind_mismatch(f, camera, belt.needs_colour())]  # the line's own rule
     if odd:
         raise ValueError(f"{frames_dir}: frames {odd} are {'mono' if camera == 'colour' else 'colour'}, the others "
@@ -125,9 +167,7 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
         template_path = str(out_yaml.with_suffix(".template.png"))
         cv2.imwrite(template_path, template)
     how = "brightness and texture" if belt.features == "mono" else "colour (Lab)"
-    notes.insert(0, f"{camera} camera: the part is told from the belt by {how}"
-                 + (f" (the parts' silhouettes held together better: worst solidity {solid['mono']:.2f}, by colour "
-                    f"{solid['lab']:.2f})" if len(solid) > 1 and belt.features == "mono" else ""))
+    notes.insert(0, f"{camera} camera: the part is told from the belt by {how}" + _belt_note(quality, belt.features))
     pre = PreprocessConfig(camera=camera, mode=mode, template=template_path, canonical_size=canonical,
                            min_part_area=int(0.3 * min(areas)), belt=BeltConfig(**belt.to_config()))
     if mode == "template":

@@ -239,12 +239,65 @@ def test_a_part_as_bright_as_a_light_belt_is_located_whole():
 def test_a_colour_camera_on_a_grey_belt_tells_parts_by_brightness_and_texture(mini_data, belt_bgr, expected):
     """Colour cannot tell a grey part from a grey belt: calibration tries both feature sets on a
     colour camera and keeps the one whose silhouettes hold together."""
-    from calibration.line import choose_belt, silhouette_solidity
+    from calibration.line import choose_belt
 
     g = LineGeometry(width=800, height=600, part_long_side=400, max_angle=8.0, belt_bgr=belt_bgr)
     frames = [f.frame for f in simulate(mini_data, 10, 0, 0, seed=7, ok_from="train/good", geometry=g)]
-    belt, solid = choose_belt(frames, "colour", 0.5)
-    assert belt.features == expected, solid
-    assert solid[expected] > 0.9
+    belt, quality = choose_belt(frames, "colour", 0.5)
+    assert belt.features == expected, quality
+    assert quality[expected]["worst"] > 0.9 and quality[expected]["broken"] == 0
+    assert quality["lab"]["frames"] == quality["mono"]["frames"] == 10
     if expected == "mono":
-        assert solid["lab"] < solid["mono"] - 0.02
+        assert quality["lab"]["broken"] > 0 or quality["lab"]["worst"] < quality["mono"]["worst"] - 0.02
+
+
+def _grainy_part_frame(rng: np.random.Generator, light_corner: bool) -> np.ndarray:
+    """A colour camera's frame of a light grey belt and a grainy dark part; with ``light_corner``
+    a quarter of the part is as light as the belt (its grain alone tells it apart)."""
+    from pipeline.sim import belt_image
+
+    f = belt_image(600, 800, rng, geometry=LineGeometry(width=800, height=600, belt_bgr=(205, 205, 205)))
+    f = f.astype(np.float32)
+    grain = cv2.resize(15 * rng.standard_normal((90, 90)).astype(np.float32), (360, 360),
+                       interpolation=cv2.INTER_NEAREST)
+    f[120:480, 220:580] = (110 + grain)[..., None]
+    if light_corner:
+        f[120:300, 220:400] += 205 - 110
+    return np.clip(f + rng.normal(0, 2.0, f.shape), 0, 255).astype(np.uint8)
+
+
+def test_belt_features_are_judged_on_more_frames_than_calibration_sees():
+    """Colour tells a light grey part from a light grey belt on most parts and loses a corner of the
+    lightest ones. A dozen calibration frames may hold none of those (both feature sets then look
+    alike and Lab is kept); judged on more of the line's frames, brightness and texture win."""
+    from calibration.line import choose_belt
+
+    rng = np.random.default_rng(11)
+    calib = [_grainy_part_frame(rng, False) for _ in range(6)]
+    judge = calib + [_grainy_part_frame(rng, True) for _ in range(2)]
+    belt, quality = choose_belt(calib, "colour", 0.5)
+    assert belt.features == "lab" and quality["lab"]["broken"] == quality["mono"]["broken"] == 0, quality
+    belt, quality = choose_belt(calib, "colour", 0.5, iter(judge))
+    assert belt.features == "mono", quality
+    assert quality["lab"] == {"frames": 8, "broken": 2, "worst": pytest.approx(0.87, abs=0.05)}
+    assert quality["mono"]["broken"] == 0
+
+
+def test_commissioning_judges_the_belt_features_on_the_fit_frames(trained_model, tmp_path):
+    """``calibrate_line(judge_dir=...)`` reads the frames there and says in the config why it chose."""
+    from calibration.line import calibrate_line
+
+    rng = np.random.default_rng(11)
+    calib, judge = tmp_path / "calib", tmp_path / "fit"
+    calib.mkdir(), judge.mkdir()
+    for i in range(6):
+        f = _grainy_part_frame(rng, False)
+        cv2.imwrite(str(calib / f"{i:03d}.png"), f)
+        cv2.imwrite(str(judge / f"{i:03d}.png"), f)
+    for i in range(6, 9):
+        cv2.imwrite(str(judge / f"{i:03d}.png"), _grainy_part_frame(rng, True))
+    plain = calibrate_line(calib, trained_model, tmp_path / "plain.yaml")
+    judged = calibrate_line(calib, trained_model, tmp_path / "judged.yaml", judge_dir=judge)
+    assert plain.config.preprocess.belt.features == "lab"
+    assert judged.config.preprocess.belt.features == "mono"
+    assert "by colour 3" in (tmp_path / "judged.yaml").read_text()
