@@ -74,6 +74,9 @@ class PreprocessConfig:
     downscale: float = 0.5         # locating the part (template search, silhouette) runs on a downscaled frame
     canonical_size: list[int] = field(default_factory=lambda: [256, 320])  # [width, height]
     min_part_area: int = 5000      # camera px; smaller silhouettes mean no part in view
+    # a silhouette of at least this fraction of min_part_area, but under it, is something on the belt
+    # that is not a whole part (a part not told whole from the belt, a part half in view): ERROR
+    min_object_fraction: float = 0.05
     belt: BeltConfig = field(default_factory=BeltConfig)
     tile_overlap: float = 0.25
     min_tile_part_fraction: float = 0.3
@@ -233,6 +236,8 @@ def validate(cfg: LineConfig, source: str = "config") -> LineConfig:
         (cfg.inference.workers >= 1, "inference.workers", "an integer >= 1"),
         (cfg.inference.max_batch >= 1, "inference.max_batch", "an integer >= 1"),
         (0 <= cfg.preprocess.tile_overlap < 1, "preprocess.tile_overlap", "a fraction in [0, 1)"),
+        (0 <= cfg.preprocess.min_object_fraction <= 1, "preprocess.min_object_fraction",
+         "a fraction in [0, 1] of min_part_area (1: a part too small to locate is always NO_PART)"),
         (len(cfg.preprocess.canonical_size) == 2 and min(cfg.preprocess.canonical_size) >= 32,
          "preprocess.canonical_size", "[width, height], each >= 32"),
         (0 < cfg.preprocess.downscale <= 1, "preprocess.downscale", "a factor in (0, 1]"),
@@ -340,6 +345,8 @@ FIELD_HELP = {
     "preprocess.downscale": "the part is located on the frame downscaled by this factor",
     "preprocess.canonical_size": "[width, height] of the rectified part in px",
     "preprocess.min_part_area": "camera px; a smaller silhouette means no part in view (NO_PART)",
+    "preprocess.min_object_fraction": ("a silhouette this large against min_part_area, but under it, is ERROR: "
+                                       "something in view that is not a whole part"),
     "preprocess.belt": "Gaussian model of the belt (colour, or brightness and texture), fitted on the frame borders",
     "preprocess.belt.max_distance": "Mahalanobis distance under which a pixel counts as belt",
     "preprocess.belt.features": "lab (colour) or mono (brightness and texture)",

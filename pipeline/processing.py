@@ -10,7 +10,8 @@ from pipeline.log import get
 from pipeline.config import DecisionConfig, PreprocessConfig
 from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects, strongest_region
-from pipeline.vision.locate import locate_silhouette, locate_template, refine_ecc, small_to_full
+from pipeline.vision.locate import (locate_silhouette, locate_template, refine_ecc, seen_object_area,
+                                    small_to_full)
 from pipeline.vision.rectify import homography_to_canonical, rectify
 from pipeline.vision.camera import kind_mismatch
 from pipeline.vision.scoring import MapRule, PartTiles, score_part
@@ -103,7 +104,7 @@ class Preprocessor:
             bgr = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
             found = locate_silhouette(bgr, self.belt, self.cfg.min_part_area, self.wh, self.cfg.downscale)
             if found is None:
-                return Prepared("NO_PART", "no part silhouette larger than preprocess.min_part_area")
+                return self._no_part(bgr)
             corners, silhouette = found
             H = homography_to_canonical(corners, self.wh)
             part_mask = rectify(silhouette * 255, H @ small_to_full(self.cfg.downscale), self.wh, cv2.INTER_NEAREST)
@@ -116,13 +117,25 @@ class Preprocessor:
             canonical = cv2.cvtColor(canonical, cv2.COLOR_BGR2RGB)
         tiles, keep = self._tiles(canonical, part_mask, self.grid)
         if keep.size == 0:
-            return Prepared("NO_PART", "part too small for any tile")
+            return Prepared("ERROR", "part located, but no tile holds preprocess.min_tile_part_fraction of it: "
+                                     "check preprocess.canonical_size and the belt model")
         if self.coarse_grid is not None:
             small_tiles, small_keep = self._tiles(downscale(canonical, self.coarse_scale),
                                                   downscale(part_mask, self.coarse_scale), self.coarse_grid)
             tiles = np.concatenate([tiles, small_tiles])
             keep = np.concatenate([keep, len(self.grid) + small_keep])
         return Prepared(None, "", tiles, keep, self.grid, self.coarse_grid, H.astype(np.float64), part_mask)
+
+    def _no_part(self, bgr: np.ndarray) -> Prepared:
+        """NO_PART for a belt with nothing on it; ERROR when something was seen but is too small for
+        a part: a part the belt model did not tell whole from the belt must not pass as no part."""
+        seen = seen_object_area(bgr, self.belt, self.cfg.downscale)
+        floor = self.cfg.min_object_fraction * self.cfg.min_part_area
+        if seen and seen >= floor:
+            return Prepared("ERROR", f"something of {seen} px in view, under preprocess.min_part_area "
+                                     f"({self.cfg.min_part_area}): a part not told whole from the belt, or not "
+                                     "wholly in view; check this frame, the lighting and the belt model")
+        return Prepared("NO_PART", "no part silhouette larger than preprocess.min_part_area")
 
     def _tiles(self, image: np.ndarray, part_mask: np.ndarray, grid: TileGrid) -> tuple[np.ndarray, np.ndarray]:
         """The tiles of ``grid`` with at least ``min_tile_part_fraction`` of part, and their positions."""

@@ -231,6 +231,27 @@ def test_template_mode_locates_part(mini_data):
     assert locate_template(belt_image(480, 640, rng), part, [1.0], 0.5, 0.5) is None
 
 
+def test_something_seen_but_too_small_for_a_part_is_an_error_not_no_part(frames, belt):
+    """A part the belt model tells from the belt only in part (a light part on a light belt) leaves
+    a sliver under ``min_part_area``. That frame did show a part: ERROR, never NO_PART, which would
+    let a defective part pass as an empty belt."""
+    from dataclasses import replace
+
+    ok = next(f for f in frames if f.truth["verdict"] == "OK")
+    empty = next(f for f in frames if f.truth["verdict"] == "NO_PART").frame
+    inside = np.zeros(ok.frame.shape[:2], np.uint8)
+    cv2.fillConvexPoly(inside, np.round(np.array(ok.truth["corners"])).astype(np.int32), 1)
+    xs = np.nonzero(inside.any(axis=0))[0]
+    sliver = inside.astype(bool) & (np.arange(inside.shape[1]) < xs[0] + 14)[None, :]
+    frame = np.where(sliver[..., None], ok.frame, empty)  # the rest of the part taken for belt
+    cfg = PreprocessConfig(belt=BeltConfig(**belt.to_config()))
+    assert 0.05 * cfg.min_part_area < sliver.sum() < cfg.min_part_area
+    p = Preprocessor(cfg)(frame)
+    assert p.verdict == "ERROR" and "under preprocess.min_part_area (5000)" in p.reason, p.reason
+    assert Preprocessor(cfg)(empty).verdict == "NO_PART"
+    assert Preprocessor(replace(cfg, min_object_fraction=1.0))(frame).verdict == "NO_PART"
+
+
 def test_preprocessor_verdicts(frames, belt):
     cfg = PreprocessConfig(belt=BeltConfig(**belt.to_config()))
     prep = Preprocessor(cfg)

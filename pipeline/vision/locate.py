@@ -73,6 +73,15 @@ def part_silhouette(frame_bgr: np.ndarray, belt: BeltModel, min_area: int) -> np
     return _fill_holes(part[0])
 
 
+def seen_object_area(frame_bgr: np.ndarray, belt: BeltModel, downscale: float = 1.0) -> int:
+    """Camera px of the largest thing in view that is not belt, as :func:`part_silhouette` sees it
+    (0 for an empty belt): for a frame where no part was located, whether something was there."""
+    if downscale != 1.0:
+        frame_bgr = cv2.resize(frame_bgr, None, fx=downscale, fy=downscale, interpolation=cv2.INTER_AREA)
+    sil = part_silhouette(frame_bgr, belt, 0)
+    return 0 if sil is None else int(round(float(sil.sum()) / downscale**2))
+
+
 def small_to_full(downscale: float) -> np.ndarray:
     """3x3 map from pixel coordinates of a frame resized by ``downscale`` to the full frame's."""
     k = 1.0 / downscale
