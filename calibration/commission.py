@@ -33,6 +33,9 @@ import numpy as np
 HELD_OUT_FRACTION = 0.3
 MIN_FRAMES = 20          # below this, commissioning refuses: nothing could be said of the rate
 RECOMMENDED_FRAMES = 200
+# below this share of the scale the model learnt the product at, the camera resolves too little of
+# the part for thin defects (docs/benchmarks.md, "New lines"): commissioning warns
+MIN_RESOLUTION = 0.9
 CALIBRATION_FRAMES = 12  # frames calibrate_line sees (belt, size, mode)
 
 
@@ -52,6 +55,8 @@ class Commissioning:
     not_located: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     held_out_scores: list[float] = field(default_factory=list)
+    part_long_side_px: float = 0.0   # the parts' long side in camera px on this line
+    model_long_side_px: float = 0.0  # the long side the parts are rectified to (0: camera px)
 
 
 def split_frames(files: list[Path], held_fraction: float = HELD_OUT_FRACTION) -> tuple[list[Path], list[Path]]:
@@ -154,6 +159,11 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
     if long_side:
         notes.append(f"parts rectified to a long side of {long_side} px, the median of the part images: the scale "
                      "the model learnt the product at")
+        if first.part_long_side_px < MIN_RESOLUTION * long_side:
+            notes.append(f"warning: the camera sees the parts at a long side of {first.part_long_side_px:.0f} px, "
+                         f"{first.part_long_side_px / long_side:.2f} of the {long_side} px the model learnt them at: "
+                         "thin defects (cracks, small blowholes) lose contrast and are missed more often; bring the "
+                         f"camera closer or use a higher resolution, for at least {MIN_RESOLUTION * long_side:.0f} px")
         w, h = first.config.preprocess.canonical_size
         seen = min(w, h) / max(w, h)
         if abs(seen - aspect) > 0.2 * aspect:
@@ -198,7 +208,8 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
     write_commented(cfg, out_yaml, notes, len(files), str(frames_dir), tool="commission_line")
     load_config(out_yaml)  # what was written must be accepted by run_pipeline
     result = Commissioning(str(out_yaml), str(line_model), target, threshold, len(fit), len(held), len(scored), alarms,
-                           rate, upper, enough, not_located, notes, [round(s, 5) for s in scored])
+                           rate, upper, enough, not_located, notes, [round(s, 5) for s in scored],
+                           first.part_long_side_px, float(long_side or 0))
     coverage = _coverage(prep, fit_dir)
     _report(result, coverage, out_yaml)
     shutil.rmtree(work, ignore_errors=True)

@@ -40,6 +40,7 @@ class Calibration:
     ok_scores: list[float]
     template_ncc: float
     notes: list[str]
+    part_long_side_px: float = 0.0  # the parts' long side in camera px (median over the frames)
 
 
 def _round8(v: float) -> int:
@@ -146,6 +147,7 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
         sizes.append((np.linalg.norm(c[1] - c[0]), np.linalg.norm(c[3] - c[0])))
         corners_all.append(c)
     w, h = np.median(np.array(sizes), axis=0)
+    w_cam, h_cam = w, h
     if canonical_long_side:
         w, h = w * canonical_long_side / max(w, h), h * canonical_long_side / max(w, h)
     canonical = [_round8(w), _round8(h)]
@@ -198,7 +200,7 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
               else f"model threshold {meta.image_threshold:.3f}")
     notes.append(f"OK scores {min(scores):.3f}..{max(scores):.3f}; {source} -> image_threshold {threshold:.3f}")
     write_commented(cfg, out_yaml, notes, len(frames), str(frames_dir))
-    return Calibration(cfg, scores, ncc, notes)
+    return Calibration(cfg, scores, ncc, notes, round(float(max(w_cam, h_cam)), 1))
 
 
 def part_scores(prep: Preprocessor, model: str | Path, frames: list[np.ndarray], decision: DecisionConfig,

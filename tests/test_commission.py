@@ -61,6 +61,13 @@ def test_commission_line_writes_a_line_that_runs(trained_model, mini_data, tmp_p
     assert sum(s >= report["threshold"] for s in report["held_out_scores"]) == report["held_out_alarms"]
     assert not report["enough_data"] and "too few held-out frames" in out.read_text()  # 59 needed for 5 %
     assert np.asarray(report["tiles_per_position"]).sum() > 0
+    # the simulated camera sees parts of about 300 px; the part images are larger: warned when under 0.9 of them
+    from calibration.commission import part_image_scale
+
+    assert report["part_long_side_px"] == pytest.approx(300, rel=0.1)
+    assert report["model_long_side_px"] == part_image_scale(mini_data)[0]
+    low = report["part_long_side_px"] < 0.9 * report["model_long_side_px"]
+    assert ("warning: the camera sees the parts at a long side of" in out.read_text()) == low
     assert not (tmp_path / "line7.commissioning").exists()  # its working folder cleaned up
     seq = tmp_path / "seq"
     assert simulate_cli.main(["--data", str(mini_data), "--out", str(seq), "--ok", "2", "--ng", "2", "--empty", "1",
