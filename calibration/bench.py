@@ -155,7 +155,7 @@ def bench_line(data: str | Path, model: str | Path, seed: int, out: Path, fit_fr
 
 
 def commission_bench(data: str | Path, model: str | Path, seeds: list[int], out: str | Path, fit_frames: int = 300,
-                     ok: int = 60, ng: int = 60, target: float = 0.02, recall_bar: float = 0.95,
+                     ok: int = 60, ng: int = 60, target: float = 0.03, recall_bar: float = 0.95,
                      false_alarm_bar: float = 0.05, overrides: dict[str, str] | None = None) -> list[dict]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

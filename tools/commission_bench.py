@@ -29,7 +29,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-frames", type=int, default=300, help="recorded OK frames per line for commissioning")
     p.add_argument("--ok", type=int, default=60, help="OK test parts per line")
     p.add_argument("--ng", type=int, default=60, help="defective test parts per line")
-    p.add_argument("--target-false-alarms", type=float, default=0.02, help="commission_line's target")
+    p.add_argument("--target-false-alarms", type=float, default=0.03,
+                   help="commission_line's target (default 0.03: with 90 held-out frames it kept every simulated line "
+                        "within the 5 %% bar; research/commission_target.py)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override one field of every line's geometry (pipeline.sim.LineGeometry), e.g. "
                         "lighting_drift=0 or belt_bgr=60,110,40: to find what makes a line hard")
