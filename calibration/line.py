@@ -24,7 +24,7 @@ from pipeline.vision.scoring import score_part
 from pipeline.sources import DirSource, image_files
 from pipeline.vision.belt import BeltModel, fit_belt
 from pipeline.vision.camera import MONO_MAX_CHANNEL_DIFF, channel_spread, kind_mismatch
-from pipeline.vision.locate import locate_silhouette, part_silhouette
+from pipeline.vision.locate import locate_silhouette, part_silhouette, shrink
 from pipeline.vision.rectify import homography_to_canonical, rectify
 
 TEMPLATE_MIN_NCC = 0.8   # mean similarity of OK parts to their median above which template mode is used
@@ -47,21 +47,14 @@ def _round8(v: float) -> int:
     return int(max(128, 8 * round(v / 8)))
 
 
-def solidities(frames: Iterable[np.ndarray], belt: BeltModel) -> np.ndarray:
-    """Each frame's part silhouette area over its convex hull's (0 where no part is found)."""
-    out = []
-    for f in frames:
-        sil = part_silhouette(f, belt, 0)
-        if sil is None:
-            out.append(0.0)
-            continue
-        contour = max(cv2.findContours(sil, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0], key=cv2.contourArea)
-        out.append(float(sil.sum()) / max(1.0, cv2.contourArea(cv2.convexHull(contour))))
-    return np.array(out, np.float64)
-
-
-def _small(frame: np.ndarray, downscale: float) -> np.ndarray:
-    return cv2.resize(frame, None, fx=downscale, fy=downscale, interpolation=cv2.INTER_AREA)
+def silhouette_solidity(frame: np.ndarray, belt: BeltModel) -> float:
+    """The part silhouette's area over its convex hull's (0 when no part is found): a silhouette
+    the belt model cuts into, or that takes in belt, scores low."""
+    sil = part_silhouette(frame, belt, 0)
+    if sil is None:
+        return 0.0
+    contour = max(cv2.findContours(sil, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0], key=cv2.contourArea)
+    return float(sil.sum()) / max(1.0, cv2.contourArea(cv2.convexHull(contour)))
 
 
 def choose_belt(frames: list[np.ndarray], camera: str, downscale: float,
@@ -77,14 +70,14 @@ def choose_belt(frames: list[np.ndarray], camera: str, downscale: float,
     ``BROKEN_SOLIDITY``) win; with as many broken, the one whose worst silhouette is more solid by
     ``FEATURE_MARGIN``, Lab on a tie. Judge on many frames: on a light grey belt, Lab broke the
     silhouettes of a few light parts in a hundred, and a dozen calibration frames may show none."""
-    small = [_small(f, downscale) for f in frames]
+    small = [shrink(f, downscale) for f in frames]
     if camera == "mono":
         return fit_belt(small, kind="mono"), {}
     models = {kind: fit_belt(small, kind=kind) for kind in ("lab", "mono")}
     values: dict[str, list[float]] = {kind: [] for kind in models}
-    for f in (small if judge is None else (_small(f, downscale) for f in judge)):
+    for f in (small if judge is None else (shrink(f, downscale) for f in judge)):
         for kind, m in models.items():
-            values[kind].extend(solidities([f], m))
+            values[kind].append(silhouette_solidity(f, m))
     quality = {kind: {"frames": len(v), "broken": int(np.sum(np.array(v) < BROKEN_SOLIDITY)),
                       "worst": round(float(min(v, default=1.0)), 3)} for kind, v in values.items()}
     lab, mono = quality["lab"], quality["mono"]
@@ -147,7 +140,7 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
         sizes.append((np.linalg.norm(c[1] - c[0]), np.linalg.norm(c[3] - c[0])))
         corners_all.append(c)
     w, h = np.median(np.array(sizes), axis=0)
-    w_cam, h_cam = w, h
+    part_long_side = round(float(max(w, h)), 1)  # camera px
     if canonical_long_side:
         w, h = w * canonical_long_side / max(w, h), h * canonical_long_side / max(w, h)
     canonical = [_round8(w), _round8(h)]
@@ -200,7 +193,7 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
               else f"model threshold {meta.image_threshold:.3f}")
     notes.append(f"OK scores {min(scores):.3f}..{max(scores):.3f}; {source} -> image_threshold {threshold:.3f}")
     write_commented(cfg, out_yaml, notes, len(frames), str(frames_dir))
-    return Calibration(cfg, scores, ncc, notes, round(float(max(w_cam, h_cam)), 1))
+    return Calibration(cfg, scores, ncc, notes, part_long_side)
 
 
 def part_scores(prep: Preprocessor, model: str | Path, frames: list[np.ndarray], decision: DecisionConfig,

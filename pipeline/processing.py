@@ -10,8 +10,7 @@ from pipeline.log import get
 from pipeline.config import DecisionConfig, PreprocessConfig
 from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects, strongest_region
-from pipeline.vision.locate import (locate_silhouette, locate_template, refine_ecc, seen_object_area,
-                                    small_to_full)
+from pipeline.vision.locate import locate_template, part_at, refine_ecc, silhouette_in_view, small_to_full
 from pipeline.vision.rectify import homography_to_canonical, rectify
 from pipeline.vision.camera import kind_mismatch
 from pipeline.vision.scoring import MapRule, PartTiles, score_part
@@ -102,9 +101,10 @@ class Preprocessor:
             part_mask = np.full((self.wh[1], self.wh[0]), 255, np.uint8)
         else:
             bgr = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-            found = locate_silhouette(bgr, self.belt, self.cfg.min_part_area, self.wh, self.cfg.downscale)
+            seen = silhouette_in_view(bgr, self.belt, self.cfg.downscale)
+            found = part_at(seen, self.cfg.min_part_area, self.wh, self.cfg.downscale)
             if found is None:
-                return self._no_part(bgr)
+                return self._no_part(seen)
             corners, silhouette = found
             H = homography_to_canonical(corners, self.wh)
             part_mask = rectify(silhouette * 255, H @ small_to_full(self.cfg.downscale), self.wh, cv2.INTER_NEAREST)
@@ -126,13 +126,13 @@ class Preprocessor:
             keep = np.concatenate([keep, len(self.grid) + small_keep])
         return Prepared(None, "", tiles, keep, self.grid, self.coarse_grid, H.astype(np.float64), part_mask)
 
-    def _no_part(self, bgr: np.ndarray) -> Prepared:
-        """NO_PART for a belt with nothing on it; ERROR when something was seen but is too small for
-        a part: a part the belt model did not tell whole from the belt must not pass as no part."""
-        seen = seen_object_area(bgr, self.belt, self.cfg.downscale)
-        floor = self.cfg.min_object_fraction * self.cfg.min_part_area
-        if seen and seen >= floor:
-            return Prepared("ERROR", f"something of {seen} px in view, under preprocess.min_part_area "
+    def _no_part(self, seen: tuple[np.ndarray, int] | None) -> Prepared:
+        """NO_PART for a belt with nothing on it; ERROR when something was seen (``seen``: what
+        ``silhouette_in_view`` found) but is too small for a part: a part the belt model did not
+        tell whole from the belt must not pass as no part."""
+        area = 0 if seen is None else int(round(float(seen[0].sum()) / self.cfg.downscale**2))  # camera px
+        if area and area >= self.cfg.min_object_fraction * self.cfg.min_part_area:
+            return Prepared("ERROR", f"something of {area} px in view, under preprocess.min_part_area "
                                      f"({self.cfg.min_part_area}): a part not told whole from the belt, or not "
                                      "wholly in view; check this frame, the lighting and the belt model")
         return Prepared("NO_PART", "no part silhouette larger than preprocess.min_part_area")

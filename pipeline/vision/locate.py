@@ -53,8 +53,16 @@ def _fill_holes(blob: np.ndarray) -> np.ndarray:
     return filled
 
 
-def part_silhouette(frame_bgr: np.ndarray, belt: BeltModel, min_area: int) -> np.ndarray | None:
-    """uint8 mask of the largest non-belt component, or None if it is smaller than ``min_area``.
+def shrink(frame: np.ndarray, downscale: float) -> np.ndarray:
+    """The frame resized by ``downscale`` (area-averaged), as parts are located on it."""
+    if downscale == 1.0:
+        return frame
+    return cv2.resize(frame, None, fx=downscale, fy=downscale, interpolation=cv2.INTER_AREA)
+
+
+def _silhouette(frame_bgr: np.ndarray, belt: BeltModel) -> tuple[np.ndarray, int] | None:
+    """(the largest non-belt component, holes filled, as a 0/1 uint8 mask; its area before the last
+    fill, the one a minimum is held against), or None when everything is belt.
 
     Holes are filled before anything thins the blob: a part as bright as a light belt looks like
     belt inside, and only the step at its outline (a rim a few px wide) tells it apart. Filling
@@ -68,18 +76,23 @@ def part_silhouette(frame_bgr: np.ndarray, belt: BeltModel, min_area: int) -> np
     if belt.features == "mono":  # its texture feature reaches MONO_EDGE_PX onto the belt
         part = cv2.erode(part, np.ones((2 * MONO_EDGE_PX + 1,) * 2, np.uint8))
     part = _largest_blob(cv2.morphologyEx(part, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8)))
-    if part is None or part[1] < min_area:
+    if part is None:
         return None
-    return _fill_holes(part[0])
+    return _fill_holes(part[0]), part[1]
 
 
-def seen_object_area(frame_bgr: np.ndarray, belt: BeltModel, downscale: float = 1.0) -> int:
-    """Camera px of the largest thing in view that is not belt, as :func:`part_silhouette` sees it
-    (0 for an empty belt): for a frame where no part was located, whether something was there."""
-    if downscale != 1.0:
-        frame_bgr = cv2.resize(frame_bgr, None, fx=downscale, fy=downscale, interpolation=cv2.INTER_AREA)
-    sil = part_silhouette(frame_bgr, belt, 0)
-    return 0 if sil is None else int(round(float(sil.sum()) / downscale**2))
+def part_silhouette(frame_bgr: np.ndarray, belt: BeltModel, min_area: int) -> np.ndarray | None:
+    """uint8 mask of the largest non-belt component, or None if it is smaller than ``min_area``."""
+    found = _silhouette(frame_bgr, belt)
+    return None if found is None or found[1] < min_area else found[0]
+
+
+def silhouette_in_view(frame_bgr: np.ndarray, belt: BeltModel, downscale: float = 1.0
+                       ) -> tuple[np.ndarray, int] | None:
+    """What is in view that is not belt, on the frame resized by ``downscale``: (its silhouette at
+    that size, its area in those px), or None for an empty belt. :func:`part_at` says whether it
+    is a part; for a frame where it is not, it says whether something was there at all."""
+    return _silhouette(shrink(frame_bgr, downscale), belt)
 
 
 def small_to_full(downscale: float) -> np.ndarray:
@@ -88,16 +101,13 @@ def small_to_full(downscale: float) -> np.ndarray:
     return np.array([[k, 0, 0.5 * k - 0.5], [0, k, 0.5 * k - 0.5], [0, 0, 1]], np.float64)
 
 
-def locate_silhouette(frame_bgr: np.ndarray, belt: BeltModel, min_area: int, canonical_wh: tuple[int, int],
-                      downscale: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
-    """(corners (4, 2) in full-frame px, silhouette mask) or None. With ``downscale`` < 1 the belt
-    mask and blob work run on a resized frame (the silhouette is returned at that size; map it with
-    :func:`small_to_full`): a part edge a pixel off costs nothing, the time saved is most of the stage."""
-    if downscale != 1.0:
-        frame_bgr = cv2.resize(frame_bgr, None, fx=downscale, fy=downscale, interpolation=cv2.INTER_AREA)
-    sil = part_silhouette(frame_bgr, belt, int(min_area * downscale**2))
-    if sil is None:
+def part_at(seen: tuple[np.ndarray, int] | None, min_area: int, canonical_wh: tuple[int, int],
+            downscale: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
+    """(corners (4, 2) in full-frame px, silhouette mask) of what :func:`silhouette_in_view` saw, or
+    None when it is smaller than ``min_area`` camera px."""
+    if seen is None or seen[1] < int(min_area * downscale**2):
         return None
+    sil = seen[0]
     contours, _ = cv2.findContours(sil, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     contour = max(contours, key=cv2.contourArea)
     hull = cv2.convexHull(contour)
@@ -108,6 +118,14 @@ def locate_silhouette(frame_bgr: np.ndarray, belt: BeltModel, min_area: int, can
     if downscale != 1.0:
         quad = cv2.perspectiveTransform(quad[None], small_to_full(downscale))[0]
     return order_corners(quad, canonical_wh), sil
+
+
+def locate_silhouette(frame_bgr: np.ndarray, belt: BeltModel, min_area: int, canonical_wh: tuple[int, int],
+                      downscale: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
+    """(corners (4, 2) in full-frame px, silhouette mask) or None. With ``downscale`` < 1 the belt
+    mask and blob work run on a resized frame (the silhouette is returned at that size; map it with
+    :func:`small_to_full`): a part edge a pixel off costs nothing, the time saved is most of the stage."""
+    return part_at(silhouette_in_view(frame_bgr, belt, downscale), min_area, canonical_wh, downscale)
 
 
 def locate_template(frame_bgr: np.ndarray, template_gray: np.ndarray, scales: list[float], downscale: float,
