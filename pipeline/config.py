@@ -340,7 +340,7 @@ FIELD_HELP = {
     "preprocess.camera": "colour or mono: the kind of frames calibrated; another camera's frames get ERROR records",
     "preprocess.mode": "silhouette: belt mask -> largest blob -> quadrilateral; template: golden-template match + ECC",
     "preprocess.template": "golden OK template (template mode)",
-    "preprocess.template_min_score": "template mode: a weaker match means no part",
+    "preprocess.template_min_score": "template mode: under it, NO_PART on an empty belt, ERROR if something is seen",
     "preprocess.template_scales": "template mode: scales searched",
     "preprocess.downscale": "the part is located on the frame downscaled by this factor",
     "preprocess.canonical_size": "[width, height] of the rectified part in px",

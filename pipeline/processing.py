@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from pipeline.log import get
-from pipeline.config import DecisionConfig, PreprocessConfig
+from pipeline.config import BeltConfig, DecisionConfig, PreprocessConfig
 from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects, strongest_region
 from pipeline.vision.locate import locate_template, part_at, refine_ecc, silhouette_in_view, small_to_full
@@ -50,6 +50,8 @@ class Preprocessor:
         self.wh = (int(cfg.canonical_size[0]), int(cfg.canonical_size[1]))
         self.belt = BeltModel.from_config(cfg.belt)
         self.needs_colour = cfg.mode == "silhouette" and self.belt.needs_colour()  # parts told by colour
+        # calibrate_line fits the belt in template mode too; a hand-written config may leave it unset
+        self.belt_fitted = cfg.belt != BeltConfig()
         self.template = None
         if cfg.mode == "template":
             tpl = cv2.imread(cfg.template, cv2.IMREAD_GRAYSCALE)
@@ -94,7 +96,7 @@ class Preprocessor:
             found = locate_template(frame, self.template, self.cfg.template_scales, self.cfg.downscale,
                                     self.cfg.template_min_score)
             if found is None:
-                return Prepared("NO_PART", "no template match above preprocess.template_min_score")
+                return self._unmatched(frame)
             H = homography_to_canonical(found[0], self.wh)
             gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
             H = refine_ecc(gray, self.template, H)
@@ -126,12 +128,33 @@ class Preprocessor:
             keep = np.concatenate([keep, len(self.grid) + small_keep])
         return Prepared(None, "", tiles, keep, self.grid, self.coarse_grid, H.astype(np.float64), part_mask)
 
+    def _seen_area(self, seen: tuple[np.ndarray, int] | None) -> int:
+        """Camera px of what ``silhouette_in_view`` saw, when it is at least ``min_object_fraction``
+        of ``min_part_area`` (something on the belt); else 0 (an empty belt)."""
+        area = 0 if seen is None else int(round(float(seen[0].sum()) / self.cfg.downscale**2))
+        return area if area and area >= self.cfg.min_object_fraction * self.cfg.min_part_area else 0
+
+    def _unmatched(self, frame: np.ndarray) -> Prepared:
+        """Template mode, no match: NO_PART for an empty belt; ERROR when the belt model sees
+        something there. A part unlike the template (broken, soiled, turned over, another product)
+        is the part that most needs inspecting and must not pass as no part. Without a fitted belt
+        model (a hand-written config) nothing tells the two apart: NO_PART, as the match says."""
+        no_match = "no template match above preprocess.template_min_score"
+        if self.belt_fitted:
+            bgr = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+            area = self._seen_area(silhouette_in_view(bgr, self.belt, self.cfg.downscale))
+            if area:
+                return Prepared("ERROR", f"something of {area} px in view, but {no_match} "
+                                         f"({self.cfg.template_min_score}): a part unlike the template (broken, "
+                                         "turned over, another product) or partly in view; check this frame")
+        return Prepared("NO_PART", no_match)
+
     def _no_part(self, seen: tuple[np.ndarray, int] | None) -> Prepared:
         """NO_PART for a belt with nothing on it; ERROR when something was seen (``seen``: what
         ``silhouette_in_view`` found) but is too small for a part: a part the belt model did not
         tell whole from the belt must not pass as no part."""
-        area = 0 if seen is None else int(round(float(seen[0].sum()) / self.cfg.downscale**2))  # camera px
-        if area and area >= self.cfg.min_object_fraction * self.cfg.min_part_area:
+        area = self._seen_area(seen)
+        if area:
             return Prepared("ERROR", f"something of {area} px in view, under preprocess.min_part_area "
                                      f"({self.cfg.min_part_area}): a part not told whole from the belt, or not "
                                      "wholly in view; check this frame, the lighting and the belt model")

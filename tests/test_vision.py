@@ -483,3 +483,31 @@ def test_image_score_averages_the_strongest_full_scale_tiles():
     assert image_score(blank, fine, 0.0, coarse, 2, 0.2, 0.5) == pytest.approx(0.5 * tiles + 0.5 * 0.2)
     assert image_score(blank, fine, 0.0, coarse, 2, 0.2, 0.0) == pytest.approx(tiles)
     assert image_score(blank, fine, 0.0, None, 2, 0.2, 0.5) == pytest.approx(0.7)  # no coarse pass: no agreement
+
+
+def test_template_mode_tells_an_unmatched_part_from_an_empty_belt(mini_data, belt, tmp_path):
+    """Template mode: a part the template does not match (here one whose face is another
+    product's) was on the belt and was not inspected: ERROR, never NO_PART. The empty belt stays
+    NO_PART; so does every unmatched frame of a config whose belt model was never fitted."""
+    from dataclasses import replace
+    from engines.data import read_image
+
+    part = cv2.resize(read_image(next((mini_data / "test" / "good").iterdir()), 1), (256, 320))
+    cv2.imwrite(str(tmp_path / "template.png"), part)
+    cfg = PreprocessConfig(mode="template", template=str(tmp_path / "template.png"),
+                           belt=BeltConfig(**belt.to_config()))
+    prep = Preprocessor(cfg)
+    rng = np.random.default_rng(0)
+    empty = belt_image(480, 640, rng)
+    frame = empty.copy()
+    frame[80:400, 300:556] = part[..., None]
+    assert prep(frame).verdict is None  # matched, tiled
+    stranger = frame.copy()
+    ys, xs = np.mgrid[80:400, 300:556]
+    stranger[80:400, 300:556] = np.where(((xs // 24 + ys // 24) % 2 == 0), 40, 200).astype(np.uint8)[..., None]
+    assert locate_template(stranger, prep.template, cfg.template_scales, cfg.downscale, 0.5) is None
+    p = prep(stranger)
+    assert p.verdict == "ERROR" and "no template match" in p.reason and "px in view" in p.reason, p.reason
+    assert prep(empty).verdict == "NO_PART"
+    unfitted = Preprocessor(replace(cfg, belt=BeltConfig()))
+    assert unfitted(stranger).verdict == "NO_PART" and unfitted(empty).verdict == "NO_PART"
