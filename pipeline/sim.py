@@ -37,7 +37,7 @@ class LineGeometry:
     belt_noise: float = 4.0
     lighting_drift: float = 0.0    # brightness swings by up to this fraction over the sequence
     mono: bool = False             # a mono camera: frames are written as one-channel images
-    sensor_noise: float = 0.0      # a colour sensor's noise, drawn per channel (grey levels, sigma)
+    sensor_noise: float = 0.0      # the sensor's noise (grey levels, sigma), per channel on a colour camera
 
     @classmethod
     def random(cls, seed: int) -> "LineGeometry":
@@ -52,7 +52,7 @@ class LineGeometry:
                 belt_weave=float(rng.uniform(2, 10)), belt_noise=float(rng.uniform(2, 6)),
                 lighting_drift=float(rng.uniform(0, 0.15)), mono=mono)
         # drawn last, so that a seed's other fields stay what they were before the sensor was modelled
-        g.sensor_noise = 0.0 if mono else float(rng.uniform(1.5, 3.0))
+        g.sensor_noise = float(rng.uniform(1.5, 3.0))
         return g
 
 
@@ -153,11 +153,11 @@ def simulate(data: str | Path, n_ok: int, n_ng: int, n_empty: int, seed: int = 0
         if g.lighting_drift:  # a slow swing of the light over the sequence
             gain = 1.0 + g.lighting_drift * np.sin(2 * np.pi * i / max(1, len(order)))
             frame = np.clip(frame.astype(np.float32) * gain, 0, 255).astype(np.uint8)
-        if g.sensor_noise and not g.mono:  # a colour sensor parts its channels even on a grey scene
-            noise = sensor_rng.normal(0, g.sensor_noise, frame.shape).astype(np.float32)
-            frame = np.clip(np.rint(frame + noise), 0, 255).astype(np.uint8)
         if g.mono:
             frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        if g.sensor_noise:  # on the part as on the belt; a colour sensor's parts its channels even on grey
+            noise = sensor_rng.normal(0, g.sensor_noise, frame.shape).astype(np.float32)
+            frame = np.clip(np.rint(frame + noise), 0, 255).astype(np.uint8)
         frames.append(SimFrame(frame, truth))
     return frames
 

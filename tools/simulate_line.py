@@ -25,7 +25,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--lighting-drift", type=float, default=0.0, help="brightness swing over the sequence (0.1: +-10 %%)")
     p.add_argument("--mono", action="store_true", help="a mono camera: one-channel frames")
     p.add_argument("--sensor-noise", type=float, default=0.0,
-                   help="a colour sensor's noise per channel, grey levels (sigma); default %(default)s")
+                   help="the sensor's noise, grey levels (sigma), per channel on a colour camera; default %(default)s")
     p.add_argument("--line-seed", type=int, metavar="N",
                    help="draw the whole line geometry at random from N (overrides the options above; the same N, the "
                         "same line); written to OUT/line.json")
