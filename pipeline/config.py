@@ -59,6 +59,7 @@ class BeltConfig:
     inv_cov: list[list[float]] = field(default_factory=lambda: [[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
     max_distance: float = 4.0     # Mahalanobis distance under which a pixel is belt
     features: str = "lab"         # lab: colour (colour cameras); mono: brightness and texture (mono cameras)
+    level: float = 0.0            # mono: belt lightness each frame is scaled to (light drift); 0: none
 
 
 @dataclass

@@ -4,8 +4,14 @@ Colour cameras: the features are the pixel's Lab colour, unless the belt is grey
 tell the part from it (calibration tries both, ``calibration.line.choose_belt``). Mono cameras have
 no colour to tell belt from part, so the features are brightness and texture: lightness, its
 standard deviation over 5x5 px, and lightness smoothed over 9x9 px (``FEATURES``), which keep a dark
-part on a black belt in one piece. The neighbourhoods grow the part's silhouette onto the belt by up to ``MONO_EDGE_PX``;
-the silhouette takes that off again, or the rectified part would carry a strip of belt (with a
+part on a black belt in one piece. The light on a line drifts (lamps age, daylight, exposure), and a
+model spread over every brightness the belt took during calibration lets the darkest parts of a part
+on a dark belt pass for belt: a mono model also keeps the belt's brightness level (``level``, the
+median lightness of its border band), and each frame's features are scaled so that its own border
+band sits at that level before they are compared (``LEVEL_RANGE``).
+
+The neighbourhoods grow the part's silhouette onto the belt by up to ``MONO_EDGE_PX``; the
+silhouette takes that off again, or the rectified part would carry a strip of belt (with a
 15-px neighbourhood and no such correction, a light belt's strip was plain in every part)."""
 from __future__ import annotations
 
@@ -21,6 +27,15 @@ MONO_EDGE_PX = 4  # how far the mono features' neighbourhoods reach past the par
 # pixels) are taken for intruding part pixels and dropped, for up to TRIM_ROUNDS refits.
 TRIM_DISTANCE = 4.0
 TRIM_ROUNDS = 4
+# A frame's belt level is read from the border-band pixels within this factor of the model's level
+# (a part reaching into the band is left out); with fewer than LEVEL_MIN_SHARE of the band within
+# it, the frame is compared unscaled.
+LEVEL_RANGE = (0.7, 1.4)
+LEVEL_MIN_SHARE = 0.25
+# The least variance a feature of the belt model has. The mono features' texture and smoothed
+# lightness vary by well under a grey level over a belt: a floor of 1 (the Lab one) doubled their
+# spread, and the dark side of a part on a dark belt passed for belt.
+VARIANCE_FLOOR = {"lab": 1.0, "mono": 0.05}
 
 
 @dataclass
@@ -29,6 +44,7 @@ class BeltModel:
     inv_cov: np.ndarray   # (3, 3)
     max_distance: float = 4.0
     features: str = "lab"  # lab (colour cameras) or mono (brightness and texture)
+    level: float = 0.0     # mono: the belt's median lightness each frame is scaled to; 0: no scaling
     # (3, 4) affine map Lab -> whitened space, where the Mahalanobis distance is the Euclidean one:
     # with inv_cov = L L^T, d^T inv_cov d = |L^T (x - mean)|^2. Derived once, used on every frame.
     whiten: np.ndarray = field(init=False, repr=False)
@@ -44,7 +60,8 @@ class BeltModel:
     def to_config(self) -> dict:
         return {"mean": [round(float(v), 4) for v in self.mean],
                 "inv_cov": [[round(float(v), 6) for v in row] for row in self.inv_cov],
-                "max_distance": float(self.max_distance), "features": self.features}
+                "max_distance": float(self.max_distance), "features": self.features,
+                "level": round(float(self.level), 3)}
 
     def needs_colour(self) -> bool:
         """Whether telling this belt from a part takes colour: a colour (Lab) model of a belt that a
@@ -59,7 +76,7 @@ class BeltModel:
     @classmethod
     def from_config(cls, belt) -> "BeltModel":
         return cls(np.asarray(belt.mean, np.float32), np.asarray(belt.inv_cov, np.float32), float(belt.max_distance),
-                   getattr(belt, "features", "lab"))
+                   getattr(belt, "features", "lab"), float(getattr(belt, "level", 0.0)))
 
 
 def _lab(frame_bgr: np.ndarray) -> np.ndarray:
@@ -82,18 +99,35 @@ def features(frame: np.ndarray, kind: str) -> np.ndarray:
     return _mono(frame) if kind == "mono" else _lab(frame)
 
 
-def _band(frame: np.ndarray, kind: str) -> np.ndarray:
-    """(N, 3) features of the frame's border band (6 % of its short side)."""
-    f = features(frame, kind)
-    h, w = f.shape[:2]
+def _band_of(f: np.ndarray) -> np.ndarray:
+    """(N, C) values of the border band (6 % of the short side) of an (H, W, C) image."""
+    h, w, c = f.shape
     b = max(2, int(0.06 * min(h, w)))
-    return np.concatenate([f[:b].reshape(-1, 3), f[-b:].reshape(-1, 3), f[:, :b].reshape(-1, 3),
-                           f[:, -b:].reshape(-1, 3)])
+    return np.concatenate([f[:b].reshape(-1, c), f[-b:].reshape(-1, c), f[:, :b].reshape(-1, c),
+                           f[:, -b:].reshape(-1, c)])
 
 
-def _gaussian(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and inverse covariance; the floor keeps a perfectly flat belt invertible."""
-    cov = np.cov(data, rowvar=False) + np.eye(3) * 1.0
+def _band(frame: np.ndarray, kind: str) -> np.ndarray:
+    """(N, 3) features of the frame's border band."""
+    return _band_of(features(frame, kind))
+
+
+def frame_gain(f: np.ndarray, level: float) -> float:
+    """The factor that brings the belt in mono features ``f`` (H, W, 3) to ``level``: the model's
+    level over the median lightness of the border-band pixels within ``LEVEL_RANGE`` of it; 1.0
+    without a level or with too few such pixels."""
+    if level <= 0:
+        return 1.0
+    light = _band_of(f[..., :1])[:, 0]
+    near = light[(light >= LEVEL_RANGE[0] * level) & (light <= LEVEL_RANGE[1] * level)]
+    if near.size < LEVEL_MIN_SHARE * light.size:
+        return 1.0
+    return level / max(float(np.median(near)), 1e-3)
+
+
+def _gaussian(data: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and inverse covariance; the floor (a variance) keeps a perfectly flat belt invertible."""
+    cov = np.cov(data, rowvar=False) + np.eye(3) * floor
     return data.mean(axis=0), np.linalg.inv(cov)
 
 
@@ -104,24 +138,39 @@ def fit_belt(frames_bgr: list[np.ndarray], samples: np.ndarray | None = None, ma
 
     A part near the edge of the view reaches into the band. Its pixels, a percent or two of the
     band, would double the model's spread and let a part of about the belt's brightness pass for
-    belt, so samples further than ``TRIM_DISTANCE`` from the fit are dropped and the fit repeated."""
-    data = np.concatenate([_band(f, kind) for f in frames_bgr]) if samples is None \
-        else samples.reshape(-1, 3).astype(np.float32)
-    data = data.astype(np.float64)
-    mean, inv_cov = _gaussian(data)
+    belt, so samples further than ``TRIM_DISTANCE`` from the fit are dropped and the fit repeated.
+
+    Mono features are fitted on each frame's band scaled to the median of the frames' band levels,
+    as frames are scaled when they are judged (``frame_gain``)."""
+    level = 0.0
+    if samples is not None:
+        data = samples.reshape(-1, 3).astype(np.float64)
+    elif kind == "mono":
+        feats = [features(f, kind) for f in frames_bgr]
+        level = max(float(np.median([np.median(_band_of(f[..., :1])) for f in feats])), 1e-3)
+        data = np.concatenate([_band_of(f).astype(np.float64) * frame_gain(f, level) for f in feats])
+    else:
+        data = np.concatenate([_band(f, kind) for f in frames_bgr]).astype(np.float64)
+    floor = VARIANCE_FLOOR[kind]
+    mean, inv_cov = _gaussian(data, floor)
     for _ in range(TRIM_ROUNDS):
         d = data - mean
         keep = np.einsum("ni,ij,nj->n", d, inv_cov, d) < TRIM_DISTANCE**2
         if keep.all() or keep.sum() < 10:
             break
-        mean, inv_cov = _gaussian(data[keep])
-    return BeltModel(mean.astype(np.float32), inv_cov.astype(np.float32), max_distance, kind)
+        mean, inv_cov = _gaussian(data[keep], floor)
+    return BeltModel(mean.astype(np.float32), inv_cov.astype(np.float32), max_distance, kind, level)
 
 
 def belt_mask(frame_bgr: np.ndarray, model: BeltModel) -> np.ndarray:
     """bool ``(H, W)``: True where the pixel looks like belt (Mahalanobis distance in Lab below
     ``max_distance``)."""
+    f = features(frame_bgr, model.features)
+    if model.level > 0:
+        gain = frame_gain(f, model.level)
+        if gain != 1.0:
+            f = f * np.float32(gain)
     # Two per-pixel transforms in OpenCV instead of an einsum in numpy: several times faster.
-    whitened = cv2.transform(features(frame_bgr, model.features), model.whiten)
+    whitened = cv2.transform(f, model.whiten)
     dist2 = cv2.transform(cv2.multiply(whitened, whitened), np.ones((1, 3), np.float32))  # (H, W)
     return dist2 < model.max_distance**2

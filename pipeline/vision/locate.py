@@ -60,6 +60,11 @@ def shrink(frame: np.ndarray, downscale: float) -> np.ndarray:
     return cv2.resize(frame, None, fx=downscale, fy=downscale, interpolation=cv2.INTER_AREA)
 
 
+# A disc, not a square: the neighbourhoods' reach fades out towards their corners, and a square took
+# a part's corners in by up to 1.4 times as much (docs/benchmarks.md, "Mono part outlines").
+MONO_EDGE_DISC = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * MONO_EDGE_PX + 1,) * 2)
+
+
 def _silhouette(frame_bgr: np.ndarray, belt: BeltModel) -> tuple[np.ndarray, int] | None:
     """(the largest non-belt component, holes filled, as a 0/1 uint8 mask; its area before the last
     fill, the one a minimum is held against), or None when everything is belt.
@@ -73,8 +78,8 @@ def _silhouette(frame_bgr: np.ndarray, belt: BeltModel) -> tuple[np.ndarray, int
         return None
     # Fill holes: dark defects on the part can look like belt, but they are part of the part.
     part = _fill_holes(part[0])
-    if belt.features == "mono":  # its texture feature reaches MONO_EDGE_PX onto the belt
-        part = cv2.erode(part, np.ones((2 * MONO_EDGE_PX + 1,) * 2, np.uint8))
+    if belt.features == "mono":  # its neighbourhood features reach MONO_EDGE_PX onto the belt
+        part = cv2.erode(part, MONO_EDGE_DISC)
     part = _largest_blob(cv2.morphologyEx(part, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8)))
     if part is None:
         return None
