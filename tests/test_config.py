@@ -32,6 +32,7 @@ def test_unknown_key_names_file_and_key(tmp_path):
     ("source:\n  stream:\n    transport: http\n", r"`source.stream.transport` = 'http'; expected one of \['tcp', 'udp'\]"),
     ("sinks:\n  modbus:\n    reject_verdicts: [NG, BAD]\n", r"`sinks.modbus.reject_verdicts` has \['BAD'\]"),
     ("source:\n  reconnect_s: -1\n", "source.reconnect_s"),
+    ("preprocess:\n  belt:\n    level: -3\n", r"`preprocess.belt.level`.*re-run calibrate_line"),
 ])
 def test_wrong_type_and_choice(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):

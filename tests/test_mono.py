@@ -341,3 +341,21 @@ def test_a_part_on_a_dark_belt_under_drifting_light_is_located_to_its_corners(mi
         errors += [np.linalg.norm(corners - t, axis=1).min() for t in truth]
     assert np.mean(errors) < 11.0, np.round(errors, 1)  # 15.1 px before, 8.2 px now
     assert belt.level > 0 and shrink(fit[0], 0.5).shape[0] == 384
+
+
+def test_a_mono_belt_under_brighter_light_is_still_belt():
+    """Light that drifts by a quarter moves a dark belt by several grey levels, far beyond the belt
+    model's own spread; each frame is scaled to the belt's calibrated level first."""
+    import dataclasses
+
+    from pipeline.sim import belt_image
+    from pipeline.vision.belt import belt_mask, fit_belt
+
+    rng = np.random.default_rng(3)
+    grab = lambda gain: np.clip(cv2.cvtColor(belt_image(384, 512, rng, geometry=MONO_LINE), cv2.COLOR_BGR2GRAY)
+                                * gain + rng.normal(0, 2.0, (384, 512)), 0, 255).astype(np.uint8)
+    belt = fit_belt([grab(1.0) for _ in range(3)], kind="mono")
+    assert 20 < belt.level < 40
+    brighter = grab(1.25)
+    assert belt_mask(brighter, belt).mean() > 0.99
+    assert belt_mask(brighter, dataclasses.replace(belt, level=0.0)).mean() < 0.5  # unscaled: not belt

@@ -7,7 +7,7 @@ standard deviation over 5x5 px, and lightness smoothed over 9x9 px (``FEATURES``
 part on a black belt in one piece. The light on a line drifts (lamps age, daylight, exposure), and a
 model spread over every brightness the belt took during calibration lets the darkest parts of a part
 on a dark belt pass for belt: a mono model also keeps the belt's brightness level (``level``, the
-median lightness of its border band), and each frame's features are scaled so that its own border
+mean lightness of the middle half of its border band), and each frame's features are scaled so that its own border
 band sits at that level before they are compared (``LEVEL_RANGE``).
 
 The neighbourhoods grow the part's silhouette onto the belt by up to ``MONO_EDGE_PX``; the
@@ -27,11 +27,9 @@ MONO_EDGE_PX = 4  # how far the mono features' neighbourhoods reach past the par
 # pixels) are taken for intruding part pixels and dropped, for up to TRIM_ROUNDS refits.
 TRIM_DISTANCE = 4.0
 TRIM_ROUNDS = 4
-# A frame's belt level is read from the border-band pixels within this factor of the model's level
-# (a part reaching into the band is left out); with fewer than LEVEL_MIN_SHARE of the band within
-# it, the frame is compared unscaled.
+# A frame whose belt level is within these factors of the model's is scaled to it; one further off
+# is not a drift of the light, and it is compared unscaled.
 LEVEL_RANGE = (0.7, 1.4)
-LEVEL_MIN_SHARE = 0.25
 # The least variance a feature of the belt model has. The mono features' texture and smoothed
 # lightness vary by well under a grey level over a belt: a floor of 1 (the Lab one) doubled their
 # spread, and the dark side of a part on a dark belt passed for belt.
@@ -44,7 +42,7 @@ class BeltModel:
     inv_cov: np.ndarray   # (3, 3)
     max_distance: float = 4.0
     features: str = "lab"  # lab (colour cameras) or mono (brightness and texture)
-    level: float = 0.0     # mono: the belt's median lightness each frame is scaled to; 0: no scaling
+    level: float = 0.0     # mono: the belt lightness each frame is scaled to (_level); 0: no scaling
     # (3, 4) affine map Lab -> whitened space, where the Mahalanobis distance is the Euclidean one:
     # with inv_cov = L L^T, d^T inv_cov d = |L^T (x - mean)|^2. Derived once, used on every frame.
     whiten: np.ndarray = field(init=False, repr=False)
@@ -112,17 +110,24 @@ def _band(frame: np.ndarray, kind: str) -> np.ndarray:
     return _band_of(features(frame, kind))
 
 
+def _level(f: np.ndarray) -> float:
+    """The belt's brightness in mono features ``f`` (H, W, 3): the mean lightness of the middle half
+    of its border band (a part reaching into the band, up to a quarter of it, is left out)."""
+    light = np.sort(_band_of(f[..., :1])[:, 0])
+    n = light.size
+    return float(light[n // 4: max(n // 4 + 1, 3 * n // 4)].mean())
+
+
 def frame_gain(f: np.ndarray, level: float) -> float:
-    """The factor that brings the belt in mono features ``f`` (H, W, 3) to ``level``: the model's
-    level over the median lightness of the border-band pixels within ``LEVEL_RANGE`` of it; 1.0
-    without a level or with too few such pixels."""
+    """The factor that brings the belt in mono features ``f`` to the model's ``level``; 1.0 without
+    a level, or where the frame's belt is not within ``LEVEL_RANGE`` of it (not drift: compared as
+    it is)."""
     if level <= 0:
         return 1.0
-    light = _band_of(f[..., :1])[:, 0]
-    near = light[(light >= LEVEL_RANGE[0] * level) & (light <= LEVEL_RANGE[1] * level)]
-    if near.size < LEVEL_MIN_SHARE * light.size:
+    seen = _level(f)
+    if not LEVEL_RANGE[0] * level <= seen <= LEVEL_RANGE[1] * level:
         return 1.0
-    return level / max(float(np.median(near)), 1e-3)
+    return level / seen
 
 
 def _gaussian(data: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
@@ -140,14 +145,14 @@ def fit_belt(frames_bgr: list[np.ndarray], samples: np.ndarray | None = None, ma
     band, would double the model's spread and let a part of about the belt's brightness pass for
     belt, so samples further than ``TRIM_DISTANCE`` from the fit are dropped and the fit repeated.
 
-    Mono features are fitted on each frame's band scaled to the median of the frames' band levels,
+    Mono features are fitted on each frame's band scaled to the median of the frames' belt levels,
     as frames are scaled when they are judged (``frame_gain``)."""
     level = 0.0
     if samples is not None:
         data = samples.reshape(-1, 3).astype(np.float64)
     elif kind == "mono":
         feats = [features(f, kind) for f in frames_bgr]
-        level = max(float(np.median([np.median(_band_of(f[..., :1])) for f in feats])), 1e-3)
+        level = max(float(np.median([_level(f) for f in feats])), 1e-3)
         data = np.concatenate([_band_of(f).astype(np.float64) * frame_gain(f, level) for f in feats])
     else:
         data = np.concatenate([_band(f, kind) for f in frames_bgr]).astype(np.float64)
