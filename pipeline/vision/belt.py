@@ -7,8 +7,8 @@ standard deviation over 5x5 px, and lightness smoothed over 9x9 px (``FEATURES``
 part on a black belt in one piece. The light on a line drifts (lamps age, daylight, exposure), and a
 model spread over every brightness the belt took during calibration lets the darkest parts of a part
 on a dark belt pass for belt: a mono model also keeps the belt's brightness level (``level``, the
-mean lightness of the middle half of its border band), and each frame's features are scaled so that its own border
-band sits at that level before they are compared (``LEVEL_RANGE``).
+mean lightness of the middle half of its border band), and each frame's features are scaled so
+that its own band sits at that level before they are compared (``LEVEL_RANGE``).
 
 The neighbourhoods grow the part's silhouette onto the belt by up to ``MONO_EDGE_PX``; the
 silhouette takes that off again, or the rectified part would carry a strip of belt (with a
