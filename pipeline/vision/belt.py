@@ -105,17 +105,12 @@ def _band_of(f: np.ndarray) -> np.ndarray:
                            f[:, -b:].reshape(-1, c)])
 
 
-def _band(frame: np.ndarray, kind: str) -> np.ndarray:
-    """(N, 3) features of the frame's border band."""
-    return _band_of(features(frame, kind))
-
-
 def _level(f: np.ndarray) -> float:
     """The belt's brightness in mono features ``f`` (H, W, 3): the mean lightness of the middle half
     of its border band (a part reaching into the band, up to a quarter of it, is left out)."""
-    light = np.sort(_band_of(f[..., :1])[:, 0])
-    n = light.size
-    return float(light[n // 4: max(n // 4 + 1, 3 * n // 4)].mean())
+    light = _band_of(f[..., :1])[:, 0]
+    lo, hi = light.size // 4, max(light.size // 4 + 1, 3 * light.size // 4)
+    return float(np.partition(light, (lo, hi - 1))[lo:hi].mean())  # no full sort: O(n) per frame
 
 
 def frame_gain(f: np.ndarray, level: float) -> float:
@@ -150,12 +145,11 @@ def fit_belt(frames_bgr: list[np.ndarray], samples: np.ndarray | None = None, ma
     level = 0.0
     if samples is not None:
         data = samples.reshape(-1, 3).astype(np.float64)
-    elif kind == "mono":
-        feats = [features(f, kind) for f in frames_bgr]
-        level = max(float(np.median([_level(f) for f in feats])), 1e-3)
-        data = np.concatenate([_band_of(f).astype(np.float64) * frame_gain(f, level) for f in feats])
     else:
-        data = np.concatenate([_band(f, kind) for f in frames_bgr]).astype(np.float64)
+        feats = [features(f, kind) for f in frames_bgr]
+        if kind == "mono":
+            level = max(float(np.median([_level(f) for f in feats])), 1e-3)
+        data = np.concatenate([_band_of(f).astype(np.float64) * frame_gain(f, level) for f in feats])
     floor = VARIANCE_FLOOR[kind]
     mean, inv_cov = _gaussian(data, floor)
     for _ in range(TRIM_ROUNDS):
@@ -171,10 +165,9 @@ def belt_mask(frame_bgr: np.ndarray, model: BeltModel) -> np.ndarray:
     """bool ``(H, W)``: True where the pixel looks like belt (Mahalanobis distance in Lab below
     ``max_distance``)."""
     f = features(frame_bgr, model.features)
-    if model.level > 0:
-        gain = frame_gain(f, model.level)
-        if gain != 1.0:
-            f = f * np.float32(gain)
+    gain = frame_gain(f, model.level)
+    if gain != 1.0:
+        f *= np.float32(gain)  # f is this frame's own array
     # Two per-pixel transforms in OpenCV instead of an einsum in numpy: several times faster.
     whitened = cv2.transform(f, model.whiten)
     dist2 = cv2.transform(cv2.multiply(whitened, whitened), np.ones((1, 3), np.float32))  # (H, W)
