@@ -161,8 +161,8 @@ class RtspServer:
         self.port, self.period = port, 1.0 / fps
         self.url = f"rtsp://{socket.gethostname() if host == '0.0.0.0' else host}:{port}/{path}"
         self.sent = 0              # frames sent, over all clients
-        self.sessions = 0          # PLAY requests answered
-        self.transports: list[str] = []  # "tcp" or "udp", per session set up
+        self.plays = 0             # PLAY requests answered
+        self.transports: list[str] = []  # "tcp" or "udp", per client set up
         self._clients: list[socket.socket] = []
         self._udp_socks: dict[socket.socket, socket.socket] = {}
         self._lock = threading.Lock()
@@ -187,7 +187,7 @@ class RtspServer:
         reader = conn.makefile("rb")
         streaming: threading.Thread | None = None
         playing = threading.Event()
-        send = None  # how the session's RTP packets go out, once set up
+        send = None  # how this client's RTP packets go out, once set up
         try:
             while not self._stopped.is_set():
                 request = self._read_request(reader)
@@ -231,7 +231,7 @@ class RtspServer:
                 with self._lock:
                     conn.sendall(f"RTSP/1.0 {status}\r\nCSeq: {cseq}\r\n{extra}\r\n".encode() + body)
                 if method == "PLAY" and streaming is None and send is not None:
-                    self.sessions += 1
+                    self.plays += 1
                     playing.set()
                     streaming = threading.Thread(target=self._stream, args=(send, playing), daemon=True)
                     streaming.start()

@@ -293,7 +293,7 @@ def test_rtsp_camera_lost_reconnected_then_gone(line, tmp_path):
             time.sleep(0.1)
         assert _command_lines_with(password) == []  # ps shows no process with it
         server.drop_clients()
-        while server.sessions < 2 and time.monotonic() < deadline:
+        while server.plays < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         seen = len(inspected())
         while len(inspected()) < seen + 4 and time.monotonic() < deadline:

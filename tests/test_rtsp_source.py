@@ -113,7 +113,7 @@ def test_lost_stream_is_recorded_and_reconnected(camera_frames, codec, transport
         after = [next(items) for _ in range(3)]
         assert all(i.frame is not None for i in after)
         assert max(_which(i.frame, camera_frames)[1] for i in after) < 4.0
-        assert server.sessions == 2 and server.transports == [transport] * 2
+        assert server.plays == 2 and server.transports == [transport] * 2
         source.close()
     finally:
         server.stop()

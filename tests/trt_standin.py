@@ -197,9 +197,9 @@ def make_tensorrt(api: TrtApi, cuda: FakeCuda | None = None):
 
     class Engine:
         def __init__(self, plan: bytes) -> None:
-            self.session = ort.InferenceSession(plan, providers=["CPUExecutionProvider"])
-            self.inputs = [i.name for i in self.session.get_inputs()]
-            self.outputs = [o for o in self.session.get_outputs()]
+            self.net = ort.InferenceSession(plan, providers=["CPUExecutionProvider"])
+            self.inputs = [i.name for i in self.net.get_inputs()]
+            self.outputs = [o for o in self.net.get_outputs()]
             self.num_io_tensors = len(self.inputs) + len(self.outputs)
 
         def get_tensor_name(self, i):
@@ -209,7 +209,7 @@ def make_tensorrt(api: TrtApi, cuda: FakeCuda | None = None):
             return trt.TensorIOMode.INPUT if name in self.inputs else trt.TensorIOMode.OUTPUT
 
         def get_tensor_shape(self, name):
-            io = [*self.session.get_inputs(), *self.outputs]
+            io = [*self.net.get_inputs(), *self.outputs]
             return [-1] + [int(d) for d in next(t for t in io if t.name == name).shape[1:]]
 
         def get_tensor_dtype(self, name):
@@ -239,7 +239,7 @@ def make_tensorrt(api: TrtApi, cuda: FakeCuda | None = None):
             e, n = self.engine, self.batch
             name = e.inputs[0]
             x = cuda.mem[self.addresses[name]].view(np.float32)[: n * 128 * 128].reshape(n, 1, 128, 128)
-            outs = e.session.run(None, {name: x})
+            outs = e.net.run(None, {name: x})
             for o, value in zip(e.outputs, outs):
                 buf = cuda.mem[self.addresses[o.name]]
                 raw = np.ascontiguousarray(value, np.float32).view(np.uint8).reshape(-1)

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.1)
         finally:
             server.stop()
-        print(f"serve_rtsp: sent {server.sent} frames to {server.sessions} session(s)")
+        print(f"serve_rtsp: sent {server.sent} frames to {server.plays} client(s)")
         return 0
 
     return run_cli(go, "serve_rtsp")

@@ -25,19 +25,19 @@ class OnnxRuntimeBackend(Backend):
             options.intra_op_num_threads = threads
         if not spin:  # its threads sleep between runs instead of spinning on the cores another model needs
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.model_dir / onnx_file), options,
+        self.net = ort.InferenceSession(str(self.model_dir / onnx_file), options,
                                             providers=providers or ["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_name = self.net.get_inputs()[0].name
 
     def coarse_map_options(self, options: dict) -> dict:
-        """The coarse-map network's ONNX Runtime session does not spin: it runs a few tiles between
+        """The coarse-map network does not spin in ONNX Runtime: it runs a few tiles between
         the main network's runs, and its spinning threads held the cores the main network needed (2 cores,
         shipped model, development images: 112 ms per image spinning, 87-90 not, 74-77 without
         the coarse-map network)."""
         return {**options, "spin": False}
 
     def infer(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        maps, scores = self.session.run(None, {self.input_name: self.check_input(tiles)})
+        maps, scores = self.net.run(None, {self.input_name: self.check_input(tiles)})
         return maps, scores
 
 
@@ -61,7 +61,7 @@ class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
                          providers=[("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"],
                          spin=spin)
         # ONNX Runtime falls back to the CPU, with a warning only, when the CUDA libraries do not load
-        if self.session.get_providers()[0] != "CUDAExecutionProvider":
+        if self.net.get_providers()[0] != "CUDAExecutionProvider":
             raise BackendUnavailable("onnxruntime-gpu could not start its CUDA execution provider (CUDA or cuDNN "
                                      "libraries missing or not matching; see its warning above); the model would "
                                      "run on the CPU")
