@@ -204,8 +204,11 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
         notes.append(f"too few held-out frames to show a false-alarm rate of {target:g}: {len(scored)} scored, at least "
                      f"{need} needed (about {int(math.ceil(need / held_fraction))} recorded frames in all); "
                      "record more OK frames and commission again")
+    if first.cut:
+        notes.append(f"{len(first.cut)} calibration frame(s) left out: the part runs out of view")
     if not_located:
-        notes.append(f"{len(not_located)} held-out OK frame(s) had no part located (each would be NO_PART on the line)")
+        notes.append(f"{len(not_located)} held-out OK frame(s) had no part inspected (NO_PART or ERROR on the line, "
+                     "each with its reason in the report's JSON), and do not count towards the threshold")
     write_commented(cfg, out_yaml, notes, len(files), str(frames_dir), tool="commission_line")
     load_config(out_yaml)  # what was written must be accepted by run_pipeline
     result = Commissioning(str(out_yaml), str(line_model), target, threshold, len(fit), len(held), len(scored), alarms,

@@ -7,7 +7,7 @@ operating threshold from the model's own scores on these OK parts.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -24,7 +24,7 @@ from pipeline.vision.scoring import score_part
 from pipeline.sources import DirSource, image_files
 from pipeline.vision.belt import BeltModel, fit_belt
 from pipeline.vision.camera import MONO_MAX_CHANNEL_DIFF, channel_spread, kind_mismatch
-from pipeline.vision.locate import locate_silhouette, part_silhouette, shrink
+from pipeline.vision.locate import edge_contact, locate_silhouette, part_silhouette, shrink
 from pipeline.vision.rectify import homography_to_canonical, rectify
 
 TEMPLATE_MIN_NCC = 0.8   # mean similarity of OK parts to their median above which template mode is used
@@ -41,6 +41,7 @@ class Calibration:
     template_ncc: float
     notes: list[str]
     part_long_side_px: float = 0.0  # the parts' long side in camera px (median over the frames)
+    cut: list[int] = field(default_factory=list)  # frames left out: their part runs out of view
 
 
 def _round8(v: float) -> int:
@@ -130,15 +131,22 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
         raise ValueError(f"{frames_dir}: frames {odd} are {'mono' if camera == 'colour' else 'colour'}, the others "
                          f"{camera}; calibrate on frames from the one camera of this line")
     probe_wh = (256, 320)
-    sizes, corners_all = [], []
+    sizes, corners_all, cut = [], [], []
     for i, f in enumerate(frames):
         found = locate_silhouette(f, belt, 2000, probe_wh, downscale)
         if found is None:
             raise ValueError(f"{frames_dir}: frame {i} shows no part distinct from the belt; calibration needs "
                              "every frame to show one OK part fully inside the view")
+        if edge_contact(found[1])[0] >= PreprocessConfig().max_edge_contact:
+            cut.append(i)  # the line will not inspect such a part; its size would be the cut one
+            continue
         c = found[0]
         sizes.append((np.linalg.norm(c[1] - c[0]), np.linalg.norm(c[3] - c[0])))
         corners_all.append(c)
+    if len(sizes) < 3:
+        raise ValueError(f"{frames_dir}: the part runs out of view in frames {cut}, and {len(sizes)} frame(s) show "
+                         "one wholly in view; calibration needs at least 3: record frames with the part inside the view")
+    frames = [f for i, f in enumerate(frames) if i not in cut]
     w, h = np.median(np.array(sizes), axis=0)
     part_long_side = round(float(max(w, h)), 1)  # camera px
     if canonical_long_side:
@@ -155,6 +163,8 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
     mode = "template" if ncc >= TEMPLATE_MIN_NCC else "silhouette"
     notes = [f"OK parts match their median at NCC {ncc:.2f} -> {mode} mode "
              f"(template when >= {TEMPLATE_MIN_NCC})"]
+    if cut:
+        notes.append(f"frames {cut} left out: the part runs out of view")
     out_yaml = Path(out_yaml)
     out_yaml.parent.mkdir(parents=True, exist_ok=True)
     template_path = ""
@@ -193,7 +203,7 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
               else f"model threshold {meta.image_threshold:.3f}")
     notes.append(f"OK scores {min(scores):.3f}..{max(scores):.3f}; {source} -> image_threshold {threshold:.3f}")
     write_commented(cfg, out_yaml, notes, len(frames), str(frames_dir))
-    return Calibration(cfg, scores, ncc, notes, part_long_side)
+    return Calibration(cfg, scores, ncc, notes, part_long_side, cut)
 
 
 def part_scores(prep: Preprocessor, model: str | Path, frames: list[np.ndarray], decision: DecisionConfig,

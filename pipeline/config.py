@@ -78,6 +78,9 @@ class PreprocessConfig:
     # a silhouette of at least this fraction of min_part_area, but under it, is something on the belt
     # that is not a whole part (a part not told whole from the belt, a part half in view): ERROR
     min_object_fraction: float = 0.05
+    # a part whose outline lies this much (a fraction of its length) on the frame's outermost rows
+    # and columns is cut by the frame's edge: ERROR, for a part of it would go uninspected
+    max_edge_contact: float = 0.03
     belt: BeltConfig = field(default_factory=BeltConfig)
     tile_overlap: float = 0.25
     min_tile_part_fraction: float = 0.3
@@ -239,6 +242,8 @@ def validate(cfg: LineConfig, source: str = "config") -> LineConfig:
         (0 <= cfg.preprocess.tile_overlap < 1, "preprocess.tile_overlap", "a fraction in [0, 1)"),
         (0 <= cfg.preprocess.min_object_fraction <= 1, "preprocess.min_object_fraction",
          "a fraction in [0, 1] of min_part_area (1: a part too small to locate is always NO_PART)"),
+        (0 < cfg.preprocess.max_edge_contact <= 1, "preprocess.max_edge_contact",
+         "a fraction in (0, 1] of the part's outline (1: a part cut by the frame's edge is still inspected)"),
         (len(cfg.preprocess.canonical_size) == 2 and min(cfg.preprocess.canonical_size) >= 32,
          "preprocess.canonical_size", "[width, height], each >= 32"),
         (0 < cfg.preprocess.downscale <= 1, "preprocess.downscale", "a factor in (0, 1]"),
@@ -350,6 +355,8 @@ FIELD_HELP = {
     "preprocess.min_part_area": "camera px; a smaller silhouette means no part in view (NO_PART)",
     "preprocess.min_object_fraction": ("a silhouette this large against min_part_area, but under it, is ERROR: "
                                        "something in view that is not a whole part"),
+    "preprocess.max_edge_contact": ("a part with this fraction of its outline on the frame's edge is cut by it: "
+                                    "ERROR, not a verdict"),
     "preprocess.belt": "Gaussian model of the belt (colour, or brightness and texture), fitted on the frame borders",
     "preprocess.belt.max_distance": "Mahalanobis distance under which a pixel counts as belt",
     "preprocess.belt.features": "lab (colour) or mono (brightness and texture)",

@@ -10,8 +10,9 @@ from pipeline.log import get
 from pipeline.config import BeltConfig, DecisionConfig, PreprocessConfig
 from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects, strongest_region
-from pipeline.vision.locate import locate_template, part_at, refine_ecc, silhouette_in_view, small_to_full
-from pipeline.vision.rectify import homography_to_canonical, rectify
+from pipeline.vision.locate import (corners_outside, edge_contact, locate_template, part_at, refine_ecc,
+                                   silhouette_in_view, small_to_full)
+from pipeline.vision.rectify import homography_to_canonical, rectify, to_camera
 from pipeline.vision.camera import kind_mismatch
 from pipeline.vision.scoring import MapRule, PartTiles, score_part
 from pipeline.vision.tiling import TileGrid, downscale, extract_tiles, scaled_shape, tile_grid
@@ -100,6 +101,12 @@ class Preprocessor:
             H = homography_to_canonical(found[0], self.wh)
             gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
             H = refine_ecc(gray, self.template, H)
+            w, h = self.wh
+            cut = corners_outside(to_camera(np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32), H),
+                                  frame.shape)
+            if cut:
+                return Prepared("ERROR", self._cut_reason(f"the matched part reaches past the frame's {' and '.join(cut)} "
+                                                          "edge"))
             part_mask = np.full((self.wh[1], self.wh[0]), 255, np.uint8)
         else:
             bgr = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
@@ -108,6 +115,11 @@ class Preprocessor:
             if found is None:
                 return self._no_part(seen)
             corners, silhouette = found
+            contact, edges = edge_contact(silhouette)
+            if contact >= self.cfg.max_edge_contact:
+                return Prepared("ERROR", self._cut_reason(
+                    f"{contact:.1%} of the part's outline lies on the frame's {' and '.join(edges)} edge "
+                    f"(preprocess.max_edge_contact {self.cfg.max_edge_contact})"))
             H = homography_to_canonical(corners, self.wh)
             part_mask = rectify(silhouette * 255, H @ small_to_full(self.cfg.downscale), self.wh, cv2.INTER_NEAREST)
         canonical = rectify(frame, H, self.wh)
@@ -127,6 +139,11 @@ class Preprocessor:
             tiles = np.concatenate([tiles, small_tiles])
             keep = np.concatenate([keep, len(self.grid) + small_keep])
         return Prepared(None, "", tiles, keep, self.grid, self.coarse_grid, H.astype(np.float64), part_mask)
+
+    @staticmethod
+    def _cut_reason(what: str) -> str:
+        return (f"part not wholly in view: {what}; the part beyond it would go uninspected. Check the "
+                "trigger timing and the camera's field of view")
 
     def _seen_area(self, seen: tuple[np.ndarray, int] | None) -> int:
         """Camera px of what ``silhouette_in_view`` saw, when it is at least ``min_object_fraction``

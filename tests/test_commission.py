@@ -79,6 +79,40 @@ def test_commission_line_writes_a_line_that_runs(trained_model, mini_data, tmp_p
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 5
 
 
+def test_calibration_leaves_out_frames_whose_part_runs_out_of_view(trained_model, mini_data, tmp_path):
+    """A recorded frame whose part the frame's edge cuts is left out of calibration (the line would
+    not inspect it, and its size is the cut one), and the config says so; with fewer than 3 frames
+    of a whole part left, calibration refuses and says why."""
+    import cv2
+
+    from calibration.line import calibrate_line
+    from pipeline.sim import simulate
+    from tests.frames import shifted
+
+    frames = simulate(mini_data, 6, 0, 1, seed=5, ok_from="train/good")
+    empty = next(f.frame for f in frames if f.truth["verdict"] == "NO_PART")
+    parts = [f for f in frames if f.truth["verdict"] == "OK"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    for folder in (whole, cut):
+        folder.mkdir()
+        for i, f in enumerate(parts[:5]):
+            cv2.imwrite(str(folder / f"{i:02d}.png"), f.frame)
+    right = float(np.array(parts[5].truth["corners"])[:, 0].max())
+    cv2.imwrite(str(cut / "05.png"), shifted(parts[5].frame, empty, 640 - right + 40))  # 40 px past the right edge
+    base = calibrate_line(whole, trained_model, tmp_path / "whole.yaml")
+    cal = calibrate_line(cut, trained_model, tmp_path / "cut.yaml")
+    assert base.cut == [] and cal.cut == [5]
+    assert cal.part_long_side_px == base.part_long_side_px  # the cut part's size did not enter
+    assert "frames [5] left out: the part runs out of view" in (tmp_path / "cut.yaml").read_text()
+    few = tmp_path / "few"
+    few.mkdir()
+    for i, f in enumerate(parts[:4]):
+        left = float(np.array(f.truth["corners"])[:, 0].min())
+        cv2.imwrite(str(few / f"{i:02d}.png"), f.frame if i < 2 else shifted(f.frame, empty, -left - 40))
+    with pytest.raises(ValueError, match=r"the part runs out of view in frames \[2, 3\], and 2 frame\(s\) show one"):
+        calibrate_line(few, trained_model, tmp_path / "few.yaml")
+
+
 def test_commission_line_refuses_too_few_frames(trained_model, mini_data, tmp_path, capsys):
     frames = tmp_path / "ok"
     assert simulate_cli.main(["--data", str(mini_data), "--out", str(frames), "--ok", "5", "--ng", "0", "--empty", "0",

@@ -10,6 +10,7 @@ from pipeline.vision.defects import box_iou, find_defects
 from pipeline.vision.locate import locate_silhouette, locate_template, order_corners
 from pipeline.vision.rectify import homography_to_canonical, rectify, to_camera
 from pipeline.vision.scoring import MapRule, NoveltyShare, PartTiles
+from tests.frames import shifted
 
 
 @pytest.fixture(scope="module")
@@ -511,3 +512,34 @@ def test_template_mode_tells_an_unmatched_part_from_an_empty_belt(mini_data, bel
     assert prep(empty).verdict == "NO_PART"
     unfitted = Preprocessor(replace(cfg, belt=BeltConfig()))
     assert unfitted(stranger).verdict == "NO_PART" and unfitted(empty).verdict == "NO_PART"
+
+
+def test_a_part_cut_by_the_frames_edge_is_an_error_not_a_verdict(frames, belt):
+    """A part that runs out of view would be judged on what is left of it, the rest uninspected:
+    ERROR naming the edge. A part a few px inside the edge is still inspected."""
+    from dataclasses import replace
+
+    ok = next(f for f in frames if f.truth["verdict"] == "OK")
+    empty = next(f for f in frames if f.truth["verdict"] == "NO_PART").frame
+    left = float(np.array(ok.truth["corners"])[:, 0].min())
+    cfg = PreprocessConfig(belt=BeltConfig(**belt.to_config()))
+    prep = Preprocessor(cfg)
+    cut = prep(shifted(ok.frame, empty, -left - 25))   # 25 px of the part out of view on the left
+    assert cut.verdict == "ERROR" and "not wholly in view" in cut.reason and "left edge" in cut.reason, cut.reason
+    assert prep(shifted(ok.frame, empty, -left + 4)).verdict is None  # 4 px inside: inspected
+    assert prep(ok.frame).verdict is None
+    assert Preprocessor(replace(cfg, max_edge_contact=1.0))(shifted(ok.frame, empty, -left - 25)).verdict is None
+
+
+def test_template_mode_a_match_reaching_past_the_frame_is_an_error(mini_data, belt, tmp_path):
+    """Template mode: a match whose refined outline reaches past the frame's edge is ERROR."""
+    from engines.data import read_image
+
+    part = cv2.resize(read_image(next((mini_data / "test" / "good").iterdir()), 1), (256, 320))
+    cv2.imwrite(str(tmp_path / "template.png"), part)
+    prep = Preprocessor(PreprocessConfig(mode="template", template=str(tmp_path / "template.png"),
+                                         belt=BeltConfig(**belt.to_config())))
+    frame = belt_image(480, 640, np.random.default_rng(0))
+    frame[80:400, 0:226] = part[:, 30:, None]  # 30 px of the part beyond the left edge
+    p = prep(frame)
+    assert p.verdict == "ERROR" and "not wholly in view" in p.reason and "left edge" in p.reason, p.reason
