@@ -60,6 +60,7 @@ class BeltConfig:
     max_distance: float = 4.0     # Mahalanobis distance under which a pixel is belt
     features: str = "lab"         # lab: colour (colour cameras); mono: brightness and texture (mono cameras)
     level: float = 0.0            # mono: belt lightness each frame is scaled to (light drift); 0: none
+    shading: list[float] = field(default_factory=list)  # the light's gain over the view (SHADING_TERMS); []: even
 
 
 @dataclass
@@ -250,6 +251,8 @@ def validate(cfg: LineConfig, source: str = "config") -> LineConfig:
         (len(cfg.preprocess.belt.mean) == 3, "preprocess.belt.mean", "3 numbers (Lab)"),
         (cfg.preprocess.belt.level >= 0, "preprocess.belt.level",
          "a lightness >= 0 (0: frames compared unscaled); re-run calibrate_line to fit it"),
+        (len(cfg.preprocess.belt.shading) in (0, 5), "preprocess.belt.shading",
+         "5 numbers (the terms u, v, u*u, v*v, u*v) or [] for even light; re-run calibrate_line to fit it"),
         (cfg.decision.min_defect_area >= 1, "decision.min_defect_area", "an integer >= 1 (canonical px)"),
         (cfg.source.reconnect_s >= 0, "source.reconnect_s", "seconds >= 0 (0: a lost camera ends the run at once)"),
         (cfg.source.stream.open_timeout_s > 0 and cfg.source.stream.read_timeout_s > 0,
@@ -361,6 +364,8 @@ FIELD_HELP = {
     "preprocess.belt.max_distance": "Mahalanobis distance under which a pixel counts as belt",
     "preprocess.belt.features": "lab (colour) or mono (brightness and texture)",
     "preprocess.belt.level": "mono: the belt's lightness each frame is brought to before comparing (0: none)",
+    "preprocess.belt.shading": ("the light's gain over the view, 1 + these times u, v, u*u, v*v, u*v (u, v -1..1), taken out of "
+                                "each frame before comparing ([]: even light)"),
     "preprocess.tile_overlap": "128x128 tiles overlapping by this fraction",
     "preprocess.min_tile_part_fraction": "tiles with less of the part are not inspected",
     "inference.backend": "onnxruntime (CPU), onnxruntime-cuda, torch, tensorrt",

@@ -38,6 +38,9 @@ class LineGeometry:
     lighting_drift: float = 0.0    # brightness swings by up to this fraction over the sequence
     mono: bool = False             # a mono camera: frames are written as one-channel images
     sensor_noise: float = 0.0      # the sensor's noise (grey levels, sigma), per channel on a colour camera
+    # light falling off towards the frame's corners (lens vignetting, a lamp over the middle of the
+    # belt): the corners get this fraction less light than the centre, quadratically in the distance
+    vignetting: float = 0.0
 
     @classmethod
     def random(cls, seed: int) -> "LineGeometry":
@@ -100,6 +103,14 @@ def place_part(belt: np.ndarray, part_gray: np.ndarray, defect_mask: np.ndarray 
     return frame, cam_mask > 0, dst
 
 
+def vignette(h: int, w: int, strength: float) -> np.ndarray:
+    """(h, w) float32 light falloff: 1 at the centre, ``1 - strength`` at the corners, quadratic in
+    the distance from the centre."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    r2 = ((xs - (w - 1) / 2) ** 2 + (ys - (h - 1) / 2) ** 2) / (((w - 1) / 2) ** 2 + ((h - 1) / 2) ** 2)
+    return (1.0 - strength * r2).astype(np.float32)
+
+
 def mask_boxes(mask: np.ndarray, min_area: int = 4) -> list[list[int]]:
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     return [[int(v) for v in stats[i, :4]] for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
@@ -153,6 +164,8 @@ def simulate(data: str | Path, n_ok: int, n_ng: int, n_empty: int, seed: int = 0
         if g.lighting_drift:  # a slow swing of the light over the sequence
             gain = 1.0 + g.lighting_drift * np.sin(2 * np.pi * i / max(1, len(order)))
             frame = np.clip(frame.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+        if g.vignetting:
+            frame = np.clip(frame.astype(np.float32) * vignette(h, w, g.vignetting)[..., None], 0, 255).astype(np.uint8)
         if g.mono:
             frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         if g.sensor_noise:  # on the part as on the belt; a colour sensor's parts its channels even on grey

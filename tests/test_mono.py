@@ -1,6 +1,7 @@
 """Mono cameras and lines of other geometry: the camera kind is told from the frames, a mono line
 finds its parts by brightness and texture, and a frame of the other kind than calibrated gets an
 ERROR record, never a verdict. Real frames of the bundled test parts on simulated lines."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -359,3 +360,35 @@ def test_a_mono_belt_under_brighter_light_is_still_belt():
     brighter = grab(1.25)
     assert belt_mask(brighter, belt).mean() > 0.99
     assert belt_mask(brighter, dataclasses.replace(belt, level=0.0)).mean() < 0.5  # unscaled: not belt
+
+
+def test_light_falling_off_towards_the_corners_is_taken_out_before_belt_and_part_are_told(mini_data):
+    """A light belt lit a quarter less at the corners than at the centre (lens vignetting, a lamp
+    over the belt's middle): a model fitted on the view's border band took the bright middle of an
+    empty belt for a part. The belt model keeps the light's shading, fitted on the calibration
+    frames, and takes it out of each frame first: the empty belt is belt, parts are found to their
+    corners. An evenly lit view keeps no shading, and is read exactly as before."""
+    from calibration.line import choose_belt
+    from pipeline.config import BeltConfig, PreprocessConfig
+    from pipeline.vision.belt import BeltModel
+    from pipeline.vision.locate import locate_silhouette
+
+    even = LineGeometry(width=800, height=600, part_long_side=360, max_angle=5.0, belt_bgr=(205, 205, 205),
+                        mono=True, sensor_noise=2.0)
+    shaded = dataclasses.replace(even, vignetting=0.25)
+    fit = [f.frame for f in simulate(mini_data, 8, 0, 0, seed=31, geometry=shaded)]
+    belt, _ = choose_belt(fit, "mono", 0.5)
+    assert len(belt.shading) == 5
+    flat = dataclasses.replace(belt, shading=())  # the same model without the light's shading
+    test = simulate(mini_data, 3, 3, 3, seed=32, geometry=shaded)
+    prep = Preprocessor(PreprocessConfig(camera="mono", min_part_area=20000, belt=BeltConfig(**belt.to_config())))
+    for f in test:
+        if "corners" not in f.truth:
+            assert prep(f.frame).verdict == "NO_PART"
+            assert locate_silhouette(f.frame, flat, 20000, (256, 320), 0.5) is not None  # the bright middle
+            continue
+        corners, _ = locate_silhouette(f.frame, belt, 20000, (256, 320), 0.5)
+        assert np.linalg.norm(corners - np.array(f.truth["corners"]), axis=1).max() < 6.0
+    assert BeltModel.from_config(BeltConfig(**belt.to_config())).shading == pytest.approx(belt.shading, abs=1e-5)
+    evenly = [f.frame for f in simulate(mini_data, 8, 0, 0, seed=31, geometry=even)]
+    assert choose_belt(evenly, "mono", 0.5)[0].shading == ()

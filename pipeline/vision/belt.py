@@ -10,12 +10,19 @@ on a dark belt pass for belt: a mono model also keeps the belt's brightness leve
 mean lightness of the middle half of its border band), and each frame's features are scaled so
 that its own band sits at that level before they are compared (``LEVEL_RANGE``).
 
+Light is seldom even across a view (a lamp over the belt's middle, lens vignetting): a belt lit
+25 % less at the corners than at the centre is no longer one Gaussian, and its bright middle passes
+for part. The model keeps the belt's shading (``shading``): a smooth gain over the view, fitted on
+the border band of the calibration frames (``fit_shading``), that each frame is divided by before
+its features are compared. A view lit evenly to within ``SHADING_MIN`` keeps no shading.
+
 The neighbourhoods grow the part's silhouette onto the belt by up to ``MONO_EDGE_PX``; the
 silhouette takes that off again, or the rectified part would carry a strip of belt (with a
 15-px neighbourhood and no such correction, a light belt's strip was plain in every part)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -34,6 +41,9 @@ LEVEL_RANGE = (0.7, 1.4)
 # lightness vary by well under a grey level over a belt: a floor of 1 (the Lab one) doubled their
 # spread, and the dark side of a part on a dark belt passed for belt.
 VARIANCE_FLOOR = {"lab": 1.0, "mono": 0.05}
+# Shading: a view whose fitted light varies by less than this (a fraction, either way) is taken as
+# evenly lit and keeps no shading, so that a belt's weave and noise are not fitted as light.
+SHADING_MIN = 0.03
 
 
 @dataclass
@@ -43,6 +53,7 @@ class BeltModel:
     max_distance: float = 4.0
     features: str = "lab"  # lab (colour cameras) or mono (brightness and texture)
     level: float = 0.0     # mono: the belt lightness each frame is scaled to (_level); 0: no scaling
+    shading: tuple[float, ...] = ()  # the light's gain over the view (SHADING_TERMS); (): even light
     # (3, 4) affine map Lab -> whitened space, where the Mahalanobis distance is the Euclidean one:
     # with inv_cov = L L^T, d^T inv_cov d = |L^T (x - mean)|^2. Derived once, used on every frame.
     whiten: np.ndarray = field(init=False, repr=False)
@@ -59,7 +70,7 @@ class BeltModel:
         return {"mean": [round(float(v), 4) for v in self.mean],
                 "inv_cov": [[round(float(v), 6) for v in row] for row in self.inv_cov],
                 "max_distance": float(self.max_distance), "features": self.features,
-                "level": round(float(self.level), 3)}
+                "level": round(float(self.level), 3), "shading": [round(float(v), 5) for v in self.shading]}
 
     def needs_colour(self) -> bool:
         """Whether telling this belt from a part takes colour: a colour (Lab) model of a belt that a
@@ -74,7 +85,12 @@ class BeltModel:
     @classmethod
     def from_config(cls, belt) -> "BeltModel":
         return cls(np.asarray(belt.mean, np.float32), np.asarray(belt.inv_cov, np.float32), float(belt.max_distance),
-                   getattr(belt, "features", "lab"), float(getattr(belt, "level", 0.0)))
+                   getattr(belt, "features", "lab"), float(getattr(belt, "level", 0.0)),
+                   tuple(float(v) for v in getattr(belt, "shading", ())))
+
+    def even(self, frame: np.ndarray) -> np.ndarray:
+        """``frame`` with the belt's shading taken out (the frame itself when the light is even)."""
+        return take_out_shading(frame, self.shading)
 
 
 def _lab(frame_bgr: np.ndarray) -> np.ndarray:
@@ -95,6 +111,64 @@ def _mono(frame: np.ndarray) -> np.ndarray:
 
 def features(frame: np.ndarray, kind: str) -> np.ndarray:
     return _mono(frame) if kind == "mono" else _lab(frame)
+
+
+# The shading's terms, in coordinates u, v running -1..1 across the view: the light's gain is
+# 1 + the sum of coefficient * term, a plane and a quadratic bowl, enough for a lamp off to one side
+# and for vignetting.
+SHADING_TERMS = ("u", "v", "u*u", "v*v", "u*v")
+
+
+def _terms(u: np.ndarray, v: np.ndarray) -> list[np.ndarray]:
+    return [u, v, u * u, v * v, u * v]
+
+
+def _uv(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return 2 * xs / max(w - 1, 1) - 1, 2 * ys / max(h - 1, 1) - 1
+
+
+@lru_cache(maxsize=8)
+def shading_map(h: int, w: int, shading: tuple[float, ...], channels: int = 1) -> np.ndarray:
+    """(h, w) float32 (with ``channels`` > 1, (h, w, channels)): the light's gain over a view of that
+    size, 1 on average over the border band. Cached: a line's frames are all of one size."""
+    u, v = _uv(h, w)
+    gain = np.maximum(1.0 + sum(c * t for c, t in zip(shading, _terms(u, v))), 0.05)
+    gain = (gain / _band_of(gain[..., None]).mean()).astype(np.float32)
+    if channels > 1:
+        gain = cv2.merge([gain] * channels)
+    gain.flags.writeable = False
+    return gain
+
+
+def take_out_shading(frame: np.ndarray, shading: tuple[float, ...]) -> np.ndarray:
+    """A uint8 ``frame`` divided by the light's gain (``shading_map``); the frame itself for ()."""
+    if not shading:
+        return frame
+    gain = shading_map(frame.shape[0], frame.shape[1], tuple(shading), frame.shape[2] if frame.ndim == 3 else 1)
+    return cv2.divide(frame, gain, dtype=cv2.CV_8U)
+
+
+def fit_shading(frames: list[np.ndarray]) -> tuple[float, ...]:
+    """The light's shading over the view, from the border band of frames of one size: per band
+    pixel, the median lightness over the frames (a part reaching into the band in a few frames is
+    left out), and a least-squares fit of it by a constant and ``SHADING_TERMS``. The band spans the
+    view's edges and corners, so a bowl or a slope of light over the whole view is fitted from it.
+    () when the fitted light varies by less than ``SHADING_MIN`` either way, or the frames differ
+    in size."""
+    if len(frames) < 1 or len({f.shape[:2] for f in frames}) != 1:
+        return ()
+    h, w = frames[0].shape[:2]
+    grey = [f if f.ndim == 2 else cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in frames]
+    light = np.median(np.stack([_band_of(g[..., None])[:, 0] for g in grey]), axis=0).astype(np.float64)
+    u, v = _uv(h, w)
+    basis = np.stack([np.ones_like(light)] + [_band_of(t[..., None])[:, 0].astype(np.float64) for t in _terms(u, v)], 1)
+    coef = np.linalg.lstsq(basis, light, rcond=None)[0]
+    if coef[0] <= 0:
+        return ()
+    coef = coef[1:] / coef[0]
+    gain = shading_map(h, w, tuple(coef))
+    return tuple(float(c) for c in coef) if float(np.abs(gain - 1).max()) >= SHADING_MIN else ()
 
 
 def _band_of(f: np.ndarray) -> np.ndarray:
@@ -142,11 +216,12 @@ def fit_belt(frames_bgr: list[np.ndarray], samples: np.ndarray | None = None, ma
 
     Mono features are fitted on each frame's band scaled to the median of the frames' belt levels,
     as frames are scaled when they are judged (``frame_gain``)."""
-    level = 0.0
+    level, shading = 0.0, ()
     if samples is not None:
         data = samples.reshape(-1, 3).astype(np.float64)
     else:
-        feats = [features(f, kind) for f in frames_bgr]
+        shading = fit_shading(frames_bgr)
+        feats = [features(take_out_shading(f, shading), kind) for f in frames_bgr]
         if kind == "mono":
             level = max(float(np.median([_level(f) for f in feats])), 1e-3)
         data = np.concatenate([_band_of(f).astype(np.float64) * frame_gain(f, level) for f in feats])
@@ -158,13 +233,13 @@ def fit_belt(frames_bgr: list[np.ndarray], samples: np.ndarray | None = None, ma
         if keep.all() or keep.sum() < 10:
             break
         mean, inv_cov = _gaussian(data[keep], floor)
-    return BeltModel(mean.astype(np.float32), inv_cov.astype(np.float32), max_distance, kind, level)
+    return BeltModel(mean.astype(np.float32), inv_cov.astype(np.float32), max_distance, kind, level, shading)
 
 
 def belt_mask(frame_bgr: np.ndarray, model: BeltModel) -> np.ndarray:
     """bool ``(H, W)``: True where the pixel looks like belt (Mahalanobis distance in Lab below
     ``max_distance``)."""
-    f = features(frame_bgr, model.features)
+    f = features(model.even(frame_bgr), model.features)
     gain = frame_gain(f, model.level)
     if gain != 1.0:
         f *= np.float32(gain)  # f is this frame's own array
