@@ -41,6 +41,7 @@ class LineGeometry:
     # light falling off towards the frame's corners (lens vignetting, a lamp over the middle of the
     # belt): the corners get this fraction less light than the centre, quadratically in the distance
     vignetting: float = 0.0
+    light_slope: float = 0.0       # a lamp to one side: the right edge gets this fraction more light than the left
 
     @classmethod
     def random(cls, seed: int) -> "LineGeometry":
@@ -164,8 +165,9 @@ def simulate(data: str | Path, n_ok: int, n_ng: int, n_empty: int, seed: int = 0
         if g.lighting_drift:  # a slow swing of the light over the sequence
             gain = 1.0 + g.lighting_drift * np.sin(2 * np.pi * i / max(1, len(order)))
             frame = np.clip(frame.astype(np.float32) * gain, 0, 255).astype(np.uint8)
-        if g.vignetting:
-            frame = np.clip(frame.astype(np.float32) * vignette(h, w, g.vignetting)[..., None], 0, 255).astype(np.uint8)
+        if g.vignetting or g.light_slope:
+            light = vignette(h, w, g.vignetting) * (1 + g.light_slope * (np.arange(w, dtype=np.float32) / max(w - 1, 1) - 0.5))
+            frame = np.clip(frame.astype(np.float32) * light[..., None], 0, 255).astype(np.uint8)
         if g.mono:
             frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         if g.sensor_noise:  # on the part as on the belt; a colour sensor's parts its channels even on grey

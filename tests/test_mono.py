@@ -362,10 +362,11 @@ def test_a_mono_belt_under_brighter_light_is_still_belt():
     assert belt_mask(brighter, dataclasses.replace(belt, level=0.0)).mean() < 0.5  # unscaled: not belt
 
 
-def test_light_falling_off_towards_the_corners_is_taken_out_before_belt_and_part_are_told(mini_data):
+@pytest.mark.parametrize("light", ["vignetting=0.25", "light_slope=0.3"])
+def test_light_uneven_across_the_view_is_taken_out_before_belt_and_part_are_told(mini_data, light):
     """A light belt lit a quarter less at the corners than at the centre (lens vignetting, a lamp
-    over the belt's middle): a model fitted on the view's border band took the bright middle of an
-    empty belt for a part. The belt model keeps the light's shading, fitted on the calibration
+    over the belt's middle), or 30 % more on one side than the other (a lamp to one side): a model
+    fitted on the view's border band took the bright middle of an empty belt for a part. The belt model keeps the light's shading, fitted on the calibration
     frames, and takes it out of each frame first: the empty belt is belt, parts are found to their
     corners. An evenly lit view keeps no shading, and is read exactly as before."""
     from calibration.line import choose_belt
@@ -375,7 +376,8 @@ def test_light_falling_off_towards_the_corners_is_taken_out_before_belt_and_part
 
     even = LineGeometry(width=800, height=600, part_long_side=360, max_angle=5.0, belt_bgr=(205, 205, 205),
                         mono=True, sensor_noise=2.0)
-    shaded = dataclasses.replace(even, vignetting=0.25)
+    field, value = light.split("=")
+    shaded = dataclasses.replace(even, **{field: float(value)})
     fit = [f.frame for f in simulate(mini_data, 8, 0, 0, seed=31, geometry=shaded)]
     belt, _ = choose_belt(fit, "mono", 0.5)
     assert len(belt.shading) == 5

@@ -25,6 +25,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--lighting-drift", type=float, default=0.0, help="brightness swing over the sequence (0.1: +-10 %%)")
     p.add_argument("--vignetting", type=float, default=0.0,
                    help="light falling off towards the corners: 0.2 gives them 20 %% less than the centre")
+    p.add_argument("--light-slope", type=float, default=0.0,
+                   help="a lamp to one side: the right edge gets this fraction more light than the left (0.3: 30 %%)")
     p.add_argument("--mono", action="store_true", help="a mono camera: one-channel frames")
     p.add_argument("--sensor-noise", type=float, default=0.0,
                    help="the sensor's noise, grey levels (sigma), per channel on a colour camera; default %(default)s")
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--belt-bgr {args.belt_bgr!r}: give three numbers 0-255, B,G,R")
             geometry = LineGeometry(args.width, args.height, args.part_size, args.max_angle, args.perspective, bgr,
                                     lighting_drift=args.lighting_drift, mono=args.mono,
-                                    sensor_noise=args.sensor_noise, vignetting=args.vignetting)
+                                    sensor_noise=args.sensor_noise, vignetting=args.vignetting,
+                                    light_slope=args.light_slope)
         if geometry.part_long_side + 40 > min(geometry.width, geometry.height) * 1.3:
             raise ValueError(f"--part-size {geometry.part_long_side}: the part would not fit a "
                              f"{geometry.width}x{geometry.height} view; give a smaller part or a larger view")
