@@ -41,7 +41,7 @@ class LineGeometry:
     # light falling off towards the frame's corners (lens vignetting, a lamp over the middle of the
     # belt): the corners get this fraction less light than the centre, quadratically in the distance
     vignetting: float = 0.0
-    light_slope: float = 0.0       # a lamp to one side: the right edge gets this fraction more light than the left
+    light_slope: float = 0.0       # a lamp to one side: the light rises by this fraction of its mean, left to right
 
     @classmethod
     def random(cls, seed: int) -> "LineGeometry":

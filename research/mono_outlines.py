@@ -17,9 +17,9 @@ import argparse
 
 import numpy as np
 
+from calibration.bench import geometry_for
 from calibration.line import choose_belt
 from pipeline.config import PreprocessConfig
-from calibration.bench import geometry_for
 from pipeline.sim import simulate
 from pipeline.vision.locate import locate_silhouette
 from tools.commission_bench import _seeds

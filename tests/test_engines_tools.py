@@ -236,3 +236,27 @@ def test_shipped_model_torch_onnxruntime_and_int8_agree_on_real_images(shipped_i
     # calibrated here on the 10 mini images: 0.32 on the band (0.17 calibrated on the development
     # split's OK images; 0.80 there with an 8-bit first block and OK-only calibration)
     assert worst["map_max_diff"] < 0.5
+
+
+def test_simulate_line_lights_the_view_unevenly_when_asked(mini_data, tmp_path):
+    """--vignetting darkens the corners against the centre, --light-slope raises the light from left to right;
+    the geometry written with the frames says so."""
+    import cv2
+
+    from tools import simulate_line
+
+    def empty_belt(name: str, *extra: str) -> tuple[np.ndarray, dict]:
+        out = tmp_path / name
+        assert simulate_line.main(["--data", str(mini_data), "--out", str(out), "--ok", "0", "--ng", "0",
+                                   "--empty", "1", "--belt-bgr", "200,200,200", *extra]) == 0
+        frame = cv2.imread(str(next(out.glob("*.png"))), cv2.IMREAD_GRAYSCALE).astype(float)
+        return frame, json.loads((out / "line.json").read_text())
+
+    even, _ = empty_belt("even")
+    vignetted, geometry = empty_belt("vignetted", "--vignetting", "0.3")
+    sloped, _ = empty_belt("sloped", "--light-slope", "0.3")
+    corner, centre, left, right = np.s_[:20, :20], np.s_[230:250, 310:330], np.s_[:, :20], np.s_[:, -20:]
+    assert abs(even[corner].mean() - even[centre].mean()) < 3
+    assert vignetted[corner].mean() / vignetted[centre].mean() == pytest.approx(0.7, abs=0.03)
+    assert (sloped[right].mean() - sloped[left].mean()) / sloped.mean() == pytest.approx(0.3, abs=0.03)
+    assert geometry["vignetting"] == 0.3

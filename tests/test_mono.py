@@ -365,7 +365,7 @@ def test_a_mono_belt_under_brighter_light_is_still_belt():
 @pytest.mark.parametrize("light", ["vignetting=0.25", "light_slope=0.3"])
 def test_light_uneven_across_the_view_is_taken_out_before_belt_and_part_are_told(mini_data, light):
     """A light belt lit a quarter less at the corners than at the centre (lens vignetting, a lamp
-    over the belt's middle), or 30 % more on one side than the other (a lamp to one side): a model
+    over the belt's middle), or rising by 30 % of its mean from one side to the other (a lamp to one side): a model
     fitted on the view's border band took the bright middle of an empty belt for a part. The belt model keeps the light's shading, fitted on the calibration
     frames, and takes it out of each frame first: the empty belt is belt, parts are found to their
     corners. An evenly lit view keeps no shading, and is read exactly as before."""

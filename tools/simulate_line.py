@@ -26,7 +26,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--vignetting", type=float, default=0.0,
                    help="light falling off towards the corners: 0.2 gives them 20 %% less than the centre")
     p.add_argument("--light-slope", type=float, default=0.0,
-                   help="a lamp to one side: the right edge gets this fraction more light than the left (0.3: 30 %%)")
+                   help="a lamp to one side: the light rises by this fraction of its mean from the left edge to the right "
+                        "(0.3: from 0.85 to 1.15)")
     p.add_argument("--mono", action="store_true", help="a mono camera: one-channel frames")
     p.add_argument("--sensor-noise", type=float, default=0.0,
                    help="the sensor's noise, grey levels (sigma), per channel on a colour camera; default %(default)s")
