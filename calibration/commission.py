@@ -215,7 +215,8 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
                            rate, upper, enough, not_located, notes, [round(s, 5) for s in scored],
                            first.part_long_side_px, float(long_side or 0))
     coverage = _coverage(prep, fit_dir)
-    _report(result, coverage, out_yaml)
+    view = next((f.shape[:2] for f in held_frames if f is not None), (480, 640))
+    _report(result, coverage, out_yaml, tuple(cfg.preprocess.belt.shading), view)
     shutil.rmtree(work, ignore_errors=True)
     return result
 
@@ -240,7 +241,10 @@ def report_paths(out_yaml: Path) -> tuple[Path, Path]:
             out_yaml.with_name(f"{out_yaml.stem}.commissioning.png"))
 
 
-def _report(result: Commissioning, coverage: np.ndarray, out_yaml: Path) -> None:
+def _report(result: Commissioning, coverage: np.ndarray, out_yaml: Path, shading: tuple[float, ...] = (),
+            view: tuple[int, int] = (480, 640)) -> None:
+    """The report's JSON and PNG: the held-out scores and the threshold, the tiles per position and,
+    where the light over the view is uneven, its shading as the belt model takes it out."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,7 +253,9 @@ def _report(result: Commissioning, coverage: np.ndarray, out_yaml: Path) -> None
     json_path, png_path = report_paths(out_yaml)
     data = asdict(result) | {"tiles_per_position": coverage.tolist()}
     json_path.write_text(json.dumps(data, indent=1))
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    ratios = [2, 1, 1] if shading else [2, 1]
+    fig, axes = plt.subplots(1, len(ratios), figsize=(4.2 * len(ratios) + 2.6, 4.2), gridspec_kw={"width_ratios": ratios})
+    ax, bx = axes[:2]
     ax.hist(result.held_out_scores, bins=30, color="#4a7ab5", label=f"held-out OK frames (n={result.held_out_scored})")
     ax.axvline(result.threshold, color="#c0392b", lw=2, label=f"threshold {result.threshold:.3f}")
     ax.set_title(f"false alarms {result.held_out_alarms}/{result.held_out_scored} = {result.false_alarm_rate:.3f} "
@@ -267,6 +273,17 @@ def _report(result: Commissioning, coverage: np.ndarray, out_yaml: Path) -> None
     for (r, c), v in np.ndenumerate(coverage):
         bx.text(c, r, str(v), ha="center", va="center", color="w", fontsize=7)
     fig.colorbar(im, ax=bx, fraction=0.046)
+    if shading:
+        from pipeline.vision.belt import shading_map
+
+        cx = axes[2]
+        light = shading_map(96, max(1, round(96 * view[1] / view[0])), shading)  # the view's own aspect
+        shown = cx.imshow(light, cmap="magma")
+        cx.set_title(f"light over the view, taken out\n({light.min():.2f}-{light.max():.2f} of its mean along the border)",
+                     fontsize=9)
+        cx.set_xticks([])
+        cx.set_yticks([])
+        fig.colorbar(shown, ax=cx, fraction=0.046)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)

@@ -22,7 +22,7 @@ from pipeline.config import (BeltConfig, DecisionConfig, InferenceConfig, LineCo
 from pipeline.processing import Preprocessor
 from pipeline.vision.scoring import score_part
 from pipeline.sources import DirSource, image_files
-from pipeline.vision.belt import BeltModel, fit_belt
+from pipeline.vision.belt import BeltModel, fit_belt, shading_map
 from pipeline.vision.camera import MONO_MAX_CHANNEL_DIFF, channel_spread, kind_mismatch
 from pipeline.vision.locate import edge_contact, locate_silhouette, part_silhouette, shrink
 from pipeline.vision.rectify import homography_to_canonical, rectify
@@ -99,6 +99,15 @@ def _judge_frames(folder: str | Path | None) -> Iterator[np.ndarray] | None:
             if f is not None)
 
 
+def _shading_note(belt: BeltModel) -> str:
+    """How uneven the light over the view is, when the belt model keeps its shading."""
+    if not belt.shading:
+        return ""
+    gain = shading_map(48, 64, belt.shading)
+    return (f"; the light is uneven across the view ({gain.min():.2f}-{gain.max():.2f} of its mean along the view's "
+            "border), taken out before part and belt are told apart: even light is better still")
+
+
 def _belt_note(quality: dict[str, dict], chosen: str) -> str:
     """What the belt features' silhouettes did, for the config's header."""
     if len(quality) < 2:
@@ -172,7 +181,8 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
         template_path = str(out_yaml.with_suffix(".template.png"))
         cv2.imwrite(template_path, template)
     how = "brightness and texture" if belt.features == "mono" else "colour (Lab)"
-    notes.insert(0, f"{camera} camera: the part is told from the belt by {how}" + _belt_note(quality, belt.features))
+    notes.insert(0, f"{camera} camera: the part is told from the belt by {how}" + _belt_note(quality, belt.features)
+                 + _shading_note(belt))
     pre = PreprocessConfig(camera=camera, mode=mode, template=template_path, canonical_size=canonical,
                            min_part_area=int(0.3 * min(areas)), belt=BeltConfig(**belt.to_config()))
     if mode == "template":

@@ -168,3 +168,30 @@ def test_the_detector_alone_scores_a_line_s_own_test_parts_once_each(trained_mod
     fake = {k: (0.9 if k[0] != "good" else 0.1) for k in parts}
     ranked = detector_alone(truths, lambda kind, name: fake[(kind, name)])
     assert ranked["score_auroc"] == 1.0 and ranked["ng_recall_at_fa_0.05"] == 1.0
+
+
+def test_uneven_light_is_named_in_the_config_and_drawn_in_the_report(trained_model, mini_data, tmp_path):
+    """A view lit unevenly: calibration says so in the config's header (how uneven, and that it is
+    taken out), and the commissioning report draws the light over the view next to the scores."""
+    import cv2
+
+    from calibration.commission import Commissioning, _report, report_paths
+    from calibration.line import calibrate_line
+    from pipeline.sim import LineGeometry, simulate
+
+    g = LineGeometry(belt_bgr=(200, 200, 200), mono=True, vignetting=0.3, sensor_noise=2.0)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, f in enumerate(simulate(mini_data, 6, 0, 0, seed=9, ok_from="train/good", geometry=g)):
+        cv2.imwrite(str(calib / f"{i:02d}.png"), f.frame)
+    cal = calibrate_line(calib, trained_model, tmp_path / "line.yaml")
+    shading = tuple(load_config(tmp_path / "line.yaml").preprocess.belt.shading)
+    assert len(shading) == 5 and "the light is uneven across the view" in cal.notes[0]
+    assert "the light is uneven across the view" in (tmp_path / "line.yaml").read_text()
+    result = Commissioning(str(tmp_path / "line.yaml"), "", 0.05, 0.5, 10, 10, 10, 0, 0.0, 0.26, False,
+                           held_out_scores=[0.1, 0.2, 0.3])
+    widths = {}
+    for name, light in (("even", ()), ("uneven", shading)):
+        _report(result, np.ones((3, 2), np.int64), tmp_path / f"{name}.yaml", light, (480, 640))
+        widths[name] = cv2.imread(str(report_paths(tmp_path / f"{name}.yaml")[1])).shape[1]
+    assert widths["uneven"] > widths["even"]  # a third panel: the light over the view
