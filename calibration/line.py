@@ -24,7 +24,7 @@ from pipeline.vision.scoring import score_part
 from pipeline.sources import DirSource, image_files
 from pipeline.vision.belt import BeltModel, fit_belt, shading_map
 from pipeline.vision.camera import MONO_MAX_CHANNEL_DIFF, channel_spread, kind_mismatch
-from pipeline.vision.locate import edge_contact, locate_silhouette, part_silhouette, shrink
+from pipeline.vision.locate import cut_by_edge, locate_silhouette, part_silhouette, shrink
 from pipeline.vision.rectify import homography_to_canonical, rectify
 
 TEMPLATE_MIN_NCC = 0.8   # mean similarity of OK parts to their median above which template mode is used
@@ -146,7 +146,7 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
         if found is None:
             raise ValueError(f"{frames_dir}: frame {i} shows no part distinct from the belt; calibration needs "
                              "every frame to show one OK part fully inside the view")
-        if edge_contact(found[1])[0] >= PreprocessConfig().max_edge_contact:
+        if cut_by_edge(f, found[1], belt, downscale)[0] >= PreprocessConfig().max_edge_contact:
             cut.append(i)  # the line will not inspect such a part; its size would be the cut one
             continue
         c = found[0]

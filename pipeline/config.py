@@ -79,9 +79,9 @@ class PreprocessConfig:
     # a silhouette of at least this fraction of min_part_area, but under it, is something on the belt
     # that is not a whole part (a part not told whole from the belt, a part half in view): ERROR
     min_object_fraction: float = 0.05
-    # a part whose outline lies this much (a fraction of its length) on the frame's outermost rows
-    # and columns is cut by the frame's edge: ERROR, for a part of it would go uninspected
-    max_edge_contact: float = 0.03
+    # a part whose own surface lies on the frame's outermost rows and columns for this fraction of
+    # its outline's length is cut by the frame's edge: ERROR, for a part of it would go uninspected
+    max_edge_contact: float = 0.003
     belt: BeltConfig = field(default_factory=BeltConfig)
     tile_overlap: float = 0.25
     min_tile_part_fraction: float = 0.3
@@ -358,8 +358,8 @@ FIELD_HELP = {
     "preprocess.min_part_area": "camera px; a smaller silhouette means no part in view (NO_PART)",
     "preprocess.min_object_fraction": ("a silhouette this large against min_part_area, but under it, is ERROR: "
                                        "something in view that is not a whole part"),
-    "preprocess.max_edge_contact": ("a part with this fraction of its outline on the frame's edge is cut by it: "
-                                    "ERROR, not a verdict"),
+    "preprocess.max_edge_contact": ("a part whose surface lies on the frame's edge for this fraction of its outline "
+                                    "is cut by it: ERROR, not a verdict"),
     "preprocess.belt": "Gaussian model of the belt (colour, or brightness and texture), fitted on the frame borders",
     "preprocess.belt.max_distance": "Mahalanobis distance under which a pixel counts as belt",
     "preprocess.belt.features": "lab (colour) or mono (brightness and texture)",

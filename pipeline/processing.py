@@ -10,7 +10,7 @@ from pipeline.log import get
 from pipeline.config import BeltConfig, DecisionConfig, PreprocessConfig
 from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects, strongest_region
-from pipeline.vision.locate import (corners_outside, edge_contact, locate_template, part_at, refine_ecc,
+from pipeline.vision.locate import (corners_outside, cut_by_edge, locate_template, part_at, refine_ecc,
                                    silhouette_in_view, small_to_full)
 from pipeline.vision.rectify import homography_to_canonical, rectify, to_camera
 from pipeline.vision.camera import kind_mismatch
@@ -115,10 +115,10 @@ class Preprocessor:
             if found is None:
                 return self._no_part(seen)
             corners, silhouette = found
-            contact, edges = edge_contact(silhouette)
+            contact, edges = cut_by_edge(bgr, silhouette, self.belt, self.cfg.downscale)
             if contact >= self.cfg.max_edge_contact:
                 return Prepared("ERROR", self._cut_reason(
-                    f"{contact:.1%} of the part's outline lies on the frame's {' and '.join(edges)} edge "
+                    f"its surface lies on the frame's {' and '.join(edges)} edge for {contact:.1%} of its outline "
                     f"(preprocess.max_edge_contact {self.cfg.max_edge_contact})"))
             H = homography_to_canonical(corners, self.wh)
             part_mask = rectify(silhouette * 255, H @ small_to_full(self.cfg.downscale), self.wh, cv2.INTER_NEAREST)

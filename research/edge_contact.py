@@ -5,8 +5,10 @@ For each line seed the belt model is chosen as calibration chooses it (``choose_
 ``--fit-frames`` recorded OK frames of training parts), every test part is located as the line
 locates it, and for each part whose silhouette touches the frame's edge or whose true corners lie
 beyond it, one row: how far its true outline is inside the frame (px, negative: that far out of
-view) and the fraction of its located outline on the edge. The summary gives the largest contact
-of a part wholly in view (1 px or more inside) and the smallest of a part cut by 2 px or more.
+view), and two contacts with the edge as fractions of its outline: "outline", every silhouette pixel
+on the edge; "surface", only those unlike the belt by their own value (what the line reads). The
+summary counts the parts wholly in view (1 px or more inside) taken for cut and the parts cut by
+2 px or more that are missed, by the outline (at 0.03) and by the surface (at ``--limit``).
 
     python -m research.edge_contact --data ../shared/datasets/magnetic_tile --lines 100-119
 
@@ -22,7 +24,7 @@ import numpy as np
 from calibration.line import choose_belt
 from pipeline.config import PreprocessConfig
 from pipeline.sim import LineGeometry, simulate
-from pipeline.vision.locate import edge_contact, part_at, silhouette_in_view
+from pipeline.vision.locate import cut_by_edge, edge_contact, part_at, silhouette_in_view
 from tools.commission_bench import _seeds
 
 MIN_AREA = 2000  # camera px: the smallest blob taken for a part here (parts are 80,000 px and more)
@@ -42,9 +44,11 @@ def line_edges(data: str, seed: int, fit_frames: int, ok: int, ng: int) -> list[
         truth = np.array(f.truth["corners"])
         h, w = f.frame.shape[:2]
         margin = float(min(truth[:, 0].min(), truth[:, 1].min(), w - 1 - truth[:, 0].max(), h - 1 - truth[:, 1].max()))
-        contact = edge_contact(found[1])[0] if found is not None else float("nan")
-        if margin < 0 or contact > 0:
-            rows.append({"line": seed, "frame": i, "margin": margin, "contact": contact})
+        outline = edge_contact(found[1])[0] if found is not None else float("nan")
+        surface = cut_by_edge(bgr, found[1], belt, cfg.downscale)[0] if found is not None else float("nan")
+        if margin < 0 or outline > 0:
+            rows.append({"line": seed, "frame": i, "margin": margin, "outline": outline, "surface": surface,
+                         "features": belt.features})
     return rows
 
 
@@ -55,21 +59,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fit-frames", type=int, default=12, help="recorded OK frames the belt is fitted on")
     ap.add_argument("--ok", type=int, default=20)
     ap.add_argument("--ng", type=int, default=20)
+    ap.add_argument("--limit", type=float, default=PreprocessConfig().max_edge_contact,
+                    help="the surface contact taken for a cut (default: preprocess.max_edge_contact's)")
     args = ap.parse_args(argv)
     rows = []
     seeds = _seeds(args.lines)
-    print(f"{'line':>4} {'frame':>5} {'inside px':>9} {'contact':>8}")
+    print(f"{'line':>4} {'frame':>5} {'features':>8} {'inside px':>9} {'outline':>8} {'surface':>8}")
     for seed in seeds:
         for r in line_edges(args.data, seed, args.fit_frames, args.ok, args.ng):
-            print(f"{r['line']:>4} {r['frame']:>5} {r['margin']:>+9.1f} {r['contact']:>8.3f}", flush=True)
+            print(f"{r['line']:>4} {r['frame']:>5} {r['features']:>8} {r['margin']:>+9.1f} {r['outline']:>8.4f} "
+                  f"{r['surface']:>8.4f}", flush=True)
             rows.append(r)
-    inside = [r["contact"] for r in rows if r["margin"] >= 1]
-    cut = [r["contact"] for r in rows if r["margin"] <= -2]
     print(f"{len(seeds) * (args.ok + args.ng)} parts on {len(seeds)} lines; {len(rows)} at or through the edge")
-    print(f"wholly in view (1 px or more inside), touching the edge: {len(inside)}, largest contact "
-          f"{max(inside, default=0):.3f}")
-    print(f"cut by the edge (2 px or more out of view): {len(cut)}, smallest contact {np.nanmin(cut) if cut else 0:.3f}, "
-          f"under 0.03: {sum(not c >= 0.03 for c in cut)}")
+    inside = [r for r in rows if r["margin"] >= 1]
+    cut = [r for r in rows if r["margin"] <= -2]
+    for key, limit in (("outline", 0.03), ("surface", args.limit)):
+        print(f"{key} >= {limit}: {sum(r[key] >= limit for r in inside)} of {len(inside)} parts wholly in view (1 px or "
+              f"more inside) that touch the edge taken for cut (largest {max((r[key] for r in inside), default=0):.4f}); "
+              f"{sum(not r[key] >= limit for r in cut)} of {len(cut)} parts 2 px or more out of view missed")
 
 
 if __name__ == "__main__":

@@ -394,3 +394,29 @@ def test_light_uneven_across_the_view_is_taken_out_before_belt_and_part_are_told
     assert BeltModel.from_config(BeltConfig(**belt.to_config())).shading == pytest.approx(belt.shading, abs=1e-5)
     evenly = [f.frame for f in simulate(mini_data, 8, 0, 0, seed=31, geometry=even)]
     assert choose_belt(evenly, "mono", 0.5)[0].shading == ()
+
+
+def test_a_mono_part_near_the_frames_edge_is_inspected_and_one_cut_by_it_is_not(mini_data):
+    """A mono belt model's neighbourhoods take a few px of belt around a part into its silhouette, so
+    a part 3 px inside the frame's edge reaches it with belt, not with its own surface: inspected.
+    Counting every silhouette pixel on the edge took such parts for cut. A part 10 px out of view
+    shows its surface on the edge: ERROR."""
+    from calibration.line import choose_belt
+    from pipeline.config import BeltConfig, PreprocessConfig
+    from pipeline.vision.locate import edge_contact, silhouette_in_view
+    from tests.frames import shifted
+
+    g = dataclasses.replace(MONO_LINE, sensor_noise=2.0)
+    frames = simulate(mini_data, 8, 0, 1, seed=41, ok_from="train/good", geometry=g)
+    parts = [f for f in frames if "corners" in f.truth]
+    empty = next(f.frame for f in frames if "corners" not in f.truth)
+    belt, _ = choose_belt([f.frame for f in parts], "mono", 0.5)
+    prep = Preprocessor(PreprocessConfig(camera="mono", min_part_area=20000, belt=BeltConfig(**belt.to_config())))
+    for f in parts[:3]:
+        left = float(np.array(f.truth["corners"])[:, 0].min())
+        near, cut = shifted(f.frame, empty, -left + 3), shifted(f.frame, empty, -left - 10)
+        seen = silhouette_in_view(cv2.cvtColor(near, cv2.COLOR_GRAY2BGR), belt, 0.5)
+        assert edge_contact(seen[0])[0] > 0  # the silhouette does reach the edge, with belt
+        assert prep(near).verdict is None, prep(near).reason
+        p = prep(cut)
+        assert p.verdict == "ERROR" and "not wholly in view" in p.reason and "left edge" in p.reason, p.reason

@@ -236,6 +236,25 @@ def fit_belt(frames_bgr: list[np.ndarray], samples: np.ndarray | None = None, ma
     return BeltModel(mean.astype(np.float32), inv_cov.astype(np.float32), max_distance, kind, level, shading)
 
 
+# A pixel whose own lightness lies further than this many of the belt's standard deviations from
+# the belt's is unlike the belt by itself (mono features; ``unlike_belt``).
+PIXEL_SD = 2.5
+
+
+def unlike_belt(frame: np.ndarray, model: BeltModel) -> np.ndarray:
+    """bool ``(H, W)``: pixels unlike the belt by their own value, not their neighbourhood's. For a
+    colour (Lab) model that is where ``belt_mask`` is False; for mono features, whose neighbourhoods
+    reach ``MONO_EDGE_PX`` past a part's edge onto the belt, a lightness (shading taken out, brought
+    to the belt's level) more than ``PIXEL_SD`` of the belt's standard deviations from its mean."""
+    if model.features != "mono":
+        return ~belt_mask(frame, model)
+    grey = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    light = model.even(grey).astype(np.float32)
+    light *= np.float32(frame_gain(light[..., None], model.level))
+    sd = float(np.sqrt(np.linalg.inv(np.asarray(model.inv_cov, np.float64))[0, 0]))
+    return np.abs(light - float(model.mean[0])) > PIXEL_SD * sd
+
+
 def belt_mask(frame_bgr: np.ndarray, model: BeltModel) -> np.ndarray:
     """bool ``(H, W)``: True where the pixel looks like belt (Mahalanobis distance in Lab below
     ``max_distance``)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.vision.belt import MONO_EDGE_PX, BeltModel, belt_mask
+from pipeline.vision.belt import MONO_EDGE_PX, BeltModel, belt_mask, unlike_belt
 
 
 # Sides within this fraction of each other: the part is about square, which of its sides is the
@@ -100,21 +100,41 @@ def silhouette_in_view(frame_bgr: np.ndarray, belt: BeltModel, downscale: float 
     return _silhouette(shrink(frame_bgr, downscale), belt)
 
 
-def edge_contact(silhouette: np.ndarray) -> tuple[float, list[str]]:
-    """How much of a silhouette's outline lies on the frame's outermost rows and columns, as a
-    fraction of the outline's length, and the edges it lies on. A part cut by the frame's edge has
-    a straight stretch of outline there; one wholly in view touches it at most with the few px its
-    edge blurs into the belt. On simulated lines (seeds 100-119) parts 1 px or more inside touched
-    it with up to 2.6 % of their outline, 12 of 14 parts 2 px or more out of view with 3.1 % and
-    more; on fresh seeds (250-269) 3 of 7 parts 2.5-3.5 px inside reached 3.0-4.4 %, and 3 of 9 cut
-    parts stayed under 3 % (research/results/edge_contact.txt)."""
-    on = {"top": silhouette[0], "bottom": silhouette[-1], "left": silhouette[:, 0], "right": silhouette[:, -1]}
-    counts = {edge: int(np.count_nonzero(px)) for edge, px in on.items()}
+def edge_contact(silhouette: np.ndarray, unlike: np.ndarray | None = None) -> tuple[float, list[str]]:
+    """How much of a part's own surface lies on the frame's outermost rows and columns: the
+    silhouette's pixels there that ``unlike`` (bool, the silhouette's size: ``unlike_belt``) marks
+    as unlike the belt by their own value, as a fraction of the silhouette's outline, and the edges
+    they lie on. A part cut by the frame's edge shows its surface there. One wholly in view but near
+    the edge can reach it only with the few px of belt around it that a mono belt model's
+    neighbourhoods take into the silhouette, and those look like belt. Without ``unlike`` every
+    silhouette pixel on the edge counts.
+
+    On 40 simulated tuning lines (seeds 100-119, 250-269) the 21 parts wholly in view whose
+    silhouette touched the edge reached at most 0.0016; of the 23 parts 2 px or more out of view, 21
+    reached 0.0064 or more. On 20 fresh lines (270-289), 1 of 21 parts in view (1.4 px inside)
+    reached 0.0048 and 1 of 22 cut parts 0 (research/results/edge_contact.txt)."""
+    on = silhouette > 0 if unlike is None else (silhouette > 0) & unlike
+    sides = {"top": on[0], "bottom": on[-1], "left": on[:, 0], "right": on[:, -1]}
+    counts = {edge: int(np.count_nonzero(px)) for edge, px in sides.items()}
     if not any(counts.values()):
         return 0.0, []
     contours, _ = cv2.findContours(silhouette, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     length = max(cv2.arcLength(c, True) for c in contours)
     return sum(counts.values()) / max(length, 1.0), [edge for edge, n in counts.items() if n]
+
+
+def touches_edge(silhouette: np.ndarray) -> bool:
+    """Whether a silhouette reaches the frame's outermost rows or columns at all."""
+    return bool(silhouette[0].any() or silhouette[-1].any() or silhouette[:, 0].any() or silhouette[:, -1].any())
+
+
+def cut_by_edge(frame_bgr: np.ndarray, silhouette: np.ndarray, belt: BeltModel, downscale: float = 1.0
+                ) -> tuple[float, list[str]]:
+    """:func:`edge_contact` of a silhouette that :func:`silhouette_in_view` found on ``frame_bgr``
+    resized by ``downscale``; (0, []) at once for one that does not reach the frame's edge."""
+    if not touches_edge(silhouette):
+        return 0.0, []
+    return edge_contact(silhouette, unlike_belt(shrink(frame_bgr, downscale), belt))
 
 
 def corners_outside(corners: np.ndarray, shape: tuple[int, ...], tolerance: float = 2.0) -> list[str]:
