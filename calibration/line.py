@@ -41,7 +41,7 @@ class Calibration:
     template_ncc: float
     notes: list[str]
     part_long_side_px: float = 0.0  # the parts' long side in camera px (median over the frames)
-    cut: list[int] = field(default_factory=list)  # frames left out: their part runs out of view
+    cut: list[str] = field(default_factory=list)  # frames (file names) left out: their part runs out of view
 
 
 def _round8(v: float) -> int:
@@ -125,7 +125,8 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
     product at, e.g. its training images'), whatever their size in camera px; default: their size
     in camera px. ``judge_dir``: more OK frames of this line (up to ``BELT_JUDGE_FRAMES`` of them,
     evenly spread) on which a colour camera's belt features are judged; default: ``frames_dir``'s."""
-    frames = [item.frame for item in DirSource(frames_dir) if item.frame is not None]
+    readable = [item for item in DirSource(frames_dir) if item.frame is not None]
+    frames, names = [item.frame for item in readable], [item.name for item in readable]
     if len(frames) < 3:
         raise ValueError(f"{frames_dir}: need at least 3 readable frames of OK parts (5-10 recommended), "
                          f"found {len(frames)}")
@@ -137,25 +138,27 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
     belt, quality = choose_belt(frames, camera, downscale, _judge_frames(judge_dir))
     odd = [i for i, f in enumerate(frames) if kind_mismatch(f, camera, belt.needs_colour())]  # the line's own rule
     if odd:
-        raise ValueError(f"{frames_dir}: frames {odd} are {'mono' if camera == 'colour' else 'colour'}, the others "
-                         f"{camera}; calibrate on frames from the one camera of this line")
+        other = "mono" if camera == "colour" else "colour"
+        raise ValueError(f"{frames_dir}: {', '.join(names[i] for i in odd)} are {other}, the others {camera}; "
+                         "calibrate on frames from the one camera of this line")
     probe_wh = (256, 320)
     sizes, corners_all, cut = [], [], []
     for i, f in enumerate(frames):
         found = locate_silhouette(f, belt, 2000, probe_wh, downscale)
         if found is None:
-            raise ValueError(f"{frames_dir}: frame {i} shows no part distinct from the belt; calibration needs "
+            raise ValueError(f"{frames_dir}: {names[i]} shows no part distinct from the belt; calibration needs "
                              "every frame to show one OK part fully inside the view")
         if cut_by_edge(f, found[1], belt, downscale)[0] >= PreprocessConfig().max_edge_contact:
-            cut.append(i)  # the line will not inspect such a part; its size would be the cut one
+            cut.append(names[i])  # the line will not inspect such a part; its size would be the cut one
             continue
         c = found[0]
         sizes.append((np.linalg.norm(c[1] - c[0]), np.linalg.norm(c[3] - c[0])))
         corners_all.append(c)
     if len(sizes) < 3:
-        raise ValueError(f"{frames_dir}: the part runs out of view in frames {cut}, and {len(sizes)} frame(s) show "
-                         "one wholly in view; calibration needs at least 3: record frames with the part inside the view")
-    frames = [f for i, f in enumerate(frames) if i not in cut]
+        raise ValueError(f"{frames_dir}: the part runs out of view in {', '.join(cut)}, and {len(sizes)} frame(s) "
+                         "show one wholly in view; calibration needs at least 3: record frames with the part inside "
+                         "the view")
+    frames, names = [f for f, n in zip(frames, names) if n not in cut], [n for n in names if n not in cut]
     w, h = np.median(np.array(sizes), axis=0)
     part_long_side = round(float(max(w, h)), 1)  # camera px
     if canonical_long_side:
@@ -173,7 +176,7 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
     notes = [f"OK parts match their median at NCC {ncc:.2f} -> {mode} mode "
              f"(template when >= {TEMPLATE_MIN_NCC})"]
     if cut:
-        notes.append(f"frames {cut} left out: the part runs out of view")
+        notes.append(f"{', '.join(cut)} left out: the part runs out of view")
     out_yaml = Path(out_yaml)
     out_yaml.parent.mkdir(parents=True, exist_ok=True)
     template_path = ""
@@ -199,7 +202,7 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
     scores = []
     for i, score in enumerate(part_scores(prep, model, frames, cfg.decision)):
         if isinstance(score, str):
-            raise ValueError(f"{frames_dir}: preprocessing found {score} on calibration frame {i}")
+            raise ValueError(f"{frames_dir}: preprocessing found {score} on calibration frame {names[i]}")
         scores.append(score)
     # The model's own threshold was set for its shared memories' scores (evaluate --set-thresholds). A
     # per-position memory fitted on this line's grid scores the line's parts on its own scale, for which

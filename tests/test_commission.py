@@ -101,15 +101,15 @@ def test_calibration_leaves_out_frames_whose_part_runs_out_of_view(trained_model
     cv2.imwrite(str(cut / "05.png"), shifted(parts[5].frame, empty, 640 - right + 40))  # 40 px past the right edge
     base = calibrate_line(whole, trained_model, tmp_path / "whole.yaml")
     cal = calibrate_line(cut, trained_model, tmp_path / "cut.yaml")
-    assert base.cut == [] and cal.cut == [5]
+    assert base.cut == [] and cal.cut == ["05.png"]
     assert cal.part_long_side_px == base.part_long_side_px  # the cut part's size did not enter
-    assert "frames [5] left out: the part runs out of view" in (tmp_path / "cut.yaml").read_text()
+    assert "05.png left out: the part runs out of view" in (tmp_path / "cut.yaml").read_text()
     few = tmp_path / "few"
     few.mkdir()
     for i, f in enumerate(parts[:4]):
         left = float(np.array(f.truth["corners"])[:, 0].min())
         cv2.imwrite(str(few / f"{i:02d}.png"), f.frame if i < 2 else shifted(f.frame, empty, -left - 40))
-    with pytest.raises(ValueError, match=r"the part runs out of view in frames \[2, 3\], and 2 frame\(s\) show one"):
+    with pytest.raises(ValueError, match=r"the part runs out of view in 02.png, 03.png, and 2 frame\(s\) show one"):
         calibrate_line(few, trained_model, tmp_path / "few.yaml")
 
 

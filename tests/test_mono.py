@@ -420,3 +420,20 @@ def test_a_mono_part_near_the_frames_edge_is_inspected_and_one_cut_by_it_is_not(
         assert prep(near).verdict is None, prep(near).reason
         p = prep(cut)
         assert p.verdict == "ERROR" and "not wholly in view" in p.reason and "left edge" in p.reason, p.reason
+
+
+def test_calibration_names_the_frames_it_refuses(trained_model, mini_data, tmp_path):
+    """A colour frame among a mono camera's, or a frame with no part, is refused by its file name."""
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, f in enumerate(simulate(mini_data, 4, 0, 0, seed=21, ok_from="train/good", geometry=MONO_LINE)):
+        cv2.imwrite(str(calib / f"mono_{i}.png"), f.frame)
+    (colour,) = simulate(mini_data, 1, 0, 0, seed=22, ok_from="train/good")
+    cv2.imwrite(str(calib / "other_camera.png"), colour.frame)
+    with pytest.raises(ValueError, match=r"other_camera.png are colour, the others mono"):
+        calibrate_line(calib, trained_model, tmp_path / "line.yaml")
+    (calib / "other_camera.png").unlink()
+    (empty,) = simulate(mini_data, 0, 0, 1, seed=23, geometry=MONO_LINE)
+    cv2.imwrite(str(calib / "mono_9_empty.png"), empty.frame)
+    with pytest.raises(ValueError, match=r"mono_9_empty.png shows no part distinct from the belt"):
+        calibrate_line(calib, trained_model, tmp_path / "line.yaml")
