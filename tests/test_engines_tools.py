@@ -260,3 +260,5 @@ def test_simulate_line_lights_the_view_unevenly_when_asked(mini_data, tmp_path):
     assert vignetted[corner].mean() / vignetted[centre].mean() == pytest.approx(0.7, abs=0.03)
     assert (sloped[right].mean() - sloped[left].mean()) / sloped.mean() == pytest.approx(0.3, abs=0.03)
     assert geometry["vignetting"] == 0.3
+    _, random_line = empty_belt("random", "--line-seed", "5", "--vignetting", "0.2")
+    assert random_line["vignetting"] == 0.2  # a random line takes the light asked for too

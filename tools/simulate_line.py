@@ -3,6 +3,7 @@ at random pose on a moving belt, plus empty-belt frames) with truth.jsonl, for b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from tools._cli import run_cli
@@ -32,8 +33,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--sensor-noise", type=float, default=0.0,
                    help="the sensor's noise, grey levels (sigma), per channel on a colour camera; default %(default)s")
     p.add_argument("--line-seed", type=int, metavar="N",
-                   help="draw the whole line geometry at random from N (overrides the options above; the same N, the "
-                        "same line); written to OUT/line.json")
+                   help="draw the whole line geometry at random from N (overrides the options above but --vignetting "
+                        "and --light-slope; the same N, the same line); written to OUT/line.json")
     p.add_argument("--fps", type=float, default=10.0, help="the recorded pace (capture times); default %(default)s")
     p.add_argument("--ext", default=".png", choices=[".png", ".jpg"], help="frame file format; default %(default)s")
     p.add_argument("--ok-from", default="test/good", choices=["test/good", "train/good"],
@@ -49,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> None:
         from pipeline.sim import LineGeometry, simulate, write_geometry, write_sequence
 
-        if args.line_seed is not None:
-            geometry = LineGeometry.random(args.line_seed)
+        if args.line_seed is not None:  # a random line is evenly lit unless asked otherwise
+            geometry = dataclasses.replace(LineGeometry.random(args.line_seed), vignetting=args.vignetting,
+                                           light_slope=args.light_slope)
         else:
             try:
                 bgr = tuple(int(v) for v in args.belt_bgr.split(","))
