@@ -59,6 +59,8 @@ class Preprocessor:
             if tpl is None:
                 raise ValueError(f"preprocess.template: cannot read {cfg.template}; re-run calibrate_line")
             self.template = cv2.resize(tpl, self.wh, interpolation=cv2.INTER_AREA)
+        w, h = self.wh
+        self.canonical_corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
         self.grid = tile_grid(self.wh[1], self.wh[0], tile, cfg.tile_overlap)
         self.coarse_grid = None
         if coarse_scale > 0:
@@ -101,9 +103,7 @@ class Preprocessor:
             H = homography_to_canonical(found[0], self.wh)
             gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
             H = refine_ecc(gray, self.template, H)
-            w, h = self.wh
-            cut = corners_outside(to_camera(np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32), H),
-                                  frame.shape)
+            cut = corners_outside(to_camera(self.canonical_corners, H), frame.shape)
             if cut:
                 return Prepared("ERROR", self._cut_reason(f"the matched part reaches past the frame's {' and '.join(cut)} "
                                                           "edge"))

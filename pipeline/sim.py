@@ -150,6 +150,10 @@ def simulate(data: str | Path, n_ok: int, n_ng: int, n_empty: int, seed: int = 0
     g = geometry
     # its own generator: the parts, poses and order of a seed do not depend on the sensor
     sensor_rng = np.random.default_rng([seed, 1])
+    light = None  # the light over the view: one map for the whole line
+    if g.vignetting or g.light_slope:
+        slope = 1 + g.light_slope * (np.arange(w, dtype=np.float32) / max(w - 1, 1) - 0.5)
+        light = (vignette(h, w, g.vignetting) * slope)[..., None]
     for i, k in enumerate(order):
         kind, sample = picks[k]
         belt = belt_image(h, w, rng, shift=int(rng.integers(0, 100)), geometry=g)
@@ -165,9 +169,8 @@ def simulate(data: str | Path, n_ok: int, n_ng: int, n_empty: int, seed: int = 0
         if g.lighting_drift:  # a slow swing of the light over the sequence
             gain = 1.0 + g.lighting_drift * np.sin(2 * np.pi * i / max(1, len(order)))
             frame = np.clip(frame.astype(np.float32) * gain, 0, 255).astype(np.uint8)
-        if g.vignetting or g.light_slope:
-            light = vignette(h, w, g.vignetting) * (1 + g.light_slope * (np.arange(w, dtype=np.float32) / max(w - 1, 1) - 0.5))
-            frame = np.clip(frame.astype(np.float32) * light[..., None], 0, 255).astype(np.uint8)
+        if light is not None:
+            frame = np.clip(frame.astype(np.float32) * light, 0, 255).astype(np.uint8)
         if g.mono:
             frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         if g.sensor_noise:  # on the part as on the belt; a colour sensor's parts its channels even on grey

@@ -21,26 +21,22 @@ import argparse
 import cv2
 import numpy as np
 
-from calibration.line import choose_belt
 from pipeline.config import PreprocessConfig
-from pipeline.sim import LineGeometry, simulate
-from pipeline.vision.locate import cut_by_edge, edge_contact, part_at, silhouette_in_view
+from pipeline.sim import simulate
+from pipeline.vision.locate import cut_by_edge, edge_contact, locate_silhouette
+from research._lines import MIN_AREA, add_line_options, line_belt, overrides
 from tools.commission_bench import _seeds
 
-MIN_AREA = 2000  # camera px: the smallest blob taken for a part here (parts are 80,000 px and more)
 
-
-def line_edges(data: str, seed: int, fit_frames: int, ok: int, ng: int) -> list[dict]:
+def line_edges(data: str, seed: int, fit_frames: int, ok: int, ng: int,
+               changes: dict[str, str] | None = None) -> list[dict]:
     """One row per part of this line that touches or crosses the frame's edge."""
-    g = LineGeometry.random(seed)
+    g, belt = line_belt(data, seed, fit_frames, changes)
     cfg = PreprocessConfig()
-    fit = [f.frame for f in simulate(data, fit_frames, 0, 0, seed=seed + 5000, geometry=g, ok_from="train/good")]
-    belt, _ = choose_belt(fit, "mono" if g.mono else "colour", cfg.downscale)
     rows = []
     for i, f in enumerate(simulate(data, ok, ng, 0, seed=seed, geometry=g)):
-        bgr = f.frame if f.frame.ndim == 3 else cv2.cvtColor(f.frame, cv2.COLOR_GRAY2BGR)
-        seen = silhouette_in_view(bgr, belt, cfg.downscale)
-        found = part_at(seen, MIN_AREA, tuple(cfg.canonical_size), cfg.downscale)
+        bgr = f.frame if f.frame.ndim == 3 else cv2.cvtColor(f.frame, cv2.COLOR_GRAY2BGR)  # as the line reads it
+        found = locate_silhouette(bgr, belt, MIN_AREA, tuple(cfg.canonical_size), cfg.downscale)
         truth = np.array(f.truth["corners"])
         h, w = f.frame.shape[:2]
         margin = float(min(truth[:, 0].min(), truth[:, 1].min(), w - 1 - truth[:, 0].max(), h - 1 - truth[:, 1].max()))
@@ -54,11 +50,7 @@ def line_edges(data: str, seed: int, fit_frames: int, ok: int, ng: int) -> list[
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, help="MVTec-style folder (train/good and test/)")
-    ap.add_argument("--lines", default="100-119", help="line seeds, e.g. 100-119 or 210,212")
-    ap.add_argument("--fit-frames", type=int, default=12, help="recorded OK frames the belt is fitted on")
-    ap.add_argument("--ok", type=int, default=20)
-    ap.add_argument("--ng", type=int, default=20)
+    add_line_options(ap, "100-119")
     ap.add_argument("--limit", type=float, default=PreprocessConfig().max_edge_contact,
                     help="the surface contact taken for a cut (default: preprocess.max_edge_contact's)")
     args = ap.parse_args(argv)
@@ -66,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = _seeds(args.lines)
     print(f"{'line':>4} {'frame':>5} {'features':>8} {'inside px':>9} {'outline':>8} {'surface':>8}")
     for seed in seeds:
-        for r in line_edges(args.data, seed, args.fit_frames, args.ok, args.ng):
+        for r in line_edges(args.data, seed, args.fit_frames, args.ok, args.ng, overrides(args)):
             print(f"{r['line']:>4} {r['frame']:>5} {r['features']:>8} {r['margin']:>+9.1f} {r['outline']:>8.4f} "
                   f"{r['surface']:>8.4f}", flush=True)
             rows.append(r)

@@ -17,23 +17,18 @@ import argparse
 
 import numpy as np
 
-from calibration.bench import geometry_for
-from calibration.line import choose_belt
 from pipeline.config import PreprocessConfig
 from pipeline.sim import simulate
 from pipeline.vision.locate import locate_silhouette
+from research._lines import MIN_AREA, add_line_options, line_belt, overrides
 from tools.commission_bench import _seeds
-
-MIN_AREA = 2000  # camera px: the smallest blob taken for a part here (parts are 80,000 px and more)
 
 
 def line_outlines(data: str, seed: int, fit_frames: int, ok: int, ng: int, empty: int,
-                  overrides: dict[str, str] | None = None) -> dict:
+                  changes: dict[str, str] | None = None) -> dict:
     """Corner offsets of one line: inward and distance per true corner, and the counts."""
-    g = geometry_for(seed, overrides)
+    g, belt = line_belt(data, seed, fit_frames, changes)
     downscale = PreprocessConfig().downscale
-    fit = [f.frame for f in simulate(data, fit_frames, 0, 0, seed=seed + 5000, geometry=g, ok_from="train/good")]
-    belt, _ = choose_belt(fit, "mono" if g.mono else "colour", downscale)
     inward, dist, located, parts, false_parts = [], [], 0, 0, 0
     for f in simulate(data, ok, ng, empty, seed=seed, geometry=g):
         found = locate_silhouette(f.frame, belt, MIN_AREA, tuple(PreprocessConfig().canonical_size), downscale)
@@ -58,20 +53,13 @@ def line_outlines(data: str, seed: int, fit_frames: int, ok: int, ng: int, empty
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, help="MVTec-style folder (train/good and test/)")
-    ap.add_argument("--lines", default="100-109", help="line seeds, e.g. 100-109 or 210,212")
-    ap.add_argument("--fit-frames", type=int, default=12, help="recorded OK frames the belt is fitted on")
-    ap.add_argument("--ok", type=int, default=20)
-    ap.add_argument("--ng", type=int, default=20)
+    add_line_options(ap, "100-109")
     ap.add_argument("--empty", type=int, default=10, help="empty-belt frames")
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="override one field of every line's geometry, as commission_bench --set (e.g. vignetting=0.25)")
     args = ap.parse_args(argv)
-    overrides = dict(item.partition("=")[::2] for item in args.set)
     print(f"{'line':>4} {'camera':6} {'belt':>15} {'features':8} {'inward mean':>11} {'median':>7} "
           f"{'|err| mean':>10} {'p90':>6} {'located':>8} {'false parts':>11}")
     for seed in _seeds(args.lines):
-        r = line_outlines(args.data, seed, args.fit_frames, args.ok, args.ng, args.empty, overrides)
+        r = line_outlines(args.data, seed, args.fit_frames, args.ok, args.ng, args.empty, overrides(args))
         print(f"{r['line']:>4} {r['camera']:6} {str(r['belt']):>15} {r['features']:8} {r['inward_mean']:>+11.1f} "
               f"{r['inward_median']:>+7.1f} {r['error_mean']:>10.1f} {r['error_p90']:>6.1f} "
               f"{r['located']:>3}/{r['parts']:<4} {r['false_parts']:>5}/{r['empty']}", flush=True)

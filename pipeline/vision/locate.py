@@ -113,9 +113,7 @@ def edge_contact(silhouette: np.ndarray, unlike: np.ndarray | None = None) -> tu
     silhouette touched the edge reached at most 0.0016; of the 23 parts 2 px or more out of view, 21
     reached 0.0064 or more. On 20 fresh lines (270-289), 1 of 21 parts in view (1.4 px inside)
     reached 0.0048 and 1 of 22 cut parts 0 (research/results/edge_contact.txt)."""
-    on = silhouette > 0 if unlike is None else (silhouette > 0) & unlike
-    sides = {"top": on[0], "bottom": on[-1], "left": on[:, 0], "right": on[:, -1]}
-    counts = {edge: int(np.count_nonzero(px)) for edge, px in sides.items()}
+    counts = _on_edges(silhouette if unlike is None else (silhouette > 0) & unlike)
     if not any(counts.values()):
         return 0.0, []
     contours, _ = cv2.findContours(silhouette, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
@@ -123,9 +121,15 @@ def edge_contact(silhouette: np.ndarray, unlike: np.ndarray | None = None) -> tu
     return sum(counts.values()) / max(length, 1.0), [edge for edge, n in counts.items() if n]
 
 
+def _on_edges(mask: np.ndarray) -> dict[str, int]:
+    """The mask's set pixels on each of the frame's outermost rows and columns."""
+    return {edge: int(np.count_nonzero(px))
+            for edge, px in (("top", mask[0]), ("bottom", mask[-1]), ("left", mask[:, 0]), ("right", mask[:, -1]))}
+
+
 def touches_edge(silhouette: np.ndarray) -> bool:
     """Whether a silhouette reaches the frame's outermost rows or columns at all."""
-    return bool(silhouette[0].any() or silhouette[-1].any() or silhouette[:, 0].any() or silhouette[:, -1].any())
+    return any(_on_edges(silhouette).values())
 
 
 def cut_by_edge(frame_bgr: np.ndarray, silhouette: np.ndarray, belt: BeltModel, downscale: float = 1.0
