@@ -22,7 +22,7 @@ from pipeline.config import (BeltConfig, DecisionConfig, InferenceConfig, LineCo
 from pipeline.processing import Preprocessor
 from pipeline.vision.scoring import score_part
 from pipeline.sources import DirSource, image_files
-from pipeline.vision.belt import BeltModel, border_lightness, fit_belt, shading_map
+from pipeline.vision.belt import BeltModel, fit_belt, shading_map
 from pipeline.vision.camera import MONO_MAX_CHANNEL_DIFF, channel_spread, kind_mismatch
 from pipeline.vision.locate import cut_by_edge, locate_silhouette, part_silhouette, shrink
 from pipeline.vision.rectify import homography_to_canonical, rectify
@@ -32,10 +32,6 @@ THRESHOLD_MARGIN = 0.05  # image threshold sits this far above the highest OK sc
 FEATURE_MARGIN = 0.02   # a colour camera is told by brightness and texture when that is this much more solid
 BROKEN_SOLIDITY = 0.95  # a part silhouette less solid than this has lost part of the part or taken in belt
 BELT_JUDGE_FRAMES = 120  # at most this many frames judge the belt features
-# The rectified parts' outermost ring differing from the ring inside it by more than this (grey
-# levels, towards the belt's grey) is belt taken in by the located outline (research/outline_inset.py)
-SLIVER_STEP = 10.0
-MAX_SLIVER_PX = 3
 
 
 @dataclass
@@ -50,31 +46,6 @@ class Calibration:
 
 def _round8(v: float) -> int:
     return int(max(128, 8 * round(v / 8)))
-
-
-def ring_means(view: np.ndarray, rings: int) -> list[float]:
-    """Mean grey of the rectified view's outermost ``rings`` rings of px, outermost first."""
-    h, w = view.shape[:2]
-    out = []
-    for k in range(rings):
-        ring = np.concatenate([view[k, k:w - k], view[h - 1 - k, k:w - k], view[k + 1:h - 1 - k, k],
-                               view[k + 1:h - 1 - k, w - 1 - k]])
-        out.append(float(ring.mean()))
-    return out
-
-
-def outline_inset(views: list[np.ndarray], belt_grey: float) -> tuple[float, list[float]]:
-    """Canonical px of the located outline to leave out, from the calibration parts rectified with
-    none (grey): where the outermost ring of their mean view steps towards the belt's grey by more
-    than ``SLIVER_STEP`` from the ring inside it, the outline took in belt (a light belt seen past a
-    darker part's edge); those rings and one px more (the outline varies by about a px between
-    frames) are left out. 0 where the outline lies on or inside the part. Also the rings' means."""
-    rings = ring_means(np.mean(np.stack(views), axis=0), MAX_SLIVER_PX + 2)
-    toward = np.sign(belt_grey - rings[-1])
-    sliver = 0
-    while sliver < MAX_SLIVER_PX and toward * (rings[sliver] - rings[sliver + 1]) > SLIVER_STEP:
-        sliver += 1
-    return (float(sliver + 1) if sliver else 0.0), rings
 
 
 def silhouette_solidity(frame: np.ndarray, belt: BeltModel) -> float:
@@ -215,14 +186,8 @@ def calibrate_line(frames_dir: str | Path, model: str | Path, out_yaml: str | Pa
     how = "brightness and texture" if belt.features == "mono" else "colour (Lab)"
     notes.insert(0, f"{camera} camera: the part is told from the belt by {how}" + _belt_note(quality, belt.features)
                  + _shading_note(belt))
-    inset, rings = outline_inset(grays, float(np.median([border_lightness(f) for f in frames])))
-    if inset:
-        notes.append(f"the located outline takes in a sliver of belt (the rectified parts' outermost px "
-                     f"{rings[0]:.0f} grey, {rings[1]:.0f} one px in): {inset:g} px along it left out "
-                     "(preprocess.outline_inset_px)")
     pre = PreprocessConfig(camera=camera, mode=mode, template=template_path, canonical_size=canonical,
-                           min_part_area=int(0.3 * min(areas)), outline_inset_px=inset,
-                           belt=BeltConfig(**belt.to_config()))
+                           min_part_area=int(0.3 * min(areas)), belt=BeltConfig(**belt.to_config()))
     if mode == "template":
         probe = Preprocessor.for_model(pre, meta)
         misses = sum(probe(f).verdict is not None for f in frames)

@@ -30,11 +30,6 @@ def canonical_size(line_config: str | Path) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def outline_inset(line_config: str | Path) -> float:
-    """``preprocess.outline_inset_px`` of a line config."""
-    return float(load_config(line_config).preprocess.outline_inset_px)
-
-
 def line_preprocessor(line_config: str | Path, meta: ModelMeta) -> Preprocessor:
     """The line's preprocessing with a coarse pass at the memories' scale."""
     return Preprocessor.for_model(load_config(line_config).preprocess, replace(meta, coarse_scale=COARSE_SCALE))
@@ -131,10 +126,8 @@ def fit_memories(model: nn.Module, cfg: dict, memory_data: str | Path, memory_li
             wh = canonical_size(memory_canonical)
             # Both views of one image are one part: calibration measures each against other parts.
             part_ids = list(range(len(images))) * 2
-            margin = outline_inset(memory_canonical)
-            images = images + [canonical_view(img, wh, margin) for img in images]
-            extra.update(memory_canonical=str(memory_canonical), memory_canonical_size=list(wh),
-                         memory_canonical_inset_px=margin)
+            images = images + [canonical_view(img, wh) for img in images]
+            extra.update(memory_canonical=str(memory_canonical), memory_canonical_size=list(wh))
         if memory_frames is not None:
             frame_files = training_images(memory_frames)
             pooled = line_frame_embeddings(model, frame_files, memory_canonical, meta, progress=progress)

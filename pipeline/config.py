@@ -82,10 +82,6 @@ class PreprocessConfig:
     # a part whose own surface lies on the frame's outermost rows and columns for this fraction of
     # its outline's length is cut by the frame's edge: ERROR, for a part of it would go uninspected
     max_edge_contact: float = 0.003
-    # canonical px left out along each side of the located outline: the outline is found to about a
-    # camera px, and belt seen just past it, or the part's own edge, reads as a defect. calibrate_line
-    # writes calibration.line.OUTLINE_INSET_PX; 0 rectifies the outline itself.
-    outline_inset_px: float = 0.0
     belt: BeltConfig = field(default_factory=BeltConfig)
     tile_overlap: float = 0.25
     min_tile_part_fraction: float = 0.3
@@ -249,8 +245,6 @@ def validate(cfg: LineConfig, source: str = "config") -> LineConfig:
          "a fraction in [0, 1] of min_part_area (1: a part too small to locate is always NO_PART)"),
         (0 < cfg.preprocess.max_edge_contact <= 1, "preprocess.max_edge_contact",
          "a fraction in (0, 1] of the part's outline (1: a part cut by the frame's edge is still inspected)"),
-        (0 <= cfg.preprocess.outline_inset_px <= 0.1 * min(cfg.preprocess.canonical_size or [0]),
-         "preprocess.outline_inset_px", "canonical px >= 0 and at most a tenth of the part's short side"),
         (len(cfg.preprocess.canonical_size) == 2 and min(cfg.preprocess.canonical_size) >= 32,
          "preprocess.canonical_size", "[width, height], each >= 32"),
         (0 < cfg.preprocess.downscale <= 1, "preprocess.downscale", "a factor in (0, 1]"),
@@ -366,8 +360,6 @@ FIELD_HELP = {
                                        "something in view that is not a whole part"),
     "preprocess.max_edge_contact": ("a part whose surface lies on the frame's edge for this fraction of its outline "
                                     "is cut by it: ERROR, not a verdict"),
-    "preprocess.outline_inset_px": ("canonical px left out along each side of the located part: belt past its "
-                                    "outline, or its own edge, would read as a defect"),
     "preprocess.belt": "Gaussian model of the belt (colour, or brightness and texture), fitted on the frame borders",
     "preprocess.belt.max_distance": "Mahalanobis distance under which a pixel counts as belt",
     "preprocess.belt.features": "lab (colour) or mono (brightness and texture)",

@@ -12,7 +12,7 @@ from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects, strongest_region
 from pipeline.vision.locate import (corners_outside, cut_by_edge, locate_template, part_at, refine_ecc,
                                    silhouette_in_view, small_to_full)
-from pipeline.vision.rectify import homography_to_canonical, inset, rectify, to_camera
+from pipeline.vision.rectify import homography_to_canonical, rectify, to_camera
 from pipeline.vision.camera import kind_mismatch
 from pipeline.vision.scoring import MapRule, PartTiles, score_part
 from pipeline.vision.tiling import TileGrid, downscale, extract_tiles, scaled_shape, tile_grid
@@ -107,7 +107,6 @@ class Preprocessor:
             if cut:
                 return Prepared("ERROR", self._cut_reason(f"the matched part reaches past the frame's {' and '.join(cut)} "
                                                           "edge"))
-            H = inset(H, self.wh, self.cfg.outline_inset_px)
             part_mask = np.full((self.wh[1], self.wh[0]), 255, np.uint8)
         else:
             bgr = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
@@ -121,7 +120,7 @@ class Preprocessor:
                 return Prepared("ERROR", self._cut_reason(
                     f"its surface lies on the frame's {' and '.join(edges)} edge for {contact:.1%} of its outline "
                     f"(preprocess.max_edge_contact {self.cfg.max_edge_contact})"))
-            H = inset(homography_to_canonical(corners, self.wh), self.wh, self.cfg.outline_inset_px)
+            H = homography_to_canonical(corners, self.wh)
             part_mask = rectify(silhouette * 255, H @ small_to_full(self.cfg.downscale), self.wh, cv2.INTER_NEAREST)
         canonical = rectify(frame, H, self.wh)
         if self.channels == 1 and canonical.ndim == 3:

@@ -3,7 +3,9 @@
 The silhouette locator finds a part's outline to about a camera px; where it lies just outside the
 part, the rectified view's edge holds a sliver of belt, and the part's own edge (a bevel, a chip of
 the grinding) is where OK parts score highest. ``preprocess.outline_inset_px`` stretches the
-rectified view so that the located outline lies that many canonical px outside it.
+rectified view so that the located outline lies that many canonical px outside it. Not adopted: it
+exists with ``git apply research/results/outline_inset.patch`` (on b6b98f7's parent), which also
+makes calibration set it where it sees a belt sliver; this study needs the patch applied.
 
 This study takes lines that ``commission_bench`` left behind (each ``LINE/`` folder: ``line.yaml``,
 ``line_model/``, ``ok_frames/``, ``test/`` with its truth) and, for each inset, scores the line's test
@@ -15,7 +17,9 @@ not what a line commissioned with it gets: ``commission_bench`` measures that.
 
     python -m research.outline_inset runs/cb_tune/line100 runs/cb_tune/line101 ... --insets 0,1,2,3,4
 
-About 15-25 s per line and inset on 2 CPU cores.
+About 15-25 s per line and inset on 2 CPU cores. With ``--rings``, instead: the mean grey of each
+line's first 12 fit frames' parts, rectified without an inset, ring by ring from the outermost px,
+the belt's grey, and the inset calibration takes from them (``calibration.line.outline_inset``).
 """
 from __future__ import annotations
 
@@ -62,6 +66,35 @@ def inset_scores(line: Path, insets: list[float]) -> dict[float, dict[str, list[
     return out
 
 
+def rings(line: Path, frames: int = 12) -> tuple[float, list[float], float]:
+    """(the belt's grey, the ring means, the inset calibration sets) on ``frames`` of the line's fit
+    frames, spread over them as commissioning picks its calibration frames."""
+    import cv2
+
+    from calibration.commission import split_frames
+    from calibration.line import outline_inset
+    from engines.artifact import model_paths
+    from pipeline.config import load_config
+    from pipeline.processing import Preprocessor
+    from pipeline.sources import image_files
+    from pipeline.vision.belt import border_lightness
+    from pipeline.vision.rectify import rectify
+
+    cfg = load_config(line / "line.yaml")
+    prep = Preprocessor.for_model(replace(cfg.preprocess, outline_inset_px=0.0), model_paths(line / "line_model")[1])
+    fit = split_frames(image_files(line / "ok_frames"))[0]
+    views, belts = [], []
+    for f in fit[:: max(1, len(fit) // frames)][:frames]:
+        frame = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        p = prep(frame)
+        if p.verdict is None:
+            views.append(cv2.cvtColor(rectify(frame, p.H, prep.wh), cv2.COLOR_BGR2GRAY).astype(np.float32))
+            belts.append(border_lightness(frame))
+    belt = float(np.median(belts))
+    inset, means = outline_inset(views, belt)
+    return belt, means, inset
+
+
 def figures(scores: dict[str, list[float]], target: float = TARGET) -> tuple[float, float, float, float]:
     """(AUROC, recall at the best threshold for 5 % false alarms, recall and false alarms at the
     held-out frames' threshold for ``target``)."""
@@ -80,7 +113,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("lines", nargs="+", type=Path, help="LINE folders left by commission_bench")
     ap.add_argument("--insets", default="0,1,2,3,4", help="canonical px, comma-separated")
     ap.add_argument("--target", type=float, default=TARGET, help="commissioning false-alarm target")
+    ap.add_argument("--rings", action="store_true", help="print each line's ring means and the inset calibration sets")
     args = ap.parse_args(argv)
+    if args.rings:
+        print("line: belt grey; mean grey of the rectified parts' rings, outermost first -> inset px")
+        for line in args.lines:
+            belt, means, inset = rings(line)
+            print(f" {line.parent.name}/{line.name}: belt {belt:.0f}; " + " ".join(f"{m:.0f}" for m in means)
+                  + f" -> {inset:g}", flush=True)
+        return
     insets = [float(v) for v in args.insets.split(",")]
     table = {px: [] for px in insets}
     print("line: per inset px, AUROC / best rec. / NG recall and false alarms at the line's threshold")

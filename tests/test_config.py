@@ -30,7 +30,6 @@ def test_unknown_key_names_file_and_key(tmp_path):
      r"`preprocess.min_object_fraction`.*a fraction in \[0, 1\] of min_part_area"),
     ("preprocess:\n  max_edge_contact: 0\n",
      r"`preprocess.max_edge_contact`.*a fraction in \(0, 1\] of the part's outline"),
-    ("preprocess:\n  outline_inset_px: -1\n", r"`preprocess.outline_inset_px`.*canonical px >= 0"),
     ("preprocess:\n  belt:\n    shading: [0.1, 0.2]\n", r"`preprocess.belt.shading`.*5 numbers"),
     ("preprocess:\n  mode: template\n", "template"),
     ("source:\n  stream:\n    transport: http\n", r"`source.stream.transport` = 'http'; expected one of \['tcp', 'udp'\]"),

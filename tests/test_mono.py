@@ -437,36 +437,3 @@ def test_calibration_names_the_frames_it_refuses(trained_model, mini_data, tmp_p
     cv2.imwrite(str(calib / "mono_9_empty.png"), empty.frame)
     with pytest.raises(ValueError, match=r"mono_9_empty.png shows no part distinct from the belt"):
         calibrate_line(calib, trained_model, tmp_path / "line.yaml")
-
-
-def test_outline_inset_is_set_where_the_outline_takes_in_a_light_belt(mono_line, trained_model, mini_data, tmp_path):
-    """Past a darker part's edge, a light belt's px are taken into the located outline: the rectified
-    parts' outermost ring is far lighter than the ring inside it. Calibration measures that step and
-    leaves those px out; a dark belt's line (its outline on or inside the part) keeps none."""
-    from calibration.line import outline_inset, ring_means
-
-    part = np.full((120, 90), 70.0, np.float32)
-    lit = part.copy()
-    lit[0], lit[-1], lit[:, 0], lit[:, -1] = 200, 200, 200, 200
-    assert outline_inset([lit, lit], belt_grey=205)[0] == 2.0
-    assert outline_inset([part], belt_grey=205)[0] == 0.0
-    assert outline_inset([lit], belt_grey=30)[0] == 0.0  # a step away from the belt's grey is the part's own
-
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    for i, f in enumerate(simulate(mini_data, 6, 0, 0, seed=21, ok_from="train/good", geometry=LIGHT_MONO_LINE)):
-        cv2.imwrite(str(calib / f"{i:02d}.png"), f.frame)
-    light = calibrate_line(calib, trained_model, tmp_path / "light.yaml")
-    cfg = load_config(tmp_path / "light.yaml")
-    assert cfg.preprocess.outline_inset_px == 2.0 and any("sliver of belt" in n for n in light.notes)
-    assert load_config(mono_line[0]).preprocess.outline_inset_px == 0.0
-    from engines.artifact import model_paths
-    from pipeline.vision.rectify import rectify
-
-    prep = Preprocessor.for_model(cfg.preprocess, model_paths(trained_model)[1])
-    views = []
-    for f in simulate(mini_data, 4, 0, 0, seed=23, geometry=LIGHT_MONO_LINE):
-        p = prep(f.frame)
-        views.append(rectify(f.frame, p.H, prep.wh).astype(np.float32))  # a mono camera's frame: (H, W)
-    rings = ring_means(np.mean(views, axis=0), 3)
-    assert rings[0] - rings[1] < 10, rings  # no belt left at the inspected view's edge

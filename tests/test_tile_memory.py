@@ -258,7 +258,6 @@ def test_export_fits_memory_on_the_line_canonical_views_too(trained_model, mini_
     both = ModelMeta.load(export_model(trained_model.parent / "last.pt", tmp_path / "both", memory_data=mini_data,
                                        progress=False, memory_canonical=line))
     assert both.extra["memory_canonical_size"] == [200, 264] and both.extra["memory_canonical"] == str(line)
-    assert both.extra["memory_canonical_inset_px"] == 0
     assert both.extra["memory_tiles"] > plain.extra["memory_tiles"]
     assert both.extra["memory_data_hash"] == plain.extra["memory_data_hash"]  # the same OK images
     with pytest.raises(ValueError, match="--memory-canonical needs --memory-data"):

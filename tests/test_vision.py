@@ -217,35 +217,6 @@ def test_canonical_view_turns_and_warps_a_part_image_as_the_line_would():
     assert view[:20].mean() > 250 and view[-20:].max() == 0  # kept upright, only stretched
 
 
-def test_an_outline_inset_leaves_the_parts_outermost_pixels_out_of_the_view():
-    """The located outline lands ``outline_inset_px`` outside the canonical view: a 2 px ring around
-    a part image (its edge, or belt seen past a loosely located outline) is in the plain view and
-    gone from the inset one, whose interior is the plain view's, stretched."""
-    from pipeline.vision.rectify import canonical_view, inset
-
-    part = np.full((296, 224), 100, np.uint8)
-    part[:2], part[-2:], part[:, :2], part[:, -2:] = 255, 255, 255, 255
-    plain, cut = canonical_view(part, (224, 296)), canonical_view(part, (224, 296), 3.0)
-    assert plain[0].mean() > 250 and plain[:, -1].mean() > 250
-    assert cut.max() < 110 and cut[100:200, 100:120].mean() == pytest.approx(100, abs=1)
-    H = homography_to_canonical(np.float32([[10, 20], [233, 20], [233, 315], [10, 315]]), (224, 296))
-    moved = cv2.perspectiveTransform(np.float32([[[10, 20]], [[233, 315]]]), inset(H, (224, 296), 3.0)).reshape(-1, 2)
-    assert moved.ravel().tolist() == pytest.approx([-3, -3, 226, 298], abs=1e-3)
-    assert inset(H, (224, 296), 0.0) is H
-
-
-def test_the_line_rectifies_with_its_outline_inset(frames, belt):
-    from dataclasses import replace
-
-    f = next(f for f in frames if f.truth["verdict"] == "OK")
-    cfg = PreprocessConfig(belt=BeltConfig(**belt.to_config()))
-    plain, cut = Preprocessor(cfg)(f.frame), Preprocessor(replace(cfg, outline_inset_px=4.0))(f.frame)
-    corners = to_camera(np.float32([[0, 0], [255, 319]]), plain.H)
-    assert cv2.perspectiveTransform(corners.reshape(-1, 1, 2), cut.H).ravel().tolist() == pytest.approx(
-        [-4, -4, 259, 323], abs=1e-2)
-    assert cut.tiles.shape == plain.tiles.shape and (cut.part_mask > 0).mean() >= (plain.part_mask > 0).mean()
-
-
 def test_template_mode_locates_part(mini_data):
     from engines.data import read_image
 

@@ -187,13 +187,6 @@ def _level(f: np.ndarray) -> float:
     return float(np.partition(light, (lo, hi - 1))[lo:hi].mean())  # no full sort: O(n) per frame
 
 
-def border_lightness(frame: np.ndarray) -> float:
-    """The grey level of the belt around the part: the mean of the middle half of the frame's border
-    band (a part reaching into the band, up to a quarter of it, is left out)."""
-    gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-    return _level(gray.astype(np.float32)[..., None])
-
-
 def frame_gain(f: np.ndarray, level: float) -> float:
     """The factor that brings the belt in mono features ``f`` to the model's ``level``; 1.0 without
     a level, or where the frame's belt is not within ``LEVEL_RANGE`` of it (not drift: compared as

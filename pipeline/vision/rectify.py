@@ -17,18 +17,6 @@ def homography_to_canonical(corners: np.ndarray, canonical_wh: tuple[int, int]) 
     return cv2.getPerspectiveTransform(np.asarray(corners, np.float32), canonical_corners(canonical_wh))
 
 
-def inset(H: np.ndarray, canonical_wh: tuple[int, int], px: float) -> np.ndarray:
-    """``H`` (to canonical) followed by a stretch that puts the located outline ``px`` canonical px
-    outside the canonical image on every side: the canonical view shows the part's interior, the
-    outermost ``px`` left out."""
-    if not px:
-        return H
-    w, h = canonical_wh
-    sx, sy = (w - 1 + 2 * px) / (w - 1), (h - 1 + 2 * px) / (h - 1)
-    stretch = np.array([[sx, 0, -px], [0, sy, -px], [0, 0, 1]], np.float64)
-    return stretch @ np.asarray(H, np.float64)
-
-
 def rectify(frame: np.ndarray, H: np.ndarray, canonical_wh: tuple[int, int],
             interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
     return cv2.warpPerspective(frame, H, tuple(canonical_wh), flags=interpolation, borderMode=cv2.BORDER_REPLICATE)
@@ -40,14 +28,12 @@ def to_camera(points: np.ndarray, H: np.ndarray) -> np.ndarray:
     return cv2.perspectiveTransform(pts, np.linalg.inv(H)).reshape(-1, 2)
 
 
-def canonical_view(part_image: np.ndarray, canonical_wh: tuple[int, int], inset_px: float = 0.0) -> np.ndarray:
+def canonical_view(part_image: np.ndarray, canonical_wh: tuple[int, int]) -> np.ndarray:
     """An image that shows only the part (as training images do) -> the part as a line with this
     canonical size rectifies it: turned by the locator's rule (long side along the canonical long
     side, an about square part kept upright, ``order_corners``) and warped to ``canonical_wh``.
     This is the silhouette locator's turning rule; in template mode the template sets the
-    orientation, and training images shown in another one would need turning first. ``inset_px``:
-    the line's ``preprocess.outline_inset_px`` (:func:`inset`)."""
+    orientation, and training images shown in another one would need turning first."""
     h, w = part_image.shape[:2]
     corners = order_corners(canonical_corners((w, h)), canonical_wh)
-    return rectify(part_image, inset(homography_to_canonical(corners, canonical_wh), canonical_wh, inset_px),
-                   canonical_wh)
+    return rectify(part_image, homography_to_canonical(corners, canonical_wh), canonical_wh)
