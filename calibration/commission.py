@@ -57,6 +57,9 @@ class Commissioning:
     held_out_scores: list[float] = field(default_factory=list)
     part_long_side_px: float = 0.0   # the parts' long side in camera px on this line
     model_long_side_px: float = 0.0  # the long side the parts are rectified to (0: camera px)
+    # the held-out frames that set the threshold (its alarms and the next one down, at least 3):
+    # {"file", "score"}, highest first, for a person to look at
+    highest_held_out: list[dict] = field(default_factory=list)
 
 
 def split_frames(files: list[Path], held_fraction: float = HELD_OUT_FRACTION) -> tuple[list[Path], list[Path]]:
@@ -86,6 +89,12 @@ def choose_threshold(ok_scores: list[float], target: float) -> tuple[float, int]
         return float(s[-1]), len(s)
     t = float(min(0.999, (s[k] + s[k - 1]) / 2 if k > 0 else s[0] + 0.02))
     return t, int((s >= t).sum())
+
+
+def highest_scores(names: list[str], scores: list[float], n: int) -> list[dict]:
+    """The ``n`` highest-scoring frames, highest first: ``{"file", "score"}``."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")[:n]
+    return [{"file": names[i], "score": round(float(scores[i]), 5)} for i in order]
 
 
 def frames_needed(target: float, level: float = 0.95) -> int:
@@ -186,12 +195,17 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
     prep = Preprocessor.for_model(cfg.preprocess, meta)
     say(f"scoring {len(held)} held-out frames")
     held_frames = [cv2.imread(str(f), cv2.IMREAD_COLOR) for f in held]
-    scored, not_located = [], []
+    scored, not_located, names = [], [], []
     for f, score in zip(held, part_scores(prep, line_model, held_frames, cfg.decision)):
-        (not_located.append(f"{f.name}: {score}") if isinstance(score, str) else scored.append(score))
+        if isinstance(score, str):
+            not_located.append(f"{f.name}: {score}")
+        else:
+            scored.append(score)
+            names.append(f.name)
     if not scored:
         raise ValueError(f"{frames_dir}: no held-out frame showed a part the line could locate; check the frames")
     threshold, alarms = choose_threshold(scored, target)
+    highest = highest_scores(names, scored, max(3, alarms + 1))
     rate = alarms / len(scored)
     upper = rate_upper_bound(alarms, len(scored))
     need = frames_needed(target)
@@ -200,6 +214,10 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
     notes += first.notes[:2] + [how, second.notes[-1].split(";")[0] + " (calibration frames)",
                                 f"threshold {threshold:.4f} from {len(scored)} held-out OK frames: {alarms} alarm(s), "
                                 f"false-alarm rate {rate:.3f}, at most {upper:.3f} with 95 % confidence; target {target:g}"]
+    notes.append("the held-out frames that set it: " + ", ".join(f"{h['file']} {h['score']:.3f}" for h in highest)
+                 + "; should one not show a normal OK part as the line sees it (dirt on the belt, a part located "
+                   "wrongly), the threshold sits too high: take it out of the recorded frames, or record more, and "
+                   "commission again")
     if not enough:
         notes.append(f"too few held-out frames to show a false-alarm rate of {target:g}: {len(scored)} scored, at least "
                      f"{need} needed (about {int(math.ceil(need / held_fraction))} recorded frames in all); "
@@ -213,7 +231,7 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
     load_config(out_yaml)  # what was written must be accepted by run_pipeline
     result = Commissioning(str(out_yaml), str(line_model), target, threshold, len(fit), len(held), len(scored), alarms,
                            rate, upper, enough, not_located, notes, [round(s, 5) for s in scored],
-                           first.part_long_side_px, float(long_side or 0))
+                           first.part_long_side_px, float(long_side or 0), highest)
     coverage = _coverage(prep, fit_dir)
     view = next((f.shape[:2] for f in held_frames if f is not None), (480, 640))
     _report(result, coverage, out_yaml, tuple(cfg.preprocess.belt.shading), view)

@@ -59,6 +59,12 @@ def test_commission_line_writes_a_line_that_runs(trained_model, mini_data, tmp_p
     assert report["held_out_alarms"] <= int(0.05 * n)
     assert cfg.decision.image_threshold == pytest.approx(report["threshold"], abs=1e-4)
     assert sum(s >= report["threshold"] for s in report["held_out_scores"]) == report["held_out_alarms"]
+    # the frames that set the threshold, by name: its alarms and the next one down
+    highest = report["highest_held_out"]
+    assert [h["score"] for h in highest] == sorted(report["held_out_scores"], reverse=True)[:len(highest)]
+    assert len(highest) == max(3, report["held_out_alarms"] + 1) and all((frames / h["file"]).is_file() for h in highest)
+    assert highest[-1]["score"] < report["threshold"] <= highest[0]["score"] or report["held_out_alarms"] == 0
+    assert f"the held-out frames that set it: {highest[0]['file']}" in out.read_text()
     assert not report["enough_data"] and "too few held-out frames" in out.read_text()  # 59 needed for 5 %
     assert np.asarray(report["tiles_per_position"]).sum() > 0
     # the simulated camera sees parts of about 300 px; the part images are larger: warned when under 0.9 of them
