@@ -12,7 +12,7 @@ from pipeline.vision.belt import BeltModel
 from pipeline.vision.defects import find_defects, strongest_region
 from pipeline.vision.locate import (corners_outside, cut_by_edge, locate_template, part_at, refine_ecc,
                                    silhouette_in_view, small_to_full)
-from pipeline.vision.rectify import homography_to_canonical, rectify, to_camera
+from pipeline.vision.rectify import canonical_corners, homography_to_canonical, rectify, to_camera
 from pipeline.vision.camera import kind_mismatch
 from pipeline.vision.scoring import MapRule, PartTiles, score_part
 from pipeline.vision.tiling import TileGrid, downscale, extract_tiles, scaled_shape, tile_grid
@@ -59,8 +59,7 @@ class Preprocessor:
             if tpl is None:
                 raise ValueError(f"preprocess.template: cannot read {cfg.template}; re-run calibrate_line")
             self.template = cv2.resize(tpl, self.wh, interpolation=cv2.INTER_AREA)
-        w, h = self.wh
-        self.canonical_corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
+        self.canonical_corners = canonical_corners(self.wh)
         self.grid = tile_grid(self.wh[1], self.wh[0], tile, cfg.tile_overlap)
         self.coarse_grid = None
         if coarse_scale > 0:
