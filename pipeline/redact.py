@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 
-# Query parameters whose values are secrets (matched anywhere in the name, any case).
-SECRET_PARAMS = re.compile(r"token|key|secret|pass|pwd|auth|sig|cred|session|cookie", re.IGNORECASE)
+# Query parameters whose values are secrets (matched anywhere in the name, any case; "sess" takes
+# sessionid, JSESSIONID, sessid alike).
+SECRET_PARAMS = re.compile(r"token|key|secret|pass|pwd|auth|sig|cred|sess|cookie", re.IGNORECASE)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)")
 
 

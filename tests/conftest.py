@@ -6,22 +6,23 @@ import numpy as np
 import pytest
 
 DATA = Path(__file__).parent / "data" / "magnetic_tile_mini"
+# The fixtures below are built once for the whole run: tests/ is one package.
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def mini_data() -> Path:
     """A few real magnetic-tile images (MVTec layout) bundled with the tests."""
     return DATA
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ok_images() -> list[np.ndarray]:
     from engines.data import read_image
 
     return [read_image(p, 1) for p in sorted((DATA / "train" / "good").iterdir())]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def trained_model(tmp_path_factory, mini_data) -> Path:
     """A width-8 Tiny-UNet trained for a few steps and exported: a real artifact, not a good model."""
     pytest.importorskip("torch")
@@ -35,7 +36,7 @@ def trained_model(tmp_path_factory, mini_data) -> Path:
     return export_model(run / "last.pt", run / "model")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def coarse_map_model(trained_model, mini_data) -> Path:
     """``trained_model``'s checkpoint exported with a coarse-map network (a width-8 run on the images
     at half scale, a few steps) in ``coarse_map/``: the shipped model's layout."""
@@ -50,7 +51,7 @@ def coarse_map_model(trained_model, mini_data) -> Path:
     return export_model(trained_model.parent / "last.pt", run / "model", coarse_map=run / "last.pt")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def line(tmp_path_factory, trained_model, mini_data):
     """A line calibrated on simulated frames of the test parts, and a 10-frame recorded sequence
     (4 OK, 4 NG, 2 empty; every 5th frame file corrupt): (config, sequence folder)."""

@@ -412,6 +412,7 @@ def test_credentials_and_tokens_never_leave_a_url():
     assert without_credentials("rtsp://cam/live?user=a&password=hunter2&channel=1") == \
         "rtsp://cam/live?user=a&password=***&channel=1"
     assert redact_url("https://u:pw@mes.plant/api/parts?token=abc&line=3") == "https://***@mes.plant/api/parts?token=***&line=3"
+    assert redact_url("rtsp://cam/live?sessid=9f&fps=10") == "rtsp://cam/live?sessid=***&fps=10"
     assert redact_url("camera0") == "camera0" and redact_url("dir:/data/frames") == "dir:/data/frames"
 
 
