@@ -11,8 +11,9 @@ line-fitted model folder, and a threshold that gives the false-alarm rate asked 
 4. ``calibrate_line`` again with the line-fitted model (its scale differs from the model's).
 5. The held-out OK frames are scored as the line scores parts, and the image threshold is set so
    that at most ``target`` of them would be alarms; the rate comes with the bound it is below at
-   95 % confidence (exact binomial). When there are too few held-out frames for that bound to
-   reach the target, the report says so.
+   95 % confidence (exact binomial). When the held-out frames are too few to show the target even
+   with no alarm among them (``frames_needed``), the report says so; held-out frames the line could
+   not inspect (a part running out of view, say) are counted by reason in a warning.
 6. A report: ``LINE.commissioning.json`` and ``.png`` (score histogram with the threshold, the
    fit frames' tiles per grid position).
 """
@@ -51,7 +52,7 @@ class Commissioning:
     held_out_alarms: int
     false_alarm_rate: float
     false_alarm_upper95: float   # at most this rate, with 95 % confidence
-    enough_data: bool            # the upper bound is within the target
+    enough_data: bool            # enough held-out frames that no alarm among them would show the target
     not_located: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     held_out_scores: list[float] = field(default_factory=list)
@@ -95,6 +96,39 @@ def highest_scores(names: list[str], scores: list[float], n: int) -> list[dict]:
     """The ``n`` highest-scoring frames, highest first: ``{"file", "score"}``."""
     order = np.argsort(-np.asarray(scores, np.float64), kind="stable")[:n]
     return [{"file": names[i], "score": round(float(scores[i]), 5)} for i in order]
+
+
+def not_inspected_kinds(reasons: list[str]) -> dict[str, int]:
+    """How many frames were not inspected, by kind: each reason (``"ERROR (part not wholly in
+    view: its surface ...)"``) read up to its first colon, most frequent first."""
+    kinds: dict[str, int] = {}
+    for reason in reasons:
+        verdict, _, why = reason.partition(" (")
+        kind = f"{verdict}: {why.split(':')[0].rstrip(')')}" if why else verdict
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+
+
+def not_inspected_note(reasons: list[str], n_held: int) -> str:
+    """The warning for held-out OK frames the line could not inspect, counted by kind, with what to
+    change when parts run out of view."""
+    kinds = not_inspected_kinds(reasons)
+    note = (f"warning: {len(reasons)} of {n_held} held-out OK frames ({100 * len(reasons) / max(1, n_held):.1f} %) "
+            "had no part inspected (" + ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+            + "; each with its frame in the report's JSON) and do not count towards the threshold; on the line such "
+              "parts get the same record, and ERROR is rejected by default (sinks.modbus.reject_verdicts)")
+    if any("not wholly in view" in kind for kind in kinds):
+        note += ("; parts that run out of view call for a wider view (the camera further back, another lens) or a "
+                 "trigger that centres the part")
+    return note
+
+
+def too_few_note(n_scored: int, target: float, held_fraction: float) -> str:
+    """What to do when ``n_scored`` held-out frames cannot show ``target`` even with no alarm among them."""
+    need = frames_needed(target)
+    return (f"too few held-out frames to show a false-alarm rate of {target:g}: {n_scored} scored; even with no alarm "
+            f"among them at least {need} are needed (about {int(math.ceil(need / held_fraction))} recorded frames in "
+            "all); record more OK frames and commission again")
 
 
 def frames_needed(target: float, level: float = 0.95) -> int:
@@ -195,10 +229,11 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
     prep = Preprocessor.for_model(cfg.preprocess, meta)
     say(f"scoring {len(held)} held-out frames")
     held_frames = [cv2.imread(str(f), cv2.IMREAD_COLOR) for f in held]
-    scored, not_located, names = [], [], []
+    scored, not_located, names, reasons = [], [], [], []
     for f, score in zip(held, part_scores(prep, line_model, held_frames, cfg.decision)):
         if isinstance(score, str):
             not_located.append(f"{f.name}: {score}")
+            reasons.append(score)
         else:
             scored.append(score)
             names.append(f.name)
@@ -209,7 +244,7 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
     rate = alarms / len(scored)
     upper = rate_upper_bound(alarms, len(scored))
     need = frames_needed(target)
-    enough = upper <= target
+    enough = len(scored) >= need
     cfg.decision.image_threshold = round(threshold, 4)
     notes += first.notes[:2] + [how, second.notes[-1].split(";")[0] + " (calibration frames)",
                                 f"threshold {threshold:.4f} from {len(scored)} held-out OK frames: {alarms} alarm(s), "
@@ -219,14 +254,11 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
                    "wrongly), the threshold sits too high: take it out of the recorded frames, or record more, and "
                    "commission again")
     if not enough:
-        notes.append(f"too few held-out frames to show a false-alarm rate of {target:g}: {len(scored)} scored, at least "
-                     f"{need} needed (about {int(math.ceil(need / held_fraction))} recorded frames in all); "
-                     "record more OK frames and commission again")
+        notes.append(too_few_note(len(scored), target, held_fraction))
     if first.cut:
         notes.append(f"{len(first.cut)} calibration frame(s) left out: the part runs out of view")
     if not_located:
-        notes.append(f"{len(not_located)} held-out OK frame(s) had no part inspected (NO_PART or ERROR on the line, "
-                     "each with its reason in the report's JSON), and do not count towards the threshold")
+        notes.append(not_inspected_note(reasons, len(held)))
     write_commented(cfg, out_yaml, notes, len(files), str(frames_dir), tool="commission_line")
     load_config(out_yaml)  # what was written must be accepted by run_pipeline
     result = Commissioning(str(out_yaml), str(line_model), target, threshold, len(fit), len(held), len(scored), alarms,

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.commission import choose_threshold, frames_needed, rate_upper_bound, split_frames
+from calibration.commission import (choose_threshold, frames_needed, not_inspected_kinds, not_inspected_note,
+                                   rate_upper_bound, split_frames, too_few_note)
 from pipeline.config import load_config
 from tools import commission_line as commission_cli
 from tools import simulate_line as simulate_cli
@@ -28,6 +29,25 @@ def test_threshold_gives_at_most_the_target_share_of_alarms():
     assert rate_upper_bound(0, 299) == pytest.approx(0.01, abs=2e-4)  # zero alarms in 299 frames: below 1 %
     assert rate_upper_bound(3, 299) > 0.01
     assert frames_needed(0.01) == 299 and frames_needed(0.05) == 59
+
+
+def test_too_few_frames_is_said_only_when_no_alarm_could_show_the_target():
+    # 143 held-out frames and 4 alarms at a 3 % target: the bound (6.3 %) is above the target, as it is
+    # whenever the threshold allows alarms, and more frames would not change that; they are not too few
+    assert frames_needed(0.03) == 99 and rate_upper_bound(4, 143) > 0.03
+    note = too_few_note(88, 0.03, 0.3)
+    assert "88 scored" in note and "at least 99" in note and "about 330 recorded frames" in note
+
+
+def test_frames_not_inspected_are_counted_by_kind_with_what_to_change():
+    reasons = ["ERROR (part not wholly in view: its surface lies on the frame's top edge for 2.5% of its outline)",
+               "ERROR (part not wholly in view: its surface lies on the frame's left edge for 4.0% of its outline)",
+               "NO_PART (no part on the belt)"]
+    assert not_inspected_kinds(reasons) == {"ERROR: part not wholly in view": 2, "NO_PART: no part on the belt": 1}
+    note = not_inspected_note(reasons, 150)
+    assert note.startswith("warning: 3 of 150 held-out OK frames (2.0 %)")
+    assert "2 ERROR: part not wholly in view, 1 NO_PART: no part on the belt" in note and "wider view" in note
+    assert "wider view" not in not_inspected_note(reasons[2:], 150)
 
 
 def test_split_is_fixed_by_name_and_holds_out_about_the_share():
@@ -66,6 +86,7 @@ def test_commission_line_writes_a_line_that_runs(trained_model, mini_data, tmp_p
     assert highest[-1]["score"] < report["threshold"] <= highest[0]["score"] or report["held_out_alarms"] == 0
     assert f"the held-out frames that set it: {highest[0]['file']}" in out.read_text()
     assert not report["enough_data"] and "too few held-out frames" in out.read_text()  # 59 needed for 5 %
+    assert ("had no part inspected" in out.read_text()) == bool(report["not_located"])
     assert np.asarray(report["tiles_per_position"]).sum() > 0
     # the simulated camera sees parts of about 300 px; the part images are larger: warned when under 0.9 of them
     from calibration.commission import part_image_scale
