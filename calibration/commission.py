@@ -123,9 +123,13 @@ def not_inspected_note(reasons: list[str], n_held: int) -> str:
     return note
 
 
-def too_few_note(n_scored: int, target: float, held_fraction: float) -> str:
-    """What to do when ``n_scored`` held-out frames cannot show ``target`` even with no alarm among them."""
+def too_few_note(n_scored: int, target: float, held_fraction: float) -> str | None:
+    """What to do when ``n_scored`` held-out frames cannot show ``target`` even with no alarm among
+    them; None when they can (alarms then leave the 95 % bound above the target however many
+    frames there are, and the threshold's note gives the bound)."""
     need = frames_needed(target)
+    if n_scored >= need:
+        return None
     return (f"too few held-out frames to show a false-alarm rate of {target:g}: {n_scored} scored; even with no alarm "
             f"among them at least {need} are needed (about {int(math.ceil(need / held_fraction))} recorded frames in "
             "all); record more OK frames and commission again")
@@ -243,8 +247,8 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
     highest = highest_scores(names, scored, max(3, alarms + 1))
     rate = alarms / len(scored)
     upper = rate_upper_bound(alarms, len(scored))
-    need = frames_needed(target)
-    enough = len(scored) >= need
+    too_few = too_few_note(len(scored), target, held_fraction)
+    enough = too_few is None
     cfg.decision.image_threshold = round(threshold, 4)
     notes += first.notes[:2] + [how, second.notes[-1].split(";")[0] + " (calibration frames)",
                                 f"threshold {threshold:.4f} from {len(scored)} held-out OK frames: {alarms} alarm(s), "
@@ -253,8 +257,8 @@ def commission_line(frames_dir: str | Path, model: str | Path, out_yaml: str | P
                  + "; should one not show a normal OK part as the line sees it (dirt on the belt, a part located "
                    "wrongly), the threshold sits too high: take it out of the recorded frames, or record more, and "
                    "commission again")
-    if not enough:
-        notes.append(too_few_note(len(scored), target, held_fraction))
+    if too_few:
+        notes.append(too_few)
     if first.cut:
         notes.append(f"{len(first.cut)} calibration frame(s) left out: the part runs out of view")
     if not_located:

@@ -35,6 +35,7 @@ def test_too_few_frames_is_said_only_when_no_alarm_could_show_the_target():
     # 143 held-out frames and 4 alarms at a 3 % target: the bound (6.3 %) is above the target, as it is
     # whenever the threshold allows alarms, and more frames would not change that; they are not too few
     assert frames_needed(0.03) == 99 and rate_upper_bound(4, 143) > 0.03
+    assert too_few_note(143, 0.03, 0.3) is None and too_few_note(99, 0.03, 0.3) is None
     note = too_few_note(88, 0.03, 0.3)
     assert "88 scored" in note and "at least 99" in note and "about 330 recorded frames" in note
 
