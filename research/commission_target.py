@@ -26,23 +26,37 @@ TARGETS = (0.01, 0.02, 0.03, 0.04, 0.05)
 BAR = 0.05
 
 
-def line_scores(line: Path) -> dict[str, list[float]]:
-    """The held-out OK scores of a bench line and its test parts' scores (-1 where no part was located)."""
+def line_scores(line: Path, model: Path | None = None) -> dict[str, list[float]]:
+    """The held-out OK scores of a bench line and its test parts' scores (-1 where no part was located).
+    With ``model`` (another fit of the line's memories) the held-out frames are scored again with it,
+    those without a part inspected left out as commissioning leaves them; else their scores are read
+    from the line's commissioning report."""
+    import cv2
+
+    from calibration.commission import split_frames
     from calibration.line import part_scores
     from engines.artifact import model_paths
+    from engines.backends import load_backend
     from pipeline.config import load_config
     from pipeline.processing import Preprocessor
     from pipeline.sim import sequence_parts
+    from pipeline.sources import image_files
 
     cfg = load_config(line / "line.yaml")
-    _, meta = model_paths(line / "line_model")
+    folder = model or line / "line_model"
+    _, meta = model_paths(folder)
     prep = Preprocessor.for_model(cfg.preprocess, meta)
+    engine = load_backend("onnxruntime", folder)
     parts = list(sequence_parts(line / "test"))
-    scores = part_scores(prep, line / "line_model", [f for _, f in parts], cfg.decision)
+    scores = part_scores(prep, folder, [f for _, f in parts], cfg.decision, engine)
     out: dict[str, list[float]] = {"OK": [], "NG": []}
     for (truth, _), s in zip(parts, scores):
         out[truth["verdict"]].append(s if isinstance(s, float) else -1.0)
-    held = json.loads((line / "line.commissioning.json").read_text())["held_out_scores"]
+    if model is None:
+        held = json.loads((line / "line.commissioning.json").read_text())["held_out_scores"]
+    else:
+        frames = [cv2.imread(str(f), cv2.IMREAD_COLOR) for f in split_frames(image_files(line / "ok_frames"))[1]]
+        held = [s for s in part_scores(prep, folder, frames, cfg.decision, engine) if isinstance(s, float)]
     return {"held": held, "ok": out["OK"], "ng": out["NG"]}
 
 

@@ -25,34 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from research.commission_target import at_targets, line_scores
+
 TARGET = 0.03
-
-
-def line_scores(line: Path, model: Path) -> dict[str, list[float]]:
-    """The held-out OK frames' scores (frames with no part inspected left out, as commissioning
-    does) and the test parts' OK and NG scores (-1 where no part was inspected), with ``model``."""
-    import cv2
-
-    from calibration.commission import split_frames
-    from calibration.line import part_scores
-    from engines.artifact import model_paths
-    from engines.backends import load_backend
-    from pipeline.config import load_config
-    from pipeline.processing import Preprocessor
-    from pipeline.sim import sequence_parts
-    from pipeline.sources import image_files
-
-    cfg = load_config(line / "line.yaml")
-    _, meta = model_paths(model)
-    prep = Preprocessor.for_model(cfg.preprocess, meta)
-    engine = load_backend("onnxruntime", model)
-    held = [cv2.imread(str(f), cv2.IMREAD_COLOR) for f in split_frames(image_files(line / "ok_frames"))[1]]
-    held_scores = [s for s in part_scores(prep, model, held, cfg.decision, engine) if isinstance(s, float)]
-    parts = list(sequence_parts(line / "test"))
-    out: dict[str, list[float]] = {"held": held_scores, "OK": [], "NG": []}
-    for (truth, _), s in zip(parts, part_scores(prep, model, [f for _, f in parts], cfg.decision, engine)):
-        out[truth["verdict"]].append(s if isinstance(s, float) else -1.0)
-    return out
 
 
 def refit(line: Path, rows: int, base_model: str | Path) -> Path:
@@ -71,13 +46,11 @@ def refit(line: Path, rows: int, base_model: str | Path) -> Path:
 
 def summary(scores: dict[str, list[float]]) -> tuple[float, float, float, float]:
     """(AUROC, best recall at 5 %, NG recall and false alarms at the held-out threshold for TARGET)."""
-    from calibration.commission import choose_threshold
     from pipeline.benchmark import score_ranking
 
-    ok, ng = np.asarray(scores["OK"]), np.asarray(scores["NG"])
-    rank = score_ranking(list(ng), list(ok))
-    threshold, _ = choose_threshold(scores["held"], TARGET)
-    return rank["score_auroc"], rank["ng_recall_at_fa_0.05"], float((ng >= threshold).mean()), float((ok >= threshold).mean())
+    rank = score_ranking(scores["ng"], scores["ok"])
+    (_, recall, false_alarms), = at_targets(scores, (TARGET,))
+    return rank["score_auroc"], rank["ng_recall_at_fa_0.05"], recall, false_alarms
 
 
 def main() -> int:
@@ -93,7 +66,7 @@ def main() -> int:
         cells = []
         for cap in caps:
             model = line / "line_model" if cap == used else refit(line, cap, args.model)
-            r = summary(line_scores(line, model))
+            r = summary(line_scores(line, model))  # held-out frames scored again with each fit
             rows_out[cap].append(r)
             cells.append(f"{cap}: {r[0]:.3f} {r[1]:.3f} {r[2]:.3f}/{r[3]:.3f}")
         print(f"{line.name:>8}  " + "  ".join(cells), flush=True)
